@@ -1,0 +1,28 @@
+//! Compiles `proto/` with protox (pure Rust, no system `protoc`) and feeds the
+//! descriptors to tonic's code generator.
+
+use std::{env, fs, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/sluice/v1/server.proto"];
+    println!("cargo:rerun-if-changed=proto");
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler.include_imports(true).include_source_info(true);
+    compiler.open_files(protos)?;
+
+    // The encoded descriptor set is kept for gRPC server reflection.
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(
+        out_dir.join("sluice_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
+
+    tonic_prost_build::configure()
+        .bytes(".")
+        .compile_fds(compiler.file_descriptor_set())?;
+    Ok(())
+}

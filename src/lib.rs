@@ -1,0 +1,30 @@
+//! Sluice: a partitioned, durable commit-log server.
+//!
+//! # Layout
+//!
+//! Each layer depends only on the ones above it in this list:
+//!
+//! * [`storage`]: the partition log. Segments of record batches in
+//!   memory-mapped files, sparse offset and time indexes, crash recovery,
+//!   retention and flushing. Synchronous; knows nothing of tokio or gRPC.
+//! * `broker` (to come): topics and partitions, produce and fetch, waiting
+//!   readers, the partitioner, producer state.
+//! * `coordinator` (to come): consumer groups, committed offsets, work-queue
+//!   state, stored in the broker's own internal topics.
+//! * [`api`]: transports. [`api::grpc`] holds the tonic services; each handler
+//!   decodes, validates, calls the domain and encodes.
+//! * [`server`]: the composition root. Takes a bound listener and a shutdown
+//!   future, so tests bind `127.0.0.1:0` and shut down on their own terms.
+//! * [`config`] and [`error`]: server settings and the top-level error type.
+//!
+//! `src/main.rs` is the `sluice` binary: `sluice serve` runs the server; the
+//! client commands (topic, produce, consume, bench) arrive with the broker.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod server;
+pub mod storage;
+
+/// Version of this build, as reported by the server.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,1064 @@
+//! The partition log: a directory of segments with one writer and any number
+//! of lock-free readers.
+//!
+//! Concurrency: appends, rolls, truncation and retention take the writer
+//! lock (one owner of the tail at a time). Readers never take it: they load
+//! the published end offset, clone the segment list under a brief read lock,
+//! and read mapped bytes that are never changed once published, so a reader
+//! always sees a consistent prefix and never blocks an append.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, AtomicI64, Ordering},
+        Arc,
+    },
+};
+
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex, RwLock};
+use tracing::{info, warn};
+
+use super::batch::RecordBatch;
+use super::checkpoint::{self, Checkpoint};
+use super::config::{FlushPolicy, LogConfig};
+use super::error::{Result, StorageError};
+use super::index::{
+    offset_entry_at, time_entry_at, IndexBuilder, OFFSET_ENTRY_LEN, TIME_ENTRY_LEN,
+};
+use super::mmap::{map_sealed, sync_dir, write_file_atomic};
+use super::segment::{
+    scan, segment_path, ActiveSegment, RecoveredSegment, SealedFiles, Segment, Verify, INDEX_EXT,
+    LOG_EXT, TIME_INDEX_EXT,
+};
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the batch's first record.
+    pub base_offset: i64,
+    /// Offset of its last record.
+    pub last_offset: i64,
+    /// Its largest record timestamp.
+    pub max_timestamp: i64,
+}
+
+/// Whole batches read from the log.
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    /// Concatenated batches (see [`crate::storage::BatchIter`]). Empty when
+    /// the offset was the log end. The first batch may start before the
+    /// offset asked for: batches are never split.
+    pub data: Bytes,
+    /// Log start offset when the read began.
+    pub log_start_offset: i64,
+    /// Log end offset when the read began.
+    pub log_end_offset: i64,
+}
+
+/// What opening the log found and repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The log had been closed cleanly; nothing was scanned.
+    pub clean: bool,
+    /// Segments in the log after opening.
+    pub segments: usize,
+    /// Segments whose batches were scanned and verified.
+    pub segments_scanned: usize,
+    /// Batches verified.
+    pub batches_scanned: u64,
+    /// Bytes of torn or corrupt data cut off (not counting unused
+    /// preallocated zeros), including dropped segments.
+    pub truncated_bytes: u64,
+    /// Whole segments dropped because they followed damage.
+    pub dropped_segments: usize,
+    /// Sealed segments whose missing or damaged index files were rebuilt.
+    pub rebuilt_indexes: usize,
+}
+
+/// What retention deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    /// Segments deleted.
+    pub deleted_segments: usize,
+    /// Bytes of data deleted.
+    pub deleted_bytes: u64,
+}
+
+struct Writer {
+    active: ActiveSegment,
+    leader_epoch: i32,
+    records_since_flush: u64,
+    /// Rolled segments whose files are not yet synced; the recovery point
+    /// advances past them once they are.
+    pending: Vec<SealedFiles>,
+    /// The on-disk checkpoint no longer claims a clean close.
+    marked_unclean: bool,
+}
+
+struct FlushState {
+    /// Every offset below this is durable.
+    flushed: i64,
+    /// A thread is syncing; others wait for it and then share the next one.
+    in_progress: bool,
+    last_flush_ms: i64,
+}
+
+/// A partition log. See the module docs for its concurrency rules.
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    /// Segments in offset order. Readers clone the `Arc` under a brief read
+    /// lock; the writer swaps in a new list on roll, truncation, retention.
+    segments: RwLock<Arc<Vec<Arc<Segment>>>>,
+    /// Next offset to assign. Stored (Release) after the batch is published
+    /// in its segment.
+    end_offset: AtomicI64,
+    /// The tail: only one thread changes the log at a time.
+    writer: Mutex<Writer>,
+    /// Group commit: who is flushing and how far the log is durable. Held
+    /// only for bookkeeping, never across a sync.
+    flush: Mutex<FlushState>,
+    flush_done: Condvar,
+    /// The checkpoint as last written. Held across its (small) write so
+    /// writes are never reordered.
+    checkpoint: Mutex<Checkpoint>,
+    closed: AtomicBool,
+    recovery: RecoveryReport,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.dir)
+            .field("start_offset", &self.start_offset())
+            .field("end_offset", &self.end_offset())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The segment files found in a log directory.
+#[derive(Debug, Default)]
+struct Found {
+    log: bool,
+    index: bool,
+    time: bool,
+}
+
+/// Lists a log directory: segment files by base offset. Leftover temporary
+/// files and index files without data are removed; anything else is an
+/// error.
+fn list_dir(dir: &Path) -> Result<BTreeMap<i64, Found>> {
+    let mut found: BTreeMap<i64, Found> = BTreeMap::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| StorageError::io("listing", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StorageError::io("listing", dir, e))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name
+            .to_str()
+            .ok_or_else(|| StorageError::UnknownFile { path: path.clone() })?;
+        if name == checkpoint::FILE_NAME {
+            continue;
+        }
+        if name.ends_with(".tmp") || name.ends_with(".truncating") {
+            warn!(path = %path.display(), "removing a temporary file left by an interrupted write");
+            std::fs::remove_file(&path).map_err(|e| StorageError::io("removing", &path, e))?;
+            continue;
+        }
+        let parsed = name.split_once('.').and_then(|(stem, ext)| {
+            let base = (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| stem.parse::<i64>().ok())??;
+            Some((base, ext))
+        });
+        let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+        let slot = match parsed {
+            Some((base, ext)) if is_file && [LOG_EXT, INDEX_EXT, TIME_INDEX_EXT].contains(&ext) => {
+                let f = found.entry(base).or_default();
+                match ext {
+                    LOG_EXT => &mut f.log,
+                    INDEX_EXT => &mut f.index,
+                    _ => &mut f.time,
+                }
+            }
+            _ => return Err(StorageError::UnknownFile { path }),
+        };
+        *slot = true;
+    }
+    found.retain(|&base, f| {
+        if !f.log {
+            warn!(
+                base,
+                "removing index files of a segment whose data file is gone"
+            );
+            for ext in [INDEX_EXT, TIME_INDEX_EXT] {
+                let _ = std::fs::remove_file(segment_path(dir, base, ext));
+            }
+        }
+        f.log
+    });
+    Ok(found)
+}
+
+fn file_len(path: &Path) -> Result<u64> {
+    std::fs::metadata(path)
+        .map(|m| m.len())
+        .map_err(|e| StorageError::io("reading metadata of", path, e))
+}
+
+/// Creation time of a file in ms since the epoch (its modification time
+/// where the file system keeps no creation time).
+fn created_ms(path: &Path, fallback: i64) -> i64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.created().or_else(|_| m.modified()))
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(fallback, |d| d.as_millis() as i64)
+}
+
+fn remove_segment_files(dir: &Path, base: i64) {
+    // Data first: index files without data are cleaned up on open.
+    for ext in [LOG_EXT, INDEX_EXT, TIME_INDEX_EXT] {
+        let path = segment_path(dir, base, ext);
+        if let Err(e) = std::fs::remove_file(&path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(path = %path.display(), error = %e, "could not remove segment file");
+            }
+        }
+    }
+}
+
+impl Log {
+    /// Opens the log in `dir` (creating it if needed) and recovers it.
+    ///
+    /// After a clean close nothing is scanned. Otherwise every segment from
+    /// the one holding the recovery point on is verified batch by batch;
+    /// everything from the first torn or corrupt batch on is cut off and
+    /// reported in a warning. Missing or damaged indexes are rebuilt.
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Self> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("creating", &dir, e))?;
+        let found = list_dir(&dir)?;
+        let saved = Checkpoint::read(&dir)?;
+        let now = (config.clock)();
+        let bases: Vec<i64> = found.keys().copied().collect();
+        let mut report = RecoveryReport::default();
+
+        let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len().max(1));
+        let active;
+        let mut leader_epoch = saved.map_or(0, |c| c.leader_epoch);
+        let mut checkpoint = saved.unwrap_or(Checkpoint {
+            recovery_point: i64::MIN,
+            clean: false,
+            leader_epoch: 0,
+        });
+
+        if bases.is_empty() {
+            let base = saved.map_or(0, |c| c.recovery_point.max(0));
+            active = ActiveSegment::create(&dir, base, &config, now)?;
+            sync_dir(&dir)?;
+            checkpoint = Checkpoint {
+                recovery_point: base,
+                clean: false,
+                leader_epoch,
+            };
+            checkpoint.write(&dir)?;
+        } else {
+            let last = bases.len() - 1;
+            let clean = saved.is_some_and(|c| c.clean);
+            let first_untrusted = if clean {
+                last
+            } else {
+                bases
+                    .iter()
+                    .rposition(|&b| b <= checkpoint.recovery_point)
+                    .unwrap_or(0)
+            };
+            for (i, &base) in bases[..first_untrusted].iter().enumerate() {
+                let f = &found[&base];
+                let data_len = file_len(&segment_path(&dir, base, LOG_EXT))?;
+                let index_ok = |ext, entry| {
+                    file_len(&segment_path(&dir, base, ext))
+                        .map(|l| l.is_multiple_of(entry as u64))
+                        .unwrap_or(false)
+                };
+                if !(f.index
+                    && f.time
+                    && index_ok(INDEX_EXT, OFFSET_ENTRY_LEN)
+                    && index_ok(TIME_INDEX_EXT, TIME_ENTRY_LEN))
+                {
+                    Self::rebuild_sealed_indexes(&dir, base, bases[i + 1], &config)?;
+                    report.rebuilt_indexes += 1;
+                }
+                segments.push(Segment::unloaded(&dir, base, data_len, &config));
+            }
+            let trusted_tail = if clean {
+                Self::open_clean_tail(&dir, bases[last], &config)?
+            } else {
+                None
+            };
+            match trusted_tail {
+                Some(state) => {
+                    report.clean = true;
+                    let created = created_ms(&segment_path(&dir, bases[last], LOG_EXT), now);
+                    active =
+                        ActiveSegment::open(&dir, bases[last], &state, &config, created, false)?;
+                }
+                None => {
+                    if clean {
+                        warn!(dir = %dir.display(), "log was closed cleanly but its last segment does not match; verifying it");
+                    }
+                    let min_epoch = 0;
+                    let (tail, epoch) = Self::recover_tail(
+                        &dir,
+                        &bases[first_untrusted..],
+                        &config,
+                        Verify {
+                            max_epoch: if saved.is_some() {
+                                leader_epoch
+                            } else {
+                                i32::MAX
+                            },
+                            min_epoch,
+                        },
+                        &mut segments,
+                        &mut report,
+                    )?;
+                    if saved.is_none() {
+                        leader_epoch = epoch.unwrap_or(0).max(0);
+                    }
+                    let created = created_ms(&segment_path(&dir, tail.0, LOG_EXT), now);
+                    active = ActiveSegment::open(&dir, tail.0, &tail.1, &config, created, false)?;
+                    sync_dir(&dir)?;
+                    // Everything before the tail segment is now verified and synced.
+                    checkpoint = Checkpoint {
+                        recovery_point: tail.0,
+                        clean: false,
+                        leader_epoch,
+                    };
+                    checkpoint.write(&dir)?;
+                }
+            }
+        }
+        segments.push(active.segment().clone());
+        report.segments = segments.len();
+        let end = active.next_offset();
+        info!(
+            dir = %dir.display(),
+            start = segments[0].base_offset(),
+            end,
+            segments = segments.len(),
+            clean = report.clean,
+            scanned = report.segments_scanned,
+            "log opened"
+        );
+        let marked_unclean = !checkpoint.clean;
+        Ok(Self {
+            dir,
+            segments: RwLock::new(Arc::new(segments)),
+            end_offset: AtomicI64::new(end),
+            writer: Mutex::new(Writer {
+                active,
+                leader_epoch,
+                records_since_flush: 0,
+                pending: Vec::new(),
+                marked_unclean,
+            }),
+            flush: Mutex::new(FlushState {
+                flushed: end,
+                in_progress: false,
+                last_flush_ms: now,
+            }),
+            flush_done: Condvar::new(),
+            checkpoint: Mutex::new(checkpoint),
+            closed: AtomicBool::new(false),
+            recovery: report,
+            config,
+        })
+    }
+
+    /// The tail segment of a cleanly closed log, trusted as it is: its files
+    /// were synced and trimmed. Only the batches after the last index entry
+    /// are read, to find the end offset. `None` if anything disagrees.
+    fn open_clean_tail(
+        dir: &Path,
+        base: i64,
+        config: &LogConfig,
+    ) -> Result<Option<RecoveredSegment>> {
+        let read = |ext| std::fs::read(segment_path(dir, base, ext)).ok();
+        let (Some(index), Some(time)) = (read(INDEX_EXT), read(TIME_INDEX_EXT)) else {
+            return Ok(None);
+        };
+        if !index.len().is_multiple_of(OFFSET_ENTRY_LEN)
+            || !time.len().is_multiple_of(TIME_ENTRY_LEN)
+        {
+            return Ok(None);
+        }
+        let data = map_sealed(&segment_path(dir, base, LOG_EXT))?;
+        let last_entry = index
+            .len()
+            .checked_sub(OFFSET_ENTRY_LEN)
+            .map(|at| offset_entry_at(&index[at..], 0));
+        let (from_rel, from_pos) = last_entry.unwrap_or((0, 0));
+        let Some(tail) = data.get(from_pos as usize..) else {
+            return Ok(None);
+        };
+        let walked = scan(
+            tail,
+            base + i64::from(from_rel),
+            1,
+            Some(Verify {
+                max_epoch: i32::MAX,
+                min_epoch: 0,
+            }),
+        );
+        if walked.error.is_some() || from_pos as u64 + walked.valid_len != data.len() as u64 {
+            return Ok(None);
+        }
+        let last_time = time
+            .len()
+            .checked_sub(TIME_ENTRY_LEN)
+            .map(|at| time_entry_at(&time[at..], 0).0);
+        if data.is_empty() != last_time.is_none() {
+            return Ok(None);
+        }
+        let builder = IndexBuilder::resume(
+            config.index_interval_bytes,
+            data.len() as u64,
+            last_entry.map(|e| e.1),
+            last_time,
+        );
+        Ok(Some(RecoveredSegment {
+            valid_len: data.len() as u64,
+            next_offset: walked.next_offset,
+            index,
+            time,
+            builder,
+        }))
+    }
+
+    /// Verifies the segments `bases` (in order) batch by batch. Sealed ones
+    /// that survive get fresh, synced indexes and join `segments`; the first
+    /// damage cuts its segment there and drops all later ones. Returns the
+    /// tail segment's base and state, and the last batch's leader epoch.
+    fn recover_tail(
+        dir: &Path,
+        bases: &[i64],
+        config: &LogConfig,
+        mut verify: Verify,
+        segments: &mut Vec<Arc<Segment>>,
+        report: &mut RecoveryReport,
+    ) -> Result<((i64, RecoveredSegment), Option<i32>)> {
+        let mut expected = bases[0];
+        let mut epoch = None;
+        for (i, &base) in bases.iter().enumerate() {
+            let path = segment_path(dir, base, LOG_EXT);
+            let data = map_sealed(&path)?;
+            let outcome = if base == expected || i == 0 {
+                scan(&data, base, config.index_interval_bytes, Some(verify))
+            } else {
+                let mut o = scan(&[], base, config.index_interval_bytes, None);
+                o.error = Some(format!(
+                    "segment starts at offset {base} but the previous one ends at {expected}"
+                ));
+                o
+            };
+            report.segments_scanned += 1;
+            report.batches_scanned += outcome.batches;
+            let written = data
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(0, |p| p as u64 + 1);
+            let is_last = i + 1 == bases.len();
+            let damaged = outcome.error.is_some() || (outcome.batches == 0 && !is_last && i > 0);
+            epoch = outcome.last_epoch.or(epoch);
+            if let Some(e) = outcome.last_epoch {
+                verify.min_epoch = e;
+            }
+            drop(data);
+            if damaged || is_last {
+                let dropped = &bases[i + 1..];
+                let mut cut = written.saturating_sub(outcome.valid_len);
+                for &b in dropped {
+                    cut += file_len(&segment_path(dir, b, LOG_EXT)).unwrap_or(0);
+                    remove_segment_files(dir, b);
+                }
+                if cut > 0 || !dropped.is_empty() {
+                    warn!(
+                        segment = %path.display(),
+                        position = outcome.valid_len,
+                        kept_batches = outcome.batches,
+                        truncated_bytes = cut,
+                        dropped_segments = dropped.len(),
+                        reason = outcome.error.as_deref().unwrap_or("torn write"),
+                        "recovery cut the log at the first damaged batch"
+                    );
+                }
+                report.truncated_bytes += cut;
+                report.dropped_segments += dropped.len();
+                return Ok(((base, RecoveredSegment::from(&outcome)), epoch));
+            }
+            // A verified sealed segment: exact, synced files before the
+            // recovery point may move past it.
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| StorageError::io("opening", &path, e))?;
+            f.set_len(outcome.valid_len)
+                .map_err(|e| StorageError::io("trimming", &path, e))?;
+            f.sync_data()
+                .map_err(|e| StorageError::io("syncing", &path, e))?;
+            let (index, time) = outcome.sealed_indexes();
+            write_file_atomic(&segment_path(dir, base, INDEX_EXT), &index)?;
+            write_file_atomic(&segment_path(dir, base, TIME_INDEX_EXT), &time)?;
+            segments.push(Segment::unloaded(dir, base, outcome.valid_len, config));
+            expected = outcome.next_offset;
+        }
+        // `bases` is never empty, and its last segment returns above.
+        Err(StorageError::Corrupt {
+            path: dir.to_path_buf(),
+            reason: "no segment to recover".into(),
+        })
+    }
+
+    /// Rewrites a trusted sealed segment's index files from its data.
+    fn rebuild_sealed_indexes(
+        dir: &Path,
+        base: i64,
+        next_base: i64,
+        config: &LogConfig,
+    ) -> Result<()> {
+        let path = segment_path(dir, base, LOG_EXT);
+        warn!(segment = %path.display(), "index files missing or damaged; rebuilding them");
+        let data = map_sealed(&path)?;
+        let outcome = scan(&data, base, config.index_interval_bytes, None);
+        if outcome.error.is_some()
+            || outcome.valid_len != data.len() as u64
+            || outcome.next_offset != next_base
+        {
+            return Err(StorageError::Corrupt {
+                path,
+                reason: format!(
+                    "sealed segment below the recovery point is damaged at byte {}: {}",
+                    outcome.valid_len,
+                    outcome
+                        .error
+                        .as_deref()
+                        .unwrap_or("offsets do not reach the next segment")
+                ),
+            });
+        }
+        let (index, time) = outcome.sealed_indexes();
+        write_file_atomic(&segment_path(dir, base, INDEX_EXT), &index)?;
+        write_file_atomic(&segment_path(dir, base, TIME_INDEX_EXT), &time)
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The log's settings.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// What opening the log found.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    fn segments(&self) -> Arc<Vec<Arc<Segment>>> {
+        self.segments.read().clone()
+    }
+
+    /// First offset still in the log.
+    pub fn start_offset(&self) -> i64 {
+        self.segments.read()[0].base_offset()
+    }
+
+    /// Offset the next appended record gets.
+    pub fn end_offset(&self) -> i64 {
+        self.end_offset.load(Ordering::Acquire)
+    }
+
+    /// Every offset below this is on disk.
+    pub fn flushed_offset(&self) -> i64 {
+        self.flush.lock().flushed
+    }
+
+    /// Bytes of data in all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments().iter().map(|s| s.size()).sum()
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.segments.read().len()
+    }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_bases(&self) -> Vec<i64> {
+        self.segments().iter().map(|s| s.base_offset()).collect()
+    }
+
+    /// Leader epoch stamped on appended batches.
+    pub fn leader_epoch(&self) -> i32 {
+        self.writer.lock().leader_epoch
+    }
+
+    fn update_checkpoint(&self, f: impl FnOnce(&mut Checkpoint)) -> Result<()> {
+        let mut saved = self.checkpoint.lock();
+        let mut next = *saved;
+        f(&mut next);
+        if next != *saved {
+            next.write(&self.dir)?;
+            *saved = next;
+        }
+        Ok(())
+    }
+
+    /// Before the first change after a clean open: the checkpoint must stop
+    /// vouching for files that are about to change.
+    fn mark_unclean(&self, w: &mut Writer) -> Result<()> {
+        if !w.marked_unclean {
+            self.update_checkpoint(|c| c.clean = false)?;
+            w.marked_unclean = true;
+        }
+        Ok(())
+    }
+
+    /// Sets the leader epoch stamped on batches from now on. It may only
+    /// rise; it is made durable before any batch carries it.
+    pub fn set_leader_epoch(&self, epoch: i32) -> Result<()> {
+        let mut w = self.writer.lock();
+        if epoch < w.leader_epoch {
+            return Err(StorageError::InvalidConfig(format!(
+                "leader epoch {epoch} is below the current epoch {}; epochs only rise",
+                w.leader_epoch
+            )));
+        }
+        self.mark_unclean(&mut w)?;
+        self.update_checkpoint(|c| c.leader_epoch = epoch)?;
+        w.leader_epoch = epoch;
+        Ok(())
+    }
+
+    /// Appends a batch: assigns it the next offsets and the current leader
+    /// epoch. Returns once the batch is visible to readers, and, under
+    /// [`FlushPolicy::EveryAppend`], once it is durable (sharing one sync
+    /// with concurrent appenders).
+    pub fn append(&self, batch: &RecordBatch) -> Result<AppendInfo> {
+        if batch.len() > self.config.max_batch_bytes {
+            return Err(StorageError::BatchTooLarge {
+                size: batch.len(),
+                limit: self.config.max_batch_bytes,
+            });
+        }
+        let now = (self.config.clock)();
+        let (info, flush_due) = {
+            let mut w = self.writer.lock();
+            if self.closed.load(Ordering::Acquire) {
+                return Err(StorageError::Closed);
+            }
+            self.mark_unclean(&mut w)?;
+            if w.active.must_roll(
+                batch.len(),
+                batch.view().last_offset_delta(),
+                &self.config,
+                now,
+            ) {
+                self.roll(&mut w, now)?;
+            }
+            let epoch = w.leader_epoch;
+            let (base_offset, last_offset) = w.active.append(batch, epoch)?;
+            self.end_offset.store(last_offset + 1, Ordering::Release);
+            w.records_since_flush += batch.record_count() as u64;
+            let due = match self.config.flush {
+                FlushPolicy::EveryAppend => true,
+                FlushPolicy::EveryRecords(n) => w.records_since_flush >= n,
+                FlushPolicy::Interval(d) => {
+                    now - self.flush.lock().last_flush_ms >= d.as_millis() as i64
+                }
+                FlushPolicy::Manual => false,
+            };
+            if due {
+                w.records_since_flush = 0;
+            }
+            (
+                AppendInfo {
+                    base_offset,
+                    last_offset,
+                    max_timestamp: batch.max_timestamp(),
+                },
+                due,
+            )
+        };
+        if flush_due {
+            self.flush_until(info.last_offset + 1)?;
+        }
+        Ok(info)
+    }
+
+    /// Seals the active segment and starts a new one at the end offset.
+    fn roll(&self, w: &mut Writer, now: i64) -> Result<()> {
+        let base = w.active.next_offset();
+        let next = ActiveSegment::create(&self.dir, base, &self.config, now)?;
+        let sealed = match w.active.seal() {
+            Ok(files) => files,
+            Err(e) => {
+                drop(next);
+                remove_segment_files(&self.dir, base);
+                return Err(e);
+            }
+        };
+        let new_segment = next.segment().clone();
+        w.pending.push(sealed);
+        w.active = next;
+        let mut list = self.segments.write();
+        let mut segments = Vec::clone(&list);
+        segments.push(new_segment);
+        *list = Arc::new(segments);
+        Ok(())
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`, up to
+    /// `max_bytes` (but always at least one batch). Reading at the end
+    /// offset returns no data; outside `[start, end]` is an error that names
+    /// the range.
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
+        let end = self.end_offset();
+        let segments = self.segments();
+        let start = segments[0].base_offset();
+        let result = |data| {
+            Ok(ReadResult {
+                data,
+                log_start_offset: start,
+                log_end_offset: end,
+            })
+        };
+        if offset < start || offset > end {
+            return Err(StorageError::OffsetOutOfRange { offset, start, end });
+        }
+        let first = segments
+            .partition_point(|s| s.base_offset() <= offset)
+            .saturating_sub(1);
+        for (i, seg) in segments.iter().enumerate().skip(first) {
+            if seg.base_offset() >= end {
+                break;
+            }
+            let next = segments.get(i + 1).map_or(end, |s| s.base_offset());
+            let view = match seg.view(next) {
+                Ok(v) => v,
+                Err(e) => return Err(self.deleted_or(e, offset)),
+            };
+            if let Some(data) = view.read(offset, max_bytes, end)? {
+                return result(data);
+            }
+        }
+        result(Bytes::new())
+    }
+
+    /// A segment that vanished under a reader was deleted by retention: the
+    /// offset is now below the log start.
+    fn deleted_or(&self, e: StorageError, offset: i64) -> StorageError {
+        match &e {
+            StorageError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                StorageError::OffsetOutOfRange {
+                    offset,
+                    start: self.start_offset(),
+                    end: self.end_offset(),
+                }
+            }
+            _ => e,
+        }
+    }
+
+    /// First offset whose record timestamp is at least `timestamp`; `None`
+    /// if every record is older.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<i64>> {
+        let end = self.end_offset();
+        let segments = self.segments();
+        for (i, seg) in segments.iter().enumerate() {
+            let next = segments.get(i + 1).map_or(end, |s| s.base_offset());
+            let view = seg
+                .view(next)
+                .map_err(|e| self.deleted_or(e, seg.base_offset()))?;
+            if let Some(offset) = view.offset_for_timestamp(timestamp, end)? {
+                return Ok(Some(offset));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Forces everything appended so far to disk.
+    pub fn flush(&self) -> Result<()> {
+        self.flush_until(self.end_offset())
+    }
+
+    /// Returns once every offset below `offset` is durable. Callers that
+    /// arrive while a sync runs wait for it and then share one sync (group
+    /// commit).
+    pub fn flush_until(&self, offset: i64) -> Result<()> {
+        let target = offset.min(self.end_offset());
+        let mut st = self.flush.lock();
+        loop {
+            if st.flushed >= target {
+                return Ok(());
+            }
+            if st.in_progress {
+                self.flush_done.wait(&mut st);
+                continue;
+            }
+            st.in_progress = true;
+            let result = parking_lot::MutexGuard::unlocked(&mut st, || self.sync_now());
+            st.in_progress = false;
+            self.flush_done.notify_all();
+            let synced = result?;
+            st.flushed = st.flushed.max(synced);
+            st.last_flush_ms = (self.config.clock)();
+        }
+    }
+
+    /// Syncs rolled segments and the active data file; returns the offset
+    /// below which everything is now durable. Called by the one flushing
+    /// thread, without the writer lock (appends go on meanwhile).
+    fn sync_now(&self) -> Result<i64> {
+        let (pending, data_file, active_base, end) = {
+            let mut w = self.writer.lock();
+            (
+                std::mem::take(&mut w.pending),
+                w.active.data_file().clone(),
+                w.active.segment().base_offset(),
+                w.active.next_offset(),
+            )
+        };
+        let result = (|| {
+            for sealed in &pending {
+                for f in &sealed.files {
+                    f.sync_data().map_err(|e| {
+                        StorageError::io(
+                            "syncing",
+                            segment_path(&self.dir, sealed.base_offset, LOG_EXT),
+                            e,
+                        )
+                    })?;
+                }
+            }
+            data_file.sync_data().map_err(|e| {
+                StorageError::io("syncing", segment_path(&self.dir, active_base, LOG_EXT), e)
+            })?;
+            if !pending.is_empty() {
+                // New segment files' directory entries, then the recovery point.
+                sync_dir(&self.dir)?;
+                self.update_checkpoint(|c| c.recovery_point = c.recovery_point.max(active_base))?;
+            }
+            Ok(end)
+        })();
+        if result.is_err() && !pending.is_empty() {
+            let mut w = self.writer.lock();
+            let later = std::mem::replace(&mut w.pending, pending);
+            w.pending.extend(later);
+        }
+        result
+    }
+
+    /// Flushes if the policy says it is time, or if rolled segments wait to
+    /// be synced. For a periodic caller such as [`crate::storage::Flusher`].
+    pub fn flush_if_due(&self) -> Result<bool> {
+        let pending = !self.writer.lock().pending.is_empty();
+        let timed_out = match self.config.flush {
+            FlushPolicy::Interval(d) => {
+                let st = self.flush.lock();
+                st.flushed < self.end_offset()
+                    && (self.config.clock)() - st.last_flush_ms >= d.as_millis() as i64
+            }
+            _ => false,
+        };
+        if pending || timed_out {
+            self.flush()?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Removes every record at or after `offset`, cutting at the start of
+    /// the batch that holds it (batches are never split), and returns the
+    /// new end offset (at most `offset`). Used by replication to drop a
+    /// diverged tail. The cut segment's kept prefix is written to a new file,
+    /// so bytes already handed to readers are never changed.
+    pub fn truncate_to(&self, offset: i64) -> Result<i64> {
+        // Exclusive against syncs, so none records an offset past the cut.
+        let mut st = self.flush.lock();
+        while st.in_progress {
+            self.flush_done.wait(&mut st);
+        }
+        st.in_progress = true;
+        let result = parking_lot::MutexGuard::unlocked(&mut st, || self.truncate_locked(offset));
+        st.in_progress = false;
+        if let Ok(end) = result {
+            st.flushed = st.flushed.min(end);
+        }
+        self.flush_done.notify_all();
+        result
+    }
+
+    fn truncate_locked(&self, offset: i64) -> Result<i64> {
+        let mut w = self.writer.lock();
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Closed);
+        }
+        let end = w.active.next_offset();
+        let segments = self.segments();
+        let start = segments[0].base_offset();
+        if offset >= end {
+            return Ok(end);
+        }
+        if offset < start {
+            return Err(StorageError::OffsetOutOfRange { offset, start, end });
+        }
+        self.mark_unclean(&mut w)?;
+        let k = segments.partition_point(|s| s.base_offset() <= offset) - 1;
+        let seg = &segments[k];
+        let base = seg.base_offset();
+        let next = segments.get(k + 1).map_or(end, |s| s.base_offset());
+        let view = seg.view(next)?;
+        let (cut, new_end) =
+            view.batch_start(offset, end)?
+                .ok_or_else(|| StorageError::Corrupt {
+                    path: seg.path(LOG_EXT),
+                    reason: format!("no batch holds offset {offset} below the segment end {next}"),
+                })?;
+        let now = (self.config.clock)();
+        let new_active = if cut == 0 {
+            ActiveSegment::create(&self.dir, base, &self.config, now)?
+        } else {
+            let kept = &view.data[..cut];
+            let tmp = segment_path(&self.dir, base, "log.truncating");
+            write_file_atomic(&tmp, kept)?;
+            let path = seg.path(LOG_EXT);
+            std::fs::rename(&tmp, &path).map_err(|e| StorageError::io("renaming", &tmp, e))?;
+            let outcome = scan(kept, base, self.config.index_interval_bytes, None);
+            ActiveSegment::open(
+                &self.dir,
+                base,
+                &RecoveredSegment::from(&outcome),
+                &self.config,
+                now,
+                false,
+            )?
+        };
+        drop(view);
+        for s in &segments[k + 1..] {
+            remove_segment_files(&self.dir, s.base_offset());
+        }
+        for f in [LOG_EXT, INDEX_EXT, TIME_INDEX_EXT] {
+            let path = segment_path(&self.dir, base, f);
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_data())
+                .map_err(|e| StorageError::io("syncing", &path, e))?;
+        }
+        sync_dir(&self.dir)?;
+        let mut kept: Vec<Arc<Segment>> = segments[..k].to_vec();
+        kept.push(new_active.segment().clone());
+        w.pending.retain(|p| p.base_offset < base);
+        w.active = new_active;
+        w.records_since_flush = 0;
+        *self.segments.write() = Arc::new(kept);
+        self.end_offset.store(new_end, Ordering::Release);
+        self.update_checkpoint(|c| c.recovery_point = c.recovery_point.min(base))?;
+        info!(dir = %self.dir.display(), offset, new_end, "log truncated");
+        Ok(new_end)
+    }
+
+    /// Deletes the oldest sealed segments that retention no longer keeps:
+    /// those whose newest record is older than `retention_ms`, and those
+    /// whose removal keeps the log at or above `retention_bytes`. The active
+    /// segment is never deleted. Readers holding deleted data keep it.
+    pub fn apply_retention(&self) -> Result<RetentionOutcome> {
+        let mut w = self.writer.lock();
+        let segments = self.segments();
+        let now = (self.config.clock)();
+        let mut remaining: u64 = segments.iter().map(|s| s.size()).sum();
+        let mut n = 0;
+        for (i, seg) in segments[..segments.len() - 1].iter().enumerate() {
+            let by_size = self
+                .config
+                .retention_bytes
+                .is_some_and(|r| remaining - seg.size() >= r);
+            let by_time = match self.config.retention_ms {
+                Some(ms) => {
+                    let view = seg.view(segments[i + 1].base_offset())?;
+                    view.max_timestamp != i64::MIN
+                        && view.max_timestamp < now.saturating_sub(ms as i64)
+                }
+                None => false,
+            };
+            if !(by_size || by_time) {
+                break;
+            }
+            remaining -= seg.size();
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(RetentionOutcome::default());
+        }
+        let outcome = RetentionOutcome {
+            deleted_segments: n,
+            deleted_bytes: segments[..n].iter().map(|s| s.size()).sum(),
+        };
+        let new_start = segments[n].base_offset();
+        *self.segments.write() = Arc::new(segments[n..].to_vec());
+        w.pending.retain(|p| p.base_offset >= new_start);
+        drop(w);
+        for s in &segments[..n] {
+            remove_segment_files(&self.dir, s.base_offset());
+        }
+        info!(dir = %self.dir.display(), deleted = n, bytes = outcome.deleted_bytes, new_start, "retention deleted segments");
+        Ok(outcome)
+    }
+
+    /// Closes the log cleanly: syncs and trims every file and records a
+    /// clean checkpoint, so the next open scans nothing. Appends fail
+    /// afterwards; reads still work. Idempotent.
+    pub fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let mut w = self.writer.lock();
+        for sealed in std::mem::take(&mut w.pending) {
+            for f in &sealed.files {
+                f.sync_data().map_err(|e| {
+                    StorageError::io(
+                        "syncing",
+                        segment_path(&self.dir, sealed.base_offset, LOG_EXT),
+                        e,
+                    )
+                })?;
+            }
+        }
+        w.active.close()?;
+        sync_dir(&self.dir)?;
+        let end = w.active.next_offset();
+        let epoch = w.leader_epoch;
+        self.update_checkpoint(|c| {
+            *c = Checkpoint {
+                recovery_point: end,
+                clean: true,
+                leader_epoch: epoch,
+            }
+        })?;
+        self.flush.lock().flushed = end;
+        Ok(())
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            warn!(dir = %self.dir.display(), error = %e, "log was not closed cleanly; the next open will verify it");
+        }
+    }
+}
