@@ -11,7 +11,7 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
         Arc,
     },
 };
@@ -126,6 +126,8 @@ pub struct Log {
     checkpoint: Mutex<Checkpoint>,
     closed: AtomicBool,
     recovery: RecoveryReport,
+    /// Syncs of the active segment so far (for metrics and tests).
+    syncs: AtomicU64,
 }
 
 impl std::fmt::Debug for Log {
@@ -375,6 +377,7 @@ impl Log {
             checkpoint: Mutex::new(checkpoint),
             closed: AtomicBool::new(false),
             recovery: report,
+            syncs: AtomicU64::new(0),
             config,
         })
     }
@@ -602,6 +605,12 @@ impl Log {
     /// Base offsets of the segments, oldest first.
     pub fn segment_bases(&self) -> Vec<i64> {
         self.segments().iter().map(|s| s.base_offset()).collect()
+    }
+
+    /// Number of syncs done so far. Under group commit it grows more slowly
+    /// than the number of durable appends.
+    pub fn sync_count(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
     }
 
     /// Leader epoch stamped on appended batches.
@@ -1062,3 +1071,7 @@ impl Drop for Log {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "log_tests.rs"]
+mod tests;
