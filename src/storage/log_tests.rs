@@ -370,7 +370,7 @@ fn retention_deletes_old_sealed_segments_by_size_and_time() {
     assert!(
         matches!(log.read(0, 10), Err(StorageError::OffsetOutOfRange { start: s, .. }) if s == start)
     );
-    assert_eq!(log.read(start, 10).expect("read").data.is_empty(), false);
+    assert!(!log.read(start, 10).expect("read").data.is_empty());
 
     // All records are now older than retention_ms, but the active segment stays.
     now.fetch_add(1_000_000, Ordering::SeqCst);
