@@ -117,6 +117,12 @@ pub enum BatchError {
         /// Maximum over the records.
         actual: i64,
     },
+    /// A record would take the batch past the format's limits.
+    #[error("batch would exceed 2 GiB or i32::MAX records (it holds {records} records)")]
+    TooLarge {
+        /// Records already in the batch.
+        records: i32,
+    },
     /// A record could not be decoded.
     #[error("record {index}: {reason}")]
     MalformedRecord {
@@ -682,34 +688,38 @@ impl BatchBuilder {
     }
 
     /// Appends a record with timestamp `timestamp` (ms since the epoch).
-    ///
-    /// # Panics
-    ///
-    /// If a key, value or header is 2 GiB or larger, or the batch already
-    /// holds `i32::MAX` records: callers enforce far smaller limits first.
+    /// Fails, leaving the builder as it was, if the batch would reach 2 GiB
+    /// or `i32::MAX` records (the format's limits).
     pub fn push(
         &mut self,
         timestamp: i64,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         headers: &[HeaderRef<'_>],
-    ) {
-        assert!(self.count < i32::MAX, "batch record count overflow");
+    ) -> Result<(), BatchError> {
+        let body = self.body_len(timestamp, key, value, headers);
+        let fits = body
+            .checked_add(self.buf.len() + 5)
+            .is_some_and(|total| total <= i32::MAX as usize);
+        if !fits || self.count == i32::MAX {
+            return Err(BatchError::TooLarge {
+                records: self.count,
+            });
+        }
         if self.count == 0 {
             self.first_timestamp = timestamp;
         }
-        let body = self.body_len(timestamp, key, value, headers);
+        // Every length below fits in an i32: the whole batch does.
         let put_bytes = |buf: &mut Vec<u8>, b: Option<&[u8]>| match b {
             None => put_varint(buf, -1),
             Some(b) => {
-                let len = i32::try_from(b.len()).expect("field under 2 GiB");
-                put_varint(buf, len);
+                put_varint(buf, b.len() as i32);
                 buf.extend_from_slice(b);
             }
         };
         let buf = &mut self.buf;
         buf.reserve(body + 5);
-        put_varint(buf, i32::try_from(body).expect("record under 2 GiB"));
+        put_varint(buf, body as i32);
         buf.push(0); // record attributes: none defined
         put_varlong(buf, timestamp.wrapping_sub(self.first_timestamp));
         put_varint(buf, self.count);
@@ -722,6 +732,7 @@ impl BatchBuilder {
         }
         self.max_timestamp = self.max_timestamp.max(timestamp);
         self.count += 1;
+        Ok(())
     }
 
     /// Finishes the batch; `None` if no record was pushed.
@@ -775,8 +786,9 @@ mod tests {
                 key: b"h",
                 value: Some(b"x"),
             }],
-        );
-        b.push(999, None, Some(b""), &[]);
+        )
+        .expect("push");
+        b.push(999, None, Some(b""), &[]).expect("push");
         b.push(
             1_005,
             Some(b""),
@@ -785,7 +797,8 @@ mod tests {
                 key: b"n",
                 value: None,
             }],
-        );
+        )
+        .expect("push");
         b.build().expect("three records")
     }
 
@@ -830,7 +843,8 @@ mod tests {
             }];
             let before = b.size_bytes();
             let predicted = b.record_size(i * 1000 - 7, Some(b"key"), Some(&value), &headers);
-            b.push(i * 1000 - 7, Some(b"key"), Some(&value), &headers);
+            b.push(i * 1000 - 7, Some(b"key"), Some(&value), &headers)
+                .expect("push");
             assert_eq!(b.size_bytes() - before, predicted);
         }
     }

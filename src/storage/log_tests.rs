@@ -39,7 +39,8 @@ fn batch(tag: &str, n: usize, size: usize, ts: i64) -> RecordBatch {
                 key: b"i",
                 value: Some(&[i as u8]),
             }],
-        );
+        )
+        .expect("push");
     }
     b.build().expect("non-empty")
 }

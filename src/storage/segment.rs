@@ -577,8 +577,8 @@ impl ActiveSegment {
     }
 
     /// Appends `batch` with the next offsets and `epoch`, and publishes it.
-    /// On error (disk full) nothing is published and the segment is as it
-    /// was.
+    /// On error (disk full, I/O) nothing is published and the segment is as
+    /// it was.
     pub fn append(&mut self, batch: &RecordBatch, epoch: i32) -> Result<(i64, i64)> {
         let bytes = batch.as_bytes();
         let base = self.next_offset;
@@ -591,9 +591,7 @@ impl ActiveSegment {
         let mut header = [0u8; HEADER_LEN];
         header.copy_from_slice(&bytes[..HEADER_LEN]);
         stamp_header(&mut header, base, epoch);
-        self.data.write(pos, &header);
-        self.data
-            .write(pos + HEADER_LEN as u64, &bytes[HEADER_LEN..]);
+        self.data.write_at(pos, &[&header, &bytes[HEADER_LEN..]])?;
         self.write_entries(&planned);
         self.builder
             .commit(&planned, bytes.len() as u64, batch.max_timestamp());

@@ -46,7 +46,8 @@ pub fn batch_of(values: &[Vec<u8>], timestamp: i64) -> RecordBatch {
                 key: b"n",
                 value: Some(&[i as u8]),
             }],
-        );
+        )
+        .expect("push");
     }
     b.build().expect("at least one value")
 }
