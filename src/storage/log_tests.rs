@@ -560,3 +560,32 @@ fn leader_epochs_rise_and_survive_reopen() {
     let log = Log::open(dir.path(), small_config()).expect("reopen");
     assert_eq!(log.leader_epoch(), 3);
 }
+
+#[test]
+fn a_recovered_tail_with_a_large_time_index_closes_cleanly() {
+    // One index entry per batch, so the tail's time index outgrows the
+    // first preallocation; recovery must leave room for the sealing entry.
+    let config = || LogConfig {
+        index_interval_bytes: 1,
+        segment_bytes: 1 << 20,
+        ..small_config()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), config()).expect("open");
+    for i in 0..1500 {
+        log.append(&batch("big-index", 1, 10, i)).expect("append");
+    }
+    crash_image(&log, image.path());
+    let recovered = Log::open(image.path(), config()).expect("recover");
+    assert!(!recovered.recovery_report().clean);
+    recovered.close().expect("clean close after recovery");
+    drop(recovered);
+    let reopened = Log::open(image.path(), config()).expect("reopen");
+    assert!(reopened.recovery_report().clean);
+    assert_eq!(
+        reopened.offset_for_timestamp(1499).expect("lookup"),
+        Some(1499)
+    );
+    assert_eq!(all_records(&reopened).len(), 1500);
+}

@@ -503,12 +503,15 @@ impl ActiveSegment {
             index_initial,
             index_limit as u64,
         )?;
-        let time = GrowableFile::create(
+        let mut time = GrowableFile::create(
             &segment_path(dir, base, TIME_INDEX_EXT),
             &found.time,
             index_initial,
             time_limit as u64,
         )?;
+        // The room every append keeps: the sealing time entry must always
+        // fit, even when recovery filled the file to its first size.
+        time.ensure((found.time.len() + 2 * TIME_ENTRY_LEN) as u64)?;
         let seg = Arc::new(Segment {
             base_offset: base,
             dir: dir.to_path_buf(),
