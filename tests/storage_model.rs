@@ -28,7 +28,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        8 => (prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 1..8), 0i64..10_000).prop_map(|(v, t)| Op::Append(v, t)),
+        8 => (prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 1..6), 0i64..10_000).prop_map(|(v, t)| Op::Append(v, t)),
         3 => (0.0..1.0f64, 1usize..5000).prop_map(|(f, m)| Op::Read(f, m)),
         1 => (0.0..1.0f64).prop_map(Op::Truncate),
         2 => (0i64..10_010).prop_map(Op::Timestamp),
@@ -59,9 +59,37 @@ impl Model {
     }
 }
 
-fn config(retention: Option<u64>) -> LogConfig {
+/// Segment size, index interval and first preallocation vary per case, so
+/// rolls, index density and preallocation growth are all exercised.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    segment_bytes: u64,
+    index_interval_bytes: u64,
+    initial_preallocate_bytes: u64,
+}
+
+fn shape() -> impl Strategy<Value = Shape> {
+    (
+        prop::sample::select(vec![2048u64, 4096, 65536]),
+        prop::sample::select(vec![1u64, 64, 256, 4096]),
+        prop::sample::select(vec![512u64, 1024, 8192]),
+    )
+        .prop_map(
+            |(segment_bytes, index_interval_bytes, initial_preallocate_bytes)| Shape {
+                segment_bytes,
+                index_interval_bytes,
+                initial_preallocate_bytes,
+            },
+        )
+}
+
+fn config(shape: Shape, retention: Option<u64>) -> LogConfig {
     LogConfig {
         retention_bytes: retention,
+        segment_bytes: shape.segment_bytes,
+        index_interval_bytes: shape.index_interval_bytes,
+        initial_preallocate_bytes: shape.initial_preallocate_bytes,
+        max_batch_bytes: 2048,
         ..small_config()
     }
 }
@@ -70,11 +98,11 @@ fn point(start: i64, end: i64, f: f64) -> i64 {
     start + ((end - start) as f64 * f) as i64
 }
 
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+fn run(shape: Shape, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let root = tempfile::tempdir().expect("tempdir");
     let mut generation = 0;
     let mut dir = root.path().join("0");
-    let mut log = Log::open(&dir, config(None)).expect("open");
+    let mut log = Log::open(&dir, config(shape, None)).expect("open");
     let mut model = Model::default();
     for op in ops {
         match op {
@@ -133,7 +161,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Retain(bytes) => {
                 drop(log);
-                log = Log::open(&dir, config(Some(bytes))).expect("reopen");
+                log = Log::open(&dir, config(shape, Some(bytes))).expect("reopen");
                 let deleted = log.apply_retention().expect("retention");
                 let start = log.start_offset();
                 model.batches.retain(|(b, _)| *b >= start);
@@ -147,7 +175,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Reopen => {
                 drop(log);
-                log = Log::open(&dir, config(None)).expect("reopen");
+                log = Log::open(&dir, config(shape, None)).expect("reopen");
                 prop_assert!(log.recovery_report().clean);
             }
             Op::Crash => {
@@ -157,7 +185,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 crash_image(&log, &image);
                 drop(log);
                 dir = image;
-                log = Log::open(&dir, config(None)).expect("recover");
+                log = Log::open(&dir, config(shape, None)).expect("recover");
                 prop_assert_eq!(log.recovery_report().truncated_bytes, 0);
             }
         }
@@ -172,7 +200,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn log_matches_an_in_memory_model(ops in prop::collection::vec(op(), 1..60)) {
-        run(ops)?;
+    fn log_matches_an_in_memory_model(shape in shape(), ops in prop::collection::vec(op(), 1..60)) {
+        run(shape, ops)?;
     }
 }
