@@ -846,15 +846,7 @@ impl Log {
         };
         let result = (|| {
             for sealed in &pending {
-                for f in &sealed.files {
-                    f.sync_data().map_err(|e| {
-                        StorageError::io(
-                            "syncing",
-                            segment_path(&self.dir, sealed.base_offset, LOG_EXT),
-                            e,
-                        )
-                    })?;
-                }
+                sealed.sync()?;
             }
             data_file.sync_data().map_err(|e| {
                 StorageError::io("syncing", segment_path(&self.dir, active_base, LOG_EXT), e)
@@ -1038,15 +1030,7 @@ impl Log {
         }
         let mut w = self.writer.lock();
         for sealed in std::mem::take(&mut w.pending) {
-            for f in &sealed.files {
-                f.sync_data().map_err(|e| {
-                    StorageError::io(
-                        "syncing",
-                        segment_path(&self.dir, sealed.base_offset, LOG_EXT),
-                        e,
-                    )
-                })?;
-            }
+            sealed.sync()?;
         }
         w.active.close()?;
         sync_dir(&self.dir)?;

@@ -456,10 +456,21 @@ pub struct ActiveSegment {
 
 /// The files of a sealed segment that still need syncing.
 pub struct SealedFiles {
-    /// Data, offset index and time index files.
-    pub files: [Arc<std::fs::File>; 3],
+    /// Data, offset index and time index files, with their paths.
+    files: [(Arc<std::fs::File>, PathBuf); 3],
     /// Base offset of the sealed segment.
     pub base_offset: i64,
+}
+
+impl SealedFiles {
+    /// Makes the three files durable.
+    pub fn sync(&self) -> Result<()> {
+        for (file, path) in &self.files {
+            file.sync_data()
+                .map_err(|e| StorageError::io("syncing", path, e))?;
+        }
+        Ok(())
+    }
 }
 
 impl ActiveSegment {
@@ -678,12 +689,9 @@ impl ActiveSegment {
             index: window(self.index.map(), self.index_len),
             time: window(self.time.map(), self.time_len),
         };
+        let entry = |f: &GrowableFile| (f.file().clone(), f.path().to_path_buf());
         Ok(SealedFiles {
-            files: [
-                self.data.file().clone(),
-                self.index.file().clone(),
-                self.time.file().clone(),
-            ],
+            files: [entry(&self.data), entry(&self.index), entry(&self.time)],
             base_offset: self.seg.base_offset,
         })
     }
