@@ -589,3 +589,33 @@ fn a_recovered_tail_with_a_large_time_index_closes_cleanly() {
     );
     assert_eq!(all_records(&reopened).len(), 1500);
 }
+
+#[test]
+fn the_background_flusher_applies_the_interval_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (now, clock) = manual_clock(0);
+    let config = LogConfig {
+        flush: FlushPolicy::Interval(std::time::Duration::from_millis(50)),
+        clock,
+        ..small_config()
+    };
+    let log = Arc::new(Log::open(dir.path(), config).expect("open"));
+    let flusher =
+        crate::storage::Flusher::start(std::time::Duration::from_millis(5)).expect("start");
+    flusher.register(&log);
+    // The clock stands still: nothing is due, by the append or the flusher.
+    log.append(&batch("bg", 2, 10, 0)).expect("append");
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    assert_eq!(log.flushed_offset(), 0);
+    // Time passes; only the flusher thread can make the records durable now.
+    now.store(100, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while log.flushed_offset() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flusher never flushed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    drop(flusher);
+}
