@@ -514,15 +514,12 @@ impl ActiveSegment {
             index_initial,
             index_limit as u64,
         )?;
-        let mut time = GrowableFile::create(
+        let time = GrowableFile::create(
             &segment_path(dir, base, TIME_INDEX_EXT),
             &found.time,
             index_initial,
             time_limit as u64,
         )?;
-        // The room every append keeps: the sealing time entry must always
-        // fit, even when recovery filled the file to its first size.
-        time.ensure((found.time.len() + 2 * TIME_ENTRY_LEN) as u64)?;
         let seg = Arc::new(Segment {
             base_offset: base,
             dir: dir.to_path_buf(),
@@ -537,7 +534,7 @@ impl ActiveSegment {
             time_len: AtomicUsize::new(found.time.len()),
             max_timestamp: AtomicI64::new(found.builder.max_timestamp().unwrap_or(i64::MIN)),
         });
-        Ok(Self {
+        let mut active = Self {
             seg,
             data,
             index,
@@ -550,7 +547,11 @@ impl ActiveSegment {
             created_ms,
             index_limit,
             time_limit,
-        })
+        };
+        // The room every append keeps (above all for the sealing time entry),
+        // even when recovered entries filled a file to its first size.
+        active.grow(active.size, PlannedEntries::default())?;
+        Ok(active)
     }
 
     /// The shared handle.
