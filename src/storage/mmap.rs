@@ -180,14 +180,18 @@ impl GrowableFile {
     /// Writes `parts`, one after the other, at `pos` with `pwritev`. The
     /// range must be within capacity (see [`GrowableFile::ensure`]) and not
     /// yet published to readers.
-    pub(crate) fn write_at(&mut self, mut pos: u64, parts: &[&[u8]]) -> Result<()> {
+    pub(crate) fn write_at<const N: usize>(
+        &mut self,
+        mut pos: u64,
+        parts: [&[u8]; N],
+    ) -> Result<()> {
         let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
         debug_assert!(
             pos + total <= self.capacity,
             "write past preallocated capacity"
         );
-        let mut slices: Vec<std::io::IoSlice<'_>> =
-            parts.iter().map(|p| std::io::IoSlice::new(p)).collect();
+        // On the stack: this runs once per append.
+        let mut slices = parts.map(std::io::IoSlice::new);
         let mut rest = &mut slices[..];
         while !rest.is_empty() {
             let n = match rustix::io::pwritev(&*self.file, rest, pos) {

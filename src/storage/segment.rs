@@ -606,7 +606,7 @@ impl ActiveSegment {
         let mut header = [0u8; HEADER_LEN];
         header.copy_from_slice(&bytes[..HEADER_LEN]);
         stamp_header(&mut header, base, epoch);
-        self.data.write_at(pos, &[&header, &bytes[HEADER_LEN..]])?;
+        self.data.write_at(pos, [&header, &bytes[HEADER_LEN..]])?;
         self.write_entries(&planned);
         self.builder
             .commit(&planned, bytes.len() as u64, batch.max_timestamp());
