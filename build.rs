@@ -4,7 +4,10 @@
 use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/sluice/v1/server.proto"];
+    let protos = [
+        "proto/sluice/v1/server.proto",
+        "proto/sluice/v1/broker.proto",
+    ];
     println!("cargo:rerun-if-changed=proto");
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

@@ -1,28 +1,229 @@
-//! Server settings with embedded defaults.
+//! Server settings with embedded defaults, readable from a TOML file.
+//!
+//! ```toml
+//! data_dir = "./sluice-data"
+//! listen = "127.0.0.1:9400"
+//! metrics_listen = "127.0.0.1:9401"   # "off" disables the endpoint
+//!
+//! [storage]
+//! segment_bytes = 1073741824
+//! segment_ms = 604800000              # -1: roll by size only
+//! retention_ms = 604800000            # -1: keep forever
+//! retention_bytes = -1                # per partition; -1: no limit
+//! max_message_bytes = 1048588
+//! flush = "interval"                  # interval | every-append | every-records | manual
+//! flush_interval_ms = 1000
+//! flush_records = 10000
+//! index_interval_bytes = 4096
+//! preallocate_bytes = 1048576
+//! max_open_logs = 4096
+//! retention_check_interval_ms = 300000
+//! ```
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+use crate::broker::BrokerConfig;
+use crate::error::Error;
+use crate::storage::{FlushPolicy, LogConfig};
 
 /// Default gRPC listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9400";
+/// Default metrics listen address.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9401";
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./sluice-data";
 
 /// Settings of one server process.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Where partition logs live.
+    /// Where topics and partition logs live.
     pub data_dir: PathBuf,
     /// gRPC listen address.
     pub listen: SocketAddr,
+    /// Prometheus `/metrics` and `/healthz` address; `off` disables it.
+    #[serde(deserialize_with = "de_metrics_listen")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Storage defaults for every topic.
+    pub storage: StorageSettings,
+}
+
+/// When appended records are forced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlushMode {
+    /// Every `flush_interval_ms`.
+    Interval,
+    /// Before every append is acknowledged (shared syncs: group commit).
+    EveryAppend,
+    /// Every `flush_records` records.
+    EveryRecords,
+    /// Only for acks=ALL producers, and the operating system's write-back.
+    Manual,
+}
+
+/// Storage defaults (topics may override retention, segment size and
+/// message size).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    /// Segment file size.
+    pub segment_bytes: u64,
+    /// Roll segments this old, ms; -1 never.
+    pub segment_ms: i64,
+    /// Delete segments older than this, ms; -1 never.
+    pub retention_ms: i64,
+    /// Per-partition size limit; -1 none.
+    pub retention_bytes: i64,
+    /// Largest batch, bytes.
+    pub max_message_bytes: usize,
+    /// Flush policy.
+    pub flush: FlushMode,
+    /// Interval of `flush = "interval"`, ms.
+    pub flush_interval_ms: u64,
+    /// Records between flushes of `flush = "every-records"`.
+    pub flush_records: u64,
+    /// Bytes between sparse index entries.
+    pub index_interval_bytes: u64,
+    /// First preallocation of a new segment file.
+    pub preallocate_bytes: u64,
+    /// Partition logs open at most.
+    pub max_open_logs: usize,
+    /// How often retention runs, ms.
+    pub retention_check_interval_ms: u64,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        let log = BrokerConfig::new(DEFAULT_DATA_DIR);
+        let opt = |v: Option<u64>| v.map_or(-1, |v| v as i64);
+        Self {
+            segment_bytes: log.log.segment_bytes,
+            segment_ms: opt(log.log.segment_ms),
+            retention_ms: opt(log.log.retention_ms),
+            retention_bytes: opt(log.log.retention_bytes),
+            max_message_bytes: log.log.max_batch_bytes,
+            flush: FlushMode::Interval,
+            flush_interval_ms: 1000,
+            flush_records: 10_000,
+            index_interval_bytes: log.log.index_interval_bytes,
+            preallocate_bytes: log.log.initial_preallocate_bytes,
+            max_open_logs: log.max_open_logs,
+            retention_check_interval_ms: log.retention_check_interval.as_millis() as u64,
+        }
+    }
+}
+
+fn de_metrics_listen<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_metrics_listen(&s).map_err(serde::de::Error::custom)
+}
+
+/// Parses a metrics address; `off` (or empty) disables the endpoint.
+pub fn parse_metrics_listen(s: &str) -> Result<Option<SocketAddr>, String> {
+    match s.trim() {
+        "" | "off" | "none" => Ok(None),
+        a => a
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("metrics_listen '{a}': {e} (use host:port or 'off')")),
+    }
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
-            listen: DEFAULT_LISTEN
-                .parse()
-                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9400))),
+            listen: SocketAddr::from(([127, 0, 0, 1], 9400)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9401))),
+            storage: StorageSettings::default(),
         }
+    }
+}
+
+impl ServerConfig {
+    /// Reads a TOML file; unset keys keep their defaults, unknown keys are
+    /// errors.
+    pub fn from_toml_file(path: &std::path::Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("reading {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// The broker settings these describe, checked.
+    pub fn broker_config(&self) -> Result<BrokerConfig, Error> {
+        let s = &self.storage;
+        let pos = |name: &str, v: i64| -> Result<Option<u64>, Error> {
+            match v {
+                -1 => Ok(None),
+                v if v > 0 => Ok(Some(v as u64)),
+                v => Err(Error::Config(format!(
+                    "{name} {v} must be -1 or at least 1"
+                ))),
+            }
+        };
+        let flush = match s.flush {
+            FlushMode::Interval if s.flush_interval_ms > 0 => {
+                FlushPolicy::Interval(Duration::from_millis(s.flush_interval_ms))
+            }
+            FlushMode::Interval => {
+                return Err(Error::Config("flush_interval_ms must be at least 1".into()))
+            }
+            FlushMode::EveryAppend => FlushPolicy::EveryAppend,
+            FlushMode::EveryRecords => FlushPolicy::EveryRecords(s.flush_records),
+            FlushMode::Manual => FlushPolicy::Manual,
+        };
+        let mut b = BrokerConfig::new(&self.data_dir);
+        b.log = LogConfig {
+            segment_bytes: s.segment_bytes,
+            segment_ms: pos("segment_ms", s.segment_ms)?,
+            max_batch_bytes: s.max_message_bytes,
+            index_interval_bytes: s.index_interval_bytes,
+            initial_preallocate_bytes: s.preallocate_bytes,
+            retention_ms: pos("retention_ms", s.retention_ms)?,
+            retention_bytes: pos("retention_bytes", s.retention_bytes)?,
+            flush,
+            ..b.log
+        };
+        b.log.validate().map_err(|e| Error::Config(e.to_string()))?;
+        if s.max_open_logs == 0 {
+            return Err(Error::Config("max_open_logs must be at least 1".into()));
+        }
+        b.max_open_logs = s.max_open_logs;
+        if s.retention_check_interval_ms == 0 {
+            return Err(Error::Config(
+                "retention_check_interval_ms must be at least 1".into(),
+            ));
+        }
+        b.retention_check_interval = Duration::from_millis(s.retention_check_interval_ms);
+        Ok(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_keys() {
+        let c: ServerConfig = toml::from_str(
+            "listen = \"0.0.0.0:9500\"\nmetrics_listen = \"off\"\n[storage]\nsegment_bytes = 1048576\nflush = \"every-append\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9500);
+        assert_eq!(c.metrics_listen, None);
+        let b = c.broker_config().unwrap();
+        assert_eq!(b.log.segment_bytes, 1 << 20);
+        assert_eq!(b.log.flush, FlushPolicy::EveryAppend);
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+
+        let e = toml::from_str::<ServerConfig>("[storage]\nsegment_byte = 5\n").unwrap_err();
+        assert!(e.to_string().contains("segment_byte"), "{e}");
+        let bad: ServerConfig = toml::from_str("[storage]\nsegment_bytes = 10\n").unwrap();
+        assert!(bad.broker_config().is_err());
     }
 }

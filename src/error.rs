@@ -2,6 +2,7 @@
 
 use std::io;
 
+use crate::broker::BrokerError;
 use crate::storage::StorageError;
 
 /// Errors that stop the server (as opposed to request errors, which are
@@ -14,6 +15,9 @@ pub enum Error {
     /// The storage layer failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The broker could not start.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
     /// The gRPC transport failed.
     #[error("gRPC transport error: {0}")]
     Transport(#[from] tonic::transport::Error),

@@ -7,8 +7,8 @@
 //! * [`storage`]: the partition log. Segments of record batches in
 //!   memory-mapped files, sparse offset and time indexes, crash recovery,
 //!   retention and flushing. Synchronous; knows nothing of tokio or gRPC.
-//! * `broker` (to come): topics and partitions, produce and fetch, waiting
-//!   readers, the partitioner, producer state.
+//! * [`broker`]: topics and partitions, produce and fetch, waiting readers,
+//!   the partitioner. The one domain facade every transport calls.
 //! * `coordinator` (to come): consumer groups, committed offsets, work-queue
 //!   state, stored in the broker's own internal topics.
 //! * [`api`]: transports. [`api::grpc`] holds the tonic services; each handler
@@ -16,11 +16,17 @@
 //! * [`server`]: the composition root. Takes a bound listener and a shutdown
 //!   future, so tests bind `127.0.0.1:0` and shut down on their own terms.
 //! * [`config`] and [`error`]: server settings and the top-level error type.
+//! * [`client`]: the Rust client (admin, batching pipelined producer,
+//!   fetch and subscribe) that the CLI, tests and benches use.
 //!
-//! `src/main.rs` is the `sluice` binary: `sluice serve` runs the server; the
-//! client commands (topic, produce, consume, bench) arrive with the broker.
+//! `src/main.rs` is the `sluice` binary: `sluice serve` runs the server, and
+//! the client commands (`topic`, `produce`, `consume`, `bench`) live in
+//! `src/cli/` on top of [`client`].
 
 pub mod api;
+pub mod broker;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod server;

@@ -1,10 +1,11 @@
-//! The `sluice` binary: the server (`sluice serve`) and, as the broker lands,
-//! the command-line client.
+//! The `sluice` binary: the server (`sluice serve`) and the command-line
+//! client (`topic`, `produce`, `consume`, `bench`).
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use sluice::config::{ServerConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+use sluice::cli::{self, BenchCommand, ConsumeArgs, ProduceArgs, TopicCommand};
+use sluice::config::{parse_metrics_listen, FlushMode, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -20,27 +21,114 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server with embedded defaults.
-    Serve(ServeArgs),
+    /// Run the server (embedded defaults; flags override --config, which
+    /// overrides the defaults).
+    Serve(Box<ServeArgs>),
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Produce one record per line of standard input.
+    Produce(ProduceArgs),
+    /// Print records of a topic.
+    Consume(ConsumeArgs),
+    /// Measure produce or consume throughput and latency.
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// Directory that holds the partition logs.
-    #[arg(long, env = "SLUICE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
-    /// Address the gRPC API listens on.
-    #[arg(long, env = "SLUICE_LISTEN", default_value = DEFAULT_LISTEN)]
-    listen: std::net::SocketAddr,
+    /// TOML file with settings (see docs in src/config.rs and README).
+    #[arg(long, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory that holds topics and partition logs [default: ./sluice-data].
+    #[arg(long, env = "SLUICE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address of the gRPC API [default: 127.0.0.1:9400].
+    #[arg(long, env = "SLUICE_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Address of Prometheus /metrics and /healthz, or "off" [default: 127.0.0.1:9401].
+    #[arg(long, env = "SLUICE_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// Segment file size in bytes [default: 1073741824].
+    #[arg(long)]
+    segment_bytes: Option<u64>,
+    /// Default retention by age in ms; -1 keeps forever [default: 604800000].
+    #[arg(long, allow_hyphen_values = true)]
+    retention_ms: Option<i64>,
+    /// Default retention by size per partition; -1 none [default: -1].
+    #[arg(long, allow_hyphen_values = true)]
+    retention_bytes: Option<i64>,
+    /// Largest record batch in bytes [default: 1048588].
+    #[arg(long)]
+    max_message_bytes: Option<usize>,
+    /// When appends are forced to disk [default: interval].
+    #[arg(long, value_enum)]
+    flush: Option<FlushMode>,
+    /// Interval of --flush interval, ms [default: 1000].
+    #[arg(long)]
+    flush_interval_ms: Option<u64>,
+    /// Records between flushes of --flush every-records [default: 10000].
+    #[arg(long)]
+    flush_records: Option<u64>,
+    /// Partition logs kept open at most [default: 4096].
+    #[arg(long)]
+    max_open_logs: Option<usize>,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long)]
     log_json: bool,
+}
+
+impl ServeArgs {
+    fn config(&self) -> Result<ServerConfig, sluice::error::Error> {
+        let mut c = match &self.config {
+            Some(path) => ServerConfig::from_toml_file(path)?,
+            None => ServerConfig::default(),
+        };
+        if let Some(v) = &self.data_dir {
+            c.data_dir = v.clone();
+        }
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if let Some(v) = &self.metrics_listen {
+            c.metrics_listen = parse_metrics_listen(v).map_err(sluice::error::Error::Config)?;
+        }
+        let s = &mut c.storage;
+        if let Some(v) = self.segment_bytes {
+            s.segment_bytes = v;
+        }
+        if let Some(v) = self.retention_ms {
+            s.retention_ms = v;
+        }
+        if let Some(v) = self.retention_bytes {
+            s.retention_bytes = v;
+        }
+        if let Some(v) = self.max_message_bytes {
+            s.max_message_bytes = v;
+        }
+        if let Some(v) = self.flush {
+            s.flush = v;
+        }
+        if let Some(v) = self.flush_interval_ms {
+            s.flush_interval_ms = v;
+        }
+        if let Some(v) = self.flush_records {
+            s.flush_records = v;
+        }
+        if let Some(v) = self.max_open_logs {
+            s.max_open_logs = v;
+        }
+        c.broker_config()?;
+        Ok(c)
+    }
 }
 
 fn init_tracing(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -51,31 +139,67 @@ fn init_tracing(json: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Serve(args) => {
-            init_tracing(args.log_json);
-            let config = ServerConfig {
-                data_dir: args.data_dir,
-                listen: args.listen,
-            };
-            match serve(config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("sluice: {e}");
-                    ExitCode::FAILURE
-                }
+    if let Command::Serve(args) = &cli.command {
+        init_tracing(args.log_json);
+        return match args.config().and_then(serve) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("sluice: {e}");
+                ExitCode::FAILURE
             }
+        };
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sluice: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(_) => Ok(()),
+            Command::Topic(c) => cli::topic(c).await,
+            Command::Produce(a) => cli::produce(a).await,
+            Command::Consume(a) => cli::consume(a).await,
+            Command::Bench(b) => cli::bench::run(b).await,
+        }
+    });
+    // Subscriptions may still be open: don't wait for them.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft open-file limit to the hard one: many partitions mean
+/// many files.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
         }
     }
 }
 
 fn serve(config: ServerConfig) -> Result<(), sluice::error::Error> {
-    std::fs::create_dir_all(&config.data_dir)?;
+    raise_fd_limit();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
-        sluice::server::run(listener, shutdown_signal()).await
+        let metrics = match config.metrics_listen {
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await?),
+            None => None,
+        };
+        sluice::server::run(config, listener, metrics, shutdown_signal()).await
     })
 }
 

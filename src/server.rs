@@ -1,34 +1,187 @@
-//! Composition root: builds the services and runs them on a bound listener
-//! until the shutdown future completes.
+//! Composition root: opens the broker, builds the services and runs them on
+//! bound listeners until the shutdown future completes, then drains.
+//!
+//! Shutdown order: the broker ends long polls and subscriptions (so no
+//! stream keeps the drain waiting), tonic stops accepting and finishes
+//! in-flight calls, then every partition log is flushed and closed.
 
-use std::future::Future;
+use std::{future::Future, sync::Arc, sync::OnceLock};
 
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tracing::info;
 
-use crate::api::grpc::{pb::server_info_server::ServerInfoServer, InfoService};
+use crate::api::grpc::{
+    pb::{
+        admin_server::AdminServer, broker_server::BrokerServer,
+        server_info_server::ServerInfoServer,
+    },
+    AdminService, BrokerService, InfoService, FILE_DESCRIPTOR_SET, MAX_MESSAGE_BYTES,
+};
+use crate::broker::Broker;
+use crate::config::ServerConfig;
 use crate::error::Error;
 
-/// Serves the gRPC API on `listener` until `shutdown` completes, then stops
-/// accepting connections and waits for in-flight requests to finish.
+/// The process-wide Prometheus recorder (metrics macros record into it).
+fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let buckets = [
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5, 5.0, 10.0,
+        ];
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("sluice_request_duration_seconds".into()),
+                &buckets,
+            )
+            .map(|b| b.build_recorder())
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+        }
+        handle
+    })
+}
+
+/// Serves the gRPC API on `listener` (and metrics on `metrics`, if given)
+/// until `shutdown` completes; then drains and closes the broker.
 ///
-/// Taking a bound listener (instead of an address) lets callers bind port 0
+/// Taking bound listeners (instead of addresses) lets callers bind port 0
 /// and learn the real port before the server starts.
-pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+pub async fn run(
+    config: ServerConfig,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let handle = prometheus();
+    let broker_config = config.broker_config()?;
+    let broker = tokio::task::spawn_blocking(move || Broker::open(broker_config))
+        .await
+        .map_err(|e| Error::Config(format!("opening broker: {e}")))??;
+    let result = serve(broker.clone(), handle, listener, metrics, shutdown).await;
+    tokio::task::spawn_blocking(move || broker.close())
+        .await
+        .map_err(|e| Error::Config(format!("closing broker: {e}")))?;
+    info!("sluice stopped");
+    result
+}
+
+async fn serve(
+    broker: Arc<Broker>,
+    prometheus: &'static PrometheusHandle,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let addr = listener.local_addr()?;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<ServerInfoServer<InfoService>>()
         .await;
+    health_reporter
+        .set_serving::<AdminServer<AdminService>>()
+        .await;
+    health_reporter
+        .set_serving::<BrokerServer<BrokerService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
 
+    // Stops the metrics endpoint after the gRPC drain.
+    let (stop_metrics, mut metrics_stopped) = tokio::sync::watch::channel(false);
+    let metrics_task = match metrics {
+        Some(l) => {
+            info!(addr = %l.local_addr()?, "metrics listening");
+            let app = metrics_router(broker.clone(), prometheus);
+            Some(tokio::spawn(async move {
+                let stop = async move {
+                    let _ = metrics_stopped.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
+                    tracing::error!(error = %e, "metrics endpoint failed");
+                }
+            }))
+        }
+        None => None,
+    };
+
+    let shutting_down = {
+        let broker = broker.clone();
+        async move {
+            shutdown.await;
+            info!("draining");
+            health_reporter
+                .set_not_serving::<BrokerServer<BrokerService>>()
+                .await;
+            broker.begin_shutdown();
+        }
+    };
     info!(%addr, version = crate::VERSION, "sluice listening");
-    Server::builder()
+    let served = Server::builder()
+        .tcp_nodelay(true)
         .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(ServerInfoServer::new(InfoService))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
-    info!("sluice stopped");
+        .add_service(
+            AdminServer::new(AdminService::new(broker.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            BrokerServer::new(BrokerService::new(broker.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutting_down)
+        .await;
+    let _ = stop_metrics.send(true);
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    served?;
     Ok(())
+}
+
+fn metrics_router(broker: Arc<Broker>, prometheus: &'static PrometheusHandle) -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let broker = broker.clone();
+                async move {
+                    let stats = tokio::task::spawn_blocking(move || broker.stats())
+                        .await
+                        .unwrap_or_default();
+                    metrics::gauge!("sluice_open_partition_logs").set(stats.open_logs as f64);
+                    for (topic, partitions, size, segments) in stats.topics {
+                        metrics::gauge!("sluice_topic_partitions", "topic" => topic.clone())
+                            .set(partitions as f64);
+                        metrics::gauge!("sluice_topic_size_bytes", "topic" => topic.clone())
+                            .set(size as f64);
+                        metrics::gauge!("sluice_topic_segments", "topic" => topic)
+                            .set(segments as f64);
+                    }
+                    (
+                        [("content-type", "text/plain; version=0.0.4")],
+                        prometheus.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
 }

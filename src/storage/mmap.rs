@@ -303,7 +303,7 @@ fn preallocate(file: &File, path: &Path, from: u64, to: u64) -> Result<()> {
 
 /// Writes `content` to `path` durably and atomically: a temporary file,
 /// `sync_data`, rename over the target, then sync the directory.
-pub(crate) fn write_file_atomic(path: &Path, content: &[u8]) -> Result<()> {
+pub fn write_file_atomic(path: &Path, content: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let f = File::create(&tmp).map_err(|e| StorageError::io("creating", &tmp, e))?;
     f.write_all_at(content, 0)
@@ -318,7 +318,7 @@ pub(crate) fn write_file_atomic(path: &Path, content: &[u8]) -> Result<()> {
 }
 
 /// Makes a directory's entries (created, renamed, removed files) durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StorageError::io("syncing directory", dir, e))

@@ -36,3 +36,4 @@ pub use config::{system_clock, Clock, FlushPolicy, LogConfig, MAX_SEGMENT_BYTES}
 pub use error::{Result, StorageError};
 pub use flusher::Flusher;
 pub use log::{AppendInfo, Log, ReadResult, RecoveryReport, RetentionOutcome};
+pub use mmap::{sync_dir, write_file_atomic};

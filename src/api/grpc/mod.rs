@@ -1,4 +1,6 @@
 //! gRPC transport (tonic): generated code for `proto/` and the services.
+//! Each handler decodes, validates, calls the [`crate::broker::Broker`]
+//! facade and encodes; [`status`] is the one map from errors to codes.
 
 /// Code generated from `proto/sluice/v1/*.proto`.
 #[allow(clippy::all, missing_docs)]
@@ -10,5 +12,36 @@ pub mod pb {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/sluice_descriptor.bin"));
 
+/// Largest gRPC message either way (a fetch may return up to 64 MiB of
+/// records, plus framing).
+pub const MAX_MESSAGE_BYTES: usize = 96 * 1024 * 1024;
+
+mod admin;
+mod broker;
+pub mod convert;
 mod info;
+pub mod status;
+
+pub use admin::AdminService;
+pub use broker::BrokerService;
 pub use info::InfoService;
+
+/// Records a request's duration in the latency histogram when dropped.
+pub(crate) struct Timer {
+    method: &'static str,
+    start: std::time::Instant,
+}
+
+pub(crate) fn timed(method: &'static str) -> Timer {
+    Timer {
+        method,
+        start: std::time::Instant::now(),
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        metrics::histogram!("sluice_request_duration_seconds", "method" => self.method)
+            .record(self.start.elapsed().as_secs_f64());
+    }
+}

@@ -1,0 +1,161 @@
+//! Protobuf messages to domain types and back. Byte fields move as
+//! `Bytes` (reference-counted), never copied.
+
+use crate::broker::{
+    Acks, FetchResult, FetchedRecord, Header, NewRecord, PartitionInfo, PartitionOffsets, Position,
+    ProduceRequest, ProduceResult, TopicConfig, TopicInfo,
+};
+
+use super::pb;
+use super::status::code;
+
+pub fn acks(a: i32) -> Result<Acks, tonic::Status> {
+    match pb::Acks::try_from(a) {
+        Ok(pb::Acks::Unspecified) | Ok(pb::Acks::Leader) => Ok(Acks::Leader),
+        Ok(pb::Acks::None) => Ok(Acks::None),
+        Ok(pb::Acks::All) => Ok(Acks::All),
+        Err(_) => Err(tonic::Status::invalid_argument(format!(
+            "acks {a} is not one of 0 (unspecified), 1 (NONE), 2 (LEADER), 3 (ALL)"
+        ))),
+    }
+}
+
+pub fn produce_request(r: pb::ProduceRequest) -> Result<ProduceRequest, tonic::Status> {
+    Ok(ProduceRequest {
+        acks: acks(r.acks)?,
+        topic: r.topic,
+        partition: r.partition,
+        records: r
+            .records
+            .into_iter()
+            .map(|r| NewRecord {
+                key: r.key,
+                value: r.value,
+                headers: r.headers.into_iter().map(header_in).collect(),
+                timestamp: r.timestamp_ms,
+                partition: r.partition,
+            })
+            .collect(),
+    })
+}
+
+fn header_in(h: pb::Header) -> Header {
+    Header {
+        key: h.key,
+        value: h.value,
+    }
+}
+
+fn header_out(h: Header) -> pb::Header {
+    pb::Header {
+        key: h.key,
+        value: h.value,
+    }
+}
+
+pub fn produce_response(sequence: u64, r: ProduceResult) -> pb::ProduceResponse {
+    pb::ProduceResponse {
+        sequence,
+        partitions: r
+            .partitions
+            .into_iter()
+            .map(|p| pb::PartitionProduceResult {
+                partition: p.partition,
+                base_offset: p.base_offset,
+                record_count: p.record_count,
+            })
+            .collect(),
+        record_errors: r
+            .failures
+            .into_iter()
+            .map(|f| pb::RecordError {
+                index: f.index as i32,
+                code: code(&f.error) as i32,
+                message: f.error.to_string(),
+            })
+            .collect(),
+    }
+}
+
+pub fn record_out(r: FetchedRecord) -> pb::ConsumedRecord {
+    pb::ConsumedRecord {
+        offset: r.offset,
+        timestamp_ms: r.timestamp,
+        key: r.key,
+        value: r.value,
+        headers: r.headers.into_iter().map(header_out).collect(),
+    }
+}
+
+pub fn fetch_response(r: FetchResult) -> pb::FetchResponse {
+    pb::FetchResponse {
+        records: r.records.into_iter().map(record_out).collect(),
+        next_offset: r.next_offset,
+        log_start_offset: r.log_start_offset,
+        high_watermark: r.high_watermark,
+    }
+}
+
+pub fn subscribe_response(r: FetchResult) -> pb::SubscribeResponse {
+    pb::SubscribeResponse {
+        records: r.records.into_iter().map(record_out).collect(),
+        next_offset: r.next_offset,
+        high_watermark: r.high_watermark,
+    }
+}
+
+pub fn position(p: Option<pb::Position>) -> Position {
+    use pb::position::Position as P;
+    match p.and_then(|p| p.position) {
+        Some(P::Offset(o)) => Position::Offset(o),
+        Some(P::TimestampMs(t)) => Position::Timestamp(t),
+        Some(P::Earliest(())) => Position::Earliest,
+        Some(P::Latest(())) | None => Position::Latest,
+    }
+}
+
+pub fn topic_config_in(c: Option<pb::TopicConfig>) -> TopicConfig {
+    let c = c.unwrap_or_default();
+    TopicConfig {
+        retention_ms: c.retention_ms,
+        retention_bytes: c.retention_bytes,
+        segment_bytes: c.segment_bytes,
+        max_message_bytes: c.max_message_bytes,
+    }
+}
+
+fn topic_config_out(c: TopicConfig) -> pb::TopicConfig {
+    pb::TopicConfig {
+        retention_ms: c.retention_ms,
+        retention_bytes: c.retention_bytes,
+        segment_bytes: c.segment_bytes,
+        max_message_bytes: c.max_message_bytes,
+    }
+}
+
+fn partition_out(p: PartitionInfo) -> pb::PartitionDescription {
+    pb::PartitionDescription {
+        partition: p.partition,
+        log_start_offset: p.log_start_offset,
+        high_watermark: p.high_watermark,
+        size_bytes: p.size_bytes.min(i64::MAX as u64) as i64,
+        segments: p.segments.min(i32::MAX as usize) as i32,
+    }
+}
+
+pub fn topic_out(t: TopicInfo) -> pb::TopicDescription {
+    pb::TopicDescription {
+        name: t.name,
+        config: Some(topic_config_out(t.config)),
+        partitions: t.partitions.into_iter().map(partition_out).collect(),
+    }
+}
+
+pub fn offsets_out(o: PartitionOffsets) -> pb::PartitionOffsets {
+    pb::PartitionOffsets {
+        partition: o.partition,
+        earliest_offset: o.earliest,
+        latest_offset: o.latest,
+        timestamp_offset: o.for_timestamp,
+    }
+}

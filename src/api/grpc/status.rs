@@ -1,0 +1,43 @@
+//! The one map from domain errors to gRPC status codes.
+
+use tonic::{Code, Status};
+
+use crate::broker::BrokerError;
+use crate::storage::StorageError;
+
+/// The status code for an error.
+pub fn code(e: &BrokerError) -> Code {
+    match e {
+        BrokerError::TopicNotFound { .. }
+        | BrokerError::PartitionNotFound { .. }
+        | BrokerError::TopicDeleted { .. } => Code::NotFound,
+        BrokerError::TopicExists { .. } => Code::AlreadyExists,
+        BrokerError::InvalidArgument(_) => Code::InvalidArgument,
+        BrokerError::RecordTooLarge { .. } => Code::ResourceExhausted,
+        BrokerError::ShuttingDown => Code::Unavailable,
+        BrokerError::Metadata { .. } => Code::Internal,
+        BrokerError::Storage(s) => match s {
+            StorageError::OffsetOutOfRange { .. } => Code::OutOfRange,
+            StorageError::BatchTooLarge { .. } | StorageError::DiskFull { .. } => {
+                Code::ResourceExhausted
+            }
+            StorageError::InvalidBatch(_) | StorageError::InvalidConfig(_) => Code::InvalidArgument,
+            StorageError::Closed => Code::Unavailable,
+            _ => Code::Internal,
+        },
+    }
+}
+
+/// The status for an error; fatal errors are logged here, once.
+pub fn status(e: &BrokerError) -> Status {
+    if e.is_fatal() {
+        tracing::error!(error = %e, "request failed on a server-side error");
+    }
+    Status::new(code(e), e.to_string())
+}
+
+impl From<BrokerError> for Status {
+    fn from(e: BrokerError) -> Self {
+        status(&e)
+    }
+}

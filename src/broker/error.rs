@@ -1,0 +1,84 @@
+//! Errors of the broker layer.
+
+use crate::storage::StorageError;
+
+/// What went wrong in a broker call.
+///
+/// Request errors (unknown names, bad arguments, offsets out of range) leave
+/// the broker as it was; [`BrokerError::is_fatal`] picks out the ones that
+/// mean the disk or the data directory needs an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// No topic of that name.
+    #[error("topic '{topic}' does not exist")]
+    TopicNotFound {
+        /// The name asked for.
+        topic: String,
+    },
+    /// The topic has no such partition.
+    #[error("topic '{topic}' has no partition {partition}: valid partitions are [0, {count})")]
+    PartitionNotFound {
+        /// Topic name.
+        topic: String,
+        /// Partition asked for.
+        partition: i32,
+        /// The topic's partition count.
+        count: i32,
+    },
+    /// A topic of that name exists already.
+    #[error("topic '{topic}' already exists")]
+    TopicExists {
+        /// The name.
+        topic: String,
+    },
+    /// A request field breaks a rule; the message names it.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// One record is too large for any batch the topic accepts.
+    #[error("record of {size} bytes (with batch header) exceeds the topic's max_message_bytes of {limit}")]
+    RecordTooLarge {
+        /// Batch size this record alone needs.
+        size: usize,
+        /// The topic's limit.
+        limit: usize,
+    },
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// The topic was deleted while the call ran.
+    #[error("topic '{topic}' was deleted")]
+    TopicDeleted {
+        /// The name.
+        topic: String,
+    },
+    /// The storage layer failed (or refused the request).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Topic metadata could not be read or written.
+    #[error("topic metadata {path}: {reason}")]
+    Metadata {
+        /// File concerned.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl BrokerError {
+    /// True for errors that need an operator (I/O failures, damage), false
+    /// for errors in the request.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            BrokerError::Storage(e) => e.is_fatal(),
+            BrokerError::Metadata { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn invalid(msg: impl Into<String>) -> Self {
+        BrokerError::InvalidArgument(msg.into())
+    }
+}
+
+/// Result of broker calls.
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;

@@ -1,0 +1,302 @@
+//! Topics: names, per-topic settings and their metadata file.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{atomic::AtomicU32, Arc},
+};
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use super::error::{BrokerError, Result};
+use super::partition::Partition;
+use crate::storage::{LogConfig, MAX_SEGMENT_BYTES};
+
+/// Longest topic name (Kafka's limit).
+pub const MAX_TOPIC_NAME_LEN: usize = 249;
+/// Most partitions one topic may have.
+pub const MAX_PARTITIONS: i32 = 100_000;
+/// Name of the metadata file in a topic's directory.
+pub const TOPIC_FILE: &str = "topic.json";
+
+/// Checks a topic name against Kafka's rule: 1 to 249 characters of
+/// `[A-Za-z0-9._-]`, and not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_TOPIC_NAME_LEN {
+        return Err(BrokerError::invalid(format!(
+            "topic name must be 1 to {MAX_TOPIC_NAME_LEN} characters, got {}",
+            name.len()
+        )));
+    }
+    if name == "." || name == ".." {
+        return Err(BrokerError::invalid(format!(
+            "topic name cannot be '{name}'"
+        )));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(BrokerError::invalid(format!(
+            "topic name '{}' has the character {c:?}: only [A-Za-z0-9._-] are allowed",
+            name.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
+/// Settings a topic overrides; `None` takes the server's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConfig {
+    /// Retention by age in ms; `Some(-1)` keeps forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_ms: Option<i64>,
+    /// Retention by size per partition; `Some(-1)` has no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_bytes: Option<i64>,
+    /// Segment size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_bytes: Option<i64>,
+    /// Largest batch accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_message_bytes: Option<i32>,
+}
+
+impl TopicConfig {
+    /// Checks each set value against its valid range.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(v) = self.retention_ms {
+            if v < -1 || v == 0 {
+                return Err(BrokerError::invalid(format!(
+                    "retention_ms {v} must be -1 (forever) or at least 1"
+                )));
+            }
+        }
+        if let Some(v) = self.retention_bytes {
+            if v < -1 || v == 0 {
+                return Err(BrokerError::invalid(format!(
+                    "retention_bytes {v} must be -1 (no limit) or at least 1"
+                )));
+            }
+        }
+        if let Some(v) = self.segment_bytes {
+            if !(1024..=MAX_SEGMENT_BYTES as i64).contains(&v) {
+                return Err(BrokerError::invalid(format!(
+                    "segment_bytes {v} must be in [1024, {MAX_SEGMENT_BYTES}]"
+                )));
+            }
+        }
+        if let Some(v) = self.max_message_bytes {
+            let seg = self.segment_bytes.unwrap_or(MAX_SEGMENT_BYTES as i64);
+            if v < 128 || i64::from(v) > seg {
+                return Err(BrokerError::invalid(format!(
+                    "max_message_bytes {v} must be in [128, segment_bytes = {seg}]"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings in force: these overrides on top of `defaults`.
+    pub fn effective(&self, defaults: &LogConfig) -> TopicConfig {
+        let opt = |v: Option<u64>| v.map_or(-1, |v| v.min(i64::MAX as u64) as i64);
+        TopicConfig {
+            retention_ms: Some(self.retention_ms.unwrap_or(opt(defaults.retention_ms))),
+            retention_bytes: Some(
+                self.retention_bytes
+                    .unwrap_or(opt(defaults.retention_bytes)),
+            ),
+            segment_bytes: Some(self.segment_bytes.unwrap_or(defaults.segment_bytes as i64)),
+            max_message_bytes: Some(
+                self.max_message_bytes
+                    .unwrap_or(defaults.max_batch_bytes.min(i32::MAX as usize) as i32),
+            ),
+        }
+    }
+
+    /// The log settings for this topic's partitions.
+    pub fn log_config(&self, defaults: &LogConfig) -> LogConfig {
+        let mut c = defaults.clone();
+        let pos = |v: i64| (v > 0).then_some(v as u64);
+        if let Some(v) = self.retention_ms {
+            c.retention_ms = pos(v);
+        }
+        if let Some(v) = self.retention_bytes {
+            c.retention_bytes = pos(v);
+        }
+        if let Some(v) = self.segment_bytes {
+            c.segment_bytes = v as u64;
+            c.max_batch_bytes = c.max_batch_bytes.min(v as usize);
+        }
+        if let Some(v) = self.max_message_bytes {
+            c.max_batch_bytes = v as usize;
+        }
+        c
+    }
+}
+
+/// What `topic.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TopicMeta {
+    pub name: String,
+    pub partitions: i32,
+    #[serde(default)]
+    pub config: TopicConfig,
+    /// Creation time, ms since the epoch.
+    #[serde(default)]
+    pub created_ms: i64,
+}
+
+impl TopicMeta {
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join(TOPIC_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| BrokerError::Metadata {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let meta: TopicMeta =
+            serde_json::from_slice(&bytes).map_err(|e| BrokerError::Metadata {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        if meta.partitions < 1 || meta.partitions > MAX_PARTITIONS {
+            return Err(BrokerError::Metadata {
+                path,
+                reason: format!("partition count {} out of range", meta.partitions),
+            });
+        }
+        Ok(meta)
+    }
+
+    /// Writes the file atomically (temp file, sync, rename, sync dir).
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(TOPIC_FILE);
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| BrokerError::Metadata {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        crate::storage::write_file_atomic(&path, &bytes)?;
+        Ok(())
+    }
+}
+
+/// A topic and its partitions.
+pub struct Topic {
+    pub(crate) name: Arc<str>,
+    pub(crate) dir: PathBuf,
+    pub(crate) config: TopicConfig,
+    pub(crate) log_config: LogConfig,
+    /// Grows when partitions are added; readers clone the `Arc` under a
+    /// brief read lock.
+    pub(crate) partitions: RwLock<Arc<Vec<Arc<Partition>>>>,
+    /// Round-robin cursor for keyless records.
+    pub(crate) next_keyless: AtomicU32,
+    pub(crate) created_ms: i64,
+    pub(crate) metrics: TopicMetrics,
+}
+
+/// Metric handles of one topic, registered once.
+pub(crate) struct TopicMetrics {
+    pub produce_records: metrics::Counter,
+    pub produce_bytes: metrics::Counter,
+    pub fetch_records: metrics::Counter,
+    pub fetch_bytes: metrics::Counter,
+}
+
+impl TopicMetrics {
+    pub fn new(topic: &str) -> Self {
+        let t = topic.to_string();
+        Self {
+            produce_records: metrics::counter!("sluice_produce_records_total", "topic" => t.clone()),
+            produce_bytes: metrics::counter!("sluice_produce_bytes_total", "topic" => t.clone()),
+            fetch_records: metrics::counter!("sluice_fetch_records_total", "topic" => t.clone()),
+            fetch_bytes: metrics::counter!("sluice_fetch_bytes_total", "topic" => t),
+        }
+    }
+}
+
+impl Topic {
+    /// The topic's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The partitions (a snapshot).
+    pub(crate) fn partitions(&self) -> Arc<Vec<Arc<Partition>>> {
+        self.partitions.read().clone()
+    }
+
+    /// Partition `id`, or `PartitionNotFound` naming the valid range.
+    pub(crate) fn partition(&self, id: i32) -> Result<Arc<Partition>> {
+        let parts = self.partitions();
+        usize::try_from(id)
+            .ok()
+            .and_then(|i| parts.get(i).cloned())
+            .ok_or_else(|| BrokerError::PartitionNotFound {
+                topic: self.name.to_string(),
+                partition: id,
+                count: parts.len() as i32,
+            })
+    }
+
+    pub(crate) fn meta(&self) -> TopicMeta {
+        TopicMeta {
+            name: self.name.to_string(),
+            partitions: self.partitions.read().len() as i32,
+            config: self.config,
+            created_ms: self.created_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        for ok in ["a", "orders", "my.topic-1_x", &"x".repeat(249)] {
+            assert!(validate_topic_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", "a b", "a/b", "é", &"x".repeat(250)] {
+            let e = validate_topic_name(bad).unwrap_err();
+            assert!(matches!(e, BrokerError::InvalidArgument(_)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_ranges_are_checked() {
+        let bad = [
+            TopicConfig {
+                retention_ms: Some(0),
+                ..Default::default()
+            },
+            TopicConfig {
+                retention_bytes: Some(-2),
+                ..Default::default()
+            },
+            TopicConfig {
+                segment_bytes: Some(100),
+                ..Default::default()
+            },
+            TopicConfig {
+                max_message_bytes: Some(10),
+                ..Default::default()
+            },
+            TopicConfig {
+                segment_bytes: Some(4096),
+                max_message_bytes: Some(8192),
+                ..Default::default()
+            },
+        ];
+        for c in bad {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
+        let forever = TopicConfig {
+            retention_ms: Some(-1),
+            ..Default::default()
+        };
+        forever.validate().unwrap();
+        assert_eq!(forever.log_config(&LogConfig::default()).retention_ms, None);
+    }
+}

@@ -1,0 +1,374 @@
+//! `sluice bench produce|consume`: load generators in the spirit of
+//! kafka-producer-perf-test, with HDR latency histograms.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use parking_lot::Mutex;
+
+use super::{AcksArg, Conn};
+use crate::client::{pb, Client, ClientError};
+
+/// Which benchmark.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Produce records as fast as possible (or at `--rate`).
+    Produce(BenchArgs),
+    /// Read records back with Fetch (produces them first if the topic has
+    /// fewer than `--records`).
+    Consume(BenchArgs),
+}
+
+/// Settings of a benchmark run.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Topic (created if missing).
+    pub topic: String,
+    /// Records in total.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: u64,
+    /// Bytes of each record's value.
+    #[arg(long, default_value_t = 100)]
+    pub record_size: usize,
+    /// Records per request (produce) or per fetch (consume).
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Parallel workers, each with its own connection.
+    #[arg(long, default_value_t = 2)]
+    pub concurrency: usize,
+    /// Unanswered produce requests per worker.
+    #[arg(long, default_value_t = 4)]
+    pub in_flight: usize,
+    /// Requests per second in total (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Partitions if the topic is created (default: concurrency).
+    #[arg(long)]
+    pub partitions: Option<i32>,
+    /// Durability to wait for.
+    #[arg(long, value_enum, default_value_t = AcksArg::Leader)]
+    pub acks: AcksArg,
+    /// Print one JSON line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+/// Latencies in microseconds, merged from every worker.
+type Hist = Arc<Mutex<Histogram<u64>>>;
+
+fn new_hist() -> Result<Hist, ClientError> {
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .map(|h| Arc::new(Mutex::new(h)))
+        .map_err(|e| ClientError::Closed(format!("histogram: {e}")))
+}
+
+fn progress(total: u64, hidden: bool) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    if hidden {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+async fn ensure_topic(client: &Client, args: &BenchArgs) -> Result<i32, ClientError> {
+    match client.describe_topic(&args.topic).await {
+        Ok(t) => Ok(t.partitions.len() as i32),
+        Err(ClientError::Status(s)) if s.code() == tonic::Code::NotFound => {
+            let n = args.partitions.unwrap_or(args.concurrency.max(1) as i32);
+            match client
+                .create_topic(&args.topic, n, Default::default())
+                .await
+            {
+                Ok(_) => Ok(n),
+                Err(ClientError::Status(s)) if s.code() == tonic::Code::AlreadyExists => {
+                    Ok(client.describe_topic(&args.topic).await?.partitions.len() as i32)
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs a benchmark and prints its report.
+pub async fn run(cmd: BenchCommand) -> Result<(), ClientError> {
+    let (mode, args) = match cmd {
+        BenchCommand::Produce(a) => ("produce", a),
+        BenchCommand::Consume(a) => ("consume", a),
+    };
+    if args.batch == 0 || args.concurrency == 0 || args.records == 0 {
+        return Err(ClientError::Status(tonic::Status::invalid_argument(
+            "--records, --batch and --concurrency must be at least 1",
+        )));
+    }
+    let client = Client::connect(&args.conn.broker).await?;
+    let partitions = ensure_topic(&client, &args).await?;
+    let hist = new_hist()?;
+    let (elapsed, records) = if mode == "produce" {
+        let bar = progress(args.records, args.json);
+        let r = produce(&args, partitions, args.records, hist.clone(), bar.clone()).await?;
+        bar.finish_and_clear();
+        r
+    } else {
+        let offsets = client.list_offsets(&args.topic, None).await?;
+        let held: u64 = offsets
+            .iter()
+            .map(|p| (p.latest_offset - p.earliest_offset).max(0) as u64)
+            .sum();
+        if held < args.records {
+            let missing = args.records - held;
+            if !args.json {
+                eprintln!("topic holds {held} records; producing {missing} more first");
+            }
+            let bar = progress(missing, args.json);
+            produce(&args, partitions, missing, new_hist()?, bar.clone()).await?;
+            bar.finish_and_clear();
+        }
+        let bar = progress(args.records, args.json);
+        let r = consume(&args, &client, hist.clone(), bar.clone()).await?;
+        bar.finish_and_clear();
+        r
+    };
+    report(mode, &args, records, elapsed, &hist.lock());
+    Ok(())
+}
+
+fn report(mode: &str, args: &BenchArgs, records: u64, elapsed: Duration, h: &Histogram<u64>) {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let rps = records as f64 / secs;
+    let mbps = records as f64 * args.record_size as f64 / secs / 1e6;
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "mode": mode,
+                "records": records,
+                "record_size": args.record_size,
+                "batch": args.batch,
+                "concurrency": args.concurrency,
+                "acks": format!("{:?}", args.acks).to_lowercase(),
+                "seconds": secs,
+                "records_per_s": rps,
+                "mb_per_s": mbps,
+                "p50_ms": ms(0.5),
+                "p99_ms": ms(0.99),
+                "p999_ms": ms(0.999),
+                "max_ms": h.max() as f64 / 1000.0,
+                "requests": h.len(),
+            })
+        );
+    } else {
+        println!(
+            "{mode}: {records} records in {secs:.2} s: {rps:.0} records/s, {mbps:.1} MB/s; \
+             latency per {} ms: p50 {:.3}, p99 {:.3}, p999 {:.3}, max {:.3} ({} requests)",
+            if mode == "produce" {
+                "request"
+            } else {
+                "fetch"
+            },
+            ms(0.5),
+            ms(0.99),
+            ms(0.999),
+            h.max() as f64 / 1000.0,
+            h.len()
+        );
+    }
+}
+
+fn pacing(args: &BenchArgs) -> Option<tokio::time::Interval> {
+    (args.rate > 0).then(|| {
+        let per_worker = (args.rate as f64 / args.concurrency as f64).max(0.001);
+        let mut i = tokio::time::interval(Duration::from_secs_f64(1.0 / per_worker));
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        i
+    })
+}
+
+async fn produce(
+    args: &BenchArgs,
+    partitions: i32,
+    total: u64,
+    hist: Hist,
+    bar: ProgressBar,
+) -> Result<(Duration, u64), ClientError> {
+    let value = Bytes::from(
+        (0..args.record_size)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let records: Vec<pb::ProduceRecord> = (0..args.batch)
+        .map(|_| pb::ProduceRecord {
+            value: Some(value.clone()),
+            ..Default::default()
+        })
+        .collect();
+    let acks: pb::Acks = args.acks.into();
+    let requests = total.div_ceil(args.batch as u64);
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..args.concurrency {
+        let client = Client::connect(&args.conn.broker).await?;
+        let (args, records, next, hist, bar) = (
+            args.clone(),
+            records.clone(),
+            next.clone(),
+            hist.clone(),
+            bar.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut pipeline = client.pipeline(args.in_flight).await?;
+            let (tx, mut rx) =
+                tokio::sync::mpsc::unbounded_channel::<(Instant, usize, crate::client::Reply)>();
+            let collector = tokio::spawn(async move {
+                let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                    .map_err(|e| ClientError::Closed(e.to_string()))?;
+                let mut acked = 0u64;
+                while let Some((sent, n, reply)) = rx.recv().await {
+                    let r = reply
+                        .await
+                        .map_err(|_| ClientError::Closed("reply lost".into()))??;
+                    let _ = local.record(sent.elapsed().as_micros().max(1) as u64);
+                    if let Some(e) = r.record_errors.first() {
+                        return Err(ClientError::Closed(format!(
+                            "{} records refused: {}",
+                            r.record_errors.len(),
+                            e.message
+                        )));
+                    }
+                    acked += n as u64;
+                    bar.inc(n as u64);
+                }
+                let _ = hist.lock().add(&local);
+                Ok::<u64, ClientError>(acked)
+            });
+            let mut pace = pacing(&args);
+            let partition = (w as i32) % partitions.max(1);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests {
+                    break;
+                }
+                let n = if i == requests - 1 {
+                    (total - i * args.batch as u64) as usize
+                } else {
+                    args.batch
+                };
+                if let Some(p) = pace.as_mut() {
+                    p.tick().await;
+                }
+                let sent = Instant::now();
+                let reply = pipeline
+                    .send(pb::ProduceRequest {
+                        sequence: 0,
+                        topic: args.topic.clone(),
+                        partition: Some(partition),
+                        records: records[..n].to_vec(),
+                        acks: acks as i32,
+                    })
+                    .await?;
+                let _ = tx.send((sent, n, reply));
+            }
+            drop(tx);
+            collector
+                .await
+                .map_err(|e| ClientError::Closed(e.to_string()))?
+        }));
+    }
+    let mut acked = 0;
+    for w in workers {
+        acked += w.await.map_err(|e| ClientError::Closed(e.to_string()))??;
+    }
+    Ok((start.elapsed(), acked))
+}
+
+async fn consume(
+    args: &BenchArgs,
+    client: &Client,
+    hist: Hist,
+    bar: ProgressBar,
+) -> Result<(Duration, u64), ClientError> {
+    let offsets = client.list_offsets(&args.topic, None).await?;
+    // Each worker reads whole partitions, in turn, until the total is read.
+    let remaining = Arc::new(AtomicU64::new(args.records));
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..args.concurrency {
+        let mine: Vec<pb::PartitionOffsets> = offsets
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % args.concurrency == w)
+            .map(|(_, p)| *p)
+            .collect();
+        let client = Client::connect(&args.conn.broker).await?;
+        let (args, remaining, hist, bar) =
+            (args.clone(), remaining.clone(), hist.clone(), bar.clone());
+        workers.push(tokio::spawn(async move {
+            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                .map_err(|e| ClientError::Closed(e.to_string()))?;
+            let mut read = 0u64;
+            let mut pace = pacing(&args);
+            'parts: for p in mine {
+                let mut offset = p.earliest_offset;
+                while offset < p.latest_offset {
+                    if remaining.load(Ordering::Relaxed) == 0 {
+                        break 'parts;
+                    }
+                    if let Some(t) = pace.as_mut() {
+                        t.tick().await;
+                    }
+                    let sent = Instant::now();
+                    let r = client
+                        .fetch(pb::FetchRequest {
+                            topic: args.topic.clone(),
+                            partition: p.partition,
+                            offset,
+                            max_records: args.batch.min(100_000) as i32,
+                            max_bytes: 64 * 1024 * 1024,
+                            max_wait_ms: 0,
+                        })
+                        .await?;
+                    let _ = local.record(sent.elapsed().as_micros().max(1) as u64);
+                    let n = r.records.len() as u64;
+                    if n == 0 {
+                        break;
+                    }
+                    offset = r.next_offset;
+                    let before = remaining
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                            Some(r.saturating_sub(n))
+                        })
+                        .unwrap_or(0);
+                    let counted = n.min(before);
+                    read += counted;
+                    bar.inc(counted);
+                }
+            }
+            let _ = hist.lock().add(&local);
+            Ok::<u64, ClientError>(read)
+        }));
+    }
+    let mut read = 0;
+    for w in workers {
+        read += w.await.map_err(|e| ClientError::Closed(e.to_string()))??;
+    }
+    Ok((start.elapsed(), read))
+}

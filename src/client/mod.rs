@@ -1,0 +1,243 @@
+//! The Rust client: admin calls, fetch and subscribe, and producers (a
+//! pipelined [`Pipeline`] of whole requests, and a batching [`Producer`]
+//! of single records on top of it).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sluice::client::ClientError> {
+//! use sluice::client::{Client, ProducerConfig};
+//! let client = Client::connect("http://127.0.0.1:9400").await?;
+//! client.create_topic("orders", 3, Default::default()).await?;
+//! let producer = client.producer("orders", ProducerConfig::default());
+//! producer.send(sluice::client::record(Some("k"), "hello")).await?;
+//! let stats = producer.close().await?;
+//! assert_eq!(stats.acked, 1);
+//! # Ok(()) }
+//! ```
+
+mod producer;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tonic::transport::{Channel, Endpoint};
+
+pub use crate::api::grpc::pb;
+use crate::api::grpc::MAX_MESSAGE_BYTES;
+use pb::{admin_client::AdminClient, broker_client::BrokerClient};
+pub use producer::{Pipeline, Producer, ProducerConfig, ProducerStats, Reply};
+
+/// Default broker address of the CLI.
+pub const DEFAULT_BROKER: &str = "http://127.0.0.1:9400";
+
+/// What went wrong in a client call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The broker address is not a valid URI.
+    #[error("invalid broker address '{0}': {1}")]
+    Address(String, String),
+    /// Could not connect.
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, String),
+    /// The broker answered with an error.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    /// The producer or pipeline stopped (its stream ended).
+    #[error("the produce stream closed: {0}")]
+    Closed(String),
+}
+
+/// A connection to a broker. Cheap to clone (one HTTP/2 connection).
+#[derive(Debug, Clone)]
+pub struct Client {
+    admin: AdminClient<Channel>,
+    broker: BrokerClient<Channel>,
+}
+
+/// A record with an optional UTF-8 key and a value.
+pub fn record(key: Option<&str>, value: impl Into<Bytes>) -> pb::ProduceRecord {
+    pb::ProduceRecord {
+        key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+/// A `Position` for subscriptions.
+pub fn position(p: pb::position::Position) -> Option<pb::Position> {
+    Some(pb::Position { position: Some(p) })
+}
+
+impl Client {
+    /// Connects to `url` (e.g. `http://127.0.0.1:9400`).
+    pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| ClientError::Address(url.into(), e.to_string()))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .http2_adaptive_window(true);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| ClientError::Connect(url.into(), source_chain(&e)))?;
+        Ok(Self::from_channel(channel))
+    }
+
+    /// A client over an existing channel.
+    pub fn from_channel(channel: Channel) -> Self {
+        Self {
+            admin: AdminClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            broker: BrokerClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        }
+    }
+
+    /// The generated admin client, for calls this type does not wrap.
+    pub fn admin(&self) -> AdminClient<Channel> {
+        self.admin.clone()
+    }
+
+    /// The generated broker client.
+    pub fn broker(&self) -> BrokerClient<Channel> {
+        self.broker.clone()
+    }
+
+    /// Creates a topic.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        config: pb::TopicConfig,
+    ) -> Result<pb::TopicDescription, ClientError> {
+        let r = self
+            .admin()
+            .create_topic(pb::CreateTopicRequest {
+                name: name.into(),
+                partitions,
+                config: Some(config),
+            })
+            .await?;
+        Ok(r.into_inner().topic.unwrap_or_default())
+    }
+
+    /// Deletes a topic.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
+        self.admin()
+            .delete_topic(pb::DeleteTopicRequest { name: name.into() })
+            .await?;
+        Ok(())
+    }
+
+    /// Lists topics.
+    pub async fn list_topics(&self) -> Result<Vec<pb::TopicSummary>, ClientError> {
+        Ok(self
+            .admin()
+            .list_topics(pb::ListTopicsRequest {})
+            .await?
+            .into_inner()
+            .topics)
+    }
+
+    /// Describes a topic.
+    pub async fn describe_topic(&self, name: &str) -> Result<pb::TopicDescription, ClientError> {
+        Ok(self
+            .admin()
+            .describe_topic(pb::DescribeTopicRequest { name: name.into() })
+            .await?
+            .into_inner()
+            .topic
+            .unwrap_or_default())
+    }
+
+    /// Raises a topic's partition count.
+    pub async fn create_partitions(
+        &self,
+        name: &str,
+        total: i32,
+    ) -> Result<pb::TopicDescription, ClientError> {
+        Ok(self
+            .admin()
+            .create_partitions(pb::CreatePartitionsRequest {
+                name: name.into(),
+                total_partitions: total,
+            })
+            .await?
+            .into_inner()
+            .topic
+            .unwrap_or_default())
+    }
+
+    /// One produce request.
+    pub async fn produce(
+        &self,
+        req: pb::ProduceRequest,
+    ) -> Result<pb::ProduceResponse, ClientError> {
+        Ok(self.broker().produce(req).await?.into_inner())
+    }
+
+    /// One fetch.
+    pub async fn fetch(&self, req: pb::FetchRequest) -> Result<pb::FetchResponse, ClientError> {
+        Ok(self.broker().fetch(req).await?.into_inner())
+    }
+
+    /// Subscribes to one partition.
+    pub async fn subscribe(
+        &self,
+        topic: &str,
+        partition: i32,
+        start: pb::position::Position,
+    ) -> Result<tonic::Streaming<pb::SubscribeResponse>, ClientError> {
+        Ok(self
+            .broker()
+            .subscribe(pb::SubscribeRequest {
+                topic: topic.into(),
+                partition,
+                start: position(start),
+                ..Default::default()
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Earliest/latest offsets (and the offset for `timestamp_ms`).
+    pub async fn list_offsets(
+        &self,
+        topic: &str,
+        timestamp_ms: Option<i64>,
+    ) -> Result<Vec<pb::PartitionOffsets>, ClientError> {
+        Ok(self
+            .broker()
+            .list_offsets(pb::ListOffsetsRequest {
+                topic: topic.into(),
+                partitions: Vec::new(),
+                timestamp_ms,
+            })
+            .await?
+            .into_inner()
+            .partitions)
+    }
+
+    /// A pipelined produce stream with at most `max_in_flight` unanswered
+    /// requests.
+    pub async fn pipeline(&self, max_in_flight: usize) -> Result<Pipeline, ClientError> {
+        Pipeline::open(self.broker(), max_in_flight).await
+    }
+
+    /// A batching producer for `topic`.
+    pub fn producer(&self, topic: &str, config: ProducerConfig) -> Producer {
+        Producer::start(self.clone(), topic.to_string(), config)
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

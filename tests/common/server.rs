@@ -1,0 +1,208 @@
+//! A real server on an ephemeral port: in-process ([`TestServer`]) or as a
+//! child process of the built binary ([`ChildServer`]).
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use sluice::client::Client;
+use sluice::config::ServerConfig;
+use tokio::net::TcpListener;
+
+/// Settings for tests: data in `dir`, small preallocation, no metrics
+/// endpoint unless asked for.
+pub fn test_config(dir: &Path) -> ServerConfig {
+    let mut c = ServerConfig {
+        data_dir: dir.to_path_buf(),
+        metrics_listen: None,
+        ..ServerConfig::default()
+    };
+    c.storage.preallocate_bytes = 64 * 1024;
+    c
+}
+
+/// The server running inside the test process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub metrics_addr: Option<SocketAddr>,
+    pub dir: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), sluice::error::Error>>>,
+}
+
+impl TestServer {
+    /// Starts a server with `config` on 127.0.0.1:0 (and metrics on another
+    /// ephemeral port if `metrics`).
+    pub async fn start_with(config: ServerConfig, metrics: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (metrics_listener, metrics_addr) = if metrics {
+            let l = TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind metrics");
+            let a = l.local_addr().expect("addr");
+            (Some(l), Some(a))
+        } else {
+            (None, None)
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let dir = config.data_dir.clone();
+        let task = tokio::spawn(sluice::server::run(
+            config,
+            listener,
+            metrics_listener,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let server = Self {
+            addr,
+            url: format!("http://{addr}"),
+            metrics_addr,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        // Ready once a call succeeds (the broker opens before serving).
+        for _ in 0..200 {
+            if let Ok(c) = Client::connect(&server.url).await {
+                if c.list_topics().await.is_ok() {
+                    return server;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("server did not come up");
+    }
+
+    /// Starts a server on `dir` with the test settings.
+    pub async fn start(dir: &Path) -> Self {
+        Self::start_with(test_config(dir), false).await
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.url).await.expect("connect")
+    }
+
+    /// Stops the server and waits for its drain; panics if it failed.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("join").expect("server exits cleanly");
+        }
+    }
+}
+
+/// The built `sluice` binary running as a child process.
+pub struct ChildServer {
+    pub child: Child,
+    pub url: String,
+    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ChildServer {
+    /// Starts `sluice serve` on `dir`, on an ephemeral port, and waits for
+    /// its "listening" line.
+    pub fn start(dir: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "off",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env_remove("SLUICE_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sluice serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("addr=").nth(1) {
+                    if line.contains("sluice listening") {
+                        let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                        let _ = tx.send(addr);
+                    }
+                }
+                keep.lock().expect("lock").push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server printed its address");
+        Self {
+            child,
+            url: format!("http://{addr}"),
+            stderr: lines,
+        }
+    }
+
+    /// Sends a signal (by number) to the child.
+    pub fn signal(&self, sig: i32) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the child to exit, at most `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("server did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.lock().expect("lock").join("\n")
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GETs `path` from an HTTP/1 server; returns (status line, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
