@@ -181,7 +181,8 @@ impl ServerConfig {
         b.log = LogConfig {
             segment_bytes: s.segment_bytes,
             segment_ms: pos("segment_ms", s.segment_ms)?,
-            max_batch_bytes: s.max_message_bytes,
+            // A batch never spans segments: small segments cap it.
+            max_batch_bytes: s.max_message_bytes.min(s.segment_bytes as usize),
             index_interval_bytes: s.index_interval_bytes,
             initial_preallocate_bytes: s.preallocate_bytes,
             retention_ms: pos("retention_ms", s.retention_ms)?,

@@ -9,7 +9,7 @@ use std::{future::Future, sync::Arc, sync::OnceLock};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::{wrappers::TcpListenerStream, StreamExt};
 use tonic::transport::Server;
 use tracing::info;
 
@@ -18,7 +18,8 @@ use crate::api::grpc::{
         admin_server::AdminServer, broker_server::BrokerServer,
         server_info_server::ServerInfoServer,
     },
-    AdminService, BrokerService, InfoService, FILE_DESCRIPTOR_SET, MAX_MESSAGE_BYTES,
+    AdminService, BrokerService, InfoService, FILE_DESCRIPTOR_SET, HTTP2_CONNECTION_WINDOW,
+    HTTP2_STREAM_WINDOW, MAX_MESSAGE_BYTES,
 };
 use crate::broker::Broker;
 use crate::config::ServerConfig;
@@ -129,9 +130,18 @@ async fn serve(
             broker.begin_shutdown();
         }
     };
+    // Replies are small and latency matters: no Nagle delay. (Server's own
+    // tcp_nodelay applies only to listeners it binds itself.)
+    let incoming = TcpListenerStream::new(listener).map(|s| {
+        if let Ok(s) = &s {
+            let _ = s.set_nodelay(true);
+        }
+        s
+    });
     info!(%addr, version = crate::VERSION, "sluice listening");
     let served = Server::builder()
-        .tcp_nodelay(true)
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -146,7 +156,7 @@ async fn serve(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutting_down)
+        .serve_with_incoming_shutdown(incoming, shutting_down)
         .await;
     let _ = stop_metrics.send(true);
     if let Some(t) = metrics_task {

@@ -924,9 +924,11 @@ impl Broker {
         let records = match max_records {
             0 => DEFAULT_FETCH_RECORDS,
             n if (1..=MAX_FETCH_RECORDS).contains(&n) => n,
-            n => return Err(BrokerError::invalid(format!(
+            n => {
+                return Err(BrokerError::invalid(format!(
                 "max_records {n} must be in [0, {MAX_FETCH_RECORDS}] (0: {DEFAULT_FETCH_RECORDS})"
-            ))),
+            )))
+            }
         };
         let bytes = match max_bytes {
             0 => DEFAULT_FETCH_BYTES,

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use tonic::transport::{Channel, Endpoint};
 
 pub use crate::api::grpc::pb;
-use crate::api::grpc::MAX_MESSAGE_BYTES;
+use crate::api::grpc::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, MAX_MESSAGE_BYTES};
 use pb::{admin_client::AdminClient, broker_client::BrokerClient};
 pub use producer::{Pipeline, Producer, ProducerConfig, ProducerStats, Reply};
 
@@ -39,7 +39,7 @@ pub enum ClientError {
     #[error("cannot connect to {0}: {1}")]
     Connect(String, String),
     /// The broker answered with an error.
-    #[error("{}: {}", .0.code(), .0.message())]
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
     Status(#[from] tonic::Status),
     /// The producer or pipeline stopped (its stream ended).
     #[error("the produce stream closed: {0}")]
@@ -74,7 +74,8 @@ impl Client {
             .map_err(|e| ClientError::Address(url.into(), e.to_string()))?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
-            .http2_adaptive_window(true);
+            .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW);
         let channel = endpoint
             .connect()
             .await
@@ -240,4 +241,28 @@ fn source_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// The canonical name of a gRPC status code (`NOT_FOUND`, ...).
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
 }

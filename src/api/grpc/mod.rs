@@ -16,6 +16,12 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// records, plus framing).
 pub const MAX_MESSAGE_BYTES: usize = 96 * 1024 * 1024;
 
+/// HTTP/2 flow-control window per stream: large enough that a produce
+/// request or fetch reply of a few MiB needs no window updates on the way.
+pub const HTTP2_STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+/// HTTP/2 flow-control window per connection.
+pub const HTTP2_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+
 mod admin;
 mod broker;
 pub mod convert;
