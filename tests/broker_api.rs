@@ -726,3 +726,95 @@ async fn ten_thousand_partitions_with_bounded_open_logs() {
     assert_eq!(fetch_all(&c, "wide", 7_777).await.len(), 1);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn retention_by_size_and_time_advances_the_start_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.storage.retention_check_interval_ms = 50;
+    let server = TestServer::start_with(config, false).await;
+    let c = server.client().await;
+    c.create_topic(
+        "by-size",
+        1,
+        pb::TopicConfig {
+            segment_bytes: Some(4096),
+            retention_bytes: Some(8192),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    c.create_topic(
+        "by-time",
+        1,
+        pb::TopicConfig {
+            segment_bytes: Some(4096),
+            retention_ms: Some(60_000),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    c.create_topic(
+        "kept",
+        1,
+        pb::TopicConfig {
+            segment_bytes: Some(4096),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // 100 requests of ~500 bytes: about 12 segments per topic. The by-time
+    // records are stamped an hour ago.
+    let old = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 3_600_000;
+    for i in 0..100 {
+        for topic in ["by-size", "by-time", "kept"] {
+            let mut r = record(None, format!("{i:03}-{}", "x".repeat(480)));
+            r.timestamp_ms = Some(old + i);
+            c.produce(produce_req(topic, None, vec![r])).await.unwrap();
+        }
+    }
+    let start = |topic: &'static str| {
+        let c = c.clone();
+        async move { c.list_offsets(topic, None).await.unwrap()[0].earliest_offset }
+    };
+    let mut waited = 0;
+    while (start("by-size").await == 0 || start("by-time").await < 90) && waited < 400 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    let size = c.describe_topic("by-size").await.unwrap().partitions[0];
+    assert!(size.log_start_offset > 0, "{size:?}");
+    assert!(size.size_bytes <= 8192 + 4096, "{size:?}");
+    // Everything older than a minute goes, except the active segment.
+    let time = c.describe_topic("by-time").await.unwrap().partitions[0];
+    assert!(time.log_start_offset >= 90, "{time:?}");
+    assert_eq!(
+        start("kept").await,
+        0,
+        "default retention (7 days) keeps it all"
+    );
+    // Reading below the new start is OUT_OF_RANGE, naming the range.
+    let (k, m) = code(
+        c.fetch(pb::FetchRequest {
+            topic: "by-size".into(),
+            partition: 0,
+            offset: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(k, Code::OutOfRange);
+    assert!(
+        m.contains(&format!("[{}, 100]", size.log_start_offset)),
+        "{m}"
+    );
+    server.stop().await;
+}

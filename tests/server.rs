@@ -265,3 +265,47 @@ fn sigkill_during_acks_all_loses_no_acknowledged_record() {
         }
     });
 }
+
+#[test]
+fn serve_reads_a_toml_config_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        "metrics_listen = \"off\"\n[storage]\nsegment_bytes = 65536\nretention_ms = 1234\nflush = \"every-append\"\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let server = ChildServer::start(
+        &data,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--retention-ms",
+            "5678",
+        ],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = Client::connect(&server.url).await.unwrap();
+        let t = c.create_topic("cfg", 1, Default::default()).await.unwrap();
+        let cfg = t.config.unwrap();
+        assert_eq!(cfg.segment_bytes, Some(65536), "from the file");
+        assert_eq!(cfg.retention_ms, Some(5678), "the flag wins");
+        assert_eq!(
+            cfg.max_message_bytes,
+            Some(65536),
+            "capped by the segment size"
+        );
+    });
+
+    // A bad file stops the server with a message naming the key.
+    std::fs::write(&config, "[storage]\nsegment_byte = 5\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("segment_byte"));
+}

@@ -556,10 +556,12 @@ impl Broker {
         Ok(log)
     }
 
-    /// Closes the least recently used idle logs until at most 90% of
-    /// `max_open_logs` are open.
+    /// Closes the least recently used idle logs until 1% (at least one)
+    /// below `max_open_logs` are open: few closes per call, each a sync, so
+    /// the caller that pays for them waits milliseconds, not seconds.
     fn evict_idle(&self) {
-        let target = self.config.max_open_logs - self.config.max_open_logs / 10;
+        let cap = self.config.max_open_logs;
+        let target = cap - (cap / 100).max(1).min(cap);
         if self.open_logs.load(Ordering::Relaxed) <= self.config.max_open_logs {
             return;
         }
