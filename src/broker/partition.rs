@@ -71,7 +71,13 @@ impl Partition {
         }
         let log = Arc::new(Log::open(&self.dir, config.clone())?);
         let report = log.recovery_report();
-        if !report.clean {
+        // A new partition has no checkpoint yet; only real recovery work
+        // is worth a warning.
+        if !report.clean
+            && (report.batches_scanned > 0
+                || report.truncated_bytes > 0
+                || report.dropped_segments > 0)
+        {
             tracing::warn!(
                 topic = %self.topic, partition = self.id,
                 batches_scanned = report.batches_scanned,

@@ -347,7 +347,8 @@ impl Log {
         segments.push(active.segment().clone());
         report.segments = segments.len();
         let end = active.next_offset();
-        info!(
+        // Debug: a broker with many partitions opens and closes logs often.
+        tracing::debug!(
             dir = %dir.display(),
             start = segments[0].base_offset(),
             end,
