@@ -88,22 +88,24 @@ fn progress(total: u64, hidden: bool) -> ProgressBar {
 }
 
 async fn ensure_topic(client: &Client, args: &BenchArgs) -> Result<i32, ClientError> {
-    match client.describe_topic(&args.topic).await {
-        Ok(t) => Ok(t.partitions.len() as i32),
-        Err(ClientError::Status(s)) if s.code() == tonic::Code::NotFound => {
+    let not_found =
+        |e: &ClientError| matches!(e, ClientError::Status(s) if s.code() == tonic::Code::NotFound);
+    match client.partition_count(&args.topic).await {
+        Err(e) if not_found(&e) => {
             let n = args.partitions.unwrap_or(args.concurrency.max(1) as i32);
             match client
                 .create_topic(&args.topic, n, Default::default())
                 .await
             {
                 Ok(_) => Ok(n),
+                // Created meanwhile by another run.
                 Err(ClientError::Status(s)) if s.code() == tonic::Code::AlreadyExists => {
-                    Ok(client.describe_topic(&args.topic).await?.partitions.len() as i32)
+                    client.partition_count(&args.topic).await
                 }
                 Err(e) => Err(e),
             }
         }
-        Err(e) => Err(e),
+        other => other,
     }
 }
 

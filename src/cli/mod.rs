@@ -298,7 +298,7 @@ fn print_topic(t: &pb::TopicDescription, json: bool) {
 pub async fn produce(args: ProduceArgs) -> Result<(), ClientError> {
     let client = Client::connect(&args.conn.broker).await?;
     // Fail fast on an unknown topic rather than after reading stdin.
-    client.describe_topic(&args.topic).await.map(|_| ())?;
+    client.partition_count(&args.topic).await?;
     let producer = client.producer(
         &args.topic,
         ProducerConfig {
@@ -414,10 +414,7 @@ pub async fn consume(args: ConsumeArgs) -> Result<(), ClientError> {
     let client = Client::connect(&args.conn.broker).await?;
     let partitions: Vec<i32> = match args.partition {
         Some(p) => vec![p],
-        None => {
-            let t = client.describe_topic(&args.topic).await?;
-            t.partitions.iter().map(|p| p.partition).collect()
-        }
+        None => (0..client.partition_count(&args.topic).await?).collect(),
     };
     let start = if args.from_beginning {
         P::Earliest(())

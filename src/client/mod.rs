@@ -141,6 +141,22 @@ impl Client {
             .topics)
     }
 
+    /// A topic's partition count, from the topic list: unlike
+    /// [`Client::describe_topic`] the broker opens no partition for it.
+    /// `NOT_FOUND` if there is no such topic.
+    pub async fn partition_count(&self, topic: &str) -> Result<i32, ClientError> {
+        self.list_topics()
+            .await?
+            .into_iter()
+            .find(|t| t.name == topic)
+            .map(|t| t.partitions)
+            .ok_or_else(|| {
+                ClientError::Status(tonic::Status::not_found(format!(
+                    "topic '{topic}' does not exist"
+                )))
+            })
+    }
+
     /// Describes a topic.
     pub async fn describe_topic(&self, name: &str) -> Result<pb::TopicDescription, ClientError> {
         Ok(self
