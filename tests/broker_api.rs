@@ -815,3 +815,99 @@ async fn retention_by_size_and_time_advances_the_start_offset() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn extreme_values_get_answers_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let c = server.client().await;
+    c.create_topic("edge", 1, Default::default()).await.unwrap();
+    let records = [i64::MIN, -1, 0, i64::MAX]
+        .into_iter()
+        .map(|t| pb::ProduceRecord {
+            value: Some(Bytes::from(t.to_string())),
+            timestamp_ms: Some(t),
+            ..Default::default()
+        })
+        .collect();
+    let r = c.produce(produce_req("edge", None, records)).await.unwrap();
+    assert!(r.record_errors.is_empty());
+    let got = fetch_all(&c, "edge", 0).await;
+    assert_eq!(
+        got.iter().map(|r| r.timestamp_ms).collect::<Vec<_>>(),
+        vec![i64::MIN, -1, 0, i64::MAX]
+    );
+    // An empty request appends nothing and fails nothing.
+    let r = c.produce(produce_req("edge", None, vec![])).await.unwrap();
+    assert!(r.partitions.is_empty() && r.record_errors.is_empty());
+
+    for t in [i64::MIN, 0, i64::MAX] {
+        let o = c.list_offsets("edge", Some(t)).await.unwrap();
+        assert_eq!(o[0].latest_offset, 4);
+    }
+    let mut sub = c
+        .subscribe("edge", 0, P::TimestampMs(i64::MAX))
+        .await
+        .unwrap();
+    c.produce(produce_req("edge", None, vec![record(None, "after")]))
+        .await
+        .unwrap();
+    // The record stamped i64::MAX is the first at or after i64::MAX.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        seen.extend(sub.message().await.unwrap().unwrap().records);
+    }
+    assert_eq!(seen[0].offset, 3);
+    assert_eq!(seen[1].value.as_deref(), Some(&b"after"[..]));
+
+    let fetch = |offset, partition, max_records, max_bytes, max_wait_ms| pb::FetchRequest {
+        topic: "edge".into(),
+        partition,
+        offset,
+        max_records,
+        max_bytes,
+        max_wait_ms,
+    };
+    for (req, want) in [
+        (fetch(i64::MAX, 0, 0, 0, 0), Code::OutOfRange),
+        (fetch(i64::MIN, 0, 0, 0, 0), Code::OutOfRange),
+        (fetch(0, i32::MAX, 0, 0, 0), Code::NotFound),
+        (fetch(0, i32::MIN, 0, 0, 0), Code::NotFound),
+        (fetch(0, 0, i32::MIN, 0, 0), Code::InvalidArgument),
+        (fetch(0, 0, 0, i32::MIN, 0), Code::InvalidArgument),
+        (fetch(0, 0, 0, i32::MAX, 0), Code::InvalidArgument),
+        (fetch(0, 0, 0, 0, i32::MAX), Code::InvalidArgument),
+    ] {
+        let (k, m) = code(c.fetch(req.clone()).await.unwrap_err());
+        assert_eq!(k, want, "{req:?}: {m}");
+    }
+    let (k, _) = code(c.create_partitions("edge", i32::MAX).await.unwrap_err());
+    assert_eq!(k, Code::InvalidArgument);
+    let (k, _) = code(c.create_partitions("edge", i32::MIN).await.unwrap_err());
+    assert_eq!(k, Code::InvalidArgument);
+    let (k, _) = code(
+        c.create_topic("neg", i32::MIN, Default::default())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(k, Code::InvalidArgument);
+    let (k, _) = code(
+        c.create_topic(
+            "neg",
+            1,
+            pb::TopicConfig {
+                retention_ms: Some(i64::MIN),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(k, Code::InvalidArgument);
+    // Still serving.
+    assert_eq!(
+        c.list_offsets("edge", None).await.unwrap()[0].latest_offset,
+        5
+    );
+    server.stop().await;
+}

@@ -543,6 +543,17 @@ impl Broker {
     /// The open log of a partition, opening it if needed.
     fn log_of(&self, topic: &Topic, part: &Partition) -> Result<Arc<Log>> {
         let tick = self.tick.fetch_add(1, Ordering::Relaxed);
+        if let Some(log) = part.open_log() {
+            part.touch(tick);
+            return Ok(log);
+        }
+        // Opening (and perhaps recovering) a log and closing idle ones is
+        // file-system work: let the runtime move its other tasks off this
+        // thread meanwhile.
+        blocking_section(|| self.open_log(topic, part, tick))
+    }
+
+    fn open_log(&self, topic: &Topic, part: &Partition, tick: u64) -> Result<Arc<Log>> {
         let (log, opened) = part.log(&topic.log_config, &self.flusher, tick)?;
         if opened {
             let open = self.open_logs.fetch_add(1, Ordering::Relaxed) + 1;
@@ -1217,6 +1228,17 @@ impl Drop for Broker {
         let mut s = self.maintenance.state.lock();
         s.stop = true;
         self.maintenance.wake.notify_all();
+    }
+}
+
+/// Runs blocking work from async code: on a multi-threaded tokio runtime
+/// the worker hands its other tasks to another thread first; elsewhere
+/// (plain threads, blocking pool, current-thread runtimes) it just runs.
+fn blocking_section<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 

@@ -96,6 +96,11 @@ impl Partition {
         self.log.lock().clone()
     }
 
+    /// Records a use, for least-recently-used closing.
+    pub(crate) fn touch(&self, tick: u64) {
+        self.last_used.store(tick, Ordering::Relaxed);
+    }
+
     pub(crate) fn last_used(&self) -> u64 {
         self.last_used.load(Ordering::Relaxed)
     }
