@@ -67,10 +67,14 @@ pub struct BenchArgs {
 /// Latencies in microseconds, merged from every worker.
 type Hist = Arc<Mutex<Histogram<u64>>>;
 
-fn new_hist() -> Result<Hist, ClientError> {
+/// A latency histogram: 1 µs to 60 s, 3 significant digits.
+fn histogram() -> Result<Histogram<u64>, ClientError> {
     Histogram::new_with_bounds(1, 60_000_000, 3)
-        .map(|h| Arc::new(Mutex::new(h)))
         .map_err(|e| ClientError::Closed(format!("histogram: {e}")))
+}
+
+fn new_hist() -> Result<Hist, ClientError> {
+    histogram().map(|h| Arc::new(Mutex::new(h)))
 }
 
 fn progress(total: u64, hidden: bool) -> ProgressBar {
@@ -241,8 +245,7 @@ async fn produce(
             let (tx, mut rx) =
                 tokio::sync::mpsc::unbounded_channel::<(Instant, usize, crate::client::Reply)>();
             let collector = tokio::spawn(async move {
-                let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                    .map_err(|e| ClientError::Closed(e.to_string()))?;
+                let mut local = histogram()?;
                 let mut acked = 0u64;
                 while let Some((sent, n, reply)) = rx.recv().await {
                     let r = reply
@@ -324,8 +327,7 @@ async fn consume(
         let (args, remaining, hist, bar) =
             (args.clone(), remaining.clone(), hist.clone(), bar.clone());
         workers.push(tokio::spawn(async move {
-            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                .map_err(|e| ClientError::Closed(e.to_string()))?;
+            let mut local = histogram()?;
             let mut read = 0u64;
             let mut pace = pacing(&args);
             'parts: for p in mine {
