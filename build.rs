@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/sluice/v1/server.proto",
         "proto/sluice/v1/broker.proto",
+        "proto/sluice/v1/groups.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     for p in protos {

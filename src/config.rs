@@ -18,6 +18,16 @@
 //! preallocate_bytes = 1048576
 //! max_open_logs = 4096
 //! retention_check_interval_ms = 300000
+//!
+//! [groups]
+//! session_timeout_ms = 10000          # members that ask for none
+//! min_session_timeout_ms = 1000       # range members may ask for
+//! max_session_timeout_ms = 300000
+//! heartbeat_interval_ms = 3000
+//! rebalance_timeout_ms = 60000        # to confirm a revocation
+//! offsets_partitions = 4              # when __consumer_offsets is created
+//! offsets_segment_bytes = 16777216
+//! snapshot_min_records = 100000
 //! ```
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -25,6 +35,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use serde::Deserialize;
 
 use crate::broker::BrokerConfig;
+use crate::coordinator::{CoordinatorConfig, Limits};
 use crate::error::Error;
 use crate::storage::{FlushPolicy, LogConfig};
 
@@ -48,6 +59,47 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Storage defaults for every topic.
     pub storage: StorageSettings,
+    /// Consumer group settings.
+    pub groups: GroupSettings,
+}
+
+/// Consumer group settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupSettings {
+    /// Session timeout of members that ask for none, ms.
+    pub session_timeout_ms: i32,
+    /// Smallest session timeout a member may ask for, ms.
+    pub min_session_timeout_ms: i32,
+    /// Largest session timeout a member may ask for, ms.
+    pub max_session_timeout_ms: i32,
+    /// Heartbeat interval, ms (at most a third of a member's session).
+    pub heartbeat_interval_ms: i32,
+    /// Time a member has to confirm a revocation, ms.
+    pub rebalance_timeout_ms: i32,
+    /// Partitions of `__consumer_offsets` when it is created.
+    pub offsets_partitions: i32,
+    /// Segment size of `__consumer_offsets`.
+    pub offsets_segment_bytes: i64,
+    /// Records a coordinator shard writes before it snapshots (and more
+    /// than twice its live keys).
+    pub snapshot_min_records: u64,
+}
+
+impl Default for GroupSettings {
+    fn default() -> Self {
+        let c = CoordinatorConfig::default();
+        Self {
+            session_timeout_ms: c.limits.default_session_timeout_ms,
+            min_session_timeout_ms: c.limits.min_session_timeout_ms,
+            max_session_timeout_ms: c.limits.max_session_timeout_ms,
+            heartbeat_interval_ms: c.limits.heartbeat_interval_ms,
+            rebalance_timeout_ms: c.limits.default_rebalance_timeout_ms,
+            offsets_partitions: c.offsets_partitions,
+            offsets_segment_bytes: c.offsets_segment_bytes,
+            snapshot_min_records: c.snapshot_min_records,
+        }
+    }
 }
 
 /// When appended records are forced to disk.
@@ -141,6 +193,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9400)),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9401))),
             storage: StorageSettings::default(),
+            groups: GroupSettings::default(),
         }
     }
 }
@@ -152,6 +205,56 @@ impl ServerConfig {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("reading {}: {e}", path.display())))?;
         toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// The coordinator settings these describe, checked.
+    pub fn coordinator_config(&self) -> Result<CoordinatorConfig, Error> {
+        let g = &self.groups;
+        if !(1..=g.max_session_timeout_ms).contains(&g.min_session_timeout_ms) {
+            return Err(Error::Config(format!(
+                "groups.min_session_timeout_ms {} must be in [1, max_session_timeout_ms {}]",
+                g.min_session_timeout_ms, g.max_session_timeout_ms
+            )));
+        }
+        if !(g.min_session_timeout_ms..=g.max_session_timeout_ms).contains(&g.session_timeout_ms) {
+            return Err(Error::Config(format!(
+                "groups.session_timeout_ms {} must be in [{}, {}]",
+                g.session_timeout_ms, g.min_session_timeout_ms, g.max_session_timeout_ms
+            )));
+        }
+        if g.heartbeat_interval_ms < 1 || g.rebalance_timeout_ms < 1 {
+            return Err(Error::Config(
+                "groups.heartbeat_interval_ms and rebalance_timeout_ms must be at least 1".into(),
+            ));
+        }
+        if !(1..=1000).contains(&g.offsets_partitions) {
+            return Err(Error::Config(format!(
+                "groups.offsets_partitions {} must be in [1, 1000]",
+                g.offsets_partitions
+            )));
+        }
+        if g.offsets_segment_bytes < 64 * 1024
+            || g.offsets_segment_bytes as u64 > crate::storage::MAX_SEGMENT_BYTES
+        {
+            return Err(Error::Config(format!(
+                "groups.offsets_segment_bytes {} must be in [65536, {}]",
+                g.offsets_segment_bytes,
+                crate::storage::MAX_SEGMENT_BYTES
+            )));
+        }
+        Ok(CoordinatorConfig {
+            limits: Limits {
+                default_session_timeout_ms: g.session_timeout_ms,
+                min_session_timeout_ms: g.min_session_timeout_ms,
+                max_session_timeout_ms: g.max_session_timeout_ms,
+                heartbeat_interval_ms: g.heartbeat_interval_ms,
+                default_rebalance_timeout_ms: g.rebalance_timeout_ms,
+            },
+            offsets_partitions: g.offsets_partitions,
+            offsets_segment_bytes: g.offsets_segment_bytes,
+            snapshot_min_records: g.snapshot_min_records,
+            ..CoordinatorConfig::default()
+        })
     }
 
     /// The broker settings these describe, checked.

@@ -18,6 +18,9 @@ pub enum Error {
     /// The broker could not start.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The group coordinator could not start.
+    #[error(transparent)]
+    Coordinator(#[from] crate::coordinator::CoordinatorError),
     /// The gRPC transport failed.
     #[error("gRPC transport error: {0}")]
     Transport(#[from] tonic::transport::Error),

@@ -9,8 +9,9 @@
 //!   retention and flushing. Synchronous; knows nothing of tokio or gRPC.
 //! * [`broker`]: topics and partitions, produce and fetch, waiting readers,
 //!   the partitioner. The one domain facade every transport calls.
-//! * `coordinator` (to come): consumer groups, committed offsets, work-queue
-//!   state, stored in the broker's own internal topics.
+//! * [`coordinator`]: consumer groups (membership, server-side sticky
+//!   assignment, fencing) and committed offsets, stored in the broker's own
+//!   internal topic `__consumer_offsets`. Work-queue state comes later.
 //! * [`api`]: transports. [`api::grpc`] holds the tonic services; each handler
 //!   decodes, validates, calls the domain and encodes.
 //! * [`server`]: the composition root. Takes a bound listener and a shutdown
@@ -28,6 +29,7 @@ pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod coordinator;
 pub mod error;
 pub mod server;
 pub mod storage;

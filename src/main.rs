@@ -1,10 +1,10 @@
 //! The `sluice` binary: the server (`sluice serve`) and the command-line
-//! client (`topic`, `produce`, `consume`, `bench`).
+//! client (`topic`, `group`, `produce`, `consume`, `bench`).
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use sluice::cli::{self, BenchCommand, ConsumeArgs, ProduceArgs, TopicCommand};
+use sluice::cli::{self, BenchCommand, ConsumeArgs, GroupCommand, ProduceArgs, TopicCommand};
 use sluice::config::{parse_metrics_listen, FlushMode, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -27,9 +27,12 @@ enum Command {
     /// Create, list, describe and delete topics.
     #[command(subcommand)]
     Topic(TopicCommand),
+    /// List, describe and delete consumer groups; reset their offsets.
+    #[command(subcommand)]
+    Group(GroupCommand),
     /// Produce one record per line of standard input.
     Produce(ProduceArgs),
-    /// Print records of a topic.
+    /// Print records of a topic (alone, or as a member of a group).
     Consume(ConsumeArgs),
     /// Measure produce or consume throughput and latency.
     #[command(subcommand)]
@@ -74,6 +77,15 @@ struct ServeArgs {
     /// Partition logs kept open at most [default: 4096].
     #[arg(long)]
     max_open_logs: Option<usize>,
+    /// Session timeout of group members that ask for none, ms [default: 10000].
+    #[arg(long)]
+    group_session_timeout_ms: Option<i32>,
+    /// Smallest session timeout a group member may ask for, ms [default: 1000].
+    #[arg(long)]
+    group_min_session_timeout_ms: Option<i32>,
+    /// Heartbeat interval told to group members, ms [default: 3000].
+    #[arg(long)]
+    group_heartbeat_interval_ms: Option<i32>,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long)]
     log_json: bool,
@@ -119,7 +131,18 @@ impl ServeArgs {
         if let Some(v) = self.max_open_logs {
             s.max_open_logs = v;
         }
+        let g = &mut c.groups;
+        if let Some(v) = self.group_session_timeout_ms {
+            g.session_timeout_ms = v;
+        }
+        if let Some(v) = self.group_min_session_timeout_ms {
+            g.min_session_timeout_ms = v;
+        }
+        if let Some(v) = self.group_heartbeat_interval_ms {
+            g.heartbeat_interval_ms = v;
+        }
         c.broker_config()?;
+        c.coordinator_config()?;
         Ok(c)
     }
 }
@@ -161,6 +184,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(_) => Ok(()),
             Command::Topic(c) => cli::topic(c).await,
+            Command::Group(c) => cli::group(c).await,
             Command::Produce(a) => cli::produce(a).await,
             Command::Consume(a) => cli::consume(a).await,
             Command::Bench(b) => cli::bench::run(b).await,

@@ -16,13 +16,15 @@ use tracing::info;
 use crate::api::grpc::{
     pb::{
         admin_server::AdminServer, broker_server::BrokerServer,
+        group_admin_server::GroupAdminServer, groups_server::GroupsServer,
         server_info_server::ServerInfoServer,
     },
-    AdminService, BrokerService, InfoService, FILE_DESCRIPTOR_SET, HTTP2_CONNECTION_WINDOW,
-    HTTP2_STREAM_WINDOW, MAX_MESSAGE_BYTES,
+    AdminService, BrokerService, GroupAdminService, GroupsService, InfoService,
+    FILE_DESCRIPTOR_SET, HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, MAX_MESSAGE_BYTES,
 };
 use crate::broker::Broker;
 use crate::config::ServerConfig;
+use crate::coordinator::Coordinator;
 use crate::error::Error;
 
 /// The process-wide Prometheus recorder (metrics macros record into it).
@@ -61,10 +63,34 @@ pub async fn run(
 ) -> Result<(), Error> {
     let handle = prometheus();
     let broker_config = config.broker_config()?;
+    let coordinator_config = config.coordinator_config()?;
     let broker = tokio::task::spawn_blocking(move || Broker::open(broker_config))
         .await
         .map_err(|e| Error::Config(format!("opening broker: {e}")))??;
-    let result = serve(broker.clone(), handle, listener, metrics, shutdown).await;
+    let opened = {
+        let broker = broker.clone();
+        tokio::task::spawn_blocking(move || Coordinator::open(broker, coordinator_config))
+            .await
+            .map_err(|e| Error::Config(format!("opening group coordinator: {e}")))?
+    };
+    let coordinator = match opened {
+        Ok(c) => c,
+        Err(e) => {
+            let b = broker.clone();
+            let _ = tokio::task::spawn_blocking(move || b.close()).await;
+            return Err(e.into());
+        }
+    };
+    coordinator.start();
+    let result = serve(
+        broker.clone(),
+        coordinator,
+        handle,
+        listener,
+        metrics,
+        shutdown,
+    )
+    .await;
     tokio::task::spawn_blocking(move || broker.close())
         .await
         .map_err(|e| Error::Config(format!("closing broker: {e}")))?;
@@ -74,6 +100,7 @@ pub async fn run(
 
 async fn serve(
     broker: Arc<Broker>,
+    coordinator: Arc<Coordinator>,
     prometheus: &'static PrometheusHandle,
     listener: TcpListener,
     metrics: Option<TcpListener>,
@@ -89,6 +116,12 @@ async fn serve(
         .await;
     health_reporter
         .set_serving::<BrokerServer<BrokerService>>()
+        .await;
+    health_reporter
+        .set_serving::<GroupsServer<GroupsService>>()
+        .await;
+    health_reporter
+        .set_serving::<GroupAdminServer<GroupAdminService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -106,7 +139,7 @@ async fn serve(
     let metrics_task = match metrics {
         Some(l) => {
             info!(addr = %l.local_addr()?, "metrics listening");
-            let app = metrics_router(broker.clone(), prometheus);
+            let app = metrics_router(broker.clone(), coordinator.clone(), prometheus);
             Some(tokio::spawn(async move {
                 let stop = async move {
                     let _ = metrics_stopped.wait_for(|s| *s).await;
@@ -156,6 +189,8 @@ async fn serve(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
+        .add_service(GroupsServer::new(GroupsService::new(coordinator.clone())))
+        .add_service(GroupAdminServer::new(GroupAdminService::new(coordinator)))
         .serve_with_incoming_shutdown(incoming, shutting_down)
         .await;
     let _ = stop_metrics.send(true);
@@ -166,14 +201,22 @@ async fn serve(
     Ok(())
 }
 
-fn metrics_router(broker: Arc<Broker>, prometheus: &'static PrometheusHandle) -> axum::Router {
+fn metrics_router(
+    broker: Arc<Broker>,
+    coordinator: Arc<Coordinator>,
+    prometheus: &'static PrometheusHandle,
+) -> axum::Router {
     use axum::routing::get;
     axum::Router::new()
         .route(
             "/metrics",
             get(move || {
                 let broker = broker.clone();
+                let coordinator = coordinator.clone();
                 async move {
+                    let groups = coordinator.stats();
+                    metrics::gauge!("sluice_groups").set(groups.groups as f64);
+                    metrics::gauge!("sluice_group_members").set(groups.members as f64);
                     let stats = tokio::task::spawn_blocking(move || broker.stats())
                         .await
                         .unwrap_or_default();

@@ -43,7 +43,10 @@ use tokio::{sync::watch, time::Instant};
 pub use error::{BrokerError, Result};
 use partition::Partition;
 pub use partitioner::{murmur2, partition_for_key};
-pub use topic::{validate_topic_name, Topic, TopicConfig, MAX_PARTITIONS, MAX_TOPIC_NAME_LEN};
+pub use topic::{
+    is_internal_topic, validate_topic_name, Topic, TopicConfig, INTERNAL_TOPIC_PREFIX,
+    MAX_PARTITIONS, MAX_TOPIC_NAME_LEN,
+};
 use topic::{TopicMeta, TopicMetrics};
 
 use crate::storage::{
@@ -647,6 +650,36 @@ impl Broker {
         config: TopicConfig,
     ) -> Result<TopicInfo> {
         validate_topic_name(name)?;
+        if is_internal_topic(name) {
+            return Err(BrokerError::invalid(format!(
+                "topic name '{name}' starts with '{INTERNAL_TOPIC_PREFIX}', which is reserved for the broker's internal topics"
+            )));
+        }
+        self.create_topic_unchecked(name, partitions, config)
+    }
+
+    /// Creates the internal topic `name` unless it exists; returns it.
+    /// Blocking.
+    pub(crate) fn ensure_internal_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        config: TopicConfig,
+    ) -> Result<Arc<Topic>> {
+        debug_assert!(is_internal_topic(name));
+        if let Ok(t) = self.topic(name) {
+            return Ok(t);
+        }
+        self.create_topic_unchecked(name, partitions, config)?;
+        self.topic(name)
+    }
+
+    fn create_topic_unchecked(
+        &self,
+        name: &str,
+        partitions: i32,
+        config: TopicConfig,
+    ) -> Result<TopicInfo> {
         if !(1..=MAX_PARTITIONS).contains(&partitions) {
             return Err(BrokerError::invalid(format!(
                 "partition count {partitions} must be in [1, {MAX_PARTITIONS}]"
@@ -697,6 +730,7 @@ impl Broker {
 
     /// Deletes a topic and its data. Blocking.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
+        Self::refuse_internal(name)?;
         let _admin = self.admin.lock();
         let topic = self
             .topics
@@ -719,11 +753,13 @@ impl Broker {
         Ok(())
     }
 
-    /// Topics with their partition counts, sorted by name.
+    /// Topics with their partition counts, sorted by name. Internal topics
+    /// (the broker's own state) are left out.
     pub fn list_topics(&self) -> Vec<(String, i32)> {
         self.topics
             .read()
             .values()
+            .filter(|t| !is_internal_topic(&t.name))
             .map(|t| (t.name.to_string(), t.partitions.read().len() as i32))
             .collect()
     }
@@ -753,6 +789,7 @@ impl Broker {
 
     /// Raises a topic's partition count to `total`. Blocking.
     pub fn create_partitions(&self, name: &str, total: i32) -> Result<TopicInfo> {
+        Self::refuse_internal(name)?;
         {
             let _admin = self.admin.lock();
             let topic = self.topic(name)?;
@@ -789,6 +826,53 @@ impl Broker {
     /// Request-level errors (unknown topic, bad explicit partition) fail the
     /// call; errors of single records or partitions are reported per record.
     pub fn append(&self, req: ProduceRequest) -> Result<Appended> {
+        Self::refuse_internal(&req.topic)?;
+        self.append_unchecked(req)
+    }
+
+    fn refuse_internal(topic: &str) -> Result<()> {
+        if is_internal_topic(topic) {
+            return Err(BrokerError::invalid(format!(
+                "topic '{topic}' is internal to the broker: only the broker writes, deletes or resizes it"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Appends to an internal topic (the coordinator's state).
+    pub(crate) fn append_internal(&self, req: ProduceRequest) -> Result<Appended> {
+        debug_assert!(is_internal_topic(&req.topic));
+        self.append_unchecked(req)
+    }
+
+    /// Reads an internal topic's partition from `offset` without waiting.
+    pub(crate) fn read_internal(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<FetchResult> {
+        let topic = self.topic(topic)?;
+        let part = topic.partition(partition)?;
+        self.read(&topic, &part, offset, usize::MAX, max_bytes)
+    }
+
+    /// Deletes an internal partition's sealed segments wholly below
+    /// `offset` (compaction by snapshot). Returns the new start offset.
+    pub(crate) fn delete_internal_before(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<i64> {
+        let topic = self.topic(topic)?;
+        let part = topic.partition(partition)?;
+        let log = self.log_of(&topic, &part)?;
+        Ok(log.delete_before(offset)?)
+    }
+
+    fn append_unchecked(&self, req: ProduceRequest) -> Result<Appended> {
         self.check_running()?;
         let topic = self.topic(&req.topic)?;
         let parts = topic.partitions();

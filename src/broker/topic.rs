@@ -19,6 +19,14 @@ pub const MAX_PARTITIONS: i32 = 100_000;
 /// Name of the metadata file in a topic's directory.
 pub const TOPIC_FILE: &str = "topic.json";
 
+/// Names starting with this are the broker's internal topics.
+pub const INTERNAL_TOPIC_PREFIX: &str = "__";
+
+/// Whether `name` is an internal topic's name.
+pub fn is_internal_topic(name: &str) -> bool {
+    name.starts_with(INTERNAL_TOPIC_PREFIX)
+}
+
 /// Checks a topic name against Kafka's rule: 1 to 249 characters of
 /// `[A-Za-z0-9._-]`, and not `.` or `..`.
 pub fn validate_topic_name(name: &str) -> Result<()> {

@@ -1,5 +1,5 @@
 //! The client commands of the `sluice` binary, on top of [`crate::client`]:
-//! `topic`, `produce`, `consume` and `bench`.
+//! `topic`, `group`, `produce`, `consume` and `bench`.
 
 pub mod bench;
 
@@ -13,7 +13,9 @@ use bytes::Bytes;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 
-use crate::client::{pb, Client, ClientError, ProducerConfig, DEFAULT_BROKER};
+use crate::client::{
+    pb, Client, ClientError, ConsumerConfig, OffsetReset, ProducerConfig, DEFAULT_BROKER,
+};
 pub use bench::BenchCommand;
 
 /// Where the broker is; every client command takes it.
@@ -92,6 +94,70 @@ pub enum TopicCommand {
     },
 }
 
+/// Consumer group administration.
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// List groups with their state and member count.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a group's members and, per partition, owner, committed offset,
+    /// end offset and lag.
+    Describe {
+        /// Group name.
+        group: String,
+        #[command(flatten)]
+        conn: Conn,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a group without live members, with its committed offsets.
+    Delete {
+        /// Group name.
+        group: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Move a group's committed offsets (the group must have no live
+    /// members): replay history, or skip ahead.
+    #[command(group(clap::ArgGroup::new("to").required(true).multiple(false)))]
+    ResetOffsets {
+        /// Group name.
+        group: String,
+        /// Topic.
+        #[arg(long)]
+        topic: String,
+        /// Partitions to reset (comma-separated; default all).
+        #[arg(long, value_delimiter = ',')]
+        partitions: Vec<i32>,
+        /// To the oldest record held.
+        #[arg(long, group = "to")]
+        to_earliest: bool,
+        /// To the end (skip everything so far).
+        #[arg(long, group = "to")]
+        to_latest: bool,
+        /// To this offset (clamped to each partition's range).
+        #[arg(long, group = "to")]
+        to_offset: Option<i64>,
+        /// To the first record at or after this time (RFC 3339).
+        #[arg(long, group = "to")]
+        to_time: Option<String>,
+        /// Show the new offsets without writing them.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        conn: Conn,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// Durability levels on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AcksArg {
@@ -152,17 +218,33 @@ pub struct ConsumeArgs {
     /// Topic.
     pub topic: String,
     /// Read only this partition (default: all).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "group")]
     pub partition: Option<i32>,
-    /// Start at the oldest record.
+    /// Join this consumer group: the group's members share the partitions,
+    /// and each resumes from the group's committed offsets. Offsets are
+    /// committed after each batch is printed (at least once).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Start at the oldest record (with --group: where the group has no
+    /// committed offset).
     #[arg(long, conflicts_with_all = ["offset", "from_time"])]
     pub from_beginning: bool,
     /// Start at this offset (needs one partition, or applies to each).
-    #[arg(long, conflicts_with = "from_time")]
+    #[arg(long, conflicts_with_all = ["from_time", "group"])]
     pub offset: Option<i64>,
     /// Start at the first record at or after this time (RFC 3339).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "group")]
     pub from_time: Option<String>,
+    /// With --group: commit before printing each batch (at most once)
+    /// instead of after (at least once).
+    #[arg(long, requires = "group")]
+    pub at_most_once: bool,
+    /// With --group: session timeout to ask for (ms; default the broker's).
+    #[arg(long, requires = "group")]
+    pub session_timeout_ms: Option<u64>,
+    /// With --group: client id shown by `group describe`.
+    #[arg(long, requires = "group")]
+    pub client_id: Option<String>,
     /// Exit after this many records.
     #[arg(long)]
     pub max_records: Option<u64>,
@@ -412,6 +494,9 @@ fn record_json(topic: &str, partition: i32, r: &pb::ConsumedRecord) -> serde_jso
 pub async fn consume(args: ConsumeArgs) -> Result<(), ClientError> {
     use pb::position::Position as P;
     let client = Client::connect(&args.conn.broker).await?;
+    if let Some(group) = args.group.clone() {
+        return consume_group(client, group, args).await;
+    }
     let partitions: Vec<i32> = match args.partition {
         Some(p) => vec![p],
         None => (0..client.partition_count(&args.topic).await?).collect(),
@@ -488,5 +573,294 @@ pub async fn consume(args: ConsumeArgs) -> Result<(), ClientError> {
         }
     }
     let _ = out.flush();
+    Ok(())
+}
+
+fn write_record(
+    out: &mut impl Write,
+    format: Format,
+    topic: &str,
+    partition: i32,
+    r: &pb::ConsumedRecord,
+) -> std::io::Result<()> {
+    match format {
+        Format::Value => {
+            let v = r.value.as_deref().unwrap_or_default();
+            out.write_all(&String::from_utf8_lossy(v).into_owned().into_bytes())?;
+            out.write_all(b"\n")
+        }
+        Format::Json => writeln!(out, "{}", record_json(topic, partition, r)),
+    }
+}
+
+/// Ends on ctrl-c or SIGTERM.
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `sluice consume --group`: a group member that prints and commits.
+async fn consume_group(
+    client: Client,
+    group: String,
+    args: ConsumeArgs,
+) -> Result<(), ClientError> {
+    client.partition_count(&args.topic).await?;
+    let mut consumer = client.consumer(ConsumerConfig {
+        auto_offset_reset: if args.from_beginning {
+            OffsetReset::Earliest
+        } else {
+            OffsetReset::Latest
+        },
+        auto_commit_interval: None,
+        session_timeout: args.session_timeout_ms.map(Duration::from_millis),
+        client_id: args
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("sluice-cli/{}", std::process::id())),
+        ..ConsumerConfig::new(&group, [args.topic.clone()])
+    });
+    let max = args.max_records.unwrap_or(u64::MAX);
+    let idle = args.timeout_ms.map(Duration::from_millis);
+    let mut printed = 0u64;
+    let mut last_record = tokio::time::Instant::now();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    let stop = interrupted();
+    tokio::pin!(stop);
+    let result = loop {
+        if printed >= max {
+            break Ok(());
+        }
+        let wait = Duration::from_millis(500);
+        let records = tokio::select! {
+            r = consumer.poll(wait) => r,
+            _ = &mut stop => break Ok(()),
+        };
+        let records = match records {
+            Ok(r) => r,
+            Err(e) => break Err(e),
+        };
+        if records.is_empty() {
+            if idle.is_some_and(|t| last_record.elapsed() >= t) {
+                break Ok(());
+            }
+            continue;
+        }
+        last_record = tokio::time::Instant::now();
+        let take = records.len().min((max - printed) as usize);
+        let batch = &records[..take];
+        // Next offset per partition of what this batch hands over.
+        let mut next: std::collections::BTreeMap<(String, i32), i64> = Default::default();
+        for r in batch {
+            next.insert((r.topic.to_string(), r.partition), r.record.offset + 1);
+        }
+        let offsets: Vec<(String, i32, i64)> =
+            next.into_iter().map(|((t, p), o)| (t, p, o)).collect();
+        if args.at_most_once {
+            if let Err(e) = consumer.commit_offsets(&offsets).await {
+                break Err(e);
+            }
+        }
+        let mut closed = false;
+        for r in batch {
+            if write_record(&mut out, args.format, &r.topic, r.partition, &r.record).is_err() {
+                closed = true;
+                break;
+            }
+        }
+        if closed || out.flush().is_err() {
+            break Ok(()); // stdout closed (e.g. `| head`)
+        }
+        printed += take as u64;
+        if !args.at_most_once {
+            if let Err(e) = consumer.commit_offsets(&offsets).await {
+                break Err(e);
+            }
+        }
+    };
+    let _ = out.flush();
+    let closed = consumer.close().await;
+    result.and(closed)
+}
+
+fn state_name(s: i32) -> &'static str {
+    match pb::GroupState::try_from(s) {
+        Ok(pb::GroupState::Empty) => "empty",
+        Ok(pb::GroupState::Reconciling) => "reconciling",
+        Ok(pb::GroupState::Stable) => "stable",
+        _ => "unknown",
+    }
+}
+
+fn partitions_text(a: &[pb::TopicPartitions]) -> String {
+    a.iter()
+        .map(|t| {
+            let ps: Vec<String> = t.partitions.iter().map(|p| p.to_string()).collect();
+            format!("{}[{}]", t.topic, ps.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn partitions_json(a: &[pb::TopicPartitions]) -> serde_json::Value {
+    json!(a
+        .iter()
+        .map(|t| json!({"topic": t.topic, "partitions": t.partitions}))
+        .collect::<Vec<_>>())
+}
+
+/// Runs a `group` command.
+pub async fn group(cmd: GroupCommand) -> Result<(), ClientError> {
+    match cmd {
+        GroupCommand::List { conn, json } => {
+            let client = Client::connect(&conn.broker).await?;
+            let groups = client.list_groups().await?;
+            if json {
+                let v: Vec<_> = groups
+                    .iter()
+                    .map(|g| json!({"group": g.group, "state": state_name(g.state), "members": g.members}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                for g in groups {
+                    println!("{}\t{}\t{}", g.group, state_name(g.state), g.members);
+                }
+            }
+        }
+        GroupCommand::Describe { group, conn, json } => {
+            let client = Client::connect(&conn.broker).await?;
+            let d = client.describe_group(&group).await?;
+            if json {
+                let v = json!({
+                    "group": d.group,
+                    "state": state_name(d.state),
+                    "group_epoch": d.group_epoch,
+                    "members": d.members.iter().map(|m| json!({
+                        "member_id": m.member_id,
+                        "client_id": m.client_id,
+                        "member_epoch": m.member_epoch,
+                        "topics": m.topics,
+                        "assignment": partitions_json(&m.assignment),
+                        "pending": partitions_json(&m.pending),
+                        "target": partitions_json(&m.target),
+                    })).collect::<Vec<_>>(),
+                    "partitions": d.partitions.iter().map(|p| json!({
+                        "topic": p.topic,
+                        "partition": p.partition,
+                        "owner": p.owner,
+                        "committed": p.committed_offset,
+                        "log_start": p.log_start_offset,
+                        "end": p.high_watermark,
+                        "lag": p.lag,
+                    })).collect::<Vec<_>>(),
+                });
+                println!("{v}");
+            } else {
+                println!(
+                    "group {} ({}, {} members, epoch {})",
+                    d.group,
+                    state_name(d.state),
+                    d.members.len(),
+                    d.group_epoch
+                );
+                for m in &d.members {
+                    println!(
+                        "  member {} ({}) epoch {}: {}",
+                        m.member_id,
+                        m.client_id,
+                        m.member_epoch,
+                        partitions_text(&m.assignment)
+                    );
+                }
+                println!("TOPIC\tPARTITION\tOWNER\tCOMMITTED\tEND\tLAG");
+                for p in &d.partitions {
+                    let committed = if p.committed_offset < 0 {
+                        "-".to_string()
+                    } else {
+                        p.committed_offset.to_string()
+                    };
+                    let owner = if p.owner.is_empty() { "-" } else { &p.owner };
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}\t{}",
+                        p.topic, p.partition, owner, committed, p.high_watermark, p.lag
+                    );
+                }
+            }
+        }
+        GroupCommand::Delete { group, conn } => {
+            let client = Client::connect(&conn.broker).await?;
+            client.delete_group(&group).await?;
+            println!("deleted group {group}");
+        }
+        GroupCommand::ResetOffsets {
+            group,
+            topic,
+            partitions,
+            to_earliest,
+            to_latest,
+            to_offset,
+            to_time,
+            dry_run,
+            conn,
+            json,
+        } => {
+            use pb::reset_offsets_request::To;
+            let to = if to_earliest {
+                To::Earliest(())
+            } else if to_latest {
+                To::Latest(())
+            } else if let Some(o) = to_offset {
+                To::Offset(o)
+            } else if let Some(t) = to_time {
+                To::TimestampMs(parse_time(&t)?)
+            } else {
+                return Err(ClientError::Status(tonic::Status::invalid_argument(
+                    "one of --to-earliest, --to-latest, --to-offset, --to-time is required",
+                )));
+            };
+            let client = Client::connect(&conn.broker).await?;
+            let offsets = client
+                .reset_offsets(&group, &topic, partitions, to, dry_run)
+                .await?;
+            if json {
+                let v: Vec<_> = offsets
+                    .iter()
+                    .map(|o| json!({"topic": o.topic, "partition": o.partition, "previous": o.previous_offset, "offset": o.offset}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                println!("TOPIC\tPARTITION\tPREVIOUS\tNEW");
+                for o in &offsets {
+                    let prev = if o.previous_offset < 0 {
+                        "-".to_string()
+                    } else {
+                        o.previous_offset.to_string()
+                    };
+                    println!("{}\t{}\t{}\t{}", o.topic, o.partition, prev, o.offset);
+                }
+                if dry_run {
+                    println!("(dry run: nothing written)");
+                }
+            }
+        }
+    }
     Ok(())
 }

@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+mod consumer;
 mod producer;
 
 use std::time::Duration;
@@ -23,7 +24,11 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use crate::api::grpc::pb;
 use crate::api::grpc::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, MAX_MESSAGE_BYTES};
-use pb::{admin_client::AdminClient, broker_client::BrokerClient};
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset};
+use pb::{
+    admin_client::AdminClient, broker_client::BrokerClient, group_admin_client::GroupAdminClient,
+    groups_client::GroupsClient,
+};
 pub use producer::{Pipeline, Producer, ProducerConfig, ProducerStats, Reply};
 
 /// Default broker address of the CLI.
@@ -51,6 +56,8 @@ pub enum ClientError {
 pub struct Client {
     admin: AdminClient<Channel>,
     broker: BrokerClient<Channel>,
+    groups: GroupsClient<Channel>,
+    group_admin: GroupAdminClient<Channel>,
 }
 
 /// A record with an optional UTF-8 key and a value.
@@ -89,10 +96,102 @@ impl Client {
             admin: AdminClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            broker: BrokerClient::new(channel)
+            broker: BrokerClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            groups: GroupsClient::new(channel.clone()),
+            group_admin: GroupAdminClient::new(channel),
         }
+    }
+
+    /// The generated group member client (heartbeats, commits).
+    pub fn groups(&self) -> GroupsClient<Channel> {
+        self.groups.clone()
+    }
+
+    /// The generated group admin client.
+    pub fn group_admin(&self) -> GroupAdminClient<Channel> {
+        self.group_admin.clone()
+    }
+
+    /// Joins `config.group` as a new member; see [`Consumer`].
+    pub fn consumer(&self, config: ConsumerConfig) -> Consumer {
+        Consumer::start(self.clone(), config)
+    }
+
+    /// Lists groups.
+    pub async fn list_groups(&self) -> Result<Vec<pb::GroupListing>, ClientError> {
+        Ok(self
+            .group_admin()
+            .list_groups(pb::ListGroupsRequest {})
+            .await?
+            .into_inner()
+            .groups)
+    }
+
+    /// Describes a group.
+    pub async fn describe_group(
+        &self,
+        group: &str,
+    ) -> Result<pb::DescribeGroupResponse, ClientError> {
+        Ok(self
+            .group_admin()
+            .describe_group(pb::DescribeGroupRequest {
+                group: group.into(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Deletes a group without live members.
+    pub async fn delete_group(&self, group: &str) -> Result<(), ClientError> {
+        self.group_admin()
+            .delete_group(pb::DeleteGroupRequest {
+                group: group.into(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Resets a group's offsets for `topic` (all partitions if
+    /// `partitions` is empty).
+    pub async fn reset_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: Vec<i32>,
+        to: pb::reset_offsets_request::To,
+        dry_run: bool,
+    ) -> Result<Vec<pb::ResetOffset>, ClientError> {
+        Ok(self
+            .group_admin()
+            .reset_offsets(pb::ResetOffsetsRequest {
+                group: group.into(),
+                topic: topic.into(),
+                partitions,
+                to: Some(to),
+                dry_run,
+            })
+            .await?
+            .into_inner()
+            .offsets)
+    }
+
+    /// Committed offsets of a group (of `topics`, or all).
+    pub async fn fetch_offsets(
+        &self,
+        group: &str,
+        topics: Vec<String>,
+    ) -> Result<Vec<pb::CommittedOffset>, ClientError> {
+        Ok(self
+            .groups()
+            .fetch_offsets(pb::FetchOffsetsRequest {
+                group: group.into(),
+                topics,
+            })
+            .await?
+            .into_inner()
+            .offsets)
     }
 
     /// The generated admin client, for calls this type does not wrap.

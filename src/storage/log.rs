@@ -18,7 +18,7 @@ use std::{
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::batch::RecordBatch;
 use super::checkpoint::{self, Checkpoint};
@@ -1020,6 +1020,31 @@ impl Log {
         }
         info!(dir = %self.dir.display(), deleted = n, bytes = outcome.deleted_bytes, new_start, "retention deleted segments");
         Ok(outcome)
+    }
+
+    /// Deletes the sealed segments that hold only offsets below `offset`
+    /// (a log's owner compacting by snapshot: everything it still needs is
+    /// at or after `offset`). The active segment is never deleted, so the
+    /// new start offset may be below `offset`. Returns the new start offset.
+    pub fn delete_before(&self, offset: i64) -> Result<i64> {
+        let mut w = self.writer.lock();
+        let segments = self.segments();
+        let n = segments
+            .windows(2)
+            .take_while(|pair| pair[1].base_offset() <= offset)
+            .count();
+        if n == 0 {
+            return Ok(segments[0].base_offset());
+        }
+        let new_start = segments[n].base_offset();
+        *self.segments.write() = Arc::new(segments[n..].to_vec());
+        w.pending.retain(|p| p.base_offset >= new_start);
+        drop(w);
+        for s in &segments[..n] {
+            remove_segment_files(&self.dir, s.base_offset());
+        }
+        debug!(dir = %self.dir.display(), deleted = n, new_start, "deleted segments below a snapshot");
+        Ok(new_start)
     }
 
     /// Closes the log cleanly: syncs and trims every file and records a

@@ -386,6 +386,38 @@ fn retention_deletes_old_sealed_segments_by_size_and_time() {
 }
 
 #[test]
+fn delete_before_drops_only_whole_segments_below_the_offset_and_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), small_config()).expect("open");
+    for i in 0..80 {
+        log.append(&batch("d", 2, 60, i)).expect("append");
+    }
+    let bases = log.segment_bases();
+    assert!(bases.len() > 3, "need several segments, got {bases:?}");
+    // An offset inside the third segment keeps that segment whole.
+    let cut = bases[2] + 1;
+    assert_eq!(log.delete_before(cut).expect("delete"), bases[2]);
+    assert_eq!(log.start_offset(), bases[2]);
+    assert!(log.read(bases[2], 1 << 20).is_ok());
+    assert!(matches!(
+        log.read(bases[1], 10),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
+    // Below the start: nothing to do. Beyond the end: the active segment stays.
+    assert_eq!(log.delete_before(0).expect("noop"), bases[2]);
+    let end = log.end_offset();
+    let last = *log.segment_bases().last().expect("active");
+    assert_eq!(log.delete_before(end + 100).expect("all sealed"), last);
+    log.close().expect("close");
+    drop(log);
+    let log = Log::open(dir.path(), small_config()).expect("reopen");
+    assert_eq!(log.start_offset(), last);
+    assert_eq!(log.end_offset(), end);
+    log.append(&batch("e", 1, 60, 99)).expect("append after");
+    assert_eq!(log.end_offset(), end + 1);
+}
+
+#[test]
 fn rejects_bad_input_with_typed_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = Log::open(dir.path(), small_config()).expect("open");

@@ -111,11 +111,17 @@ impl ChildServer {
     /// Starts `sluice serve` on `dir`, on an ephemeral port, and waits for
     /// its "listening" line.
     pub fn start(dir: &Path, extra: &[&str]) -> Self {
+        Self::start_at(dir, "127.0.0.1:0", extra)
+    }
+
+    /// Starts `sluice serve` on `dir` listening on `listen` (a restart
+    /// passes the address the first run printed).
+    pub fn start_at(dir: &Path, listen: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args([
                 "serve",
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--metrics-listen",
                 "off",
                 "--data-dir",
@@ -176,6 +182,11 @@ impl ChildServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The `host:port` the server listens on.
+    pub fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
     }
 
     pub fn log(&self) -> String {

@@ -25,11 +25,13 @@ pub const HTTP2_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 mod admin;
 mod broker;
 pub mod convert;
+mod groups;
 mod info;
 pub mod status;
 
 pub use admin::AdminService;
 pub use broker::BrokerService;
+pub use groups::{GroupAdminService, GroupsService};
 pub use info::InfoService;
 
 /// Records a request's duration in the latency histogram when dropped.

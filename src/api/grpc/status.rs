@@ -3,6 +3,7 @@
 use tonic::{Code, Status};
 
 use crate::broker::BrokerError;
+use crate::coordinator::CoordinatorError;
 use crate::storage::StorageError;
 
 /// The status code for an error.
@@ -28,6 +29,22 @@ pub fn code(e: &BrokerError) -> Code {
     }
 }
 
+/// The status code for a coordinator error.
+pub fn coordinator_code(e: &CoordinatorError) -> Code {
+    match e {
+        CoordinatorError::InvalidArgument(_) => Code::InvalidArgument,
+        CoordinatorError::GroupNotFound { .. } | CoordinatorError::UnknownMember { .. } => {
+            Code::NotFound
+        }
+        CoordinatorError::FencedEpoch { .. } => Code::Aborted,
+        CoordinatorError::NotOwned { .. } | CoordinatorError::GroupNotEmpty { .. } => {
+            Code::FailedPrecondition
+        }
+        CoordinatorError::Failed { .. } => Code::Unavailable,
+        CoordinatorError::Broker(b) => code(b),
+    }
+}
+
 /// The status for an error; fatal errors are logged here, once.
 pub fn status(e: &BrokerError) -> Status {
     if e.is_fatal() {
@@ -39,5 +56,14 @@ pub fn status(e: &BrokerError) -> Status {
 impl From<BrokerError> for Status {
     fn from(e: BrokerError) -> Self {
         status(&e)
+    }
+}
+
+impl From<CoordinatorError> for Status {
+    fn from(e: CoordinatorError) -> Self {
+        if e.is_fatal() {
+            tracing::error!(error = %e, "request failed on a server-side error");
+        }
+        Status::new(coordinator_code(&e), e.to_string())
     }
 }

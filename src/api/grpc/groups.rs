@@ -1,0 +1,252 @@
+//! `sluice.v1.Groups` and `sluice.v1.GroupAdmin`: consumer groups.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::pb::{self, group_admin_server::GroupAdmin, groups_server::Groups};
+use super::timed;
+use crate::coordinator::{
+    Assignment, Coordinator, CoordinatorError, GroupState, HeartbeatRequest, OffsetCommit, ResetTo,
+    Tp,
+};
+
+fn assignment_out(a: &Assignment) -> Vec<pb::TopicPartitions> {
+    crate::coordinator::records::to_topic_partitions(a)
+        .into_iter()
+        .map(|t| pb::TopicPartitions {
+            topic: t.topic,
+            partitions: t.partitions,
+        })
+        .collect()
+}
+
+fn state_out(s: GroupState) -> pb::GroupState {
+    match s {
+        GroupState::Empty => pb::GroupState::Empty,
+        GroupState::Reconciling => pb::GroupState::Reconciling,
+        GroupState::Stable => pb::GroupState::Stable,
+    }
+}
+
+/// Runs blocking coordinator work (opening logs for end offsets) off the
+/// async workers.
+async fn blocking<T: Send + 'static>(
+    c: &Arc<Coordinator>,
+    f: impl FnOnce(&Coordinator) -> Result<T, CoordinatorError> + Send + 'static,
+) -> Result<T, Status> {
+    let c = c.clone();
+    tokio::task::spawn_blocking(move || f(&c))
+        .await
+        .map_err(|e| Status::internal(format!("group task failed: {e}")))?
+        .map_err(Status::from)
+}
+
+/// Serves `sluice.v1.Groups`.
+#[derive(Debug, Clone)]
+pub struct GroupsService {
+    coordinator: Arc<Coordinator>,
+}
+
+impl GroupsService {
+    /// A service over `coordinator`.
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        Self { coordinator }
+    }
+}
+
+#[tonic::async_trait]
+impl Groups for GroupsService {
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let _t = timed("Heartbeat");
+        let r = request.into_inner();
+        let opt = |v: i32| (v != 0).then_some(v);
+        let resp = self.coordinator.heartbeat(
+            &r.group,
+            HeartbeatRequest {
+                member_id: r.member_id,
+                member_epoch: r.member_epoch,
+                client_id: r.client_id,
+                subscriptions: r.topics,
+                session_timeout_ms: opt(r.session_timeout_ms),
+                rebalance_timeout_ms: opt(r.rebalance_timeout_ms),
+            },
+        )?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            member_id: resp.member_id,
+            member_epoch: resp.member_epoch,
+            assignment: assignment_out(&resp.assignment),
+            heartbeat_interval_ms: resp.heartbeat_interval_ms,
+        }))
+    }
+
+    async fn commit_offsets(
+        &self,
+        request: Request<pb::CommitOffsetsRequest>,
+    ) -> Result<Response<pb::CommitOffsetsResponse>, Status> {
+        let _t = timed("CommitOffsets");
+        let r = request.into_inner();
+        let offsets = r
+            .offsets
+            .into_iter()
+            .map(|o| OffsetCommit {
+                tp: Tp::new(o.topic, o.partition),
+                offset: o.offset,
+                metadata: o.metadata,
+            })
+            .collect();
+        self.coordinator
+            .commit(&r.group, &r.member_id, r.member_epoch, offsets)?;
+        Ok(Response::new(pb::CommitOffsetsResponse {}))
+    }
+
+    async fn fetch_offsets(
+        &self,
+        request: Request<pb::FetchOffsetsRequest>,
+    ) -> Result<Response<pb::FetchOffsetsResponse>, Status> {
+        let _t = timed("FetchOffsets");
+        let r = request.into_inner();
+        let offsets = self.coordinator.fetch_offsets(&r.group, &r.topics)?;
+        Ok(Response::new(pb::FetchOffsetsResponse {
+            offsets: offsets
+                .into_iter()
+                .map(|(tp, c)| pb::CommittedOffset {
+                    topic: tp.topic.to_string(),
+                    partition: tp.partition,
+                    offset: c.offset,
+                    metadata: c.metadata,
+                    commit_timestamp_ms: c.commit_ms,
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// Serves `sluice.v1.GroupAdmin`.
+#[derive(Debug, Clone)]
+pub struct GroupAdminService {
+    coordinator: Arc<Coordinator>,
+}
+
+impl GroupAdminService {
+    /// A service over `coordinator`.
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        Self { coordinator }
+    }
+}
+
+#[tonic::async_trait]
+impl GroupAdmin for GroupAdminService {
+    async fn list_groups(
+        &self,
+        _request: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let _t = timed("ListGroups");
+        let groups = self
+            .coordinator
+            .list_groups()
+            .into_iter()
+            .map(|g| pb::GroupListing {
+                group: g.name,
+                state: state_out(g.state) as i32,
+                members: g.members as i32,
+            })
+            .collect();
+        Ok(Response::new(pb::ListGroupsResponse { groups }))
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<pb::DescribeGroupRequest>,
+    ) -> Result<Response<pb::DescribeGroupResponse>, Status> {
+        let _t = timed("DescribeGroup");
+        let group = request.into_inner().group;
+        let d = blocking(&self.coordinator, move |c| c.describe_group(&group)).await?;
+        Ok(Response::new(pb::DescribeGroupResponse {
+            group: d.name,
+            state: state_out(d.state) as i32,
+            group_epoch: d.epoch,
+            members: d
+                .members
+                .iter()
+                .map(|m| pb::MemberDescription {
+                    member_id: m.member_id.clone(),
+                    client_id: m.client_id.clone(),
+                    member_epoch: m.member_epoch,
+                    topics: m.subscriptions.clone(),
+                    assignment: assignment_out(&m.assignment),
+                    pending: m.pending.as_ref().map(assignment_out).unwrap_or_default(),
+                    target: assignment_out(&m.target),
+                })
+                .collect(),
+            partitions: d
+                .partitions
+                .into_iter()
+                .map(|p| pb::PartitionLag {
+                    topic: p.tp.topic.to_string(),
+                    partition: p.tp.partition,
+                    owner: p.owner.unwrap_or_default(),
+                    committed_offset: p.committed.as_ref().map_or(-1, |c| c.offset),
+                    metadata: p.committed.map(|c| c.metadata).unwrap_or_default(),
+                    log_start_offset: p.log_start,
+                    high_watermark: p.end,
+                    lag: p.lag,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<pb::DeleteGroupRequest>,
+    ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
+        let _t = timed("DeleteGroup");
+        let group = request.into_inner().group;
+        self.coordinator.delete_group(&group)?;
+        Ok(Response::new(pb::DeleteGroupResponse {}))
+    }
+
+    async fn reset_offsets(
+        &self,
+        request: Request<pb::ResetOffsetsRequest>,
+    ) -> Result<Response<pb::ResetOffsetsResponse>, Status> {
+        let _t = timed("ResetOffsets");
+        let r = request.into_inner();
+        let to = match r.to {
+            Some(pb::reset_offsets_request::To::Earliest(())) => ResetTo::Earliest,
+            Some(pb::reset_offsets_request::To::Latest(())) => ResetTo::Latest,
+            Some(pb::reset_offsets_request::To::Offset(o)) => {
+                if o < 0 {
+                    return Err(Status::invalid_argument(format!(
+                        "offset {o} must be at least 0"
+                    )));
+                }
+                ResetTo::Offset(o)
+            }
+            Some(pb::reset_offsets_request::To::TimestampMs(t)) => ResetTo::Timestamp(t),
+            None => {
+                return Err(Status::invalid_argument(
+                    "reset needs one of earliest, latest, offset or timestamp_ms",
+                ))
+            }
+        };
+        let results = blocking(&self.coordinator, move |c| {
+            c.reset_offsets(&r.group, &r.topic, &r.partitions, to, r.dry_run)
+        })
+        .await?;
+        Ok(Response::new(pb::ResetOffsetsResponse {
+            offsets: results
+                .into_iter()
+                .map(|x| pb::ResetOffset {
+                    topic: x.tp.topic.to_string(),
+                    partition: x.tp.partition,
+                    previous_offset: x.previous.unwrap_or(-1),
+                    offset: x.offset,
+                })
+                .collect(),
+        }))
+    }
+}

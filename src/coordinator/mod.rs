@@ -1,0 +1,968 @@
+//! Consumer groups: membership, partition assignment, committed offsets.
+//!
+//! * [`group`]: one group as a pure state machine (time is a parameter).
+//! * [`assignor`]: the sticky, balanced assignor.
+//! * [`records`]: how state is written to the offsets topic.
+//! * This module: the shell. Groups are spread over the partitions of the
+//!   internal topic [`OFFSETS_TOPIC`] by a hash of their name (as Kafka
+//!   spreads `__consumer_offsets`); each partition has one [`Shard`] that
+//!   owns its groups, appends every change to its partition before
+//!   answering, and replays the partition on start. When a shard has
+//!   written many more records than it has live keys it writes a snapshot
+//!   (every live key again) and deletes the segments before it, so the
+//!   topic stays bounded however many commits happen.
+//!
+//! Replication later: a shard is what a partition's leader runs; the
+//! offsets topic replicates like any other.
+
+pub mod assignor;
+pub mod error;
+pub mod group;
+pub mod records;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+pub use assignor::{Assignment, Tp};
+pub use error::{CoordinatorError, Result};
+pub use group::{
+    Committed, GroupState, HeartbeatRequest, HeartbeatResponse, Limits, JOIN_EPOCH, LEAVE_EPOCH,
+};
+
+use crate::broker::{
+    is_internal_topic, murmur2, validate_topic_name, Acks, Broker, BrokerError, NewRecord,
+    ProduceRequest, TopicConfig,
+};
+use crate::storage::Clock;
+use group::{Dirty, Group};
+use records::Encoded;
+
+/// The internal topic holding groups and committed offsets.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// Longest group name, member id or client id.
+pub const MAX_NAME_LEN: usize = 255;
+/// Longest offset metadata string (Kafka's default).
+pub const MAX_METADATA_BYTES: usize = 4096;
+/// Most topics one member may subscribe to.
+pub const MAX_SUBSCRIPTIONS: usize = 10_000;
+
+/// Settings of the coordinator.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Session and heartbeat limits.
+    pub limits: Limits,
+    /// Partitions of the offsets topic when it is created (later starts
+    /// keep the count it has).
+    pub offsets_partitions: i32,
+    /// Segment size of the offsets topic.
+    pub offsets_segment_bytes: i64,
+    /// A shard snapshots once it has written more than this many records
+    /// and more than twice its live keys since the last snapshot.
+    pub snapshot_min_records: u64,
+    /// How often sessions are checked for expiry.
+    pub expiry_check_interval: Duration,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            offsets_partitions: 4,
+            offsets_segment_bytes: 16 * 1024 * 1024,
+            snapshot_min_records: 100_000,
+            expiry_check_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// One committed offset to write.
+#[derive(Debug, Clone)]
+pub struct OffsetCommit {
+    /// Partition.
+    pub tp: Tp,
+    /// Next offset to consume.
+    pub offset: i64,
+    /// Client's metadata.
+    pub metadata: String,
+}
+
+/// A group in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSummary {
+    /// Name.
+    pub name: String,
+    /// State.
+    pub state: GroupState,
+    /// Live members.
+    pub members: usize,
+}
+
+/// A member as described.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberDescription {
+    /// Member id.
+    pub member_id: String,
+    /// Client id.
+    pub client_id: String,
+    /// Confirmed epoch.
+    pub member_epoch: i32,
+    /// Subscribed topics.
+    pub subscriptions: Vec<String>,
+    /// Confirmed partitions.
+    pub assignment: Assignment,
+    /// Sent, not yet confirmed partitions (with the confirmed ones, what it
+    /// may be consuming).
+    pub pending: Option<Assignment>,
+    /// What the assignor wants it to own.
+    pub target: Assignment,
+}
+
+/// One partition's progress in a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    /// Partition.
+    pub tp: Tp,
+    /// Member that may be consuming it.
+    pub owner: Option<String>,
+    /// Committed offset.
+    pub committed: Option<Committed>,
+    /// Log start offset.
+    pub log_start: i64,
+    /// High watermark.
+    pub end: i64,
+    /// `end - committed` (or `end - log_start` if nothing is committed).
+    pub lag: i64,
+}
+
+/// A group as described.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    /// Name.
+    pub name: String,
+    /// State.
+    pub state: GroupState,
+    /// Target assignment version.
+    pub epoch: i32,
+    /// Members.
+    pub members: Vec<MemberDescription>,
+    /// Partitions subscribed to or with a committed offset.
+    pub partitions: Vec<PartitionLag>,
+}
+
+/// Where a reset moves a group's offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTo {
+    /// Log start.
+    Earliest,
+    /// High watermark.
+    Latest,
+    /// This offset (clamped to the partition's range).
+    Offset(i64),
+    /// First offset at or after this time (ms), or the end if none.
+    Timestamp(i64),
+}
+
+/// A partition's offset after a reset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResetResult {
+    /// Partition.
+    pub tp: Tp,
+    /// Committed before.
+    pub previous: Option<i64>,
+    /// Committed now.
+    pub offset: i64,
+}
+
+/// Gauges for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CoordinatorStats {
+    /// Groups.
+    pub groups: usize,
+    /// Live members.
+    pub members: usize,
+}
+
+/// The coordinator of every group on this broker.
+pub struct Coordinator {
+    broker: Arc<Broker>,
+    config: CoordinatorConfig,
+    clock: Clock,
+    shards: Vec<Shard>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The groups of one offsets-topic partition.
+struct Shard {
+    partition: i32,
+    /// Held for a call's state change *and* the append that records it, so
+    /// the partition's order is the order of the changes. Never held across
+    /// `.await`; appends go to the page cache (microseconds).
+    state: Mutex<ShardState>,
+}
+
+#[derive(Default)]
+struct ShardState {
+    groups: BTreeMap<String, Group>,
+    /// Records written since the last snapshot (or replayed on start).
+    since_snapshot: u64,
+    /// Live keys at the last snapshot.
+    live_keys: u64,
+    /// Set when a write failed: memory may be ahead of the log, so the
+    /// shard refuses calls until a restart replays the log.
+    failed: Option<String>,
+}
+
+fn validate_name(what: &str, s: &str) -> Result<()> {
+    if s.is_empty() || s.len() > MAX_NAME_LEN {
+        return Err(CoordinatorError::invalid(format!(
+            "{what} must be 1 to {MAX_NAME_LEN} bytes, got {}",
+            s.len()
+        )));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(CoordinatorError::invalid(format!(
+            "{what} '{}' has a control character",
+            s.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
+fn validate_user_topic(topic: &str) -> Result<()> {
+    validate_topic_name(topic)?;
+    if is_internal_topic(topic) {
+        return Err(CoordinatorError::invalid(format!(
+            "topic '{topic}' is internal to the broker"
+        )));
+    }
+    Ok(())
+}
+
+impl Coordinator {
+    /// Opens the coordinator on `broker`: creates the offsets topic if
+    /// needed and replays it. Blocking.
+    pub fn open(broker: Arc<Broker>, config: CoordinatorConfig) -> Result<Arc<Self>> {
+        let topic_config = TopicConfig {
+            retention_ms: Some(-1),
+            retention_bytes: Some(-1),
+            segment_bytes: Some(config.offsets_segment_bytes),
+            max_message_bytes: None,
+        };
+        let topic =
+            broker.ensure_internal_topic(OFFSETS_TOPIC, config.offsets_partitions, topic_config)?;
+        let count = topic.partitions().len() as i32;
+        if count != config.offsets_partitions {
+            tracing::info!(
+                partitions = count,
+                configured = config.offsets_partitions,
+                "offsets topic keeps the partition count it was created with"
+            );
+        }
+        let clock = broker.config().log.clock.clone();
+        let mut shards = Vec::with_capacity(count as usize);
+        let now = clock();
+        for partition in 0..count {
+            let state = Self::replay(&broker, partition, now)?;
+            shards.push(Shard {
+                partition,
+                state: Mutex::new(state),
+            });
+        }
+        let groups: usize = shards.iter().map(|s| s.state.lock().groups.len()).sum();
+        tracing::info!(groups, partitions = count, "group coordinator loaded");
+        Ok(Arc::new(Self {
+            broker,
+            config,
+            clock,
+            shards,
+        }))
+    }
+
+    fn replay(broker: &Broker, partition: i32, now: i64) -> Result<ShardState> {
+        let mut state = ShardState::default();
+        let mut offset = 0i64;
+        let mut bad = 0u64;
+        let mut first = true;
+        loop {
+            let read = match broker.read_internal(OFFSETS_TOPIC, partition, offset, 4 << 20) {
+                Ok(r) => r,
+                Err(BrokerError::Storage(crate::storage::StorageError::OffsetOutOfRange {
+                    start,
+                    ..
+                })) if first && offset < start => {
+                    offset = start;
+                    first = false;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            first = false;
+            if read.records.is_empty() {
+                break;
+            }
+            for r in &read.records {
+                let Some(key) = &r.key else {
+                    bad += 1;
+                    continue;
+                };
+                match records::apply(&mut state.groups, key, r.value.as_deref(), now) {
+                    Ok(()) => state.since_snapshot += 1,
+                    Err(e) => {
+                        bad += 1;
+                        tracing::warn!(partition, offset = r.offset, error = %e, "skipping offsets-topic record");
+                    }
+                }
+            }
+            offset = read.next_offset;
+            if offset >= read.high_watermark {
+                break;
+            }
+        }
+        if bad > 0 {
+            tracing::warn!(
+                partition,
+                skipped = bad,
+                "offsets-topic records skipped during replay"
+            );
+        }
+        Ok(state)
+    }
+
+    /// Runs session expiry every `expiry_check_interval` until the broker
+    /// shuts down. Call once, inside a tokio runtime.
+    pub fn start(self: &Arc<Self>) {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let interval = self.config.expiry_check_interval;
+        let broker = self.broker.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = broker.shutting_down() => return,
+                }
+                let Some(c) = weak.upgrade() else { return };
+                c.expire_all();
+            }
+        });
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.config
+    }
+
+    fn shard(&self, group: &str) -> &Shard {
+        let h = murmur2(group.as_bytes()) & 0x7fff_ffff;
+        &self.shards[h as usize % self.shards.len()]
+    }
+
+    fn partition_count(&self, topic: &str) -> i32 {
+        self.broker
+            .topic(topic)
+            .map(|t| t.partitions().len() as i32)
+            .unwrap_or(0)
+    }
+
+    /// Appends `records` to the shard's partition. A failure stops the
+    /// shard (its memory may now be ahead of its log).
+    fn persist(&self, shard: &Shard, st: &mut ShardState, records: Vec<Encoded>) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let n = records.len() as u64;
+        let req = ProduceRequest {
+            topic: OFFSETS_TOPIC.to_string(),
+            partition: Some(shard.partition),
+            records: records
+                .into_iter()
+                .map(|(key, value)| NewRecord {
+                    key: Some(key),
+                    value,
+                    ..NewRecord::default()
+                })
+                .collect(),
+            acks: Acks::Leader,
+        };
+        let outcome = self
+            .broker
+            .append_internal(req)
+            .map(|a| a.result())
+            .map_err(|e| e.to_string())
+            .and_then(|r| match r.failures.first() {
+                Some(f) => Err(f.error.to_string()),
+                None => Ok(()),
+            });
+        if let Err(reason) = outcome {
+            tracing::error!(partition = shard.partition, error = %reason, "group coordinator write failed; its groups are unavailable until restart");
+            st.failed = Some(reason.clone());
+            return Err(CoordinatorError::Failed {
+                partition: shard.partition,
+                reason,
+            });
+        }
+        st.since_snapshot += n;
+        if st.since_snapshot > self.config.snapshot_min_records.max(2 * st.live_keys) {
+            self.snapshot(shard, st);
+        }
+        Ok(())
+    }
+
+    /// Rewrites every live key of the shard, then deletes the segments
+    /// wholly before the snapshot. A failure here leaves the log longer,
+    /// never wrong.
+    fn snapshot(&self, shard: &Shard, st: &mut ShardState) {
+        let mut recs = Vec::new();
+        for g in st.groups.values() {
+            records::snapshot_of(g, &mut recs);
+        }
+        let live = recs.len() as u64;
+        let start = match self
+            .broker
+            .list_offsets(OFFSETS_TOPIC, &[shard.partition], None)
+        {
+            Ok(o) => o.first().map_or(0, |o| o.latest),
+            Err(e) => {
+                tracing::warn!(partition = shard.partition, error = %e, "snapshot skipped");
+                return;
+            }
+        };
+        for chunk in recs.chunks(1000) {
+            let req = ProduceRequest {
+                topic: OFFSETS_TOPIC.to_string(),
+                partition: Some(shard.partition),
+                records: chunk
+                    .iter()
+                    .map(|(key, value)| NewRecord {
+                        key: Some(key.clone()),
+                        value: value.clone(),
+                        ..NewRecord::default()
+                    })
+                    .collect(),
+                acks: Acks::Leader,
+            };
+            match self.broker.append_internal(req).map(|a| a.result()) {
+                Ok(r) if r.failures.is_empty() => {}
+                Ok(r) => {
+                    tracing::warn!(partition = shard.partition, error = %r.failures[0].error, "snapshot write failed");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(partition = shard.partition, error = %e, "snapshot write failed");
+                    return;
+                }
+            }
+        }
+        st.since_snapshot = 0;
+        st.live_keys = live;
+        match self
+            .broker
+            .delete_internal_before(OFFSETS_TOPIC, shard.partition, start)
+        {
+            Ok(new_start) => tracing::debug!(
+                partition = shard.partition,
+                live,
+                snapshot_at = start,
+                new_start,
+                "offsets snapshot written"
+            ),
+            Err(e) => {
+                tracing::warn!(partition = shard.partition, error = %e, "deleting segments before a snapshot failed")
+            }
+        }
+    }
+
+    fn lock_shard<'a>(
+        &'a self,
+        group: &str,
+    ) -> Result<(&'a Shard, parking_lot::MutexGuard<'a, ShardState>)> {
+        let shard = self.shard(group);
+        let st = shard.state.lock();
+        if let Some(reason) = &st.failed {
+            return Err(CoordinatorError::Failed {
+                partition: shard.partition,
+                reason: reason.clone(),
+            });
+        }
+        Ok((shard, st))
+    }
+
+    /// Records of what `dirty` names in `group` (or the group's deletion
+    /// if it is vacant, which also drops it from `groups`).
+    fn dirty_records(
+        groups: &mut BTreeMap<String, Group>,
+        name: &str,
+        dirty: &Dirty,
+    ) -> Vec<Encoded> {
+        let mut recs = Vec::new();
+        let Some(g) = groups.get(name) else {
+            return recs;
+        };
+        if g.is_vacant() {
+            groups.remove(name);
+            recs.push(records::group_tombstone(name));
+            return recs;
+        }
+        if dirty.group {
+            recs.push(records::group_record(g));
+        }
+        for id in &dirty.removed {
+            recs.push(records::member_tombstone(name, id));
+        }
+        for id in &dirty.members {
+            if let Some(m) = g.members.get(id) {
+                recs.push(records::member_record(name, m));
+            }
+        }
+        recs
+    }
+
+    // ----- members -----
+
+    /// Handles a member's heartbeat (join with epoch 0, leave with -1).
+    pub fn heartbeat(&self, group: &str, mut req: HeartbeatRequest) -> Result<HeartbeatResponse> {
+        validate_name("group", group)?;
+        if req.member_id.is_empty() {
+            if req.member_epoch != JOIN_EPOCH {
+                return Err(CoordinatorError::invalid(
+                    "member_id may be empty only when joining (member_epoch 0)",
+                ));
+            }
+            req.member_id = uuid::Uuid::new_v4().to_string();
+        }
+        validate_name("member_id", &req.member_id)?;
+        if req.client_id.len() > MAX_NAME_LEN {
+            return Err(CoordinatorError::invalid(format!(
+                "client_id must be at most {MAX_NAME_LEN} bytes, got {}",
+                req.client_id.len()
+            )));
+        }
+        if req.subscriptions.len() > MAX_SUBSCRIPTIONS {
+            return Err(CoordinatorError::invalid(format!(
+                "at most {MAX_SUBSCRIPTIONS} subscribed topics, got {}",
+                req.subscriptions.len()
+            )));
+        }
+        for t in &req.subscriptions {
+            validate_user_topic(t)?;
+        }
+        if req.member_epoch == JOIN_EPOCH && req.subscriptions.is_empty() {
+            return Err(CoordinatorError::invalid(
+                "a joining member must subscribe to at least one topic",
+            ));
+        }
+        metrics::counter!("sluice_group_heartbeats_total").increment(1);
+        let now = (self.clock)();
+        let (shard, mut st) = self.lock_shard(group)?;
+        let st = &mut *st;
+        if !st.groups.contains_key(group) {
+            match req.member_epoch {
+                JOIN_EPOCH => {
+                    st.groups.insert(group.to_string(), Group::new(group));
+                }
+                LEAVE_EPOCH => {
+                    return Ok(HeartbeatResponse {
+                        member_id: req.member_id,
+                        member_epoch: LEAVE_EPOCH,
+                        assignment: Assignment::new(),
+                        heartbeat_interval_ms: 0,
+                    })
+                }
+                _ => {
+                    return Err(CoordinatorError::UnknownMember {
+                        group: group.to_string(),
+                        member: req.member_id,
+                    })
+                }
+            }
+        }
+        let g = st.groups.get_mut(group).expect("group present");
+        let mut dirty = Dirty::default();
+        let count = |t: &str| self.partition_count(t);
+        let result = g.heartbeat(req, now, &count, &self.config.limits, &mut dirty);
+        let recs = Self::dirty_records(&mut st.groups, group, &dirty);
+        self.persist(shard, st, recs)?;
+        result
+    }
+
+    /// Commits offsets for `member_id` at `member_epoch` (an empty member
+    /// id commits for a group without live members).
+    pub fn commit(
+        &self,
+        group: &str,
+        member_id: &str,
+        member_epoch: i32,
+        offsets: Vec<OffsetCommit>,
+    ) -> Result<()> {
+        validate_name("group", group)?;
+        for c in &offsets {
+            if c.offset < 0 {
+                return Err(CoordinatorError::invalid(format!(
+                    "offset {} for {} must be at least 0",
+                    c.offset, c.tp
+                )));
+            }
+            if c.metadata.len() > MAX_METADATA_BYTES {
+                return Err(CoordinatorError::invalid(format!(
+                    "metadata for {} is {} bytes; at most {MAX_METADATA_BYTES}",
+                    c.tp,
+                    c.metadata.len()
+                )));
+            }
+        }
+        if member_id.is_empty() {
+            // No member vouches for these partitions: check they exist.
+            for c in &offsets {
+                let t = self.broker.topic(&c.tp.topic)?;
+                let n = t.partitions().len() as i32;
+                if !(0..n).contains(&c.tp.partition) {
+                    return Err(BrokerError::PartitionNotFound {
+                        topic: c.tp.topic.to_string(),
+                        partition: c.tp.partition,
+                        count: n,
+                    }
+                    .into());
+                }
+            }
+        }
+        metrics::counter!("sluice_offset_commits_total").increment(offsets.len() as u64);
+        let now = (self.clock)();
+        let (shard, mut st) = self.lock_shard(group)?;
+        let st = &mut *st;
+        match st.groups.get(group) {
+            Some(g) => g.check_commit(member_id, member_epoch, offsets.iter().map(|c| &c.tp))?,
+            None if member_id.is_empty() => {}
+            None => {
+                return Err(CoordinatorError::UnknownMember {
+                    group: group.to_string(),
+                    member: member_id.to_string(),
+                })
+            }
+        }
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let committed: Vec<(Tp, Committed)> = offsets
+            .into_iter()
+            .map(|c| {
+                (
+                    c.tp,
+                    Committed {
+                        offset: c.offset,
+                        metadata: c.metadata,
+                        commit_ms: now,
+                    },
+                )
+            })
+            .collect();
+        let recs = committed
+            .iter()
+            .map(|(tp, c)| records::offset_record(group, tp, c))
+            .collect();
+        self.persist(shard, st, recs)?;
+        let g = st
+            .groups
+            .entry(group.to_string())
+            .or_insert_with(|| Group::new(group));
+        g.offsets.extend(committed);
+        Ok(())
+    }
+
+    /// Committed offsets of `group`, of the given topics (all if empty).
+    /// A group that does not exist has none.
+    pub fn fetch_offsets(&self, group: &str, topics: &[String]) -> Result<Vec<(Tp, Committed)>> {
+        validate_name("group", group)?;
+        let (_, st) = self.lock_shard(group)?;
+        let Some(g) = st.groups.get(group) else {
+            return Ok(Vec::new());
+        };
+        Ok(g.offsets
+            .iter()
+            .filter(|(tp, _)| topics.is_empty() || topics.iter().any(|t| **t == *tp.topic))
+            .map(|(tp, c)| (tp.clone(), c.clone()))
+            .collect())
+    }
+
+    /// Evicts expired members of every group.
+    pub fn expire_all(&self) {
+        let now = (self.clock)();
+        for shard in &self.shards {
+            let mut st = shard.state.lock();
+            if st.failed.is_some() {
+                continue;
+            }
+            let st = &mut *st;
+            let mut recs = Vec::new();
+            let names: Vec<String> = st
+                .groups
+                .iter()
+                .filter(|(_, g)| {
+                    g.members
+                        .values()
+                        .any(|m| now > m.deadline_ms || m.pending.is_some())
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in names {
+                let Some(g) = st.groups.get_mut(&name) else {
+                    continue;
+                };
+                let mut dirty = Dirty::default();
+                let count = |t: &str| self.partition_count(t);
+                let gone = g.expire(now, &count, &mut dirty);
+                if !gone.is_empty() {
+                    metrics::counter!("sluice_group_evictions_total").increment(gone.len() as u64);
+                    tracing::info!(group = %name, members = ?gone, "evicted members after their session or rebalance timeout");
+                    recs.extend(Self::dirty_records(&mut st.groups, &name, &dirty));
+                }
+            }
+            // A failure marks the shard failed; nothing else to do here.
+            let _ = self.persist(shard, st, recs);
+        }
+    }
+
+    // ----- admin -----
+
+    /// Every group, sorted by name.
+    pub fn list_groups(&self) -> Vec<GroupSummary> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let st = shard.state.lock();
+            out.extend(st.groups.values().map(|g| GroupSummary {
+                name: g.name.clone(),
+                state: g.state(),
+                members: g.members.len(),
+            }));
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// A group's state, members and per-partition lag. Blocking (opens
+    /// partition logs for their end offsets).
+    pub fn describe_group(&self, group: &str) -> Result<GroupDescription> {
+        validate_name("group", group)?;
+        let (g, state) =
+            {
+                let (_, st) = self.lock_shard(group)?;
+                let g = st.groups.get(group).cloned().ok_or_else(|| {
+                    CoordinatorError::GroupNotFound {
+                        group: group.to_string(),
+                    }
+                })?;
+                let state = g.state();
+                (g, state)
+            };
+        let members: Vec<MemberDescription> = g
+            .members
+            .values()
+            .map(|m| MemberDescription {
+                member_id: m.id.clone(),
+                client_id: m.client_id.clone(),
+                member_epoch: m.epoch,
+                subscriptions: m.subscriptions.iter().map(|s| s.to_string()).collect(),
+                assignment: m.owned.clone(),
+                pending: m.pending.as_ref().map(|p| p.assignment.clone()),
+                target: m.target.clone(),
+            })
+            .collect();
+        // Every partition of subscribed topics, and every committed one.
+        let mut topics: BTreeSet<Arc<str>> = g
+            .members
+            .values()
+            .flat_map(|m| m.subscriptions.iter().cloned())
+            .collect();
+        topics.extend(g.offsets.keys().map(|tp| tp.topic.clone()));
+        let mut partitions = Vec::new();
+        for topic in topics {
+            let offsets = match self.broker.list_offsets(&topic, &[], None) {
+                Ok(o) => o,
+                Err(BrokerError::TopicNotFound { .. }) => Vec::new(),
+                Err(e) => return Err(e.into()),
+            };
+            let mut seen = BTreeSet::new();
+            for o in offsets {
+                let tp = Tp::new(topic.clone(), o.partition);
+                seen.insert(o.partition);
+                let committed = g.offsets.get(&tp).cloned();
+                let from = committed.as_ref().map_or(o.earliest, |c| c.offset);
+                partitions.push(PartitionLag {
+                    owner: g
+                        .members
+                        .values()
+                        .find(|m| m.may_own(&tp))
+                        .map(|m| m.id.clone()),
+                    lag: (o.latest - from).max(0),
+                    committed,
+                    log_start: o.earliest,
+                    end: o.latest,
+                    tp,
+                });
+            }
+            // Committed offsets of partitions (or topics) that are gone.
+            for (tp, c) in g.offsets.range(Tp::new(topic.clone(), i32::MIN)..) {
+                if tp.topic != topic {
+                    break;
+                }
+                if !seen.contains(&tp.partition) {
+                    partitions.push(PartitionLag {
+                        tp: tp.clone(),
+                        owner: None,
+                        committed: Some(c.clone()),
+                        log_start: 0,
+                        end: 0,
+                        lag: 0,
+                    });
+                }
+            }
+        }
+        Ok(GroupDescription {
+            name: g.name.clone(),
+            state,
+            epoch: g.epoch,
+            members,
+            partitions,
+        })
+    }
+
+    /// Deletes a group without live members, with its offsets.
+    pub fn delete_group(&self, group: &str) -> Result<()> {
+        validate_name("group", group)?;
+        let (shard, mut st) = self.lock_shard(group)?;
+        let st = &mut *st;
+        let g = st
+            .groups
+            .get(group)
+            .ok_or_else(|| CoordinatorError::GroupNotFound {
+                group: group.to_string(),
+            })?;
+        if !g.members.is_empty() {
+            return Err(CoordinatorError::GroupNotEmpty {
+                group: group.to_string(),
+                members: g.members.len(),
+                action: "delete",
+            });
+        }
+        self.persist(shard, st, vec![records::group_tombstone(group)])?;
+        st.groups.remove(group);
+        tracing::info!(group, "group deleted");
+        Ok(())
+    }
+
+    /// Moves a group's committed offsets for `topic` (the given partitions,
+    /// or all) to `to`. The group must have no live members. With
+    /// `dry_run`, computes without writing. Blocking.
+    pub fn reset_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: &[i32],
+        to: ResetTo,
+        dry_run: bool,
+    ) -> Result<Vec<ResetResult>> {
+        validate_name("group", group)?;
+        validate_user_topic(topic)?;
+        let timestamp = match to {
+            ResetTo::Timestamp(t) => Some(t),
+            _ => None,
+        };
+        let offsets = self.broker.list_offsets(topic, partitions, timestamp)?;
+        let now = (self.clock)();
+        let (shard, mut st) = self.lock_shard(group)?;
+        let st = &mut *st;
+        if let Some(g) = st.groups.get(group) {
+            if !g.members.is_empty() {
+                return Err(CoordinatorError::GroupNotEmpty {
+                    group: group.to_string(),
+                    members: g.members.len(),
+                    action: "reset-offsets",
+                });
+            }
+        }
+        let topic: Arc<str> = Arc::from(topic);
+        let mut results = Vec::new();
+        for o in offsets {
+            let offset = match to {
+                ResetTo::Earliest => o.earliest,
+                ResetTo::Latest => o.latest,
+                ResetTo::Offset(n) => n.clamp(o.earliest, o.latest),
+                ResetTo::Timestamp(_) => match o.for_timestamp {
+                    Some(t) if t >= 0 => t,
+                    _ => o.latest,
+                },
+            };
+            let tp = Tp::new(topic.clone(), o.partition);
+            let previous = st
+                .groups
+                .get(group)
+                .and_then(|g| g.offsets.get(&tp))
+                .map(|c| c.offset);
+            results.push(ResetResult {
+                tp,
+                previous,
+                offset,
+            });
+        }
+        if dry_run || results.is_empty() {
+            return Ok(results);
+        }
+        let committed: Vec<(Tp, Committed)> = results
+            .iter()
+            .map(|r| {
+                (
+                    r.tp.clone(),
+                    Committed {
+                        offset: r.offset,
+                        metadata: String::new(),
+                        commit_ms: now,
+                    },
+                )
+            })
+            .collect();
+        let recs = committed
+            .iter()
+            .map(|(tp, c)| records::offset_record(group, tp, c))
+            .collect();
+        self.persist(shard, st, recs)?;
+        st.groups
+            .entry(group.to_string())
+            .or_insert_with(|| Group::new(group))
+            .offsets
+            .extend(committed);
+        tracing::info!(group, topic = %topic, partitions = results.len(), "group offsets reset");
+        Ok(results)
+    }
+
+    /// Numbers for the metrics endpoint.
+    pub fn stats(&self) -> CoordinatorStats {
+        let mut s = CoordinatorStats::default();
+        for shard in &self.shards {
+            let st = shard.state.lock();
+            s.groups += st.groups.len();
+            s.members += st.groups.values().map(|g| g.members.len()).sum::<usize>();
+        }
+        s
+    }
+
+    /// The offsets topic's log start and end per partition (for tests and
+    /// operators checking that snapshots keep it bounded).
+    pub fn offsets_topic_range(&self) -> Result<Vec<(i64, i64)>> {
+        Ok(self
+            .broker
+            .list_offsets(OFFSETS_TOPIC, &[], None)?
+            .into_iter()
+            .map(|o| (o.earliest, o.latest))
+            .collect())
+    }
+}
