@@ -946,7 +946,7 @@ async fn offsets_topic_stays_bounded_under_many_commits_and_replays() {
                 group: format!("g{}", i % 10),
                 offsets: vec![pb::OffsetCommit {
                     topic: "t".into(),
-                    partition: (i % 4) as i32,
+                    partition: i % 4,
                     offset: i64::from(i),
                     metadata: "m".into(),
                 }],

@@ -26,6 +26,14 @@ pub enum BenchCommand {
     /// Read records back with Fetch (produces them first if the topic has
     /// fewer than `--records`).
     Consume(BenchArgs),
+    /// Read a topic with a consumer group of `--members` members.
+    GroupConsume(super::bench_groups::GroupConsumeArgs),
+    /// Time the takeover after one member of a group dies.
+    Rebalance(super::bench_groups::GroupConsumeArgs),
+    /// Many one-member groups heartbeating.
+    Heartbeats(super::bench_groups::HeartbeatArgs),
+    /// Offset commits per second.
+    Commits(super::bench_groups::CommitArgs),
 }
 
 /// Settings of a benchmark run.
@@ -73,6 +81,11 @@ fn histogram() -> Result<Histogram<u64>, ClientError> {
         .map_err(|e| ClientError::Closed(format!("histogram: {e}")))
 }
 
+/// The latency histogram every bench uses (µs).
+pub(crate) fn latency_histogram() -> Result<Histogram<u64>, ClientError> {
+    histogram()
+}
+
 fn new_hist() -> Result<Hist, ClientError> {
     histogram().map(|h| Arc::new(Mutex::new(h)))
 }
@@ -118,6 +131,10 @@ pub async fn run(cmd: BenchCommand) -> Result<(), ClientError> {
     let (mode, args) = match cmd {
         BenchCommand::Produce(a) => ("produce", a),
         BenchCommand::Consume(a) => ("consume", a),
+        BenchCommand::GroupConsume(a) => return super::bench_groups::group_consume(a).await,
+        BenchCommand::Rebalance(a) => return super::bench_groups::rebalance(a).await,
+        BenchCommand::Heartbeats(a) => return super::bench_groups::heartbeats(a).await,
+        BenchCommand::Commits(a) => return super::bench_groups::commits(a).await,
     };
     if args.batch == 0 || args.concurrency == 0 || args.records == 0 {
         return Err(ClientError::Status(tonic::Status::invalid_argument(

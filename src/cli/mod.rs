@@ -2,6 +2,7 @@
 //! `topic`, `group`, `produce`, `consume` and `bench`.
 
 pub mod bench;
+mod bench_groups;
 
 use std::{
     io::{BufRead, Write},

@@ -579,19 +579,21 @@ async fn heartbeat_loop(client: Client, config: ConsumerConfig, shared: Arc<Shar
                 st.fenced = false;
                 st.member_id = r.member_id;
                 st.interval_ms = r.heartbeat_interval_ms;
+                let mut wait = Duration::from_millis(r.heartbeat_interval_ms.max(1) as u64);
                 if r.member_epoch != st.ack_epoch {
                     if st.consuming.is_subset(&assignment) {
-                        // Nothing to give up: acknowledge with the next
-                        // heartbeat; poll starts the new partitions.
+                        // Nothing to give up: confirm at once (so the group
+                        // is stable sooner); poll starts the new partitions.
                         st.ack_epoch = r.member_epoch;
                         st.acked = assignment;
                         st.revoking = None;
+                        wait = Duration::ZERO;
                     } else {
                         st.revoking = Some((r.member_epoch, assignment));
                     }
                     shared.assignment_changed.notify_one();
                 }
-                Duration::from_millis(r.heartbeat_interval_ms.max(1) as u64)
+                wait
             }
             Err(s) if is_fenced(&s) => {
                 tracing::info!(group = %config.group, error = %s.message(), "fenced by the group coordinator; rejoining");

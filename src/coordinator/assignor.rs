@@ -283,13 +283,13 @@ mod tests {
         assert_eq!(out["a"], [Tp::new("t", 0), Tp::new("t", 1)].into());
     }
 
-    fn arb_case() -> impl Strategy<
-        Value = (
-            BTreeMap<String, BTreeSet<Arc<str>>>,
-            BTreeMap<Arc<str>, i32>,
-            BTreeMap<String, Assignment>,
-        ),
-    > {
+    type Case = (
+        BTreeMap<String, BTreeSet<Arc<str>>>,
+        BTreeMap<Arc<str>, i32>,
+        BTreeMap<String, Assignment>,
+    );
+
+    fn arb_case() -> impl Strategy<Value = Case> {
         let topics = ["t0", "t1", "t2"];
         (
             prop::collection::vec(0i32..12, 3),

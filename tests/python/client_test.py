@@ -1,11 +1,13 @@
 """Sluice from Python: a client generated from proto/ with grpcio-tools
-produces, fetches and subscribes against a running server.
+produces, fetches and subscribes, then joins a consumer group and commits,
+against a running server.
 
     python -m venv .venv && .venv/bin/pip install -r tests/python/requirements.txt
     .venv/bin/python tests/python/client_test.py --broker 127.0.0.1:9400 --proto-dir proto
 
 This is the example to follow for any other language: generate stubs from
-proto/sluice/v1/*.proto and call sluice.v1.Admin and sluice.v1.Broker.
+proto/sluice/v1/*.proto and call sluice.v1.Admin, sluice.v1.Broker and
+sluice.v1.Groups.
 """
 
 import argparse
@@ -25,7 +27,7 @@ def generate(proto_dir):
     """Generates Python modules for the API into a temp dir and imports them."""
     out = tempfile.mkdtemp(prefix="sluice-py-")
     well_known = str(importlib.resources.files("grpc_tools") / "_proto")
-    for proto in ("sluice/v1/broker.proto", "sluice/v1/server.proto"):
+    for proto in ("sluice/v1/broker.proto", "sluice/v1/server.proto", "sluice/v1/groups.proto"):
         rc = protoc.main([
             "grpc_tools.protoc",
             f"-I{proto_dir}",
@@ -39,7 +41,9 @@ def generate(proto_dir):
     sys.path.insert(0, out)
     pb = importlib.import_module("sluice.v1.broker_pb2")
     rpc = importlib.import_module("sluice.v1.broker_pb2_grpc")
-    return pb, rpc
+    gpb = importlib.import_module("sluice.v1.groups_pb2")
+    grpc_groups = importlib.import_module("sluice.v1.groups_pb2_grpc")
+    return pb, rpc, gpb, grpc_groups
 
 
 def check(cond, what):
@@ -52,7 +56,7 @@ def main():
     ap.add_argument("--broker", default="127.0.0.1:9400")
     ap.add_argument("--proto-dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "proto"))
     args = ap.parse_args()
-    pb, rpc = generate(args.proto_dir)
+    pb, rpc, gpb, grpc_groups = generate(args.proto_dir)
 
     channel = grpc.insecure_channel(args.broker.removeprefix("http://"))
     admin = rpc.AdminStub(channel)
@@ -123,6 +127,43 @@ def main():
     except grpc.RpcError as e:
         check(e.code() == grpc.StatusCode.OUT_OF_RANGE, f"OUT_OF_RANGE, got {e.code()}")
         check("[0, 3]" in e.details(), f"range in message: {e.details()}")
+
+    # A consumer group member with no client library: join, confirm the
+    # assignment, read from the committed offset, commit, leave.
+    groups = grpc_groups.GroupsStub(channel)
+    group_admin = grpc_groups.GroupAdminStub(channel)
+    group = "py-group-" + uuid.uuid4().hex[:8]
+    joined = groups.Heartbeat(gpb.HeartbeatRequest(group=group, member_epoch=0, topics=[topic],
+                                                   client_id="python-test"))
+    check(joined.member_id and joined.member_epoch > 0, f"joined: {joined}")
+    owned = {(t.topic, p) for t in joined.assignment for p in t.partitions}
+    check(owned == {(topic, 0), (topic, 1)}, f"sole member owns both partitions: {owned}")
+    beat = groups.Heartbeat(gpb.HeartbeatRequest(group=group, member_id=joined.member_id,
+                                                 member_epoch=joined.member_epoch, topics=[topic]))
+    check(beat.member_epoch == joined.member_epoch and beat.heartbeat_interval_ms > 0, f"confirmed: {beat}")
+    committed = groups.FetchOffsets(gpb.FetchOffsetsRequest(group=group)).offsets
+    check(len(committed) == 0, f"nothing committed yet: {committed}")
+    records = broker.Fetch(pb.FetchRequest(topic=topic, partition=1, offset=0)).records
+    groups.CommitOffsets(gpb.CommitOffsetsRequest(
+        group=group, member_id=joined.member_id, member_epoch=beat.member_epoch,
+        offsets=[gpb.OffsetCommit(topic=topic, partition=1, offset=records[-1].offset + 1, metadata="py")]))
+    committed = groups.FetchOffsets(gpb.FetchOffsetsRequest(group=group, topics=[topic])).offsets
+    check([(c.partition, c.offset, c.metadata) for c in committed] == [(1, 3, "py")], f"committed {committed}")
+    try:
+        groups.CommitOffsets(gpb.CommitOffsetsRequest(
+            group=group, member_id=joined.member_id, member_epoch=beat.member_epoch + 100,
+            offsets=[gpb.OffsetCommit(topic=topic, partition=1, offset=0)]))
+        check(False, "a commit with a wrong epoch is fenced")
+    except grpc.RpcError as e:
+        check(e.code() == grpc.StatusCode.ABORTED, f"ABORTED, got {e.code()}")
+    described = group_admin.DescribeGroup(gpb.DescribeGroupRequest(group=group))
+    check(described.state == gpb.GROUP_STATE_STABLE and len(described.members) == 1, f"described {described}")
+    lag = {p.partition: p.lag for p in described.partitions}
+    check(lag == {0: 0, 1: 0}, f"lag {lag}")
+    groups.Heartbeat(gpb.HeartbeatRequest(group=group, member_id=joined.member_id, member_epoch=-1))
+    described = group_admin.DescribeGroup(gpb.DescribeGroupRequest(group=group))
+    check(described.state == gpb.GROUP_STATE_EMPTY, f"empty after leaving: {described.state}")
+    group_admin.DeleteGroup(gpb.DeleteGroupRequest(group=group))
 
     admin.DeleteTopic(pb.DeleteTopicRequest(name=topic))
     print("ok")
