@@ -653,17 +653,32 @@ impl Coordinator {
         if offsets.is_empty() {
             return Ok(());
         }
+        let committed = offsets
+            .into_iter()
+            .map(|c| (c.tp, c.offset, c.metadata))
+            .collect();
+        self.write_offsets(shard, st, group, now, committed)
+    }
+
+    /// Appends committed offsets (`tp`, offset, metadata) of `group`, then
+    /// applies them, creating the group if needed.
+    fn write_offsets(
+        &self,
+        shard: &Shard,
+        st: &mut ShardState,
+        group: &str,
+        now: i64,
+        offsets: Vec<(Tp, i64, String)>,
+    ) -> Result<()> {
         let committed: Vec<(Tp, Committed)> = offsets
             .into_iter()
-            .map(|c| {
-                (
-                    c.tp,
-                    Committed {
-                        offset: c.offset,
-                        metadata: c.metadata,
-                        commit_ms: now,
-                    },
-                )
+            .map(|(tp, offset, metadata)| {
+                let c = Committed {
+                    offset,
+                    metadata,
+                    commit_ms: now,
+                };
+                (tp, c)
             })
             .collect();
         let recs = committed
@@ -671,11 +686,11 @@ impl Coordinator {
             .map(|(tp, c)| records::offset_record(group, tp, c))
             .collect();
         self.persist(shard, st, recs)?;
-        let g = st
-            .groups
+        st.groups
             .entry(group.to_string())
-            .or_insert_with(|| Group::new(group));
-        g.offsets.extend(committed);
+            .or_insert_with(|| Group::new(group))
+            .offsets
+            .extend(committed);
         Ok(())
     }
 
@@ -917,29 +932,11 @@ impl Coordinator {
         if dry_run || results.is_empty() {
             return Ok(results);
         }
-        let committed: Vec<(Tp, Committed)> = results
+        let committed = results
             .iter()
-            .map(|r| {
-                (
-                    r.tp.clone(),
-                    Committed {
-                        offset: r.offset,
-                        metadata: String::new(),
-                        commit_ms: now,
-                    },
-                )
-            })
+            .map(|r| (r.tp.clone(), r.offset, String::new()))
             .collect();
-        let recs = committed
-            .iter()
-            .map(|(tp, c)| records::offset_record(group, tp, c))
-            .collect();
-        self.persist(shard, st, recs)?;
-        st.groups
-            .entry(group.to_string())
-            .or_insert_with(|| Group::new(group))
-            .offsets
-            .extend(committed);
+        self.write_offsets(shard, st, group, now, committed)?;
         tracing::info!(group, topic = %topic, partitions = results.len(), "group offsets reset");
         Ok(results)
     }
