@@ -360,7 +360,8 @@ impl Consumer {
             if self.config.auto_commit_interval.is_some() {
                 // Best effort: a fenced member's commit is refused, and the
                 // new owner then starts from the last commit.
-                let _ = self.commit_partitions(&revoked).await;
+                let at = self.positions_of(&revoked);
+                let _ = self.commit_partitions(at).await;
             }
             for tp in &revoked {
                 if let Some(f) = self.fetchers.remove(tp) {
@@ -434,23 +435,33 @@ impl Consumer {
     /// Commits the position of every consumed partition that moved since
     /// its last commit: everything `poll` has returned.
     pub async fn commit(&mut self) -> Result<(), ClientError> {
-        let tps: Vec<Tp> = self.positions.keys().cloned().collect();
-        self.commit_partitions(&tps).await?;
+        let at: Vec<(Tp, i64)> = self
+            .positions
+            .iter()
+            .map(|(tp, o)| (tp.clone(), *o))
+            .collect();
+        self.commit_partitions(at).await?;
         self.last_commit = Instant::now();
         Ok(())
     }
 
-    async fn commit_partitions(&mut self, tps: &[Tp]) -> Result<(), ClientError> {
-        let offsets: Vec<pb::OffsetCommit> = tps
+    /// The positions of `tps` that `poll` has reached.
+    fn positions_of(&self, tps: &[Tp]) -> Vec<(Tp, i64)> {
+        tps.iter()
+            .filter_map(|tp| Some((tp.clone(), *self.positions.get(tp)?)))
+            .collect()
+    }
+
+    /// Commits the given next offsets, skipping those already committed.
+    async fn commit_partitions(&mut self, at: Vec<(Tp, i64)>) -> Result<(), ClientError> {
+        let offsets: Vec<pb::OffsetCommit> = at
             .iter()
-            .filter_map(|tp| {
-                let pos = *self.positions.get(tp)?;
-                (self.committed.get(tp) != Some(&pos)).then(|| pb::OffsetCommit {
-                    topic: tp.0.to_string(),
-                    partition: tp.1,
-                    offset: pos,
-                    metadata: String::new(),
-                })
+            .filter(|(tp, o)| self.committed.get(tp) != Some(o))
+            .map(|(tp, o)| pb::OffsetCommit {
+                topic: tp.0.to_string(),
+                partition: tp.1,
+                offset: *o,
+                metadata: String::new(),
             })
             .collect();
         if offsets.is_empty() {
@@ -483,28 +494,11 @@ impl Consumer {
         &mut self,
         offsets: &[(String, i32, i64)],
     ) -> Result<(), ClientError> {
-        let mut tps = Vec::with_capacity(offsets.len());
-        let saved: Vec<(Tp, Option<i64>)> = offsets
+        let at = offsets
             .iter()
-            .map(|(t, p, o)| {
-                let tp: Tp = (Arc::from(t.as_str()), *p);
-                tps.push(tp.clone());
-                (tp.clone(), self.positions.insert(tp, *o))
-            })
+            .map(|(t, p, o)| ((Arc::from(t.as_str()), *p), *o))
             .collect();
-        let r = self.commit_partitions(&tps).await;
-        // Positions stay where poll left them.
-        for (tp, old) in saved {
-            match old {
-                Some(o) => {
-                    self.positions.insert(tp, o);
-                }
-                None => {
-                    self.positions.remove(&tp);
-                }
-            }
-        }
-        r
+        self.commit_partitions(at).await
     }
 
     /// Commits (with auto-commit on), leaves the group so its partitions

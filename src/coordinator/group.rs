@@ -189,13 +189,6 @@ pub struct Dirty {
     pub removed: BTreeSet<String>,
 }
 
-impl Dirty {
-    /// Whether nothing changed.
-    pub fn is_empty(&self) -> bool {
-        !self.group && self.members.is_empty() && self.removed.is_empty()
-    }
-}
-
 /// Overall state, as described to operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupState {

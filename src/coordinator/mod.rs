@@ -290,23 +290,14 @@ impl Coordinator {
 
     fn replay(broker: &Broker, partition: i32, now: i64) -> Result<ShardState> {
         let mut state = ShardState::default();
-        let mut offset = 0i64;
+        // Snapshots delete old segments: start where the log starts now.
+        let mut offset = broker
+            .list_offsets(OFFSETS_TOPIC, &[partition], None)?
+            .first()
+            .map_or(0, |o| o.earliest);
         let mut bad = 0u64;
-        let mut first = true;
         loop {
-            let read = match broker.read_internal(OFFSETS_TOPIC, partition, offset, 4 << 20) {
-                Ok(r) => r,
-                Err(BrokerError::Storage(crate::storage::StorageError::OffsetOutOfRange {
-                    start,
-                    ..
-                })) if first && offset < start => {
-                    offset = start;
-                    first = false;
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            first = false;
+            let read = broker.read_internal(OFFSETS_TOPIC, partition, offset, 4 << 20)?;
             if read.records.is_empty() {
                 break;
             }
@@ -375,16 +366,16 @@ impl Coordinator {
             .unwrap_or(0)
     }
 
-    /// Appends `records` to the shard's partition. A failure stops the
-    /// shard (its memory may now be ahead of its log).
-    fn persist(&self, shard: &Shard, st: &mut ShardState, records: Vec<Encoded>) -> Result<()> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let n = records.len() as u64;
+    /// Appends `records` to offsets-topic partition `partition`; the error
+    /// is the first failure's message.
+    fn append(
+        &self,
+        partition: i32,
+        records: impl IntoIterator<Item = Encoded>,
+    ) -> std::result::Result<(), String> {
         let req = ProduceRequest {
             topic: OFFSETS_TOPIC.to_string(),
-            partition: Some(shard.partition),
+            partition: Some(partition),
             records: records
                 .into_iter()
                 .map(|(key, value)| NewRecord {
@@ -395,16 +386,25 @@ impl Coordinator {
                 .collect(),
             acks: Acks::Leader,
         };
-        let outcome = self
+        let result = self
             .broker
             .append_internal(req)
-            .map(|a| a.result())
-            .map_err(|e| e.to_string())
-            .and_then(|r| match r.failures.first() {
-                Some(f) => Err(f.error.to_string()),
-                None => Ok(()),
-            });
-        if let Err(reason) = outcome {
+            .map_err(|e| e.to_string())?
+            .result();
+        match result.failures.first() {
+            Some(f) => Err(f.error.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    /// Appends `records` to the shard's partition. A failure stops the
+    /// shard (its memory may now be ahead of its log).
+    fn persist(&self, shard: &Shard, st: &mut ShardState, records: Vec<Encoded>) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let n = records.len() as u64;
+        if let Err(reason) = self.append(shard.partition, records) {
             tracing::error!(partition = shard.partition, error = %reason, "group coordinator write failed; its groups are unavailable until restart");
             st.failed = Some(reason.clone());
             return Err(CoordinatorError::Failed {
@@ -439,29 +439,9 @@ impl Coordinator {
             }
         };
         for chunk in recs.chunks(1000) {
-            let req = ProduceRequest {
-                topic: OFFSETS_TOPIC.to_string(),
-                partition: Some(shard.partition),
-                records: chunk
-                    .iter()
-                    .map(|(key, value)| NewRecord {
-                        key: Some(key.clone()),
-                        value: value.clone(),
-                        ..NewRecord::default()
-                    })
-                    .collect(),
-                acks: Acks::Leader,
-            };
-            match self.broker.append_internal(req).map(|a| a.result()) {
-                Ok(r) if r.failures.is_empty() => {}
-                Ok(r) => {
-                    tracing::warn!(partition = shard.partition, error = %r.failures[0].error, "snapshot write failed");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(partition = shard.partition, error = %e, "snapshot write failed");
-                    return;
-                }
+            if let Err(e) = self.append(shard.partition, chunk.iter().cloned()) {
+                tracing::warn!(partition = shard.partition, error = %e, "snapshot write failed");
+                return;
             }
         }
         st.since_snapshot = 0;
@@ -950,16 +930,5 @@ impl Coordinator {
             s.members += st.groups.values().map(|g| g.members.len()).sum::<usize>();
         }
         s
-    }
-
-    /// The offsets topic's log start and end per partition (for tests and
-    /// operators checking that snapshots keep it bounded).
-    pub fn offsets_topic_range(&self) -> Result<Vec<(i64, i64)>> {
-        Ok(self
-            .broker
-            .list_offsets(OFFSETS_TOPIC, &[], None)?
-            .into_iter()
-            .map(|o| (o.earliest, o.latest))
-            .collect())
     }
 }
