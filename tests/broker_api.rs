@@ -31,6 +31,7 @@ fn produce_req(
         partition,
         records,
         acks: pb::Acks::Leader as i32,
+        ..Default::default()
     }
 }
 

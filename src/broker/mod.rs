@@ -23,6 +23,7 @@
 mod error;
 mod partition;
 pub mod partitioner;
+mod producer_ids;
 mod topic;
 
 use std::{
@@ -43,6 +44,7 @@ use tokio::{sync::watch, time::Instant};
 pub use error::{BrokerError, Result};
 use partition::Partition;
 pub use partitioner::{murmur2, partition_for_key};
+pub use producer_ids::{PRODUCER_IDS_TOPIC, PRODUCER_ID_BLOCK};
 pub use topic::{
     is_internal_topic, validate_topic_name, Topic, TopicConfig, INTERNAL_TOPIC_PREFIX,
     MAX_PARTITIONS, MAX_TOPIC_NAME_LEN,
@@ -51,7 +53,7 @@ use topic::{TopicMeta, TopicMetrics};
 
 use crate::storage::{
     batch::HEADER_LEN, BatchBuilder, BatchIter, FlushPolicy, Flusher, HeaderRef, Log, LogConfig,
-    StorageError,
+    ProducerFields, StorageError,
 };
 
 /// Largest `max_records` of a fetch.
@@ -143,6 +145,21 @@ pub struct ProduceRequest {
     pub records: Vec<NewRecord>,
     /// Durability asked for.
     pub acks: Acks,
+    /// Set by an idempotent producer: the request's records all go to
+    /// `partition` and are numbered from `base_sequence`.
+    pub producer: Option<IdempotentBatch>,
+}
+
+/// An idempotent producer's numbering of one request's records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotentBatch {
+    /// From [`Broker::init_producer`].
+    pub producer_id: i64,
+    /// From [`Broker::init_producer`].
+    pub producer_epoch: i16,
+    /// Sequence of the request's first record in its partition, counted
+    /// from 0 per partition and producer epoch.
+    pub base_sequence: i32,
 }
 
 /// Records a request appended to one partition.
@@ -154,6 +171,9 @@ pub struct PartitionAppend {
     pub base_offset: i64,
     /// Records appended.
     pub record_count: i32,
+    /// An idempotent producer's retry: the records had been appended
+    /// before, and the offsets are theirs.
+    pub duplicate: bool,
 }
 
 /// A record that was not appended.
@@ -208,6 +228,26 @@ impl Appended {
                     index,
                     error: err.clone(),
                 }));
+        }
+        result.failures.sort_by_key(|f| f.index);
+        result
+    }
+
+    /// Like [`Appended::durable`], blocking the thread (for blocking
+    /// callers such as the producer-id allocator).
+    pub fn durable_blocking(self) -> ProduceResult {
+        let mut result = self.result;
+        for (log, end, partition, indices) in self.flush {
+            if let Err(e) = log.flush_until(end) {
+                let err = Arc::new(BrokerError::Storage(e));
+                result.partitions.retain(|p| p.partition != partition);
+                result
+                    .failures
+                    .extend(indices.into_iter().map(|index| RecordFailure {
+                        index,
+                        error: err.clone(),
+                    }));
+            }
         }
         result.failures.sort_by_key(|f| f.index);
         result
@@ -346,6 +386,8 @@ pub struct Broker {
     maintenance_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     shutdown: watch::Sender<bool>,
     trash_seq: AtomicU64,
+    /// Producer-id allocation (see `producer_ids`).
+    producer_ids: Mutex<producer_ids::IdBlock>,
     /// Held (flock) so two brokers never share a data directory.
     _lock: File,
 }
@@ -436,6 +478,7 @@ impl Broker {
             maintenance_thread: Mutex::new(None),
             shutdown: watch::Sender::new(false),
             trash_seq: AtomicU64::new(0),
+            producer_ids: Mutex::new(Default::default()),
             _lock: lock,
             config,
         });
@@ -880,6 +923,9 @@ impl Broker {
         if let Some(p) = req.partition {
             topic.partition(p)?;
         }
+        if let Some(producer) = &req.producer {
+            Self::check_idempotent(&req, producer)?;
+        }
         let now = now_ms(&topic.log_config);
         let mut failures: Vec<RecordFailure> = Vec::new();
         let mut keyless: Option<i32> = None;
@@ -937,14 +983,20 @@ impl Broker {
                 partition: p,
                 base_offset: -1,
                 record_count: 0,
+                duplicate: false,
             };
             let mut appended_indices = Vec::new();
             let mut bytes = 0u64;
             let mut last_end = -1;
-            let mut batches = BatchPlan::new(limit);
+            let mut batches = BatchPlan::new(limit, req.producer);
             for &i in &indices {
                 let r = &req.records[i];
                 if let Err(e) = batches.push(i, r, now) {
+                    if req.producer.is_some() {
+                        // Sequence numbers count every record: refuse the
+                        // whole request rather than leave a gap.
+                        return Err(e);
+                    }
                     failures.push(RecordFailure {
                         index: i,
                         error: Arc::new(e),
@@ -966,6 +1018,7 @@ impl Broker {
                             appended.base_offset = info.base_offset;
                         }
                         appended.record_count += batch.record_count();
+                        appended.duplicate |= info.duplicate;
                         bytes += batch.len() as u64;
                         last_end = info.last_offset + 1;
                         appended_indices.extend_from_slice(&batch_indices);
@@ -1007,6 +1060,37 @@ impl Broker {
         failures.sort_by_key(|f| f.index);
         result.failures = failures;
         Ok(Appended { result, flush })
+    }
+
+    /// Checks that an idempotent request targets one partition.
+    fn check_idempotent(req: &ProduceRequest, producer: &IdempotentBatch) -> Result<()> {
+        let Some(p) = req.partition else {
+            return Err(BrokerError::invalid(
+                "an idempotent produce request (producer_id set) must name its partition: sequences are counted per partition",
+            ));
+        };
+        if let Some(r) = req
+            .records
+            .iter()
+            .find(|r| r.partition.is_some_and(|q| q != p))
+        {
+            return Err(BrokerError::invalid(format!(
+                "an idempotent produce request goes to one partition: it names partition {p}, but a record names partition {}",
+                r.partition.unwrap_or(p)
+            )));
+        }
+        if producer.producer_id < 0 || producer.producer_epoch < 0 || producer.base_sequence < 0 {
+            return Err(BrokerError::invalid(format!(
+                "producer_id {}, producer_epoch {} and base_sequence {} must not be negative (get an id and epoch from InitProducer)",
+                producer.producer_id, producer.producer_epoch, producer.base_sequence
+            )));
+        }
+        if req.acks == Acks::None {
+            return Err(BrokerError::invalid(
+                "an idempotent produce request needs acks LEADER or ALL: with acks NONE a retry cannot be told apart",
+            ));
+        }
+        Ok(())
     }
 
     /// Appends and waits for the durability the request asks for.
@@ -1330,6 +1414,9 @@ fn blocking_section<T>(f: impl FnOnce() -> T) -> T {
 /// limit.
 struct BatchPlan<'a> {
     limit: usize,
+    /// Idempotent numbering: producer fields and the next batch's base
+    /// sequence.
+    producer: Option<IdempotentBatch>,
     current: Option<BatchBuilder>,
     current_indices: Vec<usize>,
     done: Vec<(crate::storage::RecordBatch, Vec<usize>)>,
@@ -1337,9 +1424,10 @@ struct BatchPlan<'a> {
 }
 
 impl<'a> BatchPlan<'a> {
-    fn new(limit: usize) -> Self {
+    fn new(limit: usize, producer: Option<IdempotentBatch>) -> Self {
         Self {
             limit,
+            producer,
             current: None,
             current_indices: Vec::new(),
             done: Vec::new(),
@@ -1379,7 +1467,21 @@ impl<'a> BatchPlan<'a> {
     }
 
     fn seal(&mut self) {
-        if let Some(batch) = self.current.take().and_then(BatchBuilder::build) {
+        let mut builder = self.current.take();
+        if let Some(p) = self.producer.as_mut() {
+            builder = builder.map(|b| {
+                let count = b.record_count();
+                let fields = ProducerFields {
+                    producer_id: p.producer_id,
+                    producer_epoch: p.producer_epoch,
+                    base_sequence: p.base_sequence,
+                };
+                p.base_sequence =
+                    crate::storage::producer_state::seq_add(p.base_sequence, i64::from(count));
+                b.producer(fields)
+            });
+        }
+        if let Some(batch) = builder.and_then(BatchBuilder::build) {
             self.done
                 .push((batch, std::mem::take(&mut self.current_indices)));
         }

@@ -305,6 +305,7 @@ async fn produce(
                         partition: Some(partition),
                         records: records[..n].to_vec(),
                         acks: acks as i32,
+                        ..Default::default()
                     })
                     .await?;
                 let _ = tx.send((sent, n, reply));

@@ -200,6 +200,11 @@ pub struct ProduceArgs {
     /// Batch size (bytes of records per request).
     #[arg(long, default_value_t = 256 * 1024)]
     pub batch_bytes: usize,
+    /// Turn off idempotent producing: no producer id, no sequence numbers,
+    /// and no retries (a failed request's records are reported, not
+    /// resent). Idempotence is also off with --acks none.
+    #[arg(long)]
+    pub no_idempotence: bool,
     #[command(flatten)]
     pub conn: Conn,
 }
@@ -390,6 +395,8 @@ pub async fn produce(args: ProduceArgs) -> Result<(), ClientError> {
             max_batch_bytes: args.batch_bytes.max(1),
             max_in_flight: 8,
             partition: args.partition,
+            idempotent: !args.no_idempotence,
+            ..ProducerConfig::default()
         },
     );
     // Stdin is read on its own thread, in chunks, so that reading lines

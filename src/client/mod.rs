@@ -15,6 +15,7 @@
 //! ```
 
 mod consumer;
+mod idempotent;
 mod producer;
 
 use std::time::Duration;

@@ -1,6 +1,14 @@
 //! Producers: [`Pipeline`] sends whole requests over one `ProduceStream`
 //! without waiting for replies; [`Producer`] batches single records (by
 //! size and linger time) into requests on a pipeline.
+//!
+//! By default a [`Producer`] is idempotent: it gets a producer id from the
+//! broker, partitions records itself (Kafka's murmur2 for keyed records,
+//! one partition per batch for keyless ones), numbers each partition's
+//! records, and after a lost connection, a broker restart or an UNAVAILABLE
+//! reply resends every unconfirmed request in order with the same numbers.
+//! The broker appends each request once, so every record lands exactly once
+//! as long as retries succeed within `delivery_timeout`.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -127,6 +135,12 @@ pub struct ProducerConfig {
     pub max_in_flight: usize,
     /// Explicit partition for every record (`None`: by key / round-robin).
     pub partition: Option<i32>,
+    /// Idempotent producing with safe retries (see the module docs).
+    /// Ignored with acks=NONE, which cannot be retried safely.
+    pub idempotent: bool,
+    /// How long an idempotent producer keeps retrying a request before
+    /// counting its records as failed.
+    pub delivery_timeout: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -137,6 +151,8 @@ impl Default for ProducerConfig {
             max_batch_bytes: 256 * 1024,
             max_in_flight: 8,
             partition: None,
+            idempotent: true,
+            delivery_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -152,6 +168,11 @@ pub struct ProducerStats {
     pub requests: u64,
     /// The first refusal's message.
     pub first_error: Option<String>,
+    /// Requests sent again after a connection loss or a transient error.
+    pub retries: u64,
+    /// Retried requests the broker had already appended (answered with
+    /// their original offsets, not written again).
+    pub duplicates: u64,
 }
 
 /// Batches single records into pipelined requests. Records to one
@@ -164,7 +185,11 @@ pub struct Producer {
 impl Producer {
     pub(crate) fn start(client: Client, topic: String, config: ProducerConfig) -> Self {
         let (tx, rx) = mpsc::channel(8192);
-        let task = tokio::spawn(run_producer(client, topic, config, rx));
+        let task = if config.idempotent && config.acks != pb::Acks::None {
+            tokio::spawn(super::idempotent::run(client, topic, config, rx))
+        } else {
+            tokio::spawn(run_producer(client, topic, config, rx))
+        };
         Self { tx, task }
     }
 
@@ -274,6 +299,7 @@ async fn flush(
             partition: config.partition,
             records,
             acks: config.acks as i32,
+            ..Default::default()
         })
         .await?;
     let _ = replies.send((n, reply));

@@ -385,6 +385,7 @@ impl Coordinator {
                 })
                 .collect(),
             acks: Acks::Leader,
+            producer: None,
         };
         let result = self
             .broker

@@ -56,6 +56,9 @@ pub struct LogConfig {
     pub retention_bytes: Option<u64>,
     /// When appends are forced to disk.
     pub flush: FlushPolicy,
+    /// Forget an idempotent producer's sequences once it has not appended
+    /// for this long (Kafka's producer.id.expiration.ms).
+    pub producer_expiration_ms: u64,
     /// Wall clock, ms since the epoch.
     pub clock: Clock,
 }
@@ -91,6 +94,7 @@ impl Default for LogConfig {
             retention_ms: Some(7 * 24 * 3600 * 1000),
             retention_bytes: None,
             flush: FlushPolicy::Interval(Duration::from_secs(1)),
+            producer_expiration_ms: 24 * 3600 * 1000,
             clock: system_clock(),
         }
     }

@@ -33,7 +33,7 @@ pub enum StorageError {
     #[error("invalid record batch: {0}")]
     InvalidBatch(#[from] BatchError),
     /// The log directory holds a file the log does not know.
-    #[error("unexpected file {path} in log directory: expected only <20-digit offset>.log/.index/.timeindex and the recovery-point checkpoint")]
+    #[error("unexpected file {path} in log directory: expected only <20-digit offset>.log/.index/.timeindex/.snapshot and the recovery-point checkpoint")]
     UnknownFile {
         /// The file.
         path: PathBuf,
@@ -69,6 +69,41 @@ pub enum StorageError {
     /// The log was closed.
     #[error("the log is closed")]
     Closed,
+    /// An idempotent batch's producer fields are malformed.
+    #[error("invalid producer fields: {0}")]
+    InvalidProducer(String),
+    /// An idempotent batch does not continue its producer's sequence: a
+    /// batch in between was lost.
+    #[error("producer {producer_id}: out-of-order sequence {received}, expected {expected} (a batch in between was not appended)")]
+    OutOfOrderSequence {
+        /// Producer.
+        producer_id: i64,
+        /// The sequence the partition expected next.
+        expected: i32,
+        /// The batch's base sequence.
+        received: i32,
+    },
+    /// An idempotent batch was appended earlier, but longer ago than the
+    /// log remembers its offsets.
+    #[error("producer {producer_id}: sequence {received} was already appended (the partition expects {expected} next)")]
+    DuplicateSequence {
+        /// Producer.
+        producer_id: i64,
+        /// The batch's base sequence.
+        received: i32,
+        /// The sequence the partition expects next.
+        expected: i32,
+    },
+    /// A batch of an older producer epoch than the partition has seen.
+    #[error("producer {producer_id}: epoch {epoch} is fenced by epoch {current}")]
+    ProducerFenced {
+        /// Producer.
+        producer_id: i64,
+        /// The batch's epoch.
+        epoch: i16,
+        /// The newest epoch the partition has seen.
+        current: i16,
+    },
 }
 
 impl StorageError {

@@ -21,6 +21,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use tracing::{debug, info, warn};
 
 use super::batch::RecordBatch;
+use super::batch::{BatchIter, NO_PRODUCER_ID};
 use super::checkpoint::{self, Checkpoint};
 use super::config::{FlushPolicy, LogConfig};
 use super::error::{Result, StorageError};
@@ -28,6 +29,7 @@ use super::index::{
     offset_entry_at, time_entry_at, IndexBuilder, OFFSET_ENTRY_LEN, TIME_ENTRY_LEN,
 };
 use super::mmap::{map_sealed, sync_dir, write_file_atomic};
+use super::producer_state::{BatchMeta, Check, ProducerStates, SNAPSHOT_EXT};
 use super::segment::{
     scan, segment_path, ActiveSegment, RecoveredSegment, SealedFiles, Segment, Verify, INDEX_EXT,
     LOG_EXT, TIME_INDEX_EXT,
@@ -42,6 +44,9 @@ pub struct AppendInfo {
     pub last_offset: i64,
     /// Its largest record timestamp.
     pub max_timestamp: i64,
+    /// An idempotent producer's retry of a batch appended earlier: nothing
+    /// was written, and the offsets are the earlier append's.
+    pub duplicate: bool,
 }
 
 /// Whole batches read from the log.
@@ -95,6 +100,11 @@ struct Writer {
     pending: Vec<SealedFiles>,
     /// The on-disk checkpoint no longer claims a clean close.
     marked_unclean: bool,
+    /// Idempotent producers' sequences; checked and updated with each
+    /// append under this lock, so check and append are one step.
+    producers: ProducerStates,
+    /// Offsets of the producer-state snapshots on disk, ascending.
+    snapshots: Vec<i64>,
 }
 
 struct FlushState {
@@ -148,11 +158,12 @@ struct Found {
     time: bool,
 }
 
-/// Lists a log directory: segment files by base offset. Leftover temporary
-/// files and index files without data are removed; anything else is an
-/// error.
-fn list_dir(dir: &Path) -> Result<BTreeMap<i64, Found>> {
+/// Lists a log directory: segment files by base offset, and the offsets of
+/// producer-state snapshots. Leftover temporary files and index files
+/// without data are removed; anything else is an error.
+fn list_dir(dir: &Path) -> Result<(BTreeMap<i64, Found>, Vec<i64>)> {
     let mut found: BTreeMap<i64, Found> = BTreeMap::new();
+    let mut snapshots = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| StorageError::io("listing", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| StorageError::io("listing", dir, e))?;
@@ -176,6 +187,10 @@ fn list_dir(dir: &Path) -> Result<BTreeMap<i64, Found>> {
         });
         let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
         let slot = match parsed {
+            Some((base, SNAPSHOT_EXT)) if is_file => {
+                snapshots.push(base);
+                continue;
+            }
             Some((base, ext)) if is_file && [LOG_EXT, INDEX_EXT, TIME_INDEX_EXT].contains(&ext) => {
                 let f = found.entry(base).or_default();
                 match ext {
@@ -200,7 +215,8 @@ fn list_dir(dir: &Path) -> Result<BTreeMap<i64, Found>> {
         }
         f.log
     });
-    Ok(found)
+    snapshots.sort_unstable();
+    Ok((found, snapshots))
 }
 
 fn file_len(path: &Path) -> Result<u64> {
@@ -242,7 +258,7 @@ impl Log {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("creating", &dir, e))?;
-        let found = list_dir(&dir)?;
+        let (found, snapshots) = list_dir(&dir)?;
         let saved = Checkpoint::read(&dir)?;
         let now = (config.clock)();
         let bases: Vec<i64> = found.keys().copied().collect();
@@ -358,6 +374,8 @@ impl Log {
             "log opened"
         );
         let marked_unclean = !checkpoint.clean;
+        let (producers, snapshots) =
+            Self::load_producers(&dir, &segments, end, report.clean, snapshots, now)?;
         Ok(Self {
             dir,
             segments: RwLock::new(Arc::new(segments)),
@@ -368,6 +386,8 @@ impl Log {
                 records_since_flush: 0,
                 pending: Vec::new(),
                 marked_unclean,
+                producers,
+                snapshots,
             }),
             flush: Mutex::new(FlushState {
                 flushed: end,
@@ -381,6 +401,126 @@ impl Log {
             syncs: AtomicU64::new(0),
             config,
         })
+    }
+
+    /// Rebuilds the producer state: the newest readable snapshot at or
+    /// below `end`, then the headers of every batch after it. After a clean
+    /// close the snapshot at `end` is the whole state (none: no producers).
+    /// Returns the state and the snapshots kept.
+    fn load_producers(
+        dir: &Path,
+        segments: &[Arc<Segment>],
+        end: i64,
+        clean: bool,
+        mut snapshots: Vec<i64>,
+        now: i64,
+    ) -> Result<(ProducerStates, Vec<i64>)> {
+        // Snapshots past the end describe batches recovery cut off.
+        for &s in snapshots.iter().filter(|&&s| s > end) {
+            let _ = std::fs::remove_file(segment_path(dir, s, SNAPSHOT_EXT));
+        }
+        snapshots.retain(|&s| s <= end);
+        if clean && snapshots.is_empty() {
+            return Ok((ProducerStates::default(), snapshots));
+        }
+        let start = segments.first().map_or(end, |s| s.base_offset());
+        let mut state = ProducerStates::default();
+        let mut from = start;
+        for &s in snapshots.iter().rev() {
+            let path = segment_path(dir, s, SNAPSHOT_EXT);
+            match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| ProducerStates::decode(&b))
+            {
+                Ok(st) => {
+                    state = st;
+                    from = s.max(start);
+                    break;
+                }
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "unreadable producer-state snapshot; using an older one or the log")
+                }
+            }
+        }
+        if clean && from == end {
+            return Ok((state, snapshots));
+        }
+        let mut replayed = 0u64;
+        for (i, seg) in segments.iter().enumerate() {
+            let next = segments.get(i + 1).map_or(end, |s| s.base_offset());
+            if next <= from {
+                continue;
+            }
+            let view = seg.view(next)?;
+            for b in BatchIter::new(&view.data) {
+                let b = b.map_err(|e| StorageError::Corrupt {
+                    path: seg.path(LOG_EXT),
+                    reason: format!("rebuilding producer state: {e}"),
+                })?;
+                if b.base_offset() < from || b.producer_id() == NO_PRODUCER_ID {
+                    continue;
+                }
+                replayed += 1;
+                state.record(
+                    b.producer_id(),
+                    b.producer_epoch(),
+                    BatchMeta {
+                        first_seq: b.base_sequence(),
+                        last_seq: super::producer_state::seq_add(
+                            b.base_sequence(),
+                            i64::from(b.last_offset_delta()),
+                        ),
+                        base_offset: b.base_offset(),
+                        last_offset: b.last_offset(),
+                    },
+                    now,
+                );
+            }
+        }
+        if replayed > 0 {
+            debug!(dir = %dir.display(), from, batches = replayed, producers = state.len(), "rebuilt producer state from the log");
+        }
+        Ok((state, snapshots))
+    }
+
+    /// Writes the producer state as of `offset` (every batch below it) and
+    /// keeps the newest two snapshots. Idle producers expire first.
+    fn write_producer_snapshot(&self, w: &mut Writer, offset: i64, now: i64) -> Result<()> {
+        let idle_before = now.saturating_sub(self.config.producer_expiration_ms as i64);
+        w.producers.expire(idle_before);
+        write_file_atomic(
+            &segment_path(&self.dir, offset, SNAPSHOT_EXT),
+            &w.producers.encode(),
+        )?;
+        if w.snapshots.last() != Some(&offset) {
+            w.snapshots.push(offset);
+        }
+        while w.snapshots.len() > 2 {
+            let old = w.snapshots.remove(0);
+            let _ = std::fs::remove_file(segment_path(&self.dir, old, SNAPSHOT_EXT));
+        }
+        Ok(())
+    }
+
+    /// Removes producer-state snapshots of deleted segments, keeping the
+    /// newest one whatever its offset (it still holds producers whose
+    /// batches are gone).
+    fn drop_snapshots_below(&self, w: &mut Writer, start: i64) {
+        let keep_from = w.snapshots.len().saturating_sub(1);
+        let mut i = 0;
+        w.snapshots.retain(|&s| {
+            let keep = s >= start || i >= keep_from;
+            i += 1;
+            if !keep {
+                let _ = std::fs::remove_file(segment_path(&self.dir, s, SNAPSHOT_EXT));
+            }
+            keep
+        });
+    }
+
+    /// Idempotent producers this partition knows.
+    pub fn producer_count(&self) -> usize {
+        self.writer.lock().producers.len()
     }
 
     /// The tail segment of a cleanly closed log, trusted as it is: its files
@@ -673,6 +813,24 @@ impl Log {
             if self.closed.load(Ordering::Acquire) {
                 return Err(StorageError::Closed);
             }
+            let view = batch.view();
+            let producer_id = view.producer_id();
+            if producer_id != NO_PRODUCER_ID {
+                let check = w.producers.check(
+                    producer_id,
+                    view.producer_epoch(),
+                    view.base_sequence(),
+                    view.record_count(),
+                )?;
+                if let Check::Duplicate(b) = check {
+                    return Ok(AppendInfo {
+                        base_offset: b.base_offset,
+                        last_offset: b.last_offset,
+                        max_timestamp: batch.max_timestamp(),
+                        duplicate: true,
+                    });
+                }
+            }
             self.mark_unclean(&mut w)?;
             if w.active.must_roll(
                 batch.len(),
@@ -684,6 +842,22 @@ impl Log {
             }
             let epoch = w.leader_epoch;
             let (base_offset, last_offset) = w.active.append(batch, epoch)?;
+            if producer_id != NO_PRODUCER_ID {
+                w.producers.record(
+                    producer_id,
+                    view.producer_epoch(),
+                    BatchMeta {
+                        first_seq: view.base_sequence(),
+                        last_seq: super::producer_state::seq_add(
+                            view.base_sequence(),
+                            i64::from(view.last_offset_delta()),
+                        ),
+                        base_offset,
+                        last_offset,
+                    },
+                    now,
+                );
+            }
             self.end_offset.store(last_offset + 1, Ordering::Release);
             w.records_since_flush += batch.record_count() as u64;
             let due = match self.config.flush {
@@ -702,6 +876,7 @@ impl Log {
                     base_offset,
                     last_offset,
                     max_timestamp: batch.max_timestamp(),
+                    duplicate: false,
                 },
                 due,
             )
@@ -727,6 +902,9 @@ impl Log {
         let new_segment = next.segment().clone();
         w.pending.push(sealed);
         w.active = next;
+        // Recovery after a crash replays producer state from here, so it
+        // never scans more than the active segment.
+        self.write_producer_snapshot(w, base, now)?;
         let mut list = self.segments.write();
         let mut segments = Vec::clone(&list);
         segments.push(new_segment);
@@ -968,7 +1146,19 @@ impl Log {
         w.pending.retain(|p| p.base_offset < base);
         w.active = new_active;
         w.records_since_flush = 0;
-        *self.segments.write() = Arc::new(kept);
+        let kept = Arc::new(kept);
+        let now = (self.config.clock)();
+        let (producers, snapshots) = Self::load_producers(
+            &self.dir,
+            &kept,
+            new_end,
+            false,
+            std::mem::take(&mut w.snapshots),
+            now,
+        )?;
+        w.producers = producers;
+        w.snapshots = snapshots;
+        *self.segments.write() = kept;
         self.end_offset.store(new_end, Ordering::Release);
         self.update_checkpoint(|c| c.recovery_point = c.recovery_point.min(base))?;
         info!(dir = %self.dir.display(), offset, new_end, "log truncated");
@@ -1014,6 +1204,7 @@ impl Log {
         let new_start = segments[n].base_offset();
         *self.segments.write() = Arc::new(segments[n..].to_vec());
         w.pending.retain(|p| p.base_offset >= new_start);
+        self.drop_snapshots_below(&mut w, new_start);
         drop(w);
         for s in &segments[..n] {
             remove_segment_files(&self.dir, s.base_offset());
@@ -1039,6 +1230,7 @@ impl Log {
         let new_start = segments[n].base_offset();
         *self.segments.write() = Arc::new(segments[n..].to_vec());
         w.pending.retain(|p| p.base_offset >= new_start);
+        self.drop_snapshots_below(&mut w, new_start);
         drop(w);
         for s in &segments[..n] {
             remove_segment_files(&self.dir, s.base_offset());
@@ -1062,6 +1254,10 @@ impl Log {
         sync_dir(&self.dir)?;
         let end = w.active.next_offset();
         let epoch = w.leader_epoch;
+        if !w.producers.is_empty() || !w.snapshots.is_empty() {
+            let now = (self.config.clock)();
+            self.write_producer_snapshot(&mut w, end, now)?;
+        }
         self.update_checkpoint(|c| {
             *c = Checkpoint {
                 recovery_point: end,

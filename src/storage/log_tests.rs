@@ -382,7 +382,10 @@ fn retention_deletes_old_sealed_segments_by_size_and_time() {
         *log.segment_bases().last().expect("one")
     );
     let files = std::fs::read_dir(dir.path()).expect("list").count();
-    assert_eq!(files, 4, "active segment's three files and the checkpoint");
+    assert_eq!(
+        files, 5,
+        "active segment's three files, the producer-state snapshot at its base, and the checkpoint"
+    );
 }
 
 #[test]
@@ -650,4 +653,79 @@ fn the_background_flusher_applies_the_interval_policy() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     drop(flusher);
+}
+
+/// A batch from idempotent producer `pid` starting at sequence `seq`.
+fn idempotent(pid: i64, epoch: i16, seq: i32, n: usize) -> RecordBatch {
+    let mut b = BatchBuilder::default().producer(crate::storage::ProducerFields {
+        producer_id: pid,
+        producer_epoch: epoch,
+        base_sequence: seq,
+    });
+    for i in 0..n {
+        b.push(100, None, Some(format!("{pid}-{seq}-{i}").as_bytes()), &[])
+            .expect("push");
+    }
+    b.build().expect("non-empty")
+}
+
+#[test]
+fn idempotent_retries_are_deduplicated_across_reopen_crash_and_roll() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = small_config();
+    let log = Log::open(dir.path(), config.clone()).expect("open");
+    let first = log.append(&idempotent(7, 0, 0, 3)).expect("append");
+    assert!(!first.duplicate);
+    let again = log.append(&idempotent(7, 0, 0, 3)).expect("retry");
+    assert!(again.duplicate);
+    assert_eq!((again.base_offset, again.last_offset), (0, 2));
+    assert_eq!(log.end_offset(), 3, "the retry wrote nothing");
+    let gap = log.append(&idempotent(7, 0, 5, 1)).expect_err("gap");
+    assert!(gap.to_string().contains("expected 3"), "{gap}");
+    log.close().expect("close");
+    drop(log);
+
+    // Clean reopen: the snapshot written on close holds the state.
+    let log = Log::open(dir.path(), config.clone()).expect("reopen");
+    assert!(log.recovery_report().clean);
+    assert!(
+        log.append(&idempotent(7, 0, 0, 3))
+            .expect("retry")
+            .duplicate
+    );
+    // Enough batches to roll several segments (snapshots at each roll).
+    for k in 0..120 {
+        let info = log.append(&idempotent(7, 0, 3 + k * 4, 4)).expect("append");
+        assert!(!info.duplicate);
+    }
+    assert!(log.segment_count() > 2, "{}", log.segment_count());
+    let end = log.end_offset();
+
+    // Crash: no clean close; state comes from the last roll's snapshot
+    // plus the active segment's batches.
+    let crashed = tempfile::tempdir().expect("tempdir");
+    crash_image(&log, crashed.path());
+    drop(log);
+    let log = Log::open(crashed.path(), config.clone()).expect("recover");
+    assert!(!log.recovery_report().clean);
+    assert_eq!(log.end_offset(), end);
+    let retry = log
+        .append(&idempotent(7, 0, 3 + 119 * 4, 4))
+        .expect("retry");
+    assert!(retry.duplicate);
+    assert_eq!(retry.last_offset, end - 1);
+    assert_eq!(log.end_offset(), end);
+    // A newer epoch fences the old one.
+    log.append(&idempotent(7, 1, 0, 1)).expect("new epoch");
+    let fenced = log.append(&idempotent(7, 0, 483, 1)).expect_err("fenced");
+    assert!(
+        matches!(fenced, StorageError::ProducerFenced { .. }),
+        "{fenced}"
+    );
+
+    // Truncation forgets the cut batches' sequences.
+    let cut_to = log.end_offset() - 1;
+    log.truncate_to(cut_to).expect("truncate");
+    let again = log.append(&idempotent(7, 1, 0, 1)).expect("re-append");
+    assert!(!again.duplicate, "the truncated batch is appended anew");
 }

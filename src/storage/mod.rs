@@ -25,6 +25,7 @@ mod flusher;
 pub mod index;
 mod log;
 mod mmap;
+pub mod producer_state;
 pub mod segment;
 mod varint;
 
@@ -37,3 +38,4 @@ pub use error::{Result, StorageError};
 pub use flusher::Flusher;
 pub use log::{AppendInfo, Log, ReadResult, RecoveryReport, RetentionOutcome};
 pub use mmap::{sync_dir, write_file_atomic};
+pub use producer_state::ProducerStates;

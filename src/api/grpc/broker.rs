@@ -74,6 +74,35 @@ impl BrokerApi for BrokerService {
         Ok(Response::new(convert::produce_response(sequence, result)))
     }
 
+    async fn init_producer(
+        &self,
+        request: Request<pb::InitProducerRequest>,
+    ) -> Result<Response<pb::InitProducerResponse>, Status> {
+        let _t = timed("InitProducer");
+        let r = request.into_inner();
+        let bump = match r.producer_id {
+            None => None,
+            Some(id) => Some((
+                id,
+                i16::try_from(r.producer_epoch).map_err(|_| {
+                    Status::invalid_argument(format!(
+                        "producer_epoch {} is out of range [0, {}]",
+                        r.producer_epoch,
+                        i16::MAX
+                    ))
+                })?,
+            )),
+        };
+        let broker = self.broker.clone();
+        let (producer_id, epoch) = tokio::task::spawn_blocking(move || broker.init_producer(bump))
+            .await
+            .map_err(|e| Status::internal(format!("producer id allocation failed: {e}")))??;
+        Ok(Response::new(pb::InitProducerResponse {
+            producer_id,
+            producer_epoch: i32::from(epoch),
+        }))
+    }
+
     type ProduceStreamStream = BoxStream<pb::ProduceResponse>;
 
     async fn produce_stream(

@@ -2,8 +2,8 @@
 //! `Bytes` (reference-counted), never copied.
 
 use crate::broker::{
-    Acks, FetchResult, FetchedRecord, Header, NewRecord, PartitionInfo, PartitionOffsets, Position,
-    ProduceRequest, ProduceResult, TopicConfig, TopicInfo,
+    Acks, FetchResult, FetchedRecord, Header, IdempotentBatch, NewRecord, PartitionInfo,
+    PartitionOffsets, Position, ProduceRequest, ProduceResult, TopicConfig, TopicInfo,
 };
 
 use super::pb;
@@ -21,7 +21,22 @@ pub fn acks(a: i32) -> Result<Acks, tonic::Status> {
 }
 
 pub fn produce_request(r: pb::ProduceRequest) -> Result<ProduceRequest, tonic::Status> {
+    let producer = match r.producer_id {
+        None => None,
+        Some(producer_id) => Some(IdempotentBatch {
+            producer_id,
+            producer_epoch: i16::try_from(r.producer_epoch).map_err(|_| {
+                tonic::Status::invalid_argument(format!(
+                    "producer_epoch {} is out of range [0, {}]",
+                    r.producer_epoch,
+                    i16::MAX
+                ))
+            })?,
+            base_sequence: r.base_sequence,
+        }),
+    };
     Ok(ProduceRequest {
+        producer,
         acks: acks(r.acks)?,
         topic: r.topic,
         partition: r.partition,
@@ -63,6 +78,7 @@ pub fn produce_response(sequence: u64, r: ProduceResult) -> pb::ProduceResponse 
                 partition: p.partition,
                 base_offset: p.base_offset,
                 record_count: p.record_count,
+                duplicate: p.duplicate,
             })
             .collect(),
         record_errors: r

@@ -24,6 +24,10 @@ pub fn code(e: &BrokerError) -> Code {
             }
             StorageError::InvalidBatch(_) | StorageError::InvalidConfig(_) => Code::InvalidArgument,
             StorageError::Closed => Code::Unavailable,
+            StorageError::InvalidProducer(_) => Code::InvalidArgument,
+            StorageError::OutOfOrderSequence { .. } => Code::FailedPrecondition,
+            StorageError::DuplicateSequence { .. } => Code::AlreadyExists,
+            StorageError::ProducerFenced { .. } => Code::Aborted,
             _ => Code::Internal,
         },
     }

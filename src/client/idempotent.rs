@@ -1,0 +1,336 @@
+//! The idempotent [`super::Producer`]: client-side partitioning, per
+//! partition sequence numbers, and in-order resends after failures.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::producer::{Pipeline, ProducerConfig, ProducerStats, Reply};
+use super::{pb, Client, ClientError};
+use crate::broker::partition_for_key;
+
+/// A sent request kept until the broker confirms it, to resend it as is.
+struct Sent {
+    req: pb::ProduceRequest,
+    records: usize,
+    reply: Option<Reply>,
+}
+
+/// Records waiting for their partition's batch to fill.
+#[derive(Default)]
+struct Buffer {
+    records: Vec<pb::ProduceRecord>,
+    bytes: usize,
+    deadline: Option<Instant>,
+}
+
+/// How a reply ends a request.
+enum Outcome {
+    Done {
+        duplicate: bool,
+    },
+    /// Worth resending: the connection broke, the broker was unavailable,
+    /// or an earlier request's loss left a gap.
+    Retry(String),
+    /// A gap: the broker expected an earlier sequence. Expected after an
+    /// earlier request failed (then resent in order); otherwise records
+    /// were lost and this is a failure.
+    OutOfOrder(String),
+    Failed(String),
+}
+
+fn outcome(reply: Result<pb::ProduceResponse, ClientError>) -> Outcome {
+    let r = match reply {
+        Ok(r) => r,
+        Err(ClientError::Status(s)) if !retriable(s.code()) => {
+            return Outcome::Failed(format!("{}: {}", s.code(), s.message()))
+        }
+        Err(e) => return Outcome::Retry(e.to_string()),
+    };
+    let Some(e) = r.record_errors.first() else {
+        return Outcome::Done {
+            duplicate: r.partitions.iter().any(|p| p.duplicate),
+        };
+    };
+    let code = tonic::Code::from_i32(e.code);
+    match code {
+        // Appended before, longer ago than the broker remembers offsets.
+        tonic::Code::AlreadyExists => Outcome::Done { duplicate: true },
+        tonic::Code::FailedPrecondition => Outcome::OutOfOrder(e.message.clone()),
+        c if retriable(c) => Outcome::Retry(e.message.clone()),
+        _ => Outcome::Failed(e.message.clone()),
+    }
+}
+
+fn retriable(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Internal
+    )
+}
+
+struct State {
+    client: Client,
+    config: ProducerConfig,
+    topic: String,
+    producer_id: i64,
+    epoch: i32,
+    partitions: i32,
+    pipeline: Option<Pipeline>,
+    next_seq: HashMap<i32, i32>,
+    in_flight: VecDeque<Sent>,
+    stats: ProducerStats,
+    sticky: i32,
+}
+
+pub(crate) async fn run(
+    client: Client,
+    topic: String,
+    config: ProducerConfig,
+    mut rx: mpsc::Receiver<pb::ProduceRecord>,
+) -> Result<ProducerStats, ClientError> {
+    let init = client
+        .broker()
+        .init_producer(pb::InitProducerRequest::default())
+        .await?
+        .into_inner();
+    let partitions = client.partition_count(&topic).await?;
+    let pipeline = client.pipeline(config.max_in_flight).await?;
+    let mut st = State {
+        client,
+        topic,
+        producer_id: init.producer_id,
+        epoch: init.producer_epoch,
+        partitions,
+        pipeline: Some(pipeline),
+        next_seq: HashMap::new(),
+        in_flight: VecDeque::new(),
+        stats: ProducerStats::default(),
+        sticky: 0,
+        config,
+    };
+    let mut buffers: HashMap<i32, Buffer> = HashMap::new();
+    let mut open = true;
+    while open || !buffers.is_empty() {
+        let deadline = buffers.values().filter_map(|b| b.deadline).min();
+        tokio::select! {
+            r = rx.recv(), if open => match r {
+                Some(record) => {
+                    let p = st.route(&record);
+                    let b = buffers.entry(p).or_default();
+                    b.bytes += 16
+                        + record.key.as_ref().map_or(0, |k| k.len())
+                        + record.value.as_ref().map_or(0, |v| v.len());
+                    b.records.push(record);
+                    b.deadline.get_or_insert_with(|| Instant::now() + st.config.linger);
+                    if b.bytes >= st.config.max_batch_bytes {
+                        if let Some(b) = buffers.remove(&p) {
+                            st.send(p, b.records).await;
+                        }
+                    }
+                }
+                None => {
+                    open = false;
+                    for (p, b) in std::mem::take(&mut buffers) {
+                        st.send(p, b.records).await;
+                    }
+                }
+            },
+            _ = sleep_until(deadline) => {
+                let now = Instant::now();
+                let due: Vec<i32> = buffers
+                    .iter()
+                    .filter(|(_, b)| b.deadline.is_some_and(|d| d <= now))
+                    .map(|(p, _)| *p)
+                    .collect();
+                for p in due {
+                    if let Some(b) = buffers.remove(&p) {
+                        st.send(p, b.records).await;
+                    }
+                }
+            }
+        }
+    }
+    while !st.in_flight.is_empty() {
+        st.settle_head().await;
+    }
+    Ok(st.stats)
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl State {
+    fn route(&mut self, r: &pb::ProduceRecord) -> i32 {
+        if let Some(p) = r.partition.or(self.config.partition) {
+            return p;
+        }
+        match &r.key {
+            Some(k) => partition_for_key(k, self.partitions),
+            None => self.sticky,
+        }
+    }
+
+    /// Numbers and sends one partition's batch; waits for the oldest reply
+    /// first when `max_in_flight` requests are unconfirmed.
+    async fn send(&mut self, partition: i32, records: Vec<pb::ProduceRecord>) {
+        if records.is_empty() {
+            return;
+        }
+        if self.config.partition.is_none() {
+            // Keyless records stick to a partition per batch.
+            self.sticky = (self.sticky + 1) % self.partitions.max(1);
+        }
+        while self.in_flight.len() >= self.config.max_in_flight.max(1) {
+            self.settle_head().await;
+        }
+        let seq = self.next_seq.entry(partition).or_insert(0);
+        let base_sequence = *seq;
+        *seq = crate::storage::producer_state::seq_add(*seq, records.len() as i64);
+        let n = records.len();
+        let req = pb::ProduceRequest {
+            sequence: 0,
+            topic: self.topic.clone(),
+            partition: Some(partition),
+            records,
+            acks: self.config.acks as i32,
+            producer_id: Some(self.producer_id),
+            producer_epoch: self.epoch,
+            base_sequence,
+        };
+        self.stats.requests += 1;
+        let reply = match self.pipeline.as_mut() {
+            Some(p) => p.send(req.clone()).await.ok(),
+            None => None,
+        };
+        if reply.is_none() {
+            self.pipeline = None;
+        }
+        self.in_flight.push_back(Sent {
+            req,
+            records: n,
+            reply,
+        });
+    }
+
+    /// Waits for the oldest request's reply; on a transient failure
+    /// resends it and every later one, in order, until they are confirmed
+    /// or the delivery timeout passes.
+    async fn settle_head(&mut self) {
+        let Some(head) = self.in_flight.pop_front() else {
+            return;
+        };
+        let first = self.wait(head.reply).await;
+        let head = Sent {
+            reply: None,
+            ..head
+        };
+        match first {
+            Outcome::Done { duplicate } => self.done(&head, duplicate),
+            Outcome::Failed(m) | Outcome::OutOfOrder(m) => self.failed(&head, m),
+            Outcome::Retry(why) => {
+                tracing::debug!(reason = %why, "produce failed transiently; resending unconfirmed requests in order");
+                let mut resend = vec![head];
+                // Later requests were sent behind the failed one: collect
+                // their fate; any not appended is resent after it.
+                while let Some(s) = self.in_flight.pop_front() {
+                    let o = self.wait(s.reply).await;
+                    let s = Sent { reply: None, ..s };
+                    match o {
+                        Outcome::Done { duplicate } => self.done(&s, duplicate),
+                        Outcome::Failed(m) => self.failed(&s, m),
+                        Outcome::Retry(_) | Outcome::OutOfOrder(_) => resend.push(s),
+                    }
+                }
+                self.resend(resend, why).await;
+            }
+        }
+    }
+
+    async fn wait(&mut self, reply: Option<Reply>) -> Outcome {
+        match reply {
+            Some(r) => match r.await {
+                Ok(reply) => outcome(reply),
+                Err(_) => Outcome::Retry("reply lost".into()),
+            },
+            None => Outcome::Retry("the produce stream was down".into()),
+        }
+    }
+
+    fn done(&mut self, s: &Sent, duplicate: bool) {
+        self.stats.acked += s.records as u64;
+        if duplicate {
+            self.stats.duplicates += 1;
+        }
+    }
+
+    fn failed(&mut self, s: &Sent, message: String) {
+        self.stats.failed += s.records as u64;
+        self.stats.first_error.get_or_insert(message);
+    }
+
+    /// Resends `requests` one at a time over a fresh stream, backing off
+    /// between attempts.
+    async fn resend(&mut self, requests: Vec<Sent>, mut why: String) {
+        let deadline = Instant::now() + self.config.delivery_timeout;
+        let mut backoff = Duration::from_millis(50);
+        let mut queue: VecDeque<Sent> = requests.into();
+        while let Some(s) = queue.front() {
+            if Instant::now() >= deadline {
+                let message = format!(
+                    "gave up after {:?} of retries: {why}",
+                    self.config.delivery_timeout
+                );
+                for s in std::mem::take(&mut queue) {
+                    self.failed(&s, message.clone());
+                }
+                return;
+            }
+            let mut pipeline = match self.pipeline.take() {
+                Some(p) => p,
+                None => match self.client.pipeline(self.config.max_in_flight).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        why = e.to_string();
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                },
+            };
+            self.stats.retries += 1;
+            let o = match pipeline.send(s.req.clone()).await {
+                Ok(r) => self.wait(Some(r)).await,
+                Err(e) => Outcome::Retry(e.to_string()),
+            };
+            match o {
+                Outcome::Retry(w) => {
+                    why = w;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                o => {
+                    if let Some(s) = queue.pop_front() {
+                        match o {
+                            Outcome::Done { duplicate } => self.done(&s, duplicate),
+                            Outcome::Failed(m) | Outcome::OutOfOrder(m) => self.failed(&s, m),
+                            Outcome::Retry(_) => {}
+                        }
+                    }
+                    backoff = Duration::from_millis(50);
+                    self.pipeline = Some(pipeline);
+                }
+            }
+        }
+    }
+}
