@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/sluice/v1/server.proto",
         "proto/sluice/v1/broker.proto",
         "proto/sluice/v1/groups.proto",
+        "proto/sluice/v1/queues.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     for p in protos {

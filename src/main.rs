@@ -4,7 +4,9 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use sluice::cli::{self, BenchCommand, ConsumeArgs, GroupCommand, ProduceArgs, TopicCommand};
+use sluice::cli::{
+    self, queue::QueueCommand, BenchCommand, ConsumeArgs, GroupCommand, ProduceArgs, TopicCommand,
+};
 use sluice::config::{parse_metrics_listen, FlushMode, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -30,6 +32,9 @@ enum Command {
     /// List, describe and delete consumer groups; reset their offsets.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Work queues: run a command per record, describe queues.
+    #[command(subcommand)]
+    Queue(QueueCommand),
     /// Produce one record per line of standard input.
     Produce(ProduceArgs),
     /// Print records of a topic (alone, or as a member of a group).
@@ -185,6 +190,7 @@ fn main() -> ExitCode {
             Command::Serve(_) => Ok(()),
             Command::Topic(c) => cli::topic(c).await,
             Command::Group(c) => cli::group(c).await,
+            Command::Queue(c) => cli::queue::queue(c).await,
             Command::Produce(a) => cli::produce(a).await,
             Command::Consume(a) => cli::consume(a).await,
             Command::Bench(b) => cli::bench::run(b).await,

@@ -17,14 +17,14 @@ use crate::api::grpc::{
     pb::{
         admin_server::AdminServer, broker_server::BrokerServer,
         group_admin_server::GroupAdminServer, groups_server::GroupsServer,
-        server_info_server::ServerInfoServer,
+        queues_server::QueuesServer, server_info_server::ServerInfoServer,
     },
-    AdminService, BrokerService, GroupAdminService, GroupsService, InfoService,
+    AdminService, BrokerService, GroupAdminService, GroupsService, InfoService, QueuesService,
     FILE_DESCRIPTOR_SET, HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, MAX_MESSAGE_BYTES,
 };
 use crate::broker::Broker;
 use crate::config::ServerConfig;
-use crate::coordinator::Coordinator;
+use crate::coordinator::{queues::Queues, Coordinator};
 use crate::error::Error;
 
 /// The process-wide Prometheus recorder (metrics macros record into it).
@@ -82,9 +82,26 @@ pub async fn run(
         }
     };
     coordinator.start();
+    let opened = {
+        let broker = broker.clone();
+        let clock = broker.config().log.clock.clone();
+        tokio::task::spawn_blocking(move || Queues::open(broker, clock))
+            .await
+            .map_err(|e| Error::Config(format!("opening work-queue coordinator: {e}")))?
+    };
+    let queues = match opened {
+        Ok(q) => q,
+        Err(e) => {
+            let b = broker.clone();
+            let _ = tokio::task::spawn_blocking(move || b.close()).await;
+            return Err(e.into());
+        }
+    };
+    queues.start();
     let result = serve(
         broker.clone(),
         coordinator,
+        queues,
         handle,
         listener,
         metrics,
@@ -101,6 +118,7 @@ pub async fn run(
 async fn serve(
     broker: Arc<Broker>,
     coordinator: Arc<Coordinator>,
+    queues: Arc<Queues>,
     prometheus: &'static PrometheusHandle,
     listener: TcpListener,
     metrics: Option<TcpListener>,
@@ -122,6 +140,9 @@ async fn serve(
         .await;
     health_reporter
         .set_serving::<GroupAdminServer<GroupAdminService>>()
+        .await;
+    health_reporter
+        .set_serving::<QueuesServer<QueuesService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -191,6 +212,11 @@ async fn serve(
         )
         .add_service(GroupsServer::new(GroupsService::new(coordinator.clone())))
         .add_service(GroupAdminServer::new(GroupAdminService::new(coordinator)))
+        .add_service(
+            QueuesServer::new(QueuesService::new(queues))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming, shutting_down)
         .await;
     let _ = stop_metrics.send(true);

@@ -522,6 +522,7 @@ impl Broker {
             .collect();
         Topic {
             metrics: TopicMetrics::new(&name),
+            appended: tokio::sync::Notify::new(),
             log_config: meta.config.log_config(&self.config.log),
             config: meta.config,
             name,
@@ -901,6 +902,21 @@ impl Broker {
         self.read(&topic, &part, offset, usize::MAX, max_bytes)
     }
 
+    /// Reads any topic's partition from `offset` without waiting (the
+    /// work-queue coordinator's reads).
+    pub(crate) fn read_records(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<FetchResult> {
+        let topic = self.topic(topic)?;
+        let part = topic.partition(partition)?;
+        self.read(&topic, &part, offset, max_records, max_bytes)
+    }
+
     /// Deletes an internal partition's sealed segments wholly below
     /// `offset` (compaction by snapshot). Returns the new start offset.
     pub(crate) fn delete_internal_before(
@@ -1046,6 +1062,7 @@ impl Broker {
             }
             if appended.record_count > 0 {
                 part.publish_end(last_end);
+                topic.appended.notify_waiters();
                 topic
                     .metrics
                     .produce_records
@@ -1351,6 +1368,11 @@ impl Broker {
                 .push((t.name.to_string(), parts.len(), size, segments));
         }
         out
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
     }
 
     /// Completes once shutdown has begun; transports end their streams.

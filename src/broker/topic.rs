@@ -201,6 +201,9 @@ pub struct Topic {
     pub(crate) next_keyless: AtomicU32,
     pub(crate) created_ms: i64,
     pub(crate) metrics: TopicMetrics,
+    /// Woken after every append to any partition (work-queue deliverers
+    /// wait on it).
+    pub(crate) appended: tokio::sync::Notify,
 }
 
 /// Metric handles of one topic, registered once.

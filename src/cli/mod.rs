@@ -3,6 +3,7 @@
 
 pub mod bench;
 mod bench_groups;
+pub mod queue;
 
 use std::{
     io::{BufRead, Write},

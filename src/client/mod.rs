@@ -17,6 +17,7 @@
 mod consumer;
 mod idempotent;
 mod producer;
+mod queue;
 
 use std::time::Duration;
 
@@ -28,9 +29,10 @@ use crate::api::grpc::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, MAX_MESSAGE
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset};
 use pb::{
     admin_client::AdminClient, broker_client::BrokerClient, group_admin_client::GroupAdminClient,
-    groups_client::GroupsClient,
+    groups_client::GroupsClient, queues_client::QueuesClient,
 };
 pub use producer::{Pipeline, Producer, ProducerConfig, ProducerStats, Reply};
+pub use queue::{QueueConfig, Worker};
 
 /// Default broker address of the CLI.
 pub const DEFAULT_BROKER: &str = "http://127.0.0.1:9400";
@@ -59,6 +61,7 @@ pub struct Client {
     broker: BrokerClient<Channel>,
     groups: GroupsClient<Channel>,
     group_admin: GroupAdminClient<Channel>,
+    queues: QueuesClient<Channel>,
 }
 
 /// A record with an optional UTF-8 key and a value.
@@ -101,13 +104,40 @@ impl Client {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             groups: GroupsClient::new(channel.clone()),
-            group_admin: GroupAdminClient::new(channel),
+            group_admin: GroupAdminClient::new(channel.clone()),
+            queues: QueuesClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
         }
     }
 
     /// The generated group member client (heartbeats, commits).
     pub fn groups(&self) -> GroupsClient<Channel> {
         self.groups.clone()
+    }
+
+    /// The generated work-queue client.
+    pub fn queues(&self) -> QueuesClient<Channel> {
+        self.queues.clone()
+    }
+
+    /// Opens a work-queue worker (a `Consume` stream).
+    pub async fn worker(&self, config: QueueConfig) -> Result<Worker, ClientError> {
+        Worker::open(self, config).await
+    }
+
+    /// Describes a work queue (share group).
+    pub async fn describe_queue(
+        &self,
+        group: &str,
+    ) -> Result<pb::DescribeQueueResponse, ClientError> {
+        Ok(self
+            .queues()
+            .describe_queue(pb::DescribeQueueRequest {
+                group: group.into(),
+            })
+            .await?
+            .into_inner())
     }
 
     /// The generated group admin client.

@@ -18,7 +18,9 @@
 pub mod assignor;
 pub mod error;
 pub mod group;
+pub mod queues;
 pub mod records;
+pub mod share;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Weak};

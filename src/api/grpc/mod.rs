@@ -27,12 +27,14 @@ mod broker;
 pub mod convert;
 mod groups;
 mod info;
+mod queues;
 pub mod status;
 
 pub use admin::AdminService;
 pub use broker::BrokerService;
 pub use groups::{GroupAdminService, GroupsService};
 pub use info::InfoService;
+pub use queues::QueuesService;
 
 /// Records a request's duration in the latency histogram when dropped.
 pub(crate) struct Timer {

@@ -1,0 +1,365 @@
+//! `sluice.v1.Queues`: work queues (share groups).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::pb::{self, queues_server::Queues as QueuesApi};
+use super::{convert, timed};
+use crate::coordinator::queues::{
+    AckOutcome, AckRequest, Queues, SettingsUpdate, MAX_PULL_WAIT_MS,
+};
+use crate::coordinator::share::{AckKind, AckRefusal, Delivery};
+use crate::coordinator::CoordinatorError;
+
+/// Most deliveries in one Pull response.
+const MAX_PULL_RECORDS: i32 = 10_000;
+/// Most deliveries in one stream message.
+const STREAM_BATCH: u32 = 500;
+
+/// Serves `sluice.v1.Queues`.
+#[derive(Debug, Clone)]
+pub struct QueuesService {
+    queues: Arc<Queues>,
+}
+
+impl QueuesService {
+    /// A service over `queues`.
+    pub fn new(queues: Arc<Queues>) -> Self {
+        Self { queues }
+    }
+}
+
+fn settings_in(s: Option<pb::QueueSettings>) -> Option<SettingsUpdate> {
+    s.map(|s| SettingsUpdate {
+        lock_timeout_ms: s.lock_timeout_ms,
+        max_deliveries: s.max_deliveries,
+        dead_letter_topic: s.dead_letter_topic,
+        key_ordered: s.key_ordered,
+        session_timeout_ms: s.session_timeout_ms,
+        start_at_latest: s.start_at_latest,
+    })
+}
+
+fn acks_in(acks: Vec<pb::Ack>) -> Result<Vec<AckRequest>, Status> {
+    acks.into_iter()
+        .map(|a| {
+            let kind = match pb::AckType::try_from(a.r#type) {
+                Ok(pb::AckType::Accept) => AckKind::Accept,
+                Ok(pb::AckType::Release) => AckKind::Release {
+                    delay_ms: i64::from(a.delay_ms),
+                },
+                Ok(pb::AckType::Reject) => AckKind::Reject,
+                Ok(pb::AckType::Extend) => AckKind::Extend,
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "ack type {} of delivery {} is not one of 1 (ACCEPT), 2 (RELEASE), 3 (REJECT), 4 (EXTEND)",
+                        a.r#type, a.delivery_id
+                    )))
+                }
+            };
+            Ok(AckRequest {
+                delivery_id: a.delivery_id,
+                kind,
+                reason: (!a.reason.is_empty()).then_some(a.reason),
+            })
+        })
+        .collect()
+}
+
+fn ack_result(o: AckOutcome) -> pb::AckResult {
+    pb::AckResult {
+        accepted: o.accepted,
+        refused: o
+            .refused
+            .into_iter()
+            .map(|(id, r)| {
+                let (code, message) = match r {
+                    AckRefusal::NotFound(m) => (tonic::Code::NotFound, m),
+                    AckRefusal::Superseded(m) => (tonic::Code::FailedPrecondition, m),
+                    AckRefusal::Invalid(m) => (tonic::Code::InvalidArgument, m),
+                };
+                pb::AckError {
+                    delivery_id: id,
+                    code: code as i32,
+                    message,
+                }
+            })
+            .collect(),
+    }
+}
+
+fn delivery_out(d: Delivery) -> pb::Delivery {
+    pb::Delivery {
+        topic: d.topic.to_string(),
+        partition: d.partition,
+        record: Some(convert::record_out(d.record)),
+        delivery_id: d.delivery_id,
+        delivery_count: d.deliveries as i32,
+        lock_deadline_ms: d.deadline,
+    }
+}
+
+/// Runs blocking queue work (opening logs, reading) off the async workers.
+async fn blocking<T: Send + 'static>(
+    q: &Arc<Queues>,
+    f: impl FnOnce(&Queues) -> Result<T, CoordinatorError> + Send + 'static,
+) -> Result<T, Status> {
+    let q = q.clone();
+    tokio::task::spawn_blocking(move || f(&q))
+        .await
+        .map_err(|e| Status::internal(format!("queue task failed: {e}")))?
+        .map_err(Status::from)
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl QueuesApi for QueuesService {
+    type ConsumeStream = BoxStream<pb::ConsumeResponse>;
+
+    async fn consume(
+        &self,
+        request: Request<Streaming<pb::ConsumeRequest>>,
+    ) -> Result<Response<Self::ConsumeStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the stream ended before its open request"))?;
+        let Some(pb::consume_request::Request::Open(open)) = first.request else {
+            return Err(Status::invalid_argument(
+                "the first Consume request must be `open` (group, topic, prefetch)",
+            ));
+        };
+        let (group, topic) = (open.group.clone(), open.topic.clone());
+        let member = blocking(&self.queues, move |q| {
+            q.join(
+                &open.group,
+                &open.topic,
+                &open.member_id,
+                open.prefetch,
+                settings_in(open.settings),
+                true,
+            )
+        })
+        .await?;
+        let (tx, rx) = mpsc::channel::<Result<pb::ConsumeResponse, Status>>(4);
+        let queues = self.queues.clone();
+        let _ = tx
+            .send(Ok(pb::ConsumeResponse {
+                member_id: member.to_string(),
+                ..Default::default()
+            }))
+            .await;
+        tokio::spawn(async move {
+            let end = serve_stream(&queues, &group, &topic, &member, &mut inbound, &tx).await;
+            if let Err(s) = end {
+                let _ = tx.send(Err(s)).await;
+            }
+            // The worker is gone (stream closed, connection lost, process
+            // killed): what it holds goes back to the queue at once.
+            let q = queues.clone();
+            let _ = tokio::task::spawn_blocking(move || q.leave(&group, &member)).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn pull(
+        &self,
+        request: Request<pb::PullRequest>,
+    ) -> Result<Response<pb::PullResponse>, Status> {
+        let _t = timed("QueuePull");
+        let r = request.into_inner();
+        if !(1..=MAX_PULL_RECORDS).contains(&r.max_records) {
+            return Err(Status::invalid_argument(format!(
+                "max_records {} is out of range [1, {MAX_PULL_RECORDS}]",
+                r.max_records
+            )));
+        }
+        if !(0..=MAX_PULL_WAIT_MS).contains(&r.max_wait_ms) {
+            return Err(Status::invalid_argument(format!(
+                "max_wait_ms {} is out of range [0, {MAX_PULL_WAIT_MS}]",
+                r.max_wait_ms
+            )));
+        }
+        let acks = acks_in(r.acks)?;
+        let prefetch = if r.prefetch == 0 {
+            r.max_records
+        } else {
+            r.prefetch
+        };
+        let (group, topic, member_id, settings) = (r.group, r.topic, r.member_id, r.settings);
+        let g = group.clone();
+        let t = topic.clone();
+        let member = blocking(&self.queues, move |q| {
+            q.join(&g, &t, &member_id, prefetch, settings_in(settings), false)
+        })
+        .await?;
+        let ack_result = if acks.is_empty() {
+            None
+        } else {
+            let (g, m) = (group.clone(), member.clone());
+            Some(ack_result(
+                blocking(&self.queues, move |q| q.ack(&g, &m, acks)).await?,
+            ))
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(r.max_wait_ms as u64);
+        let deliveries = loop {
+            let woken = self.queues.notified();
+            let (g, m) = (group.clone(), member.clone());
+            let max = r.max_records as u32;
+            let got = blocking(&self.queues, move |q| q.acquire(&g, &m, max)).await?;
+            let now = tokio::time::Instant::now();
+            if !got.is_empty() || now >= deadline {
+                break got;
+            }
+            tokio::select! {
+                _ = woken => {}
+                _ = self.queues.wait(&topic, deadline - now) => {}
+            }
+        };
+        Ok(Response::new(pb::PullResponse {
+            member_id: member.to_string(),
+            deliveries: deliveries.into_iter().map(delivery_out).collect(),
+            ack_result,
+        }))
+    }
+
+    async fn acknowledge(
+        &self,
+        request: Request<pb::AcknowledgeRequest>,
+    ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
+        let _t = timed("QueueAcknowledge");
+        let r = request.into_inner();
+        let acks = acks_in(r.acks)?;
+        let out = blocking(&self.queues, move |q| q.ack(&r.group, &r.member_id, acks)).await?;
+        Ok(Response::new(pb::AcknowledgeResponse {
+            ack_result: Some(ack_result(out)),
+        }))
+    }
+
+    async fn describe_queue(
+        &self,
+        request: Request<pb::DescribeQueueRequest>,
+    ) -> Result<Response<pb::DescribeQueueResponse>, Status> {
+        let group = request.into_inner().group;
+        let g = group.clone();
+        let d = blocking(&self.queues, move |q| q.describe(&g)).await?;
+        let s = d.settings;
+        Ok(Response::new(pb::DescribeQueueResponse {
+            group,
+            settings: Some(pb::QueueSettings {
+                lock_timeout_ms: Some(s.lock_timeout_ms as i32),
+                max_deliveries: Some(s.max_deliveries as i32),
+                dead_letter_topic: Some(s.dead_letter_topic.unwrap_or_default()),
+                key_ordered: Some(s.key_ordered),
+                session_timeout_ms: Some(s.session_timeout_ms as i32),
+                start_at_latest: Some(s.start_at_latest),
+            }),
+            partitions: d
+                .partitions
+                .into_iter()
+                .map(|p| pb::QueuePartition {
+                    topic: p.topic,
+                    partition: p.partition,
+                    start_offset: p.start,
+                    high_watermark: p.high_watermark,
+                    in_flight: p.in_flight,
+                    available: p.available,
+                    accepted: p.accepted,
+                    rejected: p.rejected,
+                    dead_lettered: p.dead_lettered,
+                })
+                .collect(),
+            members: d
+                .members
+                .into_iter()
+                .map(|m| pb::QueueMember {
+                    member_id: m.member_id,
+                    topic: m.topic,
+                    prefetch: m.prefetch as i32,
+                    held: m.held as i32,
+                    streaming: m.streaming,
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// Delivers to one stream member and applies its acknowledgements until
+/// the stream ends.
+async fn serve_stream(
+    queues: &Arc<Queues>,
+    group: &str,
+    topic: &str,
+    member: &Arc<str>,
+    inbound: &mut Streaming<pb::ConsumeRequest>,
+    tx: &mpsc::Sender<Result<pb::ConsumeResponse, Status>>,
+) -> Result<(), Status> {
+    loop {
+        // Registered before the attempt, so a release in between is not
+        // missed.
+        let woken = queues.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let (g, m) = (group.to_string(), member.clone());
+        let got = blocking(queues, move |q| q.acquire(&g, &m, STREAM_BATCH)).await?;
+        if !got.is_empty() {
+            let msg = pb::ConsumeResponse {
+                deliveries: got.into_iter().map(delivery_out).collect(),
+                ..Default::default()
+            };
+            if tx.send(Ok(msg)).await.is_err() {
+                return Ok(());
+            }
+            continue;
+        }
+        // Nothing to deliver (or prefetch used up): wait for an
+        // acknowledgement, a release, or new records.
+        tokio::select! {
+            msg = inbound.next() => {
+                if !handle(queues, group, member, msg, tx).await? {
+                    return Ok(());
+                }
+            }
+            _ = &mut woken => {}
+            _ = queues.wait(topic, Duration::from_millis(500)) => {}
+            _ = tx.closed() => return Ok(()),
+        }
+    }
+}
+
+/// Applies one inbound message; false when the stream has ended.
+async fn handle(
+    queues: &Arc<Queues>,
+    group: &str,
+    member: &Arc<str>,
+    msg: Option<Result<pb::ConsumeRequest, Status>>,
+    tx: &mpsc::Sender<Result<pb::ConsumeResponse, Status>>,
+) -> Result<bool, Status> {
+    let Some(Ok(req)) = msg else {
+        return Ok(false);
+    };
+    let _t = timed("QueueConsumeAck");
+    let acks = match req.request {
+        Some(pb::consume_request::Request::Acks(a)) => acks_in(a.acks)?,
+        Some(pb::consume_request::Request::Open(_)) => {
+            return Err(Status::invalid_argument(
+                "a Consume stream is opened once: later requests carry acks",
+            ))
+        }
+        None => return Ok(true),
+    };
+    let (g, m) = (group.to_string(), member.clone());
+    let out = blocking(queues, move |q| q.ack(&g, &m, acks)).await?;
+    let msg = pb::ConsumeResponse {
+        ack_result: Some(ack_result(out)),
+        ..Default::default()
+    };
+    Ok(tx.send(Ok(msg)).await.is_ok())
+}

@@ -1,0 +1,871 @@
+//! Work queues: the shell around [`super::share`]. It reads records from
+//! the broker into each group's window, persists every change to the
+//! internal topic [`SHARE_STATE_TOPIC`] before answering, appends records
+//! given up on to dead-letter topics, expires locks and sessions on a
+//! timer, and wakes waiting workers when records arrive or come back.
+//!
+//! State is replayed from the topic on start. After
+//! `SNAPSHOT_EVERY` records the shell rewrites every group's state and
+//! deletes the segments before it, so the topic stays bounded.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use prost::Message;
+
+use super::error::{CoordinatorError, Result};
+use super::share::{
+    AckKind, AckRefusal, Delivery, Effects, Finished, Partition, Settings, ShareGroup,
+};
+use crate::broker::{
+    is_internal_topic, Acks, Broker, Header, NewRecord, ProduceRequest, TopicConfig,
+};
+use crate::storage::Clock;
+
+/// Internal topic of work-queue state.
+pub const SHARE_STATE_TOPIC: &str = "__share_group_state";
+/// Records after which the state topic is rewritten and trimmed.
+const SNAPSHOT_EVERY: u64 = 200_000;
+/// Longest Pull wait, ms.
+pub const MAX_PULL_WAIT_MS: i32 = 300_000;
+/// Largest prefetch.
+pub const MAX_PREFETCH: i32 = 100_000;
+
+#[derive(Clone, PartialEq, Message)]
+struct StateKey {
+    #[prost(uint32, tag = "1")]
+    version: u32,
+    /// 1: settings; 2: a partition's state.
+    #[prost(uint32, tag = "2")]
+    kind: u32,
+    #[prost(string, tag = "3")]
+    group: String,
+    #[prost(string, tag = "4")]
+    topic: String,
+    #[prost(int32, tag = "5")]
+    partition: i32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct SettingsValue {
+    #[prost(int64, tag = "1")]
+    lock_timeout_ms: i64,
+    #[prost(uint32, tag = "2")]
+    max_deliveries: u32,
+    #[prost(string, optional, tag = "3")]
+    dead_letter_topic: Option<String>,
+    #[prost(bool, tag = "4")]
+    key_ordered: bool,
+    #[prost(int64, tag = "5")]
+    session_timeout_ms: i64,
+    #[prost(bool, tag = "6")]
+    start_at_latest: bool,
+}
+
+/// A change to one partition's state, or (with `snapshot`) all of it.
+#[derive(Clone, PartialEq, Message)]
+struct PartitionValue {
+    #[prost(int64, optional, tag = "1")]
+    start: Option<i64>,
+    #[prost(int64, repeated, tag = "2")]
+    delivered_offsets: Vec<i64>,
+    #[prost(uint32, repeated, tag = "3")]
+    delivered_counts: Vec<u32>,
+    #[prost(int64, repeated, tag = "4")]
+    finished_offsets: Vec<i64>,
+    #[prost(uint32, repeated, tag = "5")]
+    finished_kinds: Vec<u32>,
+    #[prost(bool, tag = "6")]
+    snapshot: bool,
+    #[prost(int64, tag = "7")]
+    accepted: i64,
+    #[prost(int64, tag = "8")]
+    rejected: i64,
+    #[prost(int64, tag = "9")]
+    dead_lettered: i64,
+}
+
+/// A settings change asked for (unset fields keep their value).
+#[derive(Debug, Clone, Default)]
+pub struct SettingsUpdate {
+    /// Lock time, ms.
+    pub lock_timeout_ms: Option<i32>,
+    /// Deliveries before giving up.
+    pub max_deliveries: Option<i32>,
+    /// Dead-letter topic ("" for none).
+    pub dead_letter_topic: Option<String>,
+    /// Key-ordered delivery.
+    pub key_ordered: Option<bool>,
+    /// Pull session timeout, ms.
+    pub session_timeout_ms: Option<i32>,
+    /// New partitions start at the end.
+    pub start_at_latest: Option<bool>,
+}
+
+/// One acknowledgement.
+#[derive(Debug, Clone)]
+pub struct AckRequest {
+    /// Receipt handle.
+    pub delivery_id: u64,
+    /// What to do.
+    pub kind: AckKind,
+    /// Reason kept with the record.
+    pub reason: Option<String>,
+}
+
+/// The outcome of a batch of acknowledgements.
+#[derive(Debug, Clone, Default)]
+pub struct AckOutcome {
+    /// Ids that took effect.
+    pub accepted: Vec<u64>,
+    /// Refused ids and why.
+    pub refused: Vec<(u64, AckRefusal)>,
+}
+
+/// A partition as described.
+#[derive(Debug, Clone)]
+pub struct QueuePartitionInfo {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Every offset below is finished.
+    pub start: i64,
+    /// Log end.
+    pub high_watermark: i64,
+    /// Locked now.
+    pub in_flight: i64,
+    /// Waiting (read or not yet read).
+    pub available: i64,
+    /// Totals.
+    pub accepted: i64,
+    /// Totals.
+    pub rejected: i64,
+    /// Totals.
+    pub dead_lettered: i64,
+}
+
+/// A member as described.
+#[derive(Debug, Clone)]
+pub struct QueueMemberInfo {
+    /// Id.
+    pub member_id: String,
+    /// Topic.
+    pub topic: String,
+    /// Prefetch.
+    pub prefetch: u32,
+    /// Held now.
+    pub held: u32,
+    /// Stream or Pull.
+    pub streaming: bool,
+}
+
+/// A queue group as described.
+#[derive(Debug, Clone)]
+pub struct QueueDescription {
+    /// Settings in force.
+    pub settings: Settings,
+    /// Per partition.
+    pub partitions: Vec<QueuePartitionInfo>,
+    /// Members.
+    pub members: Vec<QueueMemberInfo>,
+}
+
+#[derive(Default)]
+struct State {
+    groups: HashMap<String, ShareGroup>,
+    next_delivery_id: u64,
+    since_snapshot: u64,
+    /// A failed append: the in-memory state may be ahead of the log, so
+    /// every call fails until a restart replays it.
+    failed: Option<String>,
+}
+
+/// The work-queue coordinator.
+pub struct Queues {
+    broker: Arc<Broker>,
+    clock: Clock,
+    /// All groups. Held for a change *and* the append that records it, so
+    /// the topic's order is the order of the changes; never across
+    /// `.await` (appends go to the page cache).
+    state: Mutex<State>,
+    /// Woken when records come back (release, expiry) or prefetch frees up.
+    wake: tokio::sync::Notify,
+    members: AtomicU64,
+}
+
+impl std::fmt::Debug for Queues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queues").finish_non_exhaustive()
+    }
+}
+
+fn settings_value(s: &Settings) -> SettingsValue {
+    SettingsValue {
+        lock_timeout_ms: s.lock_timeout_ms,
+        max_deliveries: s.max_deliveries,
+        dead_letter_topic: s.dead_letter_topic.clone(),
+        key_ordered: s.key_ordered,
+        session_timeout_ms: s.session_timeout_ms,
+        start_at_latest: s.start_at_latest,
+    }
+}
+
+fn key(kind: u32, group: &str, topic: &str, partition: i32) -> Bytes {
+    Bytes::from(
+        StateKey {
+            version: 1,
+            kind,
+            group: group.into(),
+            topic: topic.into(),
+            partition,
+        }
+        .encode_to_vec(),
+    )
+}
+
+fn check_name(what: &str, v: &str) -> Result<()> {
+    if v.is_empty() || v.len() > 249 {
+        return Err(CoordinatorError::InvalidArgument(format!(
+            "{what} must be 1 to 249 bytes, got {}",
+            v.len()
+        )));
+    }
+    Ok(())
+}
+
+impl Queues {
+    /// Opens the coordinator: creates the state topic if needed and
+    /// replays it. Blocking.
+    pub fn open(broker: Arc<Broker>, clock: Clock) -> Result<Arc<Self>> {
+        broker.ensure_internal_topic(
+            SHARE_STATE_TOPIC,
+            1,
+            TopicConfig {
+                retention_ms: Some(-1),
+                segment_bytes: Some(64 * 1024 * 1024),
+                ..TopicConfig::default()
+            },
+        )?;
+        let mut st = State {
+            // Unique across restarts: a worker's old receipt handle never
+            // matches a new delivery.
+            next_delivery_id: (clock)().max(0) as u64 * 1_000_000,
+            ..State::default()
+        };
+        let mut offset = broker
+            .list_offsets(SHARE_STATE_TOPIC, &[0], None)?
+            .first()
+            .map_or(0, |o| o.earliest);
+        let mut bad = 0u64;
+        loop {
+            let read = broker.read_internal(SHARE_STATE_TOPIC, 0, offset, 4 << 20)?;
+            if read.records.is_empty() {
+                break;
+            }
+            for r in &read.records {
+                st.since_snapshot += 1;
+                if Self::replay(&mut st, r.key.as_deref(), r.value.as_deref()).is_err() {
+                    bad += 1;
+                }
+            }
+            offset = read.next_offset;
+            if offset >= read.high_watermark {
+                break;
+            }
+        }
+        if bad > 0 {
+            tracing::warn!(
+                skipped = bad,
+                "work-queue state records skipped during replay"
+            );
+        }
+        Ok(Arc::new(Self {
+            broker,
+            clock,
+            state: Mutex::new(st),
+            wake: tokio::sync::Notify::new(),
+            members: AtomicU64::new(0),
+        }))
+    }
+
+    fn replay(st: &mut State, k: Option<&[u8]>, v: Option<&[u8]>) -> std::result::Result<(), ()> {
+        let k = StateKey::decode(k.ok_or(())?).map_err(|_| ())?;
+        let v = v.ok_or(())?;
+        let g = st.groups.entry(k.group).or_default();
+        match k.kind {
+            1 => {
+                let s = SettingsValue::decode(v).map_err(|_| ())?;
+                g.settings = Settings {
+                    lock_timeout_ms: s.lock_timeout_ms,
+                    max_deliveries: s.max_deliveries,
+                    dead_letter_topic: s.dead_letter_topic,
+                    key_ordered: s.key_ordered,
+                    session_timeout_ms: s.session_timeout_ms,
+                    start_at_latest: s.start_at_latest,
+                };
+            }
+            2 => {
+                let p = PartitionValue::decode(v).map_err(|_| ())?;
+                let delivered: Vec<(i64, u32)> = p
+                    .delivered_offsets
+                    .iter()
+                    .copied()
+                    .zip(p.delivered_counts.iter().copied())
+                    .collect();
+                let finished: Vec<(i64, Finished)> = p
+                    .finished_offsets
+                    .iter()
+                    .copied()
+                    .zip(
+                        p.finished_kinds
+                            .iter()
+                            .filter_map(|&f| Finished::from_u32(f)),
+                    )
+                    .collect();
+                let tp = (Arc::<str>::from(k.topic), k.partition);
+                g.apply(tp.clone(), p.start, &delivered, &finished);
+                if p.snapshot {
+                    if let Some(part) = g.partitions.get_mut(&tp) {
+                        part.accepted = p.accepted;
+                        part.rejected = p.rejected;
+                        part.dead_lettered = p.dead_lettered;
+                    }
+                }
+            }
+            _ => return Err(()),
+        }
+        Ok(())
+    }
+
+    /// Runs lock and session expiry every 100 ms until the broker shuts
+    /// down. Call once, inside a tokio runtime.
+    pub fn start(self: &Arc<Self>) {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let Some(q) = weak.upgrade() else { return };
+                if q.broker_closing() {
+                    return;
+                }
+                q.tick();
+            }
+        });
+    }
+
+    fn broker_closing(&self) -> bool {
+        self.broker.is_shutting_down()
+    }
+
+    fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
+    /// Expires locks and sessions now.
+    pub fn tick(&self) {
+        let now = self.now();
+        let mut st = self.state.lock();
+        if st.failed.is_some() {
+            return;
+        }
+        let mut released = false;
+        let names: Vec<String> = st.groups.keys().cloned().collect();
+        for name in names {
+            let mut fx = Effects::default();
+            if let Some(g) = st.groups.get_mut(&name) {
+                g.tick(now, &mut fx);
+            }
+            released |= fx.released || !fx.deltas.is_empty();
+            if let Err(e) = self.effects(&mut st, &name, fx) {
+                tracing::error!(error = %e, "work-queue expiry could not be recorded");
+                return;
+            }
+        }
+        drop(st);
+        if released {
+            self.wake.notify_waiters();
+        }
+    }
+
+    /// Persists deltas and appends dead letters (lock held).
+    fn effects(&self, st: &mut State, group: &str, fx: Effects) -> Result<()> {
+        for d in &fx.dead_letters {
+            let mut headers = d.record.headers.clone();
+            for (k, v) in [
+                ("sluice-dlq-topic", d.topic.to_string()),
+                ("sluice-dlq-partition", d.partition.to_string()),
+                ("sluice-dlq-offset", d.record.offset.to_string()),
+                ("sluice-dlq-delivery-count", d.deliveries.to_string()),
+                ("sluice-dlq-reason", d.reason.clone()),
+            ] {
+                headers.push(Header {
+                    key: k.into(),
+                    value: Some(Bytes::from(v)),
+                });
+            }
+            let r = self.broker.append(ProduceRequest {
+                topic: d.to.clone(),
+                partition: None,
+                records: vec![NewRecord {
+                    key: d.record.key.clone(),
+                    value: d.record.value.clone(),
+                    headers,
+                    timestamp: None,
+                    partition: None,
+                }],
+                acks: Acks::Leader,
+                producer: None,
+            });
+            match r.map(|a| a.result()) {
+                Ok(res) if res.failures.is_empty() => {}
+                Ok(res) => {
+                    tracing::error!(topic = %d.to, error = %res.failures[0].error, "dead-letter append failed")
+                }
+                Err(e) => tracing::error!(topic = %d.to, error = %e, "dead-letter append failed"),
+            }
+        }
+        if fx.deltas.is_empty() {
+            return Ok(());
+        }
+        let records = fx
+            .deltas
+            .into_iter()
+            .map(|d| {
+                let (delivered_offsets, delivered_counts) = d.delivered.into_iter().unzip();
+                let (finished_offsets, kinds): (Vec<i64>, Vec<Finished>) =
+                    d.finished.into_iter().unzip();
+                NewRecord {
+                    key: Some(key(2, group, &d.topic, d.partition)),
+                    value: Some(Bytes::from(
+                        PartitionValue {
+                            start: d.start,
+                            delivered_offsets,
+                            delivered_counts,
+                            finished_offsets,
+                            finished_kinds: kinds.into_iter().map(|k| k as u32).collect(),
+                            ..Default::default()
+                        }
+                        .encode_to_vec(),
+                    )),
+                    ..NewRecord::default()
+                }
+            })
+            .collect();
+        self.append(st, records)?;
+        if st.since_snapshot > SNAPSHOT_EVERY {
+            self.snapshot(st)?;
+        }
+        Ok(())
+    }
+
+    fn append(&self, st: &mut State, records: Vec<NewRecord>) -> Result<i64> {
+        let n = records.len() as u64;
+        let r = self
+            .broker
+            .append_internal(ProduceRequest {
+                topic: SHARE_STATE_TOPIC.into(),
+                partition: Some(0),
+                records,
+                acks: Acks::Leader,
+                producer: None,
+            })
+            .map(|a| a.result());
+        let failure = match r {
+            Ok(res) if res.failures.is_empty() => {
+                st.since_snapshot += n;
+                return Ok(res.partitions.first().map_or(-1, |p| p.base_offset));
+            }
+            Ok(res) => res.failures[0].error.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(error = %failure, "work-queue state append failed; queues stop until a restart");
+        st.failed = Some(failure.clone());
+        Err(CoordinatorError::Failed {
+            partition: 0,
+            reason: failure,
+        })
+    }
+
+    /// Rewrites every group's state and deletes the segments before it.
+    fn snapshot(&self, st: &mut State) -> Result<()> {
+        let mut records = Vec::new();
+        for (name, g) in &st.groups {
+            records.push(NewRecord {
+                key: Some(key(1, name, "", 0)),
+                value: Some(Bytes::from(settings_value(&g.settings).encode_to_vec())),
+                ..NewRecord::default()
+            });
+            for ((topic, partition), p) in &g.partitions {
+                let (start, delivered, finished) = ShareGroup::snapshot_of(p);
+                let (delivered_offsets, delivered_counts) = delivered.into_iter().unzip();
+                let (finished_offsets, kinds): (Vec<i64>, Vec<Finished>) =
+                    finished.into_iter().unzip();
+                records.push(NewRecord {
+                    key: Some(key(2, name, topic, *partition)),
+                    value: Some(Bytes::from(
+                        PartitionValue {
+                            start: Some(start),
+                            delivered_offsets,
+                            delivered_counts,
+                            finished_offsets,
+                            finished_kinds: kinds.into_iter().map(|k| k as u32).collect(),
+                            snapshot: true,
+                            accepted: p.accepted,
+                            rejected: p.rejected,
+                            dead_lettered: p.dead_lettered,
+                        }
+                        .encode_to_vec(),
+                    )),
+                    ..NewRecord::default()
+                });
+            }
+        }
+        let mut first = None;
+        for chunk in records.chunks(1000) {
+            let base = self.append(st, chunk.to_vec())?;
+            first.get_or_insert(base);
+        }
+        st.since_snapshot = 0;
+        if let Some(first) = first {
+            self.broker
+                .delete_internal_before(SHARE_STATE_TOPIC, 0, first)?;
+        }
+        Ok(())
+    }
+
+    fn check(&self, st: &State) -> Result<()> {
+        match &st.failed {
+            Some(reason) => Err(CoordinatorError::Failed {
+                partition: 0,
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds (or refreshes) a member of `group` consuming `topic`, applying
+    /// `settings` to the group. Returns the member id (made up if empty).
+    pub fn join(
+        &self,
+        group: &str,
+        topic: &str,
+        member: &str,
+        prefetch: i32,
+        settings: Option<SettingsUpdate>,
+        stream: bool,
+    ) -> Result<Arc<str>> {
+        check_name("group", group)?;
+        if is_internal_topic(topic) {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "topic '{topic}' is internal to the broker and cannot be consumed as a queue"
+            )));
+        }
+        if !(1..=MAX_PREFETCH).contains(&prefetch) {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "prefetch {prefetch} is out of range [1, {MAX_PREFETCH}]"
+            )));
+        }
+        let t = self.broker.topic(topic)?;
+        let partitions = t.partitions().len() as i32;
+        let member: Arc<str> = if member.is_empty() {
+            let n = self.members.fetch_add(1, Ordering::Relaxed);
+            Arc::from(format!("{group}-{}-{n}", uuid::Uuid::new_v4().simple()))
+        } else {
+            check_name("member_id", member)?;
+            Arc::from(member)
+        };
+        let now = self.now();
+        let mut st = self.state.lock();
+        self.check(&st)?;
+        let g = st.groups.entry(group.to_string()).or_default();
+        let mut changed = None;
+        if let Some(u) = settings {
+            let mut s = g.settings.clone();
+            self.apply_settings(&mut s, u)?;
+            if s != g.settings {
+                g.settings = s.clone();
+                changed = Some(s);
+            }
+        }
+        let topic_arc: Arc<str> = Arc::from(topic);
+        let mut fx = Effects::default();
+        for p in 0..partitions {
+            let tp = (topic_arc.clone(), p);
+            if g.partitions.get(&tp).is_some_and(|p| p.placed) {
+                continue;
+            }
+            let offsets = self.broker.list_offsets(topic, &[p], None)?;
+            let o = offsets.first().map_or(0, |o| {
+                if g.settings.start_at_latest {
+                    o.latest
+                } else {
+                    o.earliest
+                }
+            });
+            g.apply(tp, Some(o), &[], &[]);
+            fx.deltas.push(super::share::Delta {
+                topic: topic.to_string(),
+                partition: p,
+                start: Some(o),
+                ..Default::default()
+            });
+        }
+        g.join(member.clone(), topic_arc, prefetch as u32, stream, now);
+        if let Some(s) = changed {
+            self.append(
+                &mut st,
+                vec![NewRecord {
+                    key: Some(key(1, group, "", 0)),
+                    value: Some(Bytes::from(settings_value(&s).encode_to_vec())),
+                    ..NewRecord::default()
+                }],
+            )?;
+        }
+        self.effects(&mut st, group, fx)?;
+        Ok(member)
+    }
+
+    fn apply_settings(&self, s: &mut Settings, u: SettingsUpdate) -> Result<()> {
+        let range = |what: &str, v: i32, lo: i32, hi: i32| {
+            if (lo..=hi).contains(&v) {
+                Ok(i64::from(v))
+            } else {
+                Err(CoordinatorError::InvalidArgument(format!(
+                    "{what} {v} is out of range [{lo}, {hi}]"
+                )))
+            }
+        };
+        if let Some(v) = u.lock_timeout_ms {
+            s.lock_timeout_ms = range("lock_timeout_ms", v, 1000, 3_600_000)?;
+        }
+        if let Some(v) = u.session_timeout_ms {
+            s.session_timeout_ms = range("session_timeout_ms", v, 1000, 3_600_000)?;
+        }
+        if let Some(v) = u.max_deliveries {
+            s.max_deliveries = range("max_deliveries", v, 1, 1000)? as u32;
+        }
+        if let Some(v) = u.key_ordered {
+            s.key_ordered = v;
+        }
+        if let Some(v) = u.start_at_latest {
+            s.start_at_latest = v;
+        }
+        if let Some(t) = u.dead_letter_topic {
+            if t.is_empty() {
+                s.dead_letter_topic = None;
+            } else {
+                if is_internal_topic(&t) {
+                    return Err(CoordinatorError::InvalidArgument(format!(
+                        "dead_letter_topic '{t}' is internal to the broker"
+                    )));
+                }
+                self.broker.topic(&t)?;
+                s.dead_letter_topic = Some(t);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads records into the windows of `group`'s partitions of `topic`.
+    fn fill(&self, g: &mut ShareGroup, topic: &Arc<str>) {
+        for ((t, p), part) in g.partitions.iter_mut() {
+            if t != topic {
+                continue;
+            }
+            fill_partition(&self.broker, t, *p, part);
+        }
+    }
+
+    /// Up to `max` deliveries for `member` (fewer if its prefetch is
+    /// nearly used up); none if nothing is available now.
+    pub fn acquire(&self, group: &str, member: &Arc<str>, max: u32) -> Result<Vec<Delivery>> {
+        let now = self.now();
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        self.check(st)?;
+        let g = self.group_mut(st, group)?;
+        let Some(m) = g.members.get_mut(member) else {
+            return Err(CoordinatorError::UnknownMember {
+                group: group.into(),
+                member: member.to_string(),
+            });
+        };
+        if let Some(d) = m.session_deadline.as_mut() {
+            *d = now + g.settings.session_timeout_ms;
+        }
+        let topic = m.topic.clone();
+        self.fill(g, &topic);
+        let mut fx = Effects::default();
+        let mut id = st.next_delivery_id;
+        let out = match st.groups.get_mut(group) {
+            Some(g) => g.acquire(member, max, now, &mut id, &mut fx),
+            None => Vec::new(),
+        };
+        st.next_delivery_id = id;
+        self.effects(st, group, fx)?;
+        Ok(out)
+    }
+
+    fn group_mut<'a>(&self, st: &'a mut State, group: &str) -> Result<&'a mut ShareGroup> {
+        st.groups
+            .get_mut(group)
+            .ok_or_else(|| CoordinatorError::GroupNotFound {
+                group: group.into(),
+            })
+    }
+
+    /// Applies acknowledgements from `member`.
+    pub fn ack(&self, group: &str, member: &str, acks: Vec<AckRequest>) -> Result<AckOutcome> {
+        let now = self.now();
+        let mut st = self.state.lock();
+        self.check(&st)?;
+        let g = self.group_mut(&mut st, group)?;
+        if let Some(m) = g.members.get_mut(member) {
+            if let Some(d) = m.session_deadline.as_mut() {
+                *d = now + g.settings.session_timeout_ms;
+            }
+        }
+        let mut fx = Effects::default();
+        let mut out = AckOutcome::default();
+        for a in acks {
+            match g.ack(member, a.delivery_id, a.kind, a.reason, now, &mut fx) {
+                Ok(()) => out.accepted.push(a.delivery_id),
+                Err(e) => out.refused.push((a.delivery_id, e)),
+            }
+        }
+        let wake = fx.released || !out.accepted.is_empty();
+        self.effects(&mut st, group, fx)?;
+        drop(st);
+        if wake {
+            self.wake.notify_waiters();
+        }
+        Ok(out)
+    }
+
+    /// Removes a member; what it holds goes back to the queue.
+    pub fn leave(&self, group: &str, member: &str) {
+        let now = self.now();
+        let mut st = self.state.lock();
+        if st.failed.is_some() {
+            return;
+        }
+        let mut fx = Effects::default();
+        if let Some(g) = st.groups.get_mut(group) {
+            g.leave(member, now, &mut fx);
+        }
+        let released = fx.released || !fx.dead_letters.is_empty();
+        if let Err(e) = self.effects(&mut st, group, fx) {
+            tracing::error!(error = %e, "recording a queue member's departure failed");
+        }
+        drop(st);
+        if released {
+            self.wake.notify_waiters();
+        }
+    }
+
+    /// Waits until records may be available for `member` of `group`:
+    /// appended to its topic, released, or freed prefetch; or `timeout`.
+    pub async fn wait(&self, topic: &str, timeout: Duration) {
+        let appended = match self.broker.topic(topic) {
+            Ok(t) => t,
+            Err(_) => {
+                tokio::time::sleep(timeout).await;
+                return;
+            }
+        };
+        let a = appended.appended.notified();
+        let w = self.wake.notified();
+        tokio::pin!(a, w);
+        a.as_mut().enable();
+        w.as_mut().enable();
+        tokio::select! {
+            _ = a => {}
+            _ = w => {}
+            _ = tokio::time::sleep(timeout) => {}
+        }
+    }
+
+    /// Registers interest before checking (so no wake-up is missed).
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake.notified()
+    }
+
+    /// Describes a group.
+    pub fn describe(&self, group: &str) -> Result<QueueDescription> {
+        let st = self.state.lock();
+        let g = st
+            .groups
+            .get(group)
+            .ok_or_else(|| CoordinatorError::GroupNotFound {
+                group: group.into(),
+            })?;
+        let mut partitions = Vec::new();
+        for ((t, p), part) in &g.partitions {
+            let hw = self
+                .broker
+                .list_offsets(t, &[*p], None)
+                .ok()
+                .and_then(|o| o.first().map(|o| o.latest))
+                .unwrap_or(part.cursor);
+            partitions.push(QueuePartitionInfo {
+                topic: t.to_string(),
+                partition: *p,
+                start: part.start,
+                high_watermark: hw,
+                in_flight: part.in_flight() as i64,
+                available: part.waiting() as i64 + (hw - part.cursor).max(0),
+                accepted: part.accepted,
+                rejected: part.rejected,
+                dead_lettered: part.dead_lettered,
+            });
+        }
+        let mut members: Vec<QueueMemberInfo> = g
+            .members
+            .iter()
+            .map(|(id, m)| QueueMemberInfo {
+                member_id: id.to_string(),
+                topic: m.topic.to_string(),
+                prefetch: m.prefetch,
+                held: m.held,
+                streaming: m.session_deadline.is_none(),
+            })
+            .collect();
+        members.sort_by(|a, b| a.member_id.cmp(&b.member_id));
+        Ok(QueueDescription {
+            settings: g.settings.clone(),
+            partitions,
+            members,
+        })
+    }
+
+    /// Groups and members, for metrics.
+    pub fn stats(&self) -> (usize, usize) {
+        let st = self.state.lock();
+        (
+            st.groups.len(),
+            st.groups.values().map(|g| g.members.len()).sum(),
+        )
+    }
+}
+
+/// Reads the next records of one partition into its window.
+fn fill_partition(broker: &Broker, topic: &str, partition: i32, part: &mut Partition) {
+    let room = part.room();
+    if room == 0 {
+        return;
+    }
+    match broker.read_records(topic, partition, part.cursor, room as usize, 1 << 20) {
+        Ok(r) => part.load(r.records, r.next_offset),
+        Err(crate::broker::BrokerError::Storage(
+            crate::storage::StorageError::OffsetOutOfRange { start, .. },
+        )) => part.skip_to(start),
+        Err(e) => tracing::warn!(topic, partition, error = %e, "work-queue read failed"),
+    }
+}
