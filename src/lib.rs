@@ -6,22 +6,26 @@
 //!
 //! * [`storage`]: the partition log. Segments of record batches in
 //!   memory-mapped files, sparse offset and time indexes, crash recovery,
-//!   retention and flushing. Synchronous; knows nothing of tokio or gRPC.
+//!   retention and flushing, and idempotent producers' sequences.
+//!   Synchronous; knows nothing of tokio or gRPC.
 //! * [`broker`]: topics and partitions, produce and fetch, waiting readers,
 //!   the partitioner. The one domain facade every transport calls.
 //! * [`coordinator`]: consumer groups (membership, server-side sticky
 //!   assignment, fencing) and committed offsets, stored in the broker's own
-//!   internal topic `__consumer_offsets`. Work-queue state comes later.
+//!   internal topic `__consumer_offsets`; work queues (share groups: locks,
+//!   acknowledgements, redelivery, dead letters) in `__share_group_state`.
 //! * [`api`]: transports. [`api::grpc`] holds the tonic services; each handler
 //!   decodes, validates, calls the domain and encodes.
 //! * [`server`]: the composition root. Takes a bound listener and a shutdown
 //!   future, so tests bind `127.0.0.1:0` and shut down on their own terms.
 //! * [`config`] and [`error`]: server settings and the top-level error type.
-//! * [`client`]: the Rust client (admin, batching pipelined producer,
-//!   fetch and subscribe) that the CLI, tests and benches use.
+//! * [`client`]: the Rust client (admin, batching idempotent producer,
+//!   fetch and subscribe, group consumer, queue worker) that the CLI, tests
+//!   and benches use.
 //!
 //! `src/main.rs` is the `sluice` binary: `sluice serve` runs the server, and
-//! the client commands (`topic`, `produce`, `consume`, `bench`) live in
+//! the client commands (`topic`, `produce`, `consume`, `group`, `queue`,
+//! `bench`) live in
 //! `src/cli/` on top of [`client`].
 
 pub mod api;

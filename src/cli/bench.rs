@@ -34,6 +34,9 @@ pub enum BenchCommand {
     Heartbeats(super::bench_groups::HeartbeatArgs),
     /// Offset commits per second.
     Commits(super::bench_groups::CommitArgs),
+    /// A work queue: workers take 1 KiB tasks over Consume streams and
+    /// accept each one.
+    Queue(super::bench_queue::QueueBenchArgs),
 }
 
 /// Settings of a benchmark run.
@@ -68,6 +71,10 @@ pub struct BenchArgs {
     /// Print one JSON line instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Produce as idempotent producers (one producer id per worker, with
+    /// sequence numbers), to measure what idempotence costs.
+    #[arg(long)]
+    pub idempotent: bool,
     #[command(flatten)]
     pub conn: Conn,
 }
@@ -135,6 +142,7 @@ pub async fn run(cmd: BenchCommand) -> Result<(), ClientError> {
         BenchCommand::Rebalance(a) => return super::bench_groups::rebalance(a).await,
         BenchCommand::Heartbeats(a) => return super::bench_groups::heartbeats(a).await,
         BenchCommand::Commits(a) => return super::bench_groups::commits(a).await,
+        BenchCommand::Queue(a) => return super::bench_queue::queue(a).await,
     };
     if args.batch == 0 || args.concurrency == 0 || args.records == 0 {
         return Err(ClientError::Status(tonic::Status::invalid_argument(
@@ -284,6 +292,18 @@ async fn produce(
             });
             let mut pace = pacing(&args);
             let partition = (w as i32) % partitions.max(1);
+            let producer = if args.idempotent {
+                Some(
+                    client
+                        .broker()
+                        .init_producer(pb::InitProducerRequest::default())
+                        .await?
+                        .into_inner(),
+                )
+            } else {
+                None
+            };
+            let mut sequence = 0i32;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= requests {
@@ -305,9 +325,12 @@ async fn produce(
                         partition: Some(partition),
                         records: records[..n].to_vec(),
                         acks: acks as i32,
-                        ..Default::default()
+                        producer_id: producer.as_ref().map(|p| p.producer_id),
+                        producer_epoch: producer.as_ref().map_or(0, |p| p.producer_epoch),
+                        base_sequence: sequence,
                     })
                     .await?;
+                sequence = crate::storage::producer_state::seq_add(sequence, n as i64);
                 let _ = tx.send((sent, n, reply));
             }
             drop(tx);
