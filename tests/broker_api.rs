@@ -782,8 +782,18 @@ async fn retention_by_size_and_time_advances_the_start_offset() {
         let c = c.clone();
         async move { c.list_offsets(topic, None).await.unwrap()[0].earliest_offset }
     };
+    let size_of = |topic: &'static str| {
+        let c = c.clone();
+        async move { c.describe_topic(topic).await.unwrap().partitions[0].size_bytes }
+    };
+    // Retention runs on a timer: it may first run while records are still
+    // arriving, so wait for its outcome, not its first run.
     let mut waited = 0;
-    while (start("by-size").await == 0 || start("by-time").await < 90) && waited < 400 {
+    while (start("by-size").await == 0
+        || size_of("by-size").await > 8192 + 4096
+        || start("by-time").await < 90)
+        && waited < 400
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
         waited += 1;
     }
