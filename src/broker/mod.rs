@@ -220,14 +220,7 @@ impl Appended {
                     source: std::io::Error::other(e.to_string()),
                 }),
             };
-            let err = Arc::new(err);
-            result.partitions.retain(|p| p.partition != partition);
-            result
-                .failures
-                .extend(indices.into_iter().map(|index| RecordFailure {
-                    index,
-                    error: err.clone(),
-                }));
+            fail_partition(&mut result, partition, indices, err);
         }
         result.failures.sort_by_key(|f| f.index);
         result
@@ -239,14 +232,7 @@ impl Appended {
         let mut result = self.result;
         for (log, end, partition, indices) in self.flush {
             if let Err(e) = log.flush_until(end) {
-                let err = Arc::new(BrokerError::Storage(e));
-                result.partitions.retain(|p| p.partition != partition);
-                result
-                    .failures
-                    .extend(indices.into_iter().map(|index| RecordFailure {
-                        index,
-                        error: err.clone(),
-                    }));
+                fail_partition(&mut result, partition, indices, BrokerError::Storage(e));
             }
         }
         result.failures.sort_by_key(|f| f.index);
@@ -257,6 +243,23 @@ impl Appended {
     pub fn result(self) -> ProduceResult {
         self.result
     }
+}
+
+/// Moves a partition whose flush failed from the appended to the failed.
+fn fail_partition(
+    result: &mut ProduceResult,
+    partition: i32,
+    indices: Vec<usize>,
+    err: BrokerError,
+) {
+    let err = Arc::new(err);
+    result.partitions.retain(|p| p.partition != partition);
+    result
+        .failures
+        .extend(indices.into_iter().map(|index| RecordFailure {
+            index,
+            error: err.clone(),
+        }));
 }
 
 /// A read from one partition.

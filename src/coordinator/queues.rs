@@ -228,6 +228,29 @@ fn key(kind: u32, group: &str, topic: &str, partition: i32) -> Bytes {
     )
 }
 
+/// A partition-state value holding these delivery counts and finished
+/// offsets (the other fields for the caller to set).
+fn partition_value(delivered: Vec<(i64, u32)>, finished: Vec<(i64, Finished)>) -> PartitionValue {
+    let (delivered_offsets, delivered_counts) = delivered.into_iter().unzip();
+    let (finished_offsets, kinds): (Vec<i64>, Vec<Finished>) = finished.into_iter().unzip();
+    PartitionValue {
+        delivered_offsets,
+        delivered_counts,
+        finished_offsets,
+        finished_kinds: kinds.into_iter().map(|k| k as u32).collect(),
+        ..Default::default()
+    }
+}
+
+/// The record of one partition's state change.
+fn partition_record(group: &str, topic: &str, partition: i32, v: PartitionValue) -> NewRecord {
+    NewRecord {
+        key: Some(key(2, group, topic, partition)),
+        value: Some(Bytes::from(v.encode_to_vec())),
+        ..NewRecord::default()
+    }
+}
+
 fn check_name(what: &str, v: &str) -> Result<()> {
     if v.is_empty() || v.len() > 249 {
         return Err(CoordinatorError::InvalidArgument(format!(
@@ -438,24 +461,15 @@ impl Queues {
             .deltas
             .into_iter()
             .map(|d| {
-                let (delivered_offsets, delivered_counts) = d.delivered.into_iter().unzip();
-                let (finished_offsets, kinds): (Vec<i64>, Vec<Finished>) =
-                    d.finished.into_iter().unzip();
-                NewRecord {
-                    key: Some(key(2, group, &d.topic, d.partition)),
-                    value: Some(Bytes::from(
-                        PartitionValue {
-                            start: d.start,
-                            delivered_offsets,
-                            delivered_counts,
-                            finished_offsets,
-                            finished_kinds: kinds.into_iter().map(|k| k as u32).collect(),
-                            ..Default::default()
-                        }
-                        .encode_to_vec(),
-                    )),
-                    ..NewRecord::default()
-                }
+                partition_record(
+                    group,
+                    &d.topic,
+                    d.partition,
+                    PartitionValue {
+                        start: d.start,
+                        ..partition_value(d.delivered, d.finished)
+                    },
+                )
             })
             .collect();
         self.append(st, records)?;
@@ -504,27 +518,19 @@ impl Queues {
             });
             for ((topic, partition), p) in &g.partitions {
                 let (start, delivered, finished) = ShareGroup::snapshot_of(p);
-                let (delivered_offsets, delivered_counts) = delivered.into_iter().unzip();
-                let (finished_offsets, kinds): (Vec<i64>, Vec<Finished>) =
-                    finished.into_iter().unzip();
-                records.push(NewRecord {
-                    key: Some(key(2, name, topic, *partition)),
-                    value: Some(Bytes::from(
-                        PartitionValue {
-                            start: Some(start),
-                            delivered_offsets,
-                            delivered_counts,
-                            finished_offsets,
-                            finished_kinds: kinds.into_iter().map(|k| k as u32).collect(),
-                            snapshot: true,
-                            accepted: p.accepted,
-                            rejected: p.rejected,
-                            dead_lettered: p.dead_lettered,
-                        }
-                        .encode_to_vec(),
-                    )),
-                    ..NewRecord::default()
-                });
+                records.push(partition_record(
+                    name,
+                    topic,
+                    *partition,
+                    PartitionValue {
+                        start: Some(start),
+                        snapshot: true,
+                        accepted: p.accepted,
+                        rejected: p.rejected,
+                        dead_lettered: p.dead_lettered,
+                        ..partition_value(delivered, finished)
+                    },
+                ));
             }
         }
         let mut first = None;
