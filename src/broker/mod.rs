@@ -905,6 +905,32 @@ impl Broker {
         self.read(&topic, &part, offset, usize::MAX, max_bytes)
     }
 
+    /// Calls `f` with every record of an internal partition, from where the
+    /// log starts now (snapshots delete older segments) to its end: how the
+    /// coordinators rebuild their state on start.
+    pub(crate) fn replay_internal(
+        &self,
+        topic: &str,
+        partition: i32,
+        mut f: impl FnMut(&FetchedRecord),
+    ) -> Result<()> {
+        let mut offset = self
+            .list_offsets(topic, &[partition], None)?
+            .first()
+            .map_or(0, |o| o.earliest);
+        loop {
+            let read = self.read_internal(topic, partition, offset, 4 << 20)?;
+            if read.records.is_empty() {
+                return Ok(());
+            }
+            read.records.iter().for_each(&mut f);
+            offset = read.next_offset;
+            if offset >= read.high_watermark {
+                return Ok(());
+            }
+        }
+    }
+
     /// Reads any topic's partition from `offset` without waiting (the
     /// work-queue coordinator's reads).
     pub(crate) fn read_records(

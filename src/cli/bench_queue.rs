@@ -9,7 +9,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::Conn;
-use crate::client::{pb, Client, ClientError, ProducerConfig, QueueConfig};
+use crate::client::{pb, Client, ClientError, ProducerConfig, QueueConfig, Worker};
 
 /// `bench queue`.
 #[derive(Debug, Clone, Args)]
@@ -44,6 +44,14 @@ pub struct QueueBenchArgs {
     pub json: bool,
     #[command(flatten)]
     pub conn: Conn,
+}
+
+/// Counts the confirmations a worker has received.
+fn tally(worker: &mut Worker, done: &AtomicU64, refused: &AtomicU64) {
+    for r in worker.take_results() {
+        done.fetch_add(r.accepted.len() as u64, Ordering::Relaxed);
+        refused.fetch_add(r.refused.len() as u64, Ordering::Relaxed);
+    }
 }
 
 /// Runs the benchmark.
@@ -105,10 +113,7 @@ pub async fn queue(a: QueueBenchArgs) -> Result<(), ClientError> {
                 else {
                     // Nothing new: count the confirmations still owed.
                     worker.confirm().await?;
-                    for r in worker.take_results() {
-                        done.fetch_add(r.accepted.len() as u64, Ordering::Relaxed);
-                        refused.fetch_add(r.refused.len() as u64, Ordering::Relaxed);
-                    }
+                    tally(&mut worker, &done, &refused);
                     continue;
                 };
                 let Some(first) = next? else { break };
@@ -120,16 +125,10 @@ pub async fn queue(a: QueueBenchArgs) -> Result<(), ClientError> {
                     .map(|d| QueueConfig::accept(d.delivery_id))
                     .collect();
                 worker.ack(acks).await?;
-                for r in worker.take_results() {
-                    done.fetch_add(r.accepted.len() as u64, Ordering::Relaxed);
-                    refused.fetch_add(r.refused.len() as u64, Ordering::Relaxed);
-                }
+                tally(&mut worker, &done, &refused);
             }
             worker.confirm().await?;
-            for r in worker.take_results() {
-                done.fetch_add(r.accepted.len() as u64, Ordering::Relaxed);
-                refused.fetch_add(r.refused.len() as u64, Ordering::Relaxed);
-            }
+            tally(&mut worker, &done, &refused);
             Ok::<(), ClientError>(())
         }));
     }

@@ -292,35 +292,20 @@ impl Coordinator {
 
     fn replay(broker: &Broker, partition: i32, now: i64) -> Result<ShardState> {
         let mut state = ShardState::default();
-        // Snapshots delete old segments: start where the log starts now.
-        let mut offset = broker
-            .list_offsets(OFFSETS_TOPIC, &[partition], None)?
-            .first()
-            .map_or(0, |o| o.earliest);
         let mut bad = 0u64;
-        loop {
-            let read = broker.read_internal(OFFSETS_TOPIC, partition, offset, 4 << 20)?;
-            if read.records.is_empty() {
-                break;
-            }
-            for r in &read.records {
-                let Some(key) = &r.key else {
+        broker.replay_internal(OFFSETS_TOPIC, partition, |r| {
+            let Some(key) = &r.key else {
+                bad += 1;
+                return;
+            };
+            match records::apply(&mut state.groups, key, r.value.as_deref(), now) {
+                Ok(()) => state.since_snapshot += 1,
+                Err(e) => {
                     bad += 1;
-                    continue;
-                };
-                match records::apply(&mut state.groups, key, r.value.as_deref(), now) {
-                    Ok(()) => state.since_snapshot += 1,
-                    Err(e) => {
-                        bad += 1;
-                        tracing::warn!(partition, offset = r.offset, error = %e, "skipping offsets-topic record");
-                    }
+                    tracing::warn!(partition, offset = r.offset, error = %e, "skipping offsets-topic record");
                 }
             }
-            offset = read.next_offset;
-            if offset >= read.high_watermark {
-                break;
-            }
-        }
+        })?;
         if bad > 0 {
             tracing::warn!(
                 partition,

@@ -280,27 +280,13 @@ impl Queues {
             next_delivery_id: (clock)().max(0) as u64 * 1_000_000,
             ..State::default()
         };
-        let mut offset = broker
-            .list_offsets(SHARE_STATE_TOPIC, &[0], None)?
-            .first()
-            .map_or(0, |o| o.earliest);
         let mut bad = 0u64;
-        loop {
-            let read = broker.read_internal(SHARE_STATE_TOPIC, 0, offset, 4 << 20)?;
-            if read.records.is_empty() {
-                break;
+        broker.replay_internal(SHARE_STATE_TOPIC, 0, |r| {
+            st.since_snapshot += 1;
+            if Self::replay(&mut st, r.key.as_deref(), r.value.as_deref()).is_err() {
+                bad += 1;
             }
-            for r in &read.records {
-                st.since_snapshot += 1;
-                if Self::replay(&mut st, r.key.as_deref(), r.value.as_deref()).is_err() {
-                    bad += 1;
-                }
-            }
-            offset = read.next_offset;
-            if offset >= read.high_watermark {
-                break;
-            }
-        }
+        })?;
         if bad > 0 {
             tracing::warn!(
                 skipped = bad,

@@ -502,6 +502,25 @@ impl Log {
         Ok(())
     }
 
+    /// Deletes the first `n` (sealed) segments: out of the list under the
+    /// writer lock, then their files after it. Returns the new start offset.
+    fn drop_head(
+        &self,
+        mut w: parking_lot::MutexGuard<'_, Writer>,
+        segments: &[Arc<Segment>],
+        n: usize,
+    ) -> i64 {
+        let new_start = segments[n].base_offset();
+        *self.segments.write() = Arc::new(segments[n..].to_vec());
+        w.pending.retain(|p| p.base_offset >= new_start);
+        self.drop_snapshots_below(&mut w, new_start);
+        drop(w);
+        for s in &segments[..n] {
+            remove_segment_files(&self.dir, s.base_offset());
+        }
+        new_start
+    }
+
     /// Removes producer-state snapshots of deleted segments, keeping the
     /// newest one whatever its offset (it still holds producers whose
     /// batches are gone).
@@ -1170,7 +1189,7 @@ impl Log {
     /// whose removal keeps the log at or above `retention_bytes`. The active
     /// segment is never deleted. Readers holding deleted data keep it.
     pub fn apply_retention(&self) -> Result<RetentionOutcome> {
-        let mut w = self.writer.lock();
+        let w = self.writer.lock();
         let segments = self.segments();
         let now = (self.config.clock)();
         let mut remaining: u64 = segments.iter().map(|s| s.size()).sum();
@@ -1201,14 +1220,7 @@ impl Log {
             deleted_segments: n,
             deleted_bytes: segments[..n].iter().map(|s| s.size()).sum(),
         };
-        let new_start = segments[n].base_offset();
-        *self.segments.write() = Arc::new(segments[n..].to_vec());
-        w.pending.retain(|p| p.base_offset >= new_start);
-        self.drop_snapshots_below(&mut w, new_start);
-        drop(w);
-        for s in &segments[..n] {
-            remove_segment_files(&self.dir, s.base_offset());
-        }
+        let new_start = self.drop_head(w, &segments, n);
         info!(dir = %self.dir.display(), deleted = n, bytes = outcome.deleted_bytes, new_start, "retention deleted segments");
         Ok(outcome)
     }
@@ -1218,7 +1230,7 @@ impl Log {
     /// at or after `offset`). The active segment is never deleted, so the
     /// new start offset may be below `offset`. Returns the new start offset.
     pub fn delete_before(&self, offset: i64) -> Result<i64> {
-        let mut w = self.writer.lock();
+        let w = self.writer.lock();
         let segments = self.segments();
         let n = segments
             .windows(2)
@@ -1227,14 +1239,7 @@ impl Log {
         if n == 0 {
             return Ok(segments[0].base_offset());
         }
-        let new_start = segments[n].base_offset();
-        *self.segments.write() = Arc::new(segments[n..].to_vec());
-        w.pending.retain(|p| p.base_offset >= new_start);
-        self.drop_snapshots_below(&mut w, new_start);
-        drop(w);
-        for s in &segments[..n] {
-            remove_segment_files(&self.dir, s.base_offset());
-        }
+        let new_start = self.drop_head(w, &segments, n);
         debug!(dir = %self.dir.display(), deleted = n, new_start, "deleted segments below a snapshot");
         Ok(new_start)
     }
