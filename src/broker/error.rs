@@ -54,6 +54,21 @@ pub enum BrokerError {
     /// The storage layer failed (or refused the request).
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// Stored records failed their checksum or framing when read. Records
+    /// before them were served; reading from `to` on skips them.
+    #[error("records at offsets [{from}, {to}) of partition {partition} of topic '{topic}' are damaged on disk ({reason}); fetch from offset {to} to skip them")]
+    DamagedRecords {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// First damaged offset.
+        from: i64,
+        /// First readable offset after the damage.
+        to: i64,
+        /// What is wrong (no server paths).
+        reason: String,
+    },
     /// Topic metadata could not be read or written.
     #[error("topic metadata {path}: {reason}")]
     Metadata {
@@ -70,7 +85,7 @@ impl BrokerError {
     pub fn is_fatal(&self) -> bool {
         match self {
             BrokerError::Storage(e) => e.is_fatal(),
-            BrokerError::Metadata { .. } => true,
+            BrokerError::Metadata { .. } | BrokerError::DamagedRecords { .. } => true,
             _ => false,
         }
     }

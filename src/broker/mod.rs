@@ -571,6 +571,11 @@ impl Broker {
         &self.config
     }
 
+    /// The file system every log and metadata file goes through.
+    fn fs(&self) -> &dyn crate::storage::FileSystem {
+        &*self.config.log.fs
+    }
+
     fn check_running(&self) -> Result<()> {
         if *self.shutdown.borrow() {
             Err(BrokerError::ShuttingDown)
@@ -681,8 +686,10 @@ impl Broker {
         let to = self
             .trash_dir
             .join(format!("{name}.{}.{seq}", now_ms(&self.config.log)));
-        std::fs::rename(dir, &to).map_err(|e| io_err("moving to trash", dir, e))?;
-        crate::storage::sync_dir(&self.topics_dir)?;
+        self.fs()
+            .rename(dir, &to)
+            .map_err(|e| io_err("moving to trash", dir, e))?;
+        crate::storage::sync_dir(self.fs(), &self.topics_dir)?;
         Ok(to)
     }
 
@@ -744,10 +751,11 @@ impl Broker {
         if dir.exists() {
             self.move_to_trash(&dir)?;
         }
-        std::fs::create_dir(&dir).map_err(|e| io_err("creating", &dir, e))?;
         for i in 0..partitions {
             let p = dir.join(i.to_string());
-            std::fs::create_dir(&p).map_err(|e| io_err("creating", &p, e))?;
+            self.fs()
+                .create_dir_all(&p)
+                .map_err(|e| io_err("creating", &p, e))?;
         }
         let meta = TopicMeta {
             name: name.to_string(),
@@ -755,8 +763,8 @@ impl Broker {
             config,
             created_ms: now_ms(&self.config.log),
         };
-        meta.write(&dir)?;
-        crate::storage::sync_dir(&self.topics_dir)?;
+        meta.write(self.fs(), &dir)?;
+        crate::storage::sync_dir(self.fs(), &self.topics_dir)?;
         let topic = Arc::new(self.topic_from_meta(meta, dir));
         self.topics.write().insert(name.to_string(), topic.clone());
         tracing::info!(topic = name, partitions, "topic created");
@@ -852,13 +860,15 @@ impl Broker {
             for i in count..total {
                 let dir = topic.dir.join(i.to_string());
                 if !dir.exists() {
-                    std::fs::create_dir(&dir).map_err(|e| io_err("creating", &dir, e))?;
+                    self.fs()
+                        .create_dir_all(&dir)
+                        .map_err(|e| io_err("creating", &dir, e))?;
                 }
                 parts.push(Arc::new(Partition::new(topic.name.clone(), i, dir)));
             }
             let mut meta = topic.meta();
             meta.partitions = total;
-            meta.write(&topic.dir)?;
+            meta.write(self.fs(), &topic.dir)?;
             *topic.partitions.write() = Arc::new(parts);
             tracing::info!(topic = name, from = count, to = total, "partitions added");
         }
@@ -1179,7 +1189,24 @@ impl Broker {
         max_bytes: usize,
     ) -> Result<FetchResult> {
         let log = self.log_of(topic, part)?;
-        let read = log.read(offset, max_bytes)?;
+        let read = log.read(offset, max_bytes).map_err(|e| match e {
+            StorageError::DamagedBatch {
+                path,
+                from,
+                to,
+                reason,
+            } => {
+                tracing::error!(topic = %topic.name, partition = part.id, path = %path.display(), from, to, %reason, "damaged batch on disk");
+                BrokerError::DamagedRecords {
+                    topic: topic.name.to_string(),
+                    partition: part.id,
+                    from,
+                    to,
+                    reason: "checksum or framing mismatch".into(),
+                }
+            }
+            e => BrokerError::Storage(e),
+        })?;
         let mut out = FetchResult {
             records: Vec::new(),
             next_offset: offset,
@@ -1187,16 +1214,21 @@ impl Broker {
             high_watermark: read.log_end_offset,
         };
         let data = &read.data;
-        let corrupt = |e: crate::storage::BatchError| {
-            BrokerError::Storage(StorageError::Corrupt {
-                path: part.dir.clone(),
-                reason: format!("batch read at offset {offset}: {e}"),
-            })
+        // Batches come checksum-verified; a record that still fails to
+        // decode is reported like any damage, without server paths.
+        let corrupt = |from: i64, to: i64| {
+            move |e: crate::storage::BatchError| BrokerError::DamagedRecords {
+                topic: topic.name.to_string(),
+                partition: part.id,
+                from,
+                to,
+                reason: e.to_string(),
+            }
         };
         let share = |s: &[u8]| data.slice_ref(s);
         let mut bytes = 0u64;
         'batches: for batch in BatchIter::new(data) {
-            let batch = batch.map_err(corrupt)?;
+            let batch = batch.map_err(corrupt(offset, read.log_end_offset))?;
             if batch.next_offset() <= offset {
                 continue;
             }
@@ -1206,7 +1238,7 @@ impl Broker {
             }
             bytes += batch.len() as u64;
             for rec in batch.records() {
-                let rec = rec.map_err(corrupt)?;
+                let rec = rec.map_err(corrupt(batch.base_offset(), batch.next_offset()))?;
                 if rec.offset < offset {
                     continue;
                 }

@@ -177,13 +177,13 @@ impl TopicMeta {
     }
 
     /// Writes the file atomically (temp file, sync, rename, sync dir).
-    pub fn write(&self, dir: &Path) -> Result<()> {
+    pub fn write(&self, fs: &dyn crate::storage::FileSystem, dir: &Path) -> Result<()> {
         let path = dir.join(TOPIC_FILE);
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| BrokerError::Metadata {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        crate::storage::write_file_atomic(&path, &bytes)?;
+        crate::storage::write_file_atomic(fs, &path, &bytes)?;
         Ok(())
     }
 }

@@ -13,6 +13,7 @@
 use std::path::Path;
 
 use super::error::{Result, StorageError};
+use super::fs::FileSystem;
 use super::mmap::write_file_atomic;
 
 /// File name of the checkpoint inside a log directory.
@@ -81,8 +82,8 @@ impl Checkpoint {
     }
 
     /// Durably replaces the checkpoint of the log in `dir`.
-    pub fn write(&self, dir: &Path) -> Result<()> {
-        write_file_atomic(&dir.join(FILE_NAME), &self.encode())
+    pub fn write(&self, fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+        write_file_atomic(fs, &dir.join(FILE_NAME), &self.encode())
     }
 }
 
@@ -99,7 +100,7 @@ mod tests {
             clean: true,
             leader_epoch: 7,
         };
-        cp.write(dir.path()).expect("write");
+        cp.write(&crate::storage::OsFs, dir.path()).expect("write");
         assert_eq!(Checkpoint::read(dir.path()).expect("read"), Some(cp));
         let mut bytes = std::fs::read(dir.path().join(FILE_NAME)).expect("bytes");
         bytes[9] ^= 1;

@@ -3,6 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use super::error::{Result, StorageError};
+use super::fs::{os_fs, Fs};
 use super::index::{OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
 
 /// When appended data is forced to disk (beyond explicit [`crate::storage::Log::flush`]).
@@ -61,6 +62,9 @@ pub struct LogConfig {
     pub producer_expiration_ms: u64,
     /// Wall clock, ms since the epoch.
     pub clock: Clock,
+    /// The file system that creates, renames, unlinks and syncs the log's
+    /// files: the real one, or a simulated-crash one in tests.
+    pub fs: Fs,
 }
 
 impl std::fmt::Debug for LogConfig {
@@ -96,6 +100,7 @@ impl Default for LogConfig {
             flush: FlushPolicy::Interval(Duration::from_secs(1)),
             producer_expiration_ms: 24 * 3600 * 1000,
             clock: system_clock(),
+            fs: os_fs(),
         }
     }
 }

@@ -52,6 +52,19 @@ pub enum StorageError {
         /// What is wrong.
         reason: String,
     },
+    /// A stored batch failed its checksum or framing when it was read.
+    /// Batches before it are still served; reading from `to` on skips it.
+    #[error("damaged data in {path} at offsets [{from}, {to}): {reason}")]
+    DamagedBatch {
+        /// File holding the damage (for the server's log, not for clients).
+        path: PathBuf,
+        /// First offset the damage may hold.
+        from: i64,
+        /// First offset after it that can be read.
+        to: i64,
+        /// What is wrong.
+        reason: String,
+    },
     /// An operating-system I/O call failed.
     #[error("I/O error while {op} {path}: {source}")]
     Io {
@@ -122,7 +135,12 @@ impl StorageError {
     /// True for errors that mean the log or the machine is in trouble, as
     /// opposed to a bad request that leaves the log serving.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, StorageError::Io { .. } | StorageError::Corrupt { .. })
+        matches!(
+            self,
+            StorageError::Io { .. }
+                | StorageError::Corrupt { .. }
+                | StorageError::DamagedBatch { .. }
+        )
     }
 }
 

@@ -97,41 +97,63 @@ pub fn lookup_time(index: &[u8], timestamp: i64) -> u32 {
     }
 }
 
-/// Number of entries before the zero entry that ends a preallocated index.
-pub fn live_offset_entries(index: &[u8]) -> usize {
-    let n = index.len() / OFFSET_ENTRY_LEN;
-    (0..n)
-        .find(|&i| offset_entry_at(index, i) == (0, 0))
-        .unwrap_or(n)
-}
-
-/// Checks a sealed segment's indexes against the segment: entries rise
-/// strictly and point inside it. `data_len` is the data file's length and
-/// `span` the segment's number of offsets.
-pub fn indexes_consistent(offsets: &[u8], times: &[u8], data_len: u64, span: u64) -> bool {
+/// Checks a segment's indexes against its data: whole entries that rise
+/// strictly, point inside the data (`data_len` bytes) and below `span`
+/// offsets (`None`: not known yet). Returns the last time entry.
+fn entries_sane(
+    offsets: &[u8],
+    times: &[u8],
+    data_len: u64,
+    span: Option<u64>,
+) -> Option<Option<(i64, u32)>> {
     if !offsets.len().is_multiple_of(OFFSET_ENTRY_LEN)
         || !times.len().is_multiple_of(TIME_ENTRY_LEN)
     {
-        return false;
+        return None;
     }
+    let below_span = |r: u32, inclusive: bool| {
+        span.is_none_or(|s| {
+            if inclusive {
+                u64::from(r) <= s
+            } else {
+                u64::from(r) < s
+            }
+        })
+    };
     let mut prev = (0u32, 0u32);
     for i in 0..offsets.len() / OFFSET_ENTRY_LEN {
         let (r, p) = offset_entry_at(offsets, i);
-        if r <= prev.0 || p <= prev.1 || u64::from(p) >= data_len || u64::from(r) >= span {
-            return false;
+        if r <= prev.0 || p <= prev.1 || u64::from(p) >= data_len || !below_span(r, false) {
+            return None;
         }
         prev = (r, p);
     }
     let mut prev: Option<(i64, u32)> = None;
     for i in 0..times.len() / TIME_ENTRY_LEN {
         let (t, r) = time_entry_at(times, i);
-        if r == 0 || u64::from(r) > span || prev.is_some_and(|(pt, pr)| t <= pt || r <= pr) {
-            return false;
+        if r == 0 || !below_span(r, true) || prev.is_some_and(|(pt, pr)| t <= pt || r <= pr) {
+            return None;
         }
         prev = Some((t, r));
     }
-    // A non-empty sealed segment ends with an entry covering all of it.
-    span == 0 || prev.is_some_and(|(_, r)| u64::from(r) == span)
+    Some(prev)
+}
+
+/// Checks an active (or cleanly closed) segment's indexes: entries rise
+/// strictly and point inside its `data_len` bytes of data.
+pub fn indexes_sane(offsets: &[u8], times: &[u8], data_len: u64) -> bool {
+    entries_sane(offsets, times, data_len, None).is_some()
+}
+
+/// Checks a sealed segment's indexes against the segment: entries rise
+/// strictly and point inside it. `data_len` is the data file's length and
+/// `span` the segment's number of offsets.
+pub fn indexes_consistent(offsets: &[u8], times: &[u8], data_len: u64, span: u64) -> bool {
+    match entries_sane(offsets, times, data_len, Some(span)) {
+        // A non-empty sealed segment ends with an entry covering all of it.
+        Some(last) => span == 0 || last.is_some_and(|(_, r)| u64::from(r) == span),
+        None => false,
+    }
 }
 
 /// Decides where index entries go. One instance follows a segment's batches
@@ -321,10 +343,6 @@ mod tests {
         assert!(
             !indexes_consistent(&offs[..5], &times, 400, 9),
             "torn entry"
-        );
-        assert_eq!(
-            live_offset_entries(&[offs.clone(), vec![0; 16]].concat()),
-            2
         );
     }
 }

@@ -25,14 +25,15 @@ use super::batch::{BatchIter, NO_PRODUCER_ID};
 use super::checkpoint::{self, Checkpoint};
 use super::config::{FlushPolicy, LogConfig};
 use super::error::{Result, StorageError};
+use super::fs::FileSystem;
 use super::index::{
-    offset_entry_at, time_entry_at, IndexBuilder, OFFSET_ENTRY_LEN, TIME_ENTRY_LEN,
+    indexes_sane, offset_entry_at, time_entry_at, IndexBuilder, OFFSET_ENTRY_LEN, TIME_ENTRY_LEN,
 };
 use super::mmap::{map_sealed, sync_dir, write_file_atomic};
 use super::producer_state::{BatchMeta, Check, ProducerStates, SNAPSHOT_EXT};
 use super::segment::{
-    scan, segment_path, ActiveSegment, RecoveredSegment, SealedFiles, Segment, Verify, INDEX_EXT,
-    LOG_EXT, TIME_INDEX_EXT,
+    scan, segment_path, ActiveSegment, RecoveredSegment, ScanOutcome, SealedFiles, Segment, Verify,
+    INDEX_EXT, LOG_EXT, TIME_INDEX_EXT,
 };
 
 /// Where an appended batch landed.
@@ -98,6 +99,10 @@ struct Writer {
     /// Rolled segments whose files are not yet synced; the recovery point
     /// advances past them once they are.
     pending: Vec<SealedFiles>,
+    /// Producer-state snapshots taken at rolls (offset, encoded state),
+    /// written once every batch below their offset is synced: a snapshot
+    /// must never be durable before the data it describes.
+    pending_snapshots: Vec<(i64, Vec<u8>)>,
     /// The on-disk checkpoint no longer claims a clean close.
     marked_unclean: bool,
     /// Idempotent producers' sequences; checked and updated with each
@@ -161,7 +166,7 @@ struct Found {
 /// Lists a log directory: segment files by base offset, and the offsets of
 /// producer-state snapshots. Leftover temporary files and index files
 /// without data are removed; anything else is an error.
-fn list_dir(dir: &Path) -> Result<(BTreeMap<i64, Found>, Vec<i64>)> {
+fn list_dir(fs: &dyn FileSystem, dir: &Path) -> Result<(BTreeMap<i64, Found>, Vec<i64>)> {
     let mut found: BTreeMap<i64, Found> = BTreeMap::new();
     let mut snapshots = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| StorageError::io("listing", dir, e))?;
@@ -177,7 +182,8 @@ fn list_dir(dir: &Path) -> Result<(BTreeMap<i64, Found>, Vec<i64>)> {
         }
         if name.ends_with(".tmp") || name.ends_with(".truncating") {
             warn!(path = %path.display(), "removing a temporary file left by an interrupted write");
-            std::fs::remove_file(&path).map_err(|e| StorageError::io("removing", &path, e))?;
+            fs.remove_file(&path)
+                .map_err(|e| StorageError::io("removing", &path, e))?;
             continue;
         }
         let parsed = name.split_once('.').and_then(|(stem, ext)| {
@@ -210,7 +216,7 @@ fn list_dir(dir: &Path) -> Result<(BTreeMap<i64, Found>, Vec<i64>)> {
                 "removing index files of a segment whose data file is gone"
             );
             for ext in [INDEX_EXT, TIME_INDEX_EXT] {
-                let _ = std::fs::remove_file(segment_path(dir, base, ext));
+                let _ = fs.remove_file(&segment_path(dir, base, ext));
             }
         }
         f.log
@@ -235,11 +241,11 @@ fn created_ms(path: &Path, fallback: i64) -> i64 {
         .map_or(fallback, |d| d.as_millis() as i64)
 }
 
-fn remove_segment_files(dir: &Path, base: i64) {
+fn remove_segment_files(fs: &dyn FileSystem, dir: &Path, base: i64) {
     // Data first: index files without data are cleaned up on open.
     for ext in [LOG_EXT, INDEX_EXT, TIME_INDEX_EXT] {
         let path = segment_path(dir, base, ext);
-        if let Err(e) = std::fs::remove_file(&path) {
+        if let Err(e) = fs.remove_file(&path) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 warn!(path = %path.display(), error = %e, "could not remove segment file");
             }
@@ -257,8 +263,10 @@ impl Log {
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Self> {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("creating", &dir, e))?;
-        let (found, snapshots) = list_dir(&dir)?;
+        let fs = &*config.fs;
+        fs.create_dir_all(&dir)
+            .map_err(|e| StorageError::io("creating", &dir, e))?;
+        let (found, snapshots) = list_dir(fs, &dir)?;
         let saved = Checkpoint::read(&dir)?;
         let now = (config.clock)();
         let bases: Vec<i64> = found.keys().copied().collect();
@@ -276,13 +284,13 @@ impl Log {
         if bases.is_empty() {
             let base = saved.map_or(0, |c| c.recovery_point.max(0));
             active = ActiveSegment::create(&dir, base, &config, now)?;
-            sync_dir(&dir)?;
+            sync_dir(fs, &dir)?;
             checkpoint = Checkpoint {
                 recovery_point: base,
                 clean: false,
                 leader_epoch,
             };
-            checkpoint.write(&dir)?;
+            checkpoint.write(fs, &dir)?;
         } else {
             let last = bases.len() - 1;
             let clean = saved.is_some_and(|c| c.clean);
@@ -349,14 +357,14 @@ impl Log {
                     }
                     let created = created_ms(&segment_path(&dir, tail.0, LOG_EXT), now);
                     active = ActiveSegment::open(&dir, tail.0, &tail.1, &config, created, false)?;
-                    sync_dir(&dir)?;
+                    sync_dir(fs, &dir)?;
                     // Everything before the tail segment is now verified and synced.
                     checkpoint = Checkpoint {
                         recovery_point: tail.0,
                         clean: false,
                         leader_epoch,
                     };
-                    checkpoint.write(&dir)?;
+                    checkpoint.write(fs, &dir)?;
                 }
             }
         }
@@ -375,7 +383,16 @@ impl Log {
         );
         let marked_unclean = !checkpoint.clean;
         let (producers, snapshots) =
-            Self::load_producers(&dir, &segments, end, report.clean, snapshots, now)?;
+            Self::load_producers(fs, &dir, &segments, end, report.clean, snapshots, now)?;
+        // After a crash the recovered tail may exist only in the page cache
+        // (a process crash keeps it there): it is durable only once synced.
+        let flushed = if report.clean {
+            end
+        } else {
+            checkpoint
+                .recovery_point
+                .clamp(segments[0].base_offset(), end)
+        };
         Ok(Self {
             dir,
             segments: RwLock::new(Arc::new(segments)),
@@ -385,12 +402,13 @@ impl Log {
                 leader_epoch,
                 records_since_flush: 0,
                 pending: Vec::new(),
+                pending_snapshots: Vec::new(),
                 marked_unclean,
                 producers,
                 snapshots,
             }),
             flush: Mutex::new(FlushState {
-                flushed: end,
+                flushed,
                 in_progress: false,
                 last_flush_ms: now,
             }),
@@ -408,6 +426,7 @@ impl Log {
     /// close the snapshot at `end` is the whole state (none: no producers).
     /// Returns the state and the snapshots kept.
     fn load_producers(
+        fs: &dyn FileSystem,
         dir: &Path,
         segments: &[Arc<Segment>],
         end: i64,
@@ -417,7 +436,7 @@ impl Log {
     ) -> Result<(ProducerStates, Vec<i64>)> {
         // Snapshots past the end describe batches recovery cut off.
         for &s in snapshots.iter().filter(|&&s| s > end) {
-            let _ = std::fs::remove_file(segment_path(dir, s, SNAPSHOT_EXT));
+            let _ = fs.remove_file(&segment_path(dir, s, SNAPSHOT_EXT));
         }
         snapshots.retain(|&s| s <= end);
         if clean && snapshots.is_empty() {
@@ -483,21 +502,30 @@ impl Log {
         Ok((state, snapshots))
     }
 
-    /// Writes the producer state as of `offset` (every batch below it) and
-    /// keeps the newest two snapshots. Idle producers expire first.
-    fn write_producer_snapshot(&self, w: &mut Writer, offset: i64, now: i64) -> Result<()> {
+    /// The producer state as of `offset` (every batch below it), encoded
+    /// for a snapshot. Idle producers expire first.
+    fn producer_snapshot(&self, w: &mut Writer, now: i64) -> Vec<u8> {
         let idle_before = now.saturating_sub(self.config.producer_expiration_ms as i64);
         w.producers.expire(idle_before);
-        write_file_atomic(
-            &segment_path(&self.dir, offset, SNAPSHOT_EXT),
-            &w.producers.encode(),
-        )?;
-        if w.snapshots.last() != Some(&offset) {
-            w.snapshots.push(offset);
+        w.producers.encode()
+    }
+
+    /// Writes a producer-state snapshot at `offset`, whose batches below it
+    /// must already be durable, and keeps the newest two snapshots.
+    fn write_producer_snapshot(&self, offset: i64, encoded: &[u8]) -> Result<()> {
+        let fs = &*self.config.fs;
+        write_file_atomic(fs, &segment_path(&self.dir, offset, SNAPSHOT_EXT), encoded)?;
+        let mut w = self.writer.lock();
+        if let Err(at) = w.snapshots.binary_search(&offset) {
+            w.snapshots.insert(at, offset);
         }
+        let mut removed = Vec::new();
         while w.snapshots.len() > 2 {
-            let old = w.snapshots.remove(0);
-            let _ = std::fs::remove_file(segment_path(&self.dir, old, SNAPSHOT_EXT));
+            removed.push(w.snapshots.remove(0));
+        }
+        drop(w);
+        for old in removed {
+            let _ = fs.remove_file(&segment_path(&self.dir, old, SNAPSHOT_EXT));
         }
         Ok(())
     }
@@ -513,10 +541,19 @@ impl Log {
         let new_start = segments[n].base_offset();
         *self.segments.write() = Arc::new(segments[n..].to_vec());
         w.pending.retain(|p| p.base_offset >= new_start);
+        // The newest pending snapshot is at or above the active segment's
+        // base, so it stays.
+        w.pending_snapshots.retain(|(o, _)| *o >= new_start);
         self.drop_snapshots_below(&mut w, new_start);
         drop(w);
+        let fs = &*self.config.fs;
         for s in &segments[..n] {
-            remove_segment_files(&self.dir, s.base_offset());
+            remove_segment_files(fs, &self.dir, s.base_offset());
+        }
+        // The unlinks become durable now, not at some later sync: callers
+        // may only delete history whose replacement is already durable.
+        if let Err(e) = sync_dir(fs, &self.dir) {
+            warn!(dir = %self.dir.display(), error = %e, "syncing the directory after deleting segments failed");
         }
         new_start
     }
@@ -531,7 +568,10 @@ impl Log {
             let keep = s >= start || i >= keep_from;
             i += 1;
             if !keep {
-                let _ = std::fs::remove_file(segment_path(&self.dir, s, SNAPSHOT_EXT));
+                let _ = self
+                    .config
+                    .fs
+                    .remove_file(&segment_path(&self.dir, s, SNAPSHOT_EXT));
             }
             keep
         });
@@ -560,6 +600,10 @@ impl Log {
             return Ok(None);
         }
         let data = map_sealed(&segment_path(dir, base, LOG_EXT))?;
+        if !indexes_sane(&index, &time, data.len() as u64) {
+            warn!(segment = %segment_path(dir, base, LOG_EXT).display(), "index of the last segment is damaged; rebuilding it");
+            return Ok(None);
+        }
         let last_entry = index
             .len()
             .checked_sub(OFFSET_ENTRY_LEN)
@@ -616,18 +660,40 @@ impl Log {
     ) -> Result<((i64, RecoveredSegment), Option<i32>)> {
         let mut expected = bases[0];
         let mut epoch = None;
+        // The last sealed segment verified here, which becomes the tail
+        // again if the segment after it does not continue it.
+        let mut previous: Option<(i64, ScanOutcome)> = None;
         for (i, &base) in bases.iter().enumerate() {
             let path = segment_path(dir, base, LOG_EXT);
+            if base != expected && i > 0 {
+                // A segment whose predecessor's end went missing (its last
+                // batches, or a whole segment, were never made durable):
+                // keeping it would leave a gap. Everything from it on goes,
+                // and the previous segment is the tail again.
+                let mut cut = 0;
+                for &b in &bases[i..] {
+                    cut += file_len(&segment_path(dir, b, LOG_EXT)).unwrap_or(0);
+                    remove_segment_files(&*config.fs, dir, b);
+                }
+                warn!(
+                    segment = %path.display(),
+                    expected,
+                    dropped_segments = bases.len() - i,
+                    dropped_bytes = cut,
+                    "recovery dropped segments that do not continue the log"
+                );
+                report.truncated_bytes += cut;
+                report.dropped_segments += bases.len() - i;
+                let (prev_base, outcome) =
+                    previous.take().ok_or_else(|| StorageError::Corrupt {
+                        path: path.clone(),
+                        reason: "no segment before a misplaced one".into(),
+                    })?;
+                segments.pop();
+                return Ok(((prev_base, RecoveredSegment::from(&outcome)), epoch));
+            }
             let data = map_sealed(&path)?;
-            let outcome = if base == expected || i == 0 {
-                scan(&data, base, config.index_interval_bytes, Some(verify))
-            } else {
-                let mut o = scan(&[], base, config.index_interval_bytes, None);
-                o.error = Some(format!(
-                    "segment starts at offset {base} but the previous one ends at {expected}"
-                ));
-                o
-            };
+            let outcome = scan(&data, base, config.index_interval_bytes, Some(verify));
             report.segments_scanned += 1;
             report.batches_scanned += outcome.batches;
             let written = data
@@ -646,7 +712,7 @@ impl Log {
                 let mut cut = written.saturating_sub(outcome.valid_len);
                 for &b in dropped {
                     cut += file_len(&segment_path(dir, b, LOG_EXT)).unwrap_or(0);
-                    remove_segment_files(dir, b);
+                    remove_segment_files(&*config.fs, dir, b);
                 }
                 if cut > 0 || !dropped.is_empty() {
                     warn!(
@@ -671,13 +737,17 @@ impl Log {
                 .map_err(|e| StorageError::io("opening", &path, e))?;
             f.set_len(outcome.valid_len)
                 .map_err(|e| StorageError::io("trimming", &path, e))?;
-            f.sync_data()
+            config
+                .fs
+                .sync_data(&f)
                 .map_err(|e| StorageError::io("syncing", &path, e))?;
             let (index, time) = outcome.sealed_indexes();
-            write_file_atomic(&segment_path(dir, base, INDEX_EXT), &index)?;
-            write_file_atomic(&segment_path(dir, base, TIME_INDEX_EXT), &time)?;
+            let fs = &*config.fs;
+            write_file_atomic(fs, &segment_path(dir, base, INDEX_EXT), &index)?;
+            write_file_atomic(fs, &segment_path(dir, base, TIME_INDEX_EXT), &time)?;
             segments.push(Segment::unloaded(dir, base, outcome.valid_len, config));
             expected = outcome.next_offset;
+            previous = Some((base, outcome));
         }
         // `bases` is never empty, and its last segment returns above.
         Err(StorageError::Corrupt {
@@ -714,8 +784,9 @@ impl Log {
             });
         }
         let (index, time) = outcome.sealed_indexes();
-        write_file_atomic(&segment_path(dir, base, INDEX_EXT), &index)?;
-        write_file_atomic(&segment_path(dir, base, TIME_INDEX_EXT), &time)
+        let fs = &*config.fs;
+        write_file_atomic(fs, &segment_path(dir, base, INDEX_EXT), &index)?;
+        write_file_atomic(fs, &segment_path(dir, base, TIME_INDEX_EXT), &time)
     }
 
     /// The log's directory.
@@ -783,7 +854,7 @@ impl Log {
         let mut next = *saved;
         f(&mut next);
         if next != *saved {
-            next.write(&self.dir)?;
+            next.write(&*self.config.fs, &self.dir)?;
             *saved = next;
         }
         Ok(())
@@ -914,20 +985,27 @@ impl Log {
             Ok(files) => files,
             Err(e) => {
                 drop(next);
-                remove_segment_files(&self.dir, base);
+                remove_segment_files(&*self.config.fs, &self.dir, base);
                 return Err(e);
             }
         };
+        // From here nothing can fail: readers see the new segment as soon
+        // as appends go to it.
         let new_segment = next.segment().clone();
+        {
+            let mut list = self.segments.write();
+            let mut segments = Vec::clone(&list);
+            segments.push(new_segment);
+            *list = Arc::new(segments);
+        }
         w.pending.push(sealed);
         w.active = next;
-        // Recovery after a crash replays producer state from here, so it
-        // never scans more than the active segment.
-        self.write_producer_snapshot(w, base, now)?;
-        let mut list = self.segments.write();
-        let mut segments = Vec::clone(&list);
-        segments.push(new_segment);
-        *list = Arc::new(segments);
+        // Recovery after a crash replays producer state from the newest
+        // snapshot, so it never scans more than the active segment. The
+        // snapshot is written by the flush that makes the sealed segment
+        // durable, never before.
+        let encoded = self.producer_snapshot(w, now);
+        w.pending_snapshots.push((base, encoded));
         Ok(())
     }
 
@@ -961,7 +1039,7 @@ impl Log {
                 Ok(v) => v,
                 Err(e) => return Err(self.deleted_or(e, offset)),
             };
-            if let Some(data) = view.read(offset, max_bytes, end)? {
+            if let Some(data) = view.read(offset, max_bytes, end, next)? {
                 return result(data);
             }
         }
@@ -1033,33 +1111,49 @@ impl Log {
     /// below which everything is now durable. Called by the one flushing
     /// thread, without the writer lock (appends go on meanwhile).
     fn sync_now(&self) -> Result<i64> {
-        let (pending, data_file, active_base, end) = {
+        let (pending, snapshots, data_file, active_base, end) = {
             let mut w = self.writer.lock();
             (
                 std::mem::take(&mut w.pending),
+                std::mem::take(&mut w.pending_snapshots),
                 w.active.data_file().clone(),
                 w.active.segment().base_offset(),
                 w.active.next_offset(),
             )
         };
+        let fs = &*self.config.fs;
         let result = (|| {
             for sealed in &pending {
                 sealed.sync()?;
             }
-            data_file.sync_data().map_err(|e| {
+            fs.sync_data(&data_file).map_err(|e| {
                 StorageError::io("syncing", segment_path(&self.dir, active_base, LOG_EXT), e)
             })?;
             if !pending.is_empty() {
                 // New segment files' directory entries, then the recovery point.
-                sync_dir(&self.dir)?;
+                sync_dir(fs, &self.dir)?;
                 self.update_checkpoint(|c| c.recovery_point = c.recovery_point.max(active_base))?;
             }
             Ok(end)
         })();
-        if result.is_err() && !pending.is_empty() {
-            let mut w = self.writer.lock();
-            let later = std::mem::replace(&mut w.pending, pending);
-            w.pending.extend(later);
+        match &result {
+            Ok(_) => {
+                // Every batch below `end` is durable: snapshots of the
+                // producer state at or below it may follow. A failed one
+                // only makes the next recovery replay more of the log.
+                for (offset, encoded) in &snapshots {
+                    if let Err(e) = self.write_producer_snapshot(*offset, encoded) {
+                        warn!(dir = %self.dir.display(), offset, error = %e, "writing a producer-state snapshot failed; recovery will replay the log instead");
+                    }
+                }
+            }
+            Err(_) => {
+                let mut w = self.writer.lock();
+                let later = std::mem::replace(&mut w.pending, pending);
+                w.pending.extend(later);
+                let later = std::mem::replace(&mut w.pending_snapshots, snapshots);
+                w.pending_snapshots.extend(later);
+            }
         }
         result
     }
@@ -1067,7 +1161,10 @@ impl Log {
     /// Flushes if the policy says it is time, or if rolled segments wait to
     /// be synced. For a periodic caller such as [`crate::storage::Flusher`].
     pub fn flush_if_due(&self) -> Result<bool> {
-        let pending = !self.writer.lock().pending.is_empty();
+        let pending = {
+            let w = self.writer.lock();
+            !w.pending.is_empty() || !w.pending_snapshots.is_empty()
+        };
         let timed_out = match self.config.flush {
             FlushPolicy::Interval(d) => {
                 let st = self.flush.lock();
@@ -1131,14 +1228,16 @@ impl Log {
                     reason: format!("no batch holds offset {offset} below the segment end {next}"),
                 })?;
         let now = (self.config.clock)();
+        let fs = &*self.config.fs;
         let new_active = if cut == 0 {
             ActiveSegment::create(&self.dir, base, &self.config, now)?
         } else {
             let kept = &view.data[..cut];
             let tmp = segment_path(&self.dir, base, "log.truncating");
-            write_file_atomic(&tmp, kept)?;
+            write_file_atomic(fs, &tmp, kept)?;
             let path = seg.path(LOG_EXT);
-            std::fs::rename(&tmp, &path).map_err(|e| StorageError::io("renaming", &tmp, e))?;
+            fs.rename(&tmp, &path)
+                .map_err(|e| StorageError::io("renaming", &tmp, e))?;
             let outcome = scan(kept, base, self.config.index_interval_bytes, None);
             ActiveSegment::open(
                 &self.dir,
@@ -1151,23 +1250,25 @@ impl Log {
         };
         drop(view);
         for s in &segments[k + 1..] {
-            remove_segment_files(&self.dir, s.base_offset());
+            remove_segment_files(fs, &self.dir, s.base_offset());
         }
         for f in [LOG_EXT, INDEX_EXT, TIME_INDEX_EXT] {
             let path = segment_path(&self.dir, base, f);
             std::fs::File::open(&path)
-                .and_then(|f| f.sync_data())
+                .and_then(|f| fs.sync_data(&f))
                 .map_err(|e| StorageError::io("syncing", &path, e))?;
         }
-        sync_dir(&self.dir)?;
+        sync_dir(fs, &self.dir)?;
         let mut kept: Vec<Arc<Segment>> = segments[..k].to_vec();
         kept.push(new_active.segment().clone());
         w.pending.retain(|p| p.base_offset < base);
+        w.pending_snapshots.retain(|(o, _)| *o <= new_end);
         w.active = new_active;
         w.records_since_flush = 0;
         let kept = Arc::new(kept);
         let now = (self.config.clock)();
         let (producers, snapshots) = Self::load_producers(
+            fs,
             &self.dir,
             &kept,
             new_end,
@@ -1229,7 +1330,12 @@ impl Log {
     /// (a log's owner compacting by snapshot: everything it still needs is
     /// at or after `offset`). The active segment is never deleted, so the
     /// new start offset may be below `offset`. Returns the new start offset.
+    ///
+    /// The log is flushed first: what replaces the deleted history (the
+    /// snapshot at or after `offset`) is durable before any of it goes, and
+    /// the unlinks are made durable before this returns.
     pub fn delete_before(&self, offset: i64) -> Result<i64> {
+        self.flush()?;
         let w = self.writer.lock();
         let segments = self.segments();
         let n = segments
@@ -1256,12 +1362,17 @@ impl Log {
             sealed.sync()?;
         }
         w.active.close()?;
-        sync_dir(&self.dir)?;
+        sync_dir(&*self.config.fs, &self.dir)?;
         let end = w.active.next_offset();
         let epoch = w.leader_epoch;
+        // Everything is synced: the snapshot at the end supersedes those
+        // still waiting for a flush.
+        w.pending_snapshots.clear();
         if !w.producers.is_empty() || !w.snapshots.is_empty() {
             let now = (self.config.clock)();
-            self.write_producer_snapshot(&mut w, end, now)?;
+            let encoded = self.producer_snapshot(&mut w, now);
+            drop(w);
+            self.write_producer_snapshot(end, &encoded)?;
         }
         self.update_checkpoint(|c| {
             *c = Checkpoint {

@@ -34,6 +34,7 @@ use bytes::Bytes;
 use memmap2::{MmapOptions, MmapRaw};
 
 use super::error::{Result, StorageError};
+use super::fs::FileSystem;
 
 /// Largest single growth step of a preallocated file.
 const MAX_GROWTH_STEP: u64 = 64 * 1024 * 1024;
@@ -117,17 +118,20 @@ impl GrowableFile {
     ///
     /// An existing file is unlinked first, never truncated in place: readers
     /// may still map it (module rule 3).
-    pub(crate) fn create(path: &Path, content: &[u8], initial: u64, limit: u64) -> Result<Self> {
-        match std::fs::remove_file(path) {
+    pub(crate) fn create(
+        fs: &dyn FileSystem,
+        path: &Path,
+        content: &[u8],
+        initial: u64,
+        limit: u64,
+    ) -> Result<Self> {
+        match fs.remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(StorageError::io("replacing", path, e)),
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)
+        let file = fs
+            .create_new(path)
             .map_err(|e| StorageError::io("creating", path, e))?;
         let mut g = Self::from_file(path, file, 0, initial, limit)?;
         g.ensure(content.len() as u64)?;
@@ -303,23 +307,25 @@ fn preallocate(file: &File, path: &Path, from: u64, to: u64) -> Result<()> {
 
 /// Writes `content` to `path` durably and atomically: a temporary file,
 /// `sync_data`, rename over the target, then sync the directory.
-pub fn write_file_atomic(path: &Path, content: &[u8]) -> Result<()> {
+pub fn write_file_atomic(fs: &dyn FileSystem, path: &Path, content: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    let f = File::create(&tmp).map_err(|e| StorageError::io("creating", &tmp, e))?;
+    let f = fs
+        .create(&tmp)
+        .map_err(|e| StorageError::io("creating", &tmp, e))?;
     f.write_all_at(content, 0)
         .map_err(|e| StorageError::io("writing", &tmp, e))?;
-    f.sync_data()
+    fs.sync_data(&f)
         .map_err(|e| StorageError::io("syncing", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| StorageError::io("renaming", &tmp, e))?;
+    fs.rename(&tmp, path)
+        .map_err(|e| StorageError::io("renaming", &tmp, e))?;
     if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
+        sync_dir(fs, dir)?;
     }
     Ok(())
 }
 
 /// Makes a directory's entries (created, renamed, removed files) durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
+pub fn sync_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+    fs.sync_dir(dir)
         .map_err(|e| StorageError::io("syncing directory", dir, e))
 }

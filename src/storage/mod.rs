@@ -22,6 +22,7 @@ pub mod checkpoint;
 mod config;
 mod error;
 mod flusher;
+pub mod fs;
 pub mod index;
 mod log;
 mod mmap;
@@ -36,6 +37,7 @@ pub use batch::{
 pub use config::{system_clock, Clock, FlushPolicy, LogConfig, MAX_SEGMENT_BYTES};
 pub use error::{Result, StorageError};
 pub use flusher::Flusher;
+pub use fs::{os_fs, CrashFs, FileSystem, Fs, OsFs};
 pub use log::{AppendInfo, Log, ReadResult, RecoveryReport, RetentionOutcome};
 pub use mmap::{sync_dir, write_file_atomic};
 pub use producer_state::ProducerStates;

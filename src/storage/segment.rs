@@ -20,6 +20,7 @@ use parking_lot::RwLock;
 use super::batch::{stamp_header, BatchView, RecordBatch, HEADER_LEN};
 use super::config::LogConfig;
 use super::error::{Result, StorageError};
+use super::fs::Fs;
 use super::index::{
     indexes_consistent, lookup_position, lookup_time, time_entry_at, IndexBuilder, PlannedEntries,
     OFFSET_ENTRY_LEN, TIME_ENTRY_LEN,
@@ -256,35 +257,107 @@ impl SegmentView {
 
     /// Whole batches from the one holding `offset`, up to `max_bytes` (at
     /// least one batch, however large), none at or past `end`. `None` if the
-    /// segment holds nothing at or after `offset`.
-    pub fn read(&self, offset: i64, max_bytes: usize, end: i64) -> Result<Option<Bytes>> {
+    /// segment holds nothing at or after `offset`. `next_base` is where the
+    /// next segment (or the log end) starts.
+    ///
+    /// Every batch returned has passed its checksum. At the first damaged
+    /// batch the read stops: the batches before it are returned; if there
+    /// are none, the error names the damaged offsets and where reading can
+    /// go on past them.
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        end: i64,
+        next_base: i64,
+    ) -> Result<Option<Bytes>> {
         let mut range: Option<(usize, usize)> = None;
-        self.for_each_batch(
-            self.scan_start(offset),
-            end,
-            |pos, batch| match &mut range {
-                None if batch.last_offset() < offset => Ok(true),
+        let mut position = self.checked_scan_start(offset);
+        // The offset where the batch at `position` should start.
+        let mut expected = offset.max(self.base_offset);
+        while position < self.data.len() {
+            let damaged = |from: i64, to: i64, reason: String| StorageError::DamagedBatch {
+                path: self.path.clone(),
+                from,
+                to: to.max(from + 1),
+                reason: format!("at byte {position}: {reason}"),
+            };
+            let batch = match BatchView::parse(&self.data[position..]) {
+                Ok(b) => b,
+                Err(e) if range.is_none() => {
+                    return Err(damaged(expected.min(offset), next_base, e.to_string()))
+                }
+                Err(_) => break,
+            };
+            if batch.base_offset() >= end {
+                break;
+            }
+            let len = batch.len();
+            if batch.last_offset() < offset {
+                expected = batch.next_offset();
+                position += len;
+                continue;
+            }
+            if let Err(e) = batch.verify_crc() {
+                if range.is_some() {
+                    break;
+                }
+                let (from, to) = if batch.next_offset() > batch.base_offset()
+                    && batch.base_offset() >= self.base_offset
+                    && batch.next_offset() <= next_base
+                {
+                    (batch.base_offset(), batch.next_offset())
+                } else {
+                    (expected.min(offset), next_base)
+                };
+                return Err(damaged(from, to, e.to_string()));
+            }
+            match &mut range {
                 None => {
-                    range = Some((pos, pos + batch.len()));
-                    Ok(batch.len() < max_bytes)
+                    range = Some((position, position + len));
+                    if len >= max_bytes {
+                        break;
+                    }
                 }
                 Some((start, stop)) => {
-                    if *stop - *start + batch.len() > max_bytes {
-                        return Ok(false);
+                    if *stop - *start + len > max_bytes {
+                        break;
                     }
-                    *stop += batch.len();
-                    Ok(true)
+                    *stop += len;
                 }
-            },
-        )?;
+            }
+            expected = batch.next_offset();
+            position += len;
+        }
         Ok(range.map(|(start, stop)| self.data.slice(start..stop)))
+    }
+
+    /// Where to start scanning for `offset`: the offset index's answer if it
+    /// leads to a batch at or before `offset`, else the segment start. A
+    /// damaged index then costs a longer scan, never a wrong or empty read.
+    fn checked_scan_start(&self, offset: i64) -> usize {
+        let pos = self.scan_start(offset);
+        if pos == 0 {
+            return 0;
+        }
+        let sane = self
+            .data
+            .get(pos..)
+            .and_then(|rest| BatchView::parse(rest).ok())
+            .is_some_and(|b| b.base_offset() <= offset && b.base_offset() >= self.base_offset);
+        if sane {
+            pos
+        } else {
+            tracing::warn!(segment = %self.path.display(), offset, position = pos, "offset index entry does not match the data; scanning the segment from its start");
+            0
+        }
     }
 
     /// Position and base offset of the batch holding `offset`, if the
     /// segment has one below `end`.
     pub fn batch_start(&self, offset: i64, end: i64) -> Result<Option<(usize, i64)>> {
         let mut found = None;
-        self.for_each_batch(self.scan_start(offset), end, |pos, batch| {
+        self.for_each_batch(self.checked_scan_start(offset), end, |pos, batch| {
             if batch.last_offset() >= offset {
                 found = Some((pos, batch.base_offset()));
                 return Ok(false);
@@ -302,7 +375,7 @@ impl SegmentView {
         }
         let from = self.base_offset + i64::from(lookup_time(&self.time, timestamp));
         let mut found = None;
-        self.for_each_batch(self.scan_start(from), end, |pos, batch| {
+        self.for_each_batch(self.checked_scan_start(from), end, |pos, batch| {
             if batch.max_timestamp() < timestamp {
                 return Ok(true);
             }
@@ -452,12 +525,14 @@ pub struct ActiveSegment {
     created_ms: i64,
     index_limit: usize,
     time_limit: usize,
+    fs: Fs,
 }
 
 /// The files of a sealed segment that still need syncing.
 pub struct SealedFiles {
     /// Data, offset index and time index files, with their paths.
     files: [(Arc<std::fs::File>, PathBuf); 3],
+    fs: Fs,
     /// Base offset of the sealed segment.
     pub base_offset: i64,
 }
@@ -466,7 +541,8 @@ impl SealedFiles {
     /// Makes the three files durable.
     pub fn sync(&self) -> Result<()> {
         for (file, path) in &self.files {
-            file.sync_data()
+            self.fs
+                .sync_data(file)
                 .map_err(|e| StorageError::io("syncing", path, e))?;
         }
         Ok(())
@@ -501,7 +577,7 @@ impl ActiveSegment {
         let data_path = segment_path(dir, base, LOG_EXT);
         let initial = config.initial_preallocate_bytes;
         let data = if fresh {
-            GrowableFile::create(&data_path, &[], initial, config.segment_bytes)?
+            GrowableFile::create(&*config.fs, &data_path, &[], initial, config.segment_bytes)?
         } else {
             GrowableFile::open(&data_path, found.valid_len, initial, config.segment_bytes)?
         };
@@ -509,12 +585,14 @@ impl ActiveSegment {
         let time_limit = (config.max_index_bytes as usize / TIME_ENTRY_LEN) * TIME_ENTRY_LEN;
         let index_initial = (initial / 256).clamp(4096, index_limit as u64);
         let index = GrowableFile::create(
+            &*config.fs,
             &segment_path(dir, base, INDEX_EXT),
             &found.index,
             index_initial,
             index_limit as u64,
         )?;
         let time = GrowableFile::create(
+            &*config.fs,
             &segment_path(dir, base, TIME_INDEX_EXT),
             &found.time,
             index_initial,
@@ -547,6 +625,7 @@ impl ActiveSegment {
             created_ms,
             index_limit,
             time_limit,
+            fs: config.fs.clone(),
         };
         // The room every append keeps (above all for the sealing time entry),
         // even when recovered entries filled a file to its first size.
@@ -693,6 +772,7 @@ impl ActiveSegment {
         let entry = |f: &GrowableFile| (f.file().clone(), f.path().to_path_buf());
         Ok(SealedFiles {
             files: [entry(&self.data), entry(&self.index), entry(&self.time)],
+            fs: self.fs.clone(),
             base_offset: self.seg.base_offset,
         })
     }
@@ -706,8 +786,8 @@ impl ActiveSegment {
         self.index.trim(self.index_len as u64)?;
         self.time.trim(self.time_len as u64)?;
         for f in [&self.data, &self.index, &self.time] {
-            f.file()
-                .sync_data()
+            self.fs
+                .sync_data(f.file())
                 .map_err(|e| StorageError::io("syncing", f.path(), e))?;
         }
         Ok(())

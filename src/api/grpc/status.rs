@@ -17,6 +17,7 @@ pub fn code(e: &BrokerError) -> Code {
         BrokerError::RecordTooLarge { .. } => Code::ResourceExhausted,
         BrokerError::ShuttingDown => Code::Unavailable,
         BrokerError::Metadata { .. } => Code::Internal,
+        BrokerError::DamagedRecords { .. } => Code::DataLoss,
         BrokerError::Storage(s) => match s {
             StorageError::OffsetOutOfRange { .. } => Code::OutOfRange,
             StorageError::BatchTooLarge { .. } | StorageError::DiskFull { .. } => {
