@@ -1448,6 +1448,19 @@ impl Broker {
         self.shutdown.send_replace(true);
     }
 
+    /// Makes everything appended so far to open logs durable. Blocking.
+    pub fn flush_all(&self) -> Result<()> {
+        let topics: Vec<Arc<Topic>> = self.topics.read().values().cloned().collect();
+        for t in topics {
+            for p in t.partitions().iter() {
+                if let Some(log) = p.open_log() {
+                    log.flush()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Closes every open log cleanly (sync, clean checkpoint) and stops the
     /// background threads. Blocking.
     pub fn close(&self) {

@@ -347,3 +347,85 @@ fn the_image_is_a_real_directory() {
     let world = World::new(FlushPolicy::EveryAppend);
     assert!(Path::new(world.log.dir()).exists());
 }
+
+mod coordinator {
+    //! The group coordinator's state in `__consumer_offsets` through power
+    //! loss: compaction by snapshot may only purge history once the
+    //! snapshot that replaces it is durable.
+
+    use std::{path::Path, sync::Arc};
+
+    use sluice::broker::{Broker, BrokerConfig, TopicConfig};
+    use sluice::coordinator::{Coordinator, CoordinatorConfig, OffsetCommit, Tp};
+    use sluice::storage::{CrashFs, FlushPolicy};
+
+    fn open(dir: &Path) -> (Arc<CrashFs>, Arc<Broker>, Arc<Coordinator>) {
+        let fs = CrashFs::new(dir).expect("fs");
+        let mut config = BrokerConfig::new(dir);
+        config.log.fs = fs.clone();
+        config.log.flush = FlushPolicy::Manual;
+        let broker = Broker::open(config).expect("broker");
+        let coordinator = Coordinator::open(
+            broker.clone(),
+            CoordinatorConfig {
+                offsets_partitions: 1,
+                offsets_segment_bytes: 4096,
+                snapshot_min_records: 50,
+                ..CoordinatorConfig::default()
+            },
+        )
+        .expect("coordinator");
+        (fs, broker, coordinator)
+    }
+
+    fn commit(c: &Coordinator, group: &str, partition: i32, offset: i64) {
+        let tp = Tp {
+            topic: "t".into(),
+            partition,
+        };
+        let offsets = vec![OffsetCommit {
+            tp,
+            offset,
+            metadata: String::new(),
+        }];
+        c.commit(group, "", -1, offsets).expect("commit");
+    }
+
+    fn committed(c: &Coordinator, group: &str) -> Option<i64> {
+        c.fetch_offsets(group, &[])
+            .expect("fetch offsets")
+            .first()
+            .map(|(_, c)| c.offset)
+    }
+
+    #[test]
+    fn a_durable_commit_survives_snapshots_and_purges_of_its_shard() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (fs, broker, c) = open(&root.path().join("live"));
+        broker
+            .create_topic("t", 2, TopicConfig::default())
+            .expect("topic");
+        commit(&c, "idle", 0, 42);
+        broker.flush_all().expect("flush");
+        // Another group's commits make the shard snapshot and purge the
+        // segment that held the idle group's commit.
+        for i in 0..600 {
+            commit(&c, "busy", 1, i);
+        }
+        for seed in 0..24 {
+            let dir = root.path().join(format!("crash-{seed}"));
+            fs.crash_image(seed)
+                .expect("image")
+                .write_to(&dir)
+                .expect("write");
+            let (_fs, _broker, c) = open(&dir);
+            assert_eq!(
+                committed(&c, "idle"),
+                Some(42),
+                "seed {seed}: a commit acknowledged and flushed was lost"
+            );
+            let busy = committed(&c, "busy").expect("busy group survives");
+            assert!((0..600).contains(&busy));
+        }
+    }
+}
