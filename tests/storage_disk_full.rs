@@ -1,5 +1,6 @@
 //! A full disk is an ordinary error: the log keeps every acknowledged
-//! record, stays readable, and accepts appends again once there is room.
+//! record, stays readable, and accepts appends again once there is room;
+//! the group coordinator and the work queues resume by themselves.
 //! Runs on a small tmpfs, which needs root; elsewhere it says why it skips.
 
 mod common;
@@ -96,4 +97,86 @@ fn disk_full_is_an_error_not_a_crash() {
     assert!(read_all(&log)
         .iter()
         .all(|r| r.value.as_deref() == Some(&values[0][..])));
+}
+
+#[test]
+fn the_group_coordinator_resumes_once_the_disk_has_room() {
+    use sluice::broker::{Broker, BrokerConfig, TopicConfig};
+    use sluice::coordinator::{
+        Coordinator, CoordinatorConfig, OffsetCommit, Tp, RETRY_AFTER_FAILURE,
+    };
+    let fs = match Tmpfs::mount("4m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIPPED the_group_coordinator_resumes_once_the_disk_has_room: {why} (needs root to mount a small tmpfs)");
+            return;
+        }
+    };
+    let mut config = BrokerConfig::new(fs.path.join("data"));
+    config.log.initial_preallocate_bytes = 16 * 1024;
+    let broker = Broker::open(config.clone()).expect("broker");
+    broker
+        .create_topic("t", 1, TopicConfig::default())
+        .expect("topic");
+    let coordinator_config = CoordinatorConfig {
+        offsets_partitions: 1,
+        offsets_segment_bytes: 64 * 1024,
+        ..CoordinatorConfig::default()
+    };
+    let c = Coordinator::open(broker.clone(), coordinator_config.clone()).expect("coordinator");
+    let commit = |c: &Coordinator, offset: i64| {
+        let offsets = vec![OffsetCommit {
+            tp: Tp {
+                topic: "t".into(),
+                partition: 0,
+            },
+            offset,
+            metadata: "m".repeat(500),
+        }];
+        c.commit("g", "", -1, offsets)
+    };
+    let committed = |c: &Coordinator| {
+        c.fetch_offsets("g", &[])
+            .expect("fetch")
+            .first()
+            .map(|(_, c)| c.offset)
+    };
+    // Fill the disk, then commit until the offsets log has no room.
+    let filler = fs.path.join("filler");
+    let mut size = 4 * 1024 * 1024;
+    while size > 4096 {
+        if std::fs::write(&filler, vec![1u8; size]).is_ok() {
+            break;
+        }
+        size -= 64 * 1024;
+    }
+    let mut last_ok = -1;
+    let err = (0..100_000)
+        .find_map(|i| match commit(&c, i) {
+            Ok(()) => {
+                last_ok = i;
+                None
+            }
+            Err(e) => Some(e),
+        })
+        .expect("the disk filled up");
+    assert!(last_ok >= 0, "some commits fit: {err}");
+    assert!(commit(&c, last_ok + 1).is_err(), "refused while full");
+
+    // Room again: after the retry delay the shard replays its log and
+    // takes commits again, without a restart.
+    std::fs::remove_file(&filler).expect("free space");
+    std::thread::sleep(RETRY_AFTER_FAILURE + std::time::Duration::from_millis(100));
+    assert_eq!(
+        committed(&c),
+        Some(last_ok),
+        "memory matches the log: failed commits were not applied"
+    );
+    commit(&c, last_ok + 2).expect("commit after freeing space");
+    assert_eq!(committed(&c), Some(last_ok + 2));
+    drop(c);
+    drop(broker);
+    let broker = Broker::open(config).expect("reopen");
+    let c = Coordinator::open(broker, coordinator_config).expect("coordinator");
+    assert_eq!(committed(&c), Some(last_ok + 2), "and it is in the log");
 }

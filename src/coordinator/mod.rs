@@ -24,7 +24,7 @@ pub mod share;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -67,6 +67,9 @@ pub struct CoordinatorConfig {
     /// How often sessions are checked for expiry.
     pub expiry_check_interval: Duration,
 }
+
+/// How long after a failed write a shard first tries to resume.
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 impl Default for CoordinatorConfig {
     fn default() -> Self {
@@ -220,8 +223,9 @@ struct ShardState {
     /// Live keys at the last snapshot.
     live_keys: u64,
     /// Set when a write failed: memory may be ahead of the log, so the
-    /// shard refuses calls until a restart replays the log.
-    failed: Option<String>,
+    /// shard refuses calls until it replays its log again (tried at most
+    /// once per [`RETRY_AFTER_FAILURE`], e.g. once a full disk has room).
+    failed: Option<(String, Instant)>,
 }
 
 fn validate_name(what: &str, s: &str) -> Result<()> {
@@ -393,8 +397,8 @@ impl Coordinator {
         }
         let n = records.len() as u64;
         if let Err(reason) = self.append(shard.partition, records) {
-            tracing::error!(partition = shard.partition, error = %reason, "group coordinator write failed; its groups are unavailable until restart");
-            st.failed = Some(reason.clone());
+            tracing::error!(partition = shard.partition, error = %reason, "group coordinator write failed; its groups are unavailable until the shard replays its log");
+            st.failed = Some((reason.clone(), Instant::now() + RETRY_AFTER_FAILURE));
             return Err(CoordinatorError::Failed {
                 partition: shard.partition,
                 reason,
@@ -456,14 +460,40 @@ impl Coordinator {
         group: &str,
     ) -> Result<(&'a Shard, parking_lot::MutexGuard<'a, ShardState>)> {
         let shard = self.shard(group);
-        let st = shard.state.lock();
-        if let Some(reason) = &st.failed {
-            return Err(CoordinatorError::Failed {
-                partition: shard.partition,
-                reason: reason.clone(),
-            });
-        }
+        let mut st = shard.state.lock();
+        self.check_shard(shard, &mut st)?;
         Ok((shard, st))
+    }
+
+    /// Fails while a failed write has left the shard's memory possibly
+    /// ahead of its log; once the retry time has come, replays the log
+    /// (what it holds is the truth) and goes on.
+    fn check_shard(&self, shard: &Shard, st: &mut ShardState) -> Result<()> {
+        let Some((reason, retry_at)) = &st.failed else {
+            return Ok(());
+        };
+        let failed = |reason: String| CoordinatorError::Failed {
+            partition: shard.partition,
+            reason,
+        };
+        if Instant::now() < *retry_at {
+            return Err(failed(reason.clone()));
+        }
+        match Self::replay(&self.broker, shard.partition, (self.clock)()) {
+            Ok(fresh) => {
+                tracing::info!(
+                    partition = shard.partition,
+                    "group coordinator shard replayed its log after a failed write; it serves again"
+                );
+                *st = fresh;
+                Ok(())
+            }
+            Err(e) => {
+                let reason = format!("{reason}; replaying the shard failed: {e}");
+                st.failed = Some((reason.clone(), Instant::now() + RETRY_AFTER_FAILURE));
+                Err(failed(reason))
+            }
+        }
     }
 
     /// Records of what `dirty` names in `group` (or the group's deletion
@@ -682,7 +712,7 @@ impl Coordinator {
         let now = (self.clock)();
         for shard in &self.shards {
             let mut st = shard.state.lock();
-            if st.failed.is_some() {
+            if self.check_shard(shard, &mut st).is_err() {
                 continue;
             }
             let st = &mut *st;

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -21,6 +21,7 @@ use super::error::{CoordinatorError, Result};
 use super::share::{
     AckKind, AckRefusal, Delivery, Effects, Finished, Partition, Settings, ShareGroup,
 };
+use super::RETRY_AFTER_FAILURE;
 use crate::broker::{
     is_internal_topic, Acks, Broker, Header, NewRecord, ProduceRequest, TopicConfig,
 };
@@ -181,8 +182,9 @@ struct State {
     next_delivery_id: u64,
     since_snapshot: u64,
     /// A failed append: the in-memory state may be ahead of the log, so
-    /// every call fails until a restart replays it.
-    failed: Option<String>,
+    /// calls fail until the state is replayed from the log again (tried at
+    /// most once per [`RETRY_AFTER_FAILURE`], e.g. once a full disk has room).
+    failed: Option<(String, Instant)>,
 }
 
 /// The work-queue coordinator.
@@ -274,10 +276,23 @@ impl Queues {
                 ..TopicConfig::default()
             },
         )?;
+        // Unique across restarts: a worker's old receipt handle never
+        // matches a new delivery.
+        let st = Self::load(&broker, (clock)().max(0) as u64 * 1_000_000)?;
+        Ok(Arc::new(Self {
+            broker,
+            clock,
+            state: Mutex::new(st),
+            wake: tokio::sync::Notify::new(),
+            members: AtomicU64::new(0),
+        }))
+    }
+
+    /// The state as the log records it; delivery ids continue from
+    /// `next_delivery_id`.
+    fn load(broker: &Broker, next_delivery_id: u64) -> Result<State> {
         let mut st = State {
-            // Unique across restarts: a worker's old receipt handle never
-            // matches a new delivery.
-            next_delivery_id: (clock)().max(0) as u64 * 1_000_000,
+            next_delivery_id,
             ..State::default()
         };
         let mut bad = 0u64;
@@ -293,13 +308,7 @@ impl Queues {
                 "work-queue state records skipped during replay"
             );
         }
-        Ok(Arc::new(Self {
-            broker,
-            clock,
-            state: Mutex::new(st),
-            wake: tokio::sync::Notify::new(),
-            members: AtomicU64::new(0),
-        }))
+        Ok(st)
     }
 
     fn replay(st: &mut State, k: Option<&[u8]>, v: Option<&[u8]>) -> std::result::Result<(), ()> {
@@ -381,7 +390,7 @@ impl Queues {
     pub fn tick(&self) {
         let now = self.now();
         let mut st = self.state.lock();
-        if st.failed.is_some() {
+        if self.check(&mut st).is_err() {
             return;
         }
         let mut released = false;
@@ -485,8 +494,8 @@ impl Queues {
             Ok(res) => res.failures[0].error.to_string(),
             Err(e) => e.to_string(),
         };
-        tracing::error!(error = %failure, "work-queue state append failed; queues stop until a restart");
-        st.failed = Some(failure.clone());
+        tracing::error!(error = %failure, "work-queue state append failed; queues refuse calls until the state can be replayed from the log");
+        st.failed = Some((failure.clone(), Instant::now() + RETRY_AFTER_FAILURE));
         Err(CoordinatorError::Failed {
             partition: 0,
             reason: failure,
@@ -532,13 +541,34 @@ impl Queues {
         Ok(())
     }
 
-    fn check(&self, st: &State) -> Result<()> {
-        match &st.failed {
-            Some(reason) => Err(CoordinatorError::Failed {
-                partition: 0,
-                reason: reason.clone(),
-            }),
-            None => Ok(()),
+    /// Fails while a failed append has left memory possibly ahead of the
+    /// log; once the retry time has come, replays the log (what it holds is
+    /// the truth) and goes on. Members and their locks are not in the log:
+    /// workers join again, and what they held is delivered again.
+    fn check(&self, st: &mut State) -> Result<()> {
+        let Some((reason, retry_at)) = &st.failed else {
+            return Ok(());
+        };
+        let failed = |reason: String| CoordinatorError::Failed {
+            partition: 0,
+            reason,
+        };
+        if Instant::now() < *retry_at {
+            return Err(failed(reason.clone()));
+        }
+        match Self::load(&self.broker, st.next_delivery_id) {
+            Ok(fresh) => {
+                tracing::info!(
+                    "work-queue state replayed from the log after a failed append; queues resume"
+                );
+                *st = fresh;
+                Ok(())
+            }
+            Err(e) => {
+                let reason = format!("{reason}; replaying the state failed: {e}");
+                st.failed = Some((reason.clone(), Instant::now() + RETRY_AFTER_FAILURE));
+                Err(failed(reason))
+            }
         }
     }
 
@@ -575,7 +605,7 @@ impl Queues {
         };
         let now = self.now();
         let mut st = self.state.lock();
-        self.check(&st)?;
+        self.check(&mut st)?;
         let g = st.groups.entry(group.to_string()).or_default();
         let mut changed = None;
         if let Some(u) = settings {
@@ -717,7 +747,7 @@ impl Queues {
     pub fn ack(&self, group: &str, member: &str, acks: Vec<AckRequest>) -> Result<AckOutcome> {
         let now = self.now();
         let mut st = self.state.lock();
-        self.check(&st)?;
+        self.check(&mut st)?;
         let g = self.group_mut(&mut st, group)?;
         if let Some(m) = g.members.get_mut(member) {
             if let Some(d) = m.session_deadline.as_mut() {
@@ -745,7 +775,7 @@ impl Queues {
     pub fn leave(&self, group: &str, member: &str) {
         let now = self.now();
         let mut st = self.state.lock();
-        if st.failed.is_some() {
+        if self.check(&mut st).is_err() {
             return;
         }
         let mut fx = Effects::default();
