@@ -52,8 +52,8 @@ pub use topic::{
 use topic::{TopicMeta, TopicMetrics};
 
 use crate::storage::{
-    batch::HEADER_LEN, BatchBuilder, BatchIter, FlushPolicy, Flusher, HeaderRef, Log, LogConfig,
-    ProducerFields, StorageError,
+    batch::HEADER_LEN, BatchBuilder, BatchIter, FlushPolicy, Flusher, HeaderRef, IoPool, Log,
+    LogConfig, ProducerFields, StorageError,
 };
 
 /// Largest `max_records` of a fetch.
@@ -79,6 +79,9 @@ pub struct BrokerConfig {
     pub max_open_logs: usize,
     /// How often retention runs over open logs.
     pub retention_check_interval: Duration,
+    /// Threads that run syncs (and other blocking log work), several
+    /// partitions at a time, off the async runtime.
+    pub io_threads: usize,
 }
 
 impl BrokerConfig {
@@ -94,6 +97,7 @@ impl BrokerConfig {
             },
             max_open_logs: 4096,
             retention_check_interval: Duration::from_secs(300),
+            io_threads: 4,
         }
     }
 }
@@ -199,28 +203,39 @@ pub struct ProduceResult {
 #[must_use]
 pub struct Appended {
     result: ProduceResult,
-    /// Per partition: the log, the end to flush to, and the request indices
-    /// of its records (to fail them if the flush fails).
-    flush: Vec<(Arc<Log>, i64, i32, Vec<usize>)>,
+    /// Partitions to make durable before answering (acks=ALL, or a flush
+    /// the policy wants): the partition, its log, the end to flush to, and
+    /// the request indices of its records (to fail them if the flush fails).
+    flush: Vec<PendingFlush>,
+    io: Arc<IoPool>,
+}
+
+struct PendingFlush {
+    part: Arc<Partition>,
+    log: Arc<Log>,
+    end: i64,
+    indices: Vec<usize>,
 }
 
 impl Appended {
-    /// Waits until the records are durable (acks=ALL). Partitions whose flush
-    /// fails move to the failures.
+    /// Whether answering must wait for a flush ([`Appended::durable`]).
+    pub fn needs_flush(&self) -> bool {
+        !self.flush.is_empty()
+    }
+
+    /// Waits, without blocking a thread, until the records are as durable
+    /// as asked (flushes run on the broker's I/O threads, shared by every
+    /// waiter of the same partition). Partitions whose flush fails move to
+    /// the failures.
     pub async fn durable(self) -> ProduceResult {
         let mut result = self.result;
-        for (log, end, partition, indices) in self.flush {
-            let flushed = tokio::task::spawn_blocking(move || log.flush_until(end)).await;
-            let err = match flushed {
-                Ok(Ok(())) => continue,
-                Ok(Err(e)) => BrokerError::Storage(e),
-                Err(e) => BrokerError::Storage(StorageError::Io {
-                    op: "flushing",
-                    path: PathBuf::from(format!("partition {partition}")),
-                    source: std::io::Error::other(e.to_string()),
-                }),
-            };
-            fail_partition(&mut result, partition, indices, err);
+        for f in &self.flush {
+            self.io.flush(&f.log);
+        }
+        for f in self.flush {
+            if let Err(e) = f.part.wait_durable(&self.io, &f.log, f.end).await {
+                fail_partition(&mut result, f.part.id, f.indices, e);
+            }
         }
         result.failures.sort_by_key(|f| f.index);
         result
@@ -230,17 +245,21 @@ impl Appended {
     /// callers such as the producer-id allocator).
     pub fn durable_blocking(self) -> ProduceResult {
         let mut result = self.result;
-        for (log, end, partition, indices) in self.flush {
-            if let Err(e) = log.flush_until(end) {
-                fail_partition(&mut result, partition, indices, BrokerError::Storage(e));
+        for f in self.flush {
+            if let Err(e) = f.log.flush_until(f.end) {
+                fail_partition(&mut result, f.part.id, f.indices, Arc::new(e.into()));
             }
         }
         result.failures.sort_by_key(|f| f.index);
         result
     }
 
-    /// The result without waiting for durability.
+    /// The result without waiting for durability; flushes the policy wants
+    /// are started on the I/O threads.
     pub fn result(self) -> ProduceResult {
+        for f in &self.flush {
+            self.io.flush(&f.log);
+        }
         self.result
     }
 }
@@ -250,9 +269,8 @@ fn fail_partition(
     result: &mut ProduceResult,
     partition: i32,
     indices: Vec<usize>,
-    err: BrokerError,
+    err: Arc<BrokerError>,
 ) {
-    let err = Arc::new(err);
     result.partitions.retain(|p| p.partition != partition);
     result
         .failures
@@ -383,6 +401,8 @@ pub struct Broker {
     /// file-system work; held across that work but never across `.await`.
     admin: Mutex<()>,
     flusher: Flusher,
+    /// Where flushes run (acks=ALL waiters, the interval policy).
+    io: Arc<IoPool>,
     open_logs: AtomicUsize,
     tick: AtomicU64,
     maintenance: Arc<Maintenance>,
@@ -404,6 +424,8 @@ struct Maintenance {
 #[derive(Default)]
 struct MaintenanceState {
     stop: bool,
+    /// More logs are open than `max_open_logs`: close idle ones.
+    evict: bool,
 }
 
 impl std::fmt::Debug for Broker {
@@ -464,14 +486,17 @@ impl Broker {
             }
             _ => Duration::from_secs(1),
         };
-        let flusher =
-            Flusher::start(flush_tick).map_err(|e| io_err("starting flusher for", data, e))?;
+        let io = IoPool::start(config.io_threads)
+            .map_err(|e| io_err("starting I/O threads for", data, e))?;
+        let flusher = Flusher::start(flush_tick, io.clone())
+            .map_err(|e| io_err("starting flusher for", data, e))?;
         let broker = Arc::new(Broker {
             topics_dir,
             trash_dir,
             topics: RwLock::new(BTreeMap::new()),
             admin: Mutex::new(()),
             flusher,
+            io,
             open_logs: AtomicUsize::new(0),
             tick: AtomicU64::new(1),
             maintenance: Arc::new(Maintenance {
@@ -545,16 +570,20 @@ impl Broker {
             .spawn(move || {
                 let mut next_retention = std::time::Instant::now() + interval;
                 loop {
-                    {
+                    let evict = {
                         let mut s = m.state.lock();
-                        if !s.stop {
+                        if !s.stop && !s.evict {
                             m.wake.wait_until(&mut s, next_retention);
                         }
                         if s.stop {
                             return;
                         }
-                    }
+                        std::mem::take(&mut s.evict)
+                    };
                     let Some(broker) = weak.upgrade() else { return };
+                    if evict {
+                        broker.evict_idle();
+                    }
                     if std::time::Instant::now() >= next_retention {
                         broker.apply_retention();
                         next_retention = std::time::Instant::now() + interval;
@@ -598,11 +627,12 @@ impl Broker {
     /// The open log of a partition, opening it if needed.
     fn log_of(&self, topic: &Topic, part: &Partition) -> Result<Arc<Log>> {
         let tick = self.tick.fetch_add(1, Ordering::Relaxed);
-        if let Some(log) = part.open_log() {
+        if let Some(log) = part.try_open_log() {
             part.touch(tick);
             return Ok(log);
         }
-        // Opening (and perhaps recovering) a log and closing idle ones is
+        // Opening (and perhaps recovering) a log, waiting for another
+        // caller that is opening or closing it, and closing idle ones are
         // file-system work: let the runtime move its other tasks off this
         // thread meanwhile.
         blocking_section(|| self.open_log(topic, part, tick))
@@ -613,10 +643,15 @@ impl Broker {
         if opened {
             let open = self.open_logs.fetch_add(1, Ordering::Relaxed) + 1;
             metrics::gauge!("sluice_open_partition_logs").set(open as f64);
-            if open > self.config.max_open_logs {
-                // Close idle logs here, on the caller's thread, so a burst
-                // of opens can never outrun the limit.
+            let cap = self.config.max_open_logs;
+            if open > cap.saturating_add((cap / 8).max(16)) {
+                // Far over the limit (a burst of opens outran the
+                // background): close idle logs here, so files stay bounded.
                 self.evict_idle();
+            } else if open > cap {
+                // Closing syncs files: the maintenance thread does it.
+                self.maintenance.state.lock().evict = true;
+                self.maintenance.wake.notify_all();
             }
         }
         Ok(log)
@@ -632,7 +667,13 @@ impl Broker {
             return;
         }
         let mut candidates: Vec<(u64, Arc<Partition>)> = Vec::new();
-        for topic in self.topics.read().values() {
+        // Internal topics' logs (group and queue state) stay open.
+        for topic in self
+            .topics
+            .read()
+            .values()
+            .filter(|t| !is_internal_topic(&t.name))
+        {
             for p in topic.partitions().iter() {
                 if p.open_log().is_some() {
                     candidates.push((p.last_used(), p.clone()));
@@ -1043,6 +1084,7 @@ impl Broker {
             let mut appended_indices = Vec::new();
             let mut bytes = 0u64;
             let mut last_end = -1;
+            let mut policy_flush = false;
             let mut batches = BatchPlan::new(limit, req.producer);
             for &i in &indices {
                 let r = &req.records[i];
@@ -1067,8 +1109,16 @@ impl Broker {
                     }));
                     continue;
                 }
-                match log.append(&batch) {
-                    Ok(info) => {
+                // Rolls, file growth and checkpoint rewrites are file work:
+                // let the runtime move its other tasks off this thread.
+                let appended_now = if log.append_needs_file_work(&batch) {
+                    blocking_section(|| log.append_deferred(&batch))
+                } else {
+                    log.append_deferred(&batch)
+                };
+                match appended_now {
+                    Ok((info, due)) => {
+                        policy_flush |= due;
                         if appended.base_offset < 0 {
                             appended.base_offset = info.base_offset;
                         }
@@ -1108,14 +1158,23 @@ impl Broker {
                     .increment(appended.record_count as u64);
                 topic.metrics.produce_bytes.increment(bytes);
                 result.partitions.push(appended);
-                if req.acks == Acks::All {
-                    flush.push((log, last_end, p, appended_indices));
+                if req.acks == Acks::All || policy_flush {
+                    flush.push(PendingFlush {
+                        part: part.clone(),
+                        log,
+                        end: last_end,
+                        indices: appended_indices,
+                    });
                 }
             }
         }
         failures.sort_by_key(|f| f.index);
         result.failures = failures;
-        Ok(Appended { result, flush })
+        Ok(Appended {
+            result,
+            flush,
+            io: self.io.clone(),
+        })
     }
 
     /// Checks that an idempotent request targets one partition.

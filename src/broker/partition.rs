@@ -14,7 +14,17 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::error::{BrokerError, Result};
-use crate::storage::{Flusher, Log, LogConfig};
+use crate::storage::{Flusher, IoPool, Log, LogConfig, StorageError};
+
+/// How far a partition's log is durable, as its syncs report it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Durable {
+    /// Every offset below this is on disk.
+    offset: i64,
+    /// Failed syncs so far, and the last one's error.
+    failures: u64,
+    error: Option<Arc<BrokerError>>,
+}
 
 /// A partition. The broker owns it; handlers hold `Arc`s for the length of
 /// a call.
@@ -31,6 +41,9 @@ pub struct Partition {
     /// The high watermark (log end offset). Readers waiting for records
     /// subscribe to it; every append publishes the new end.
     end: watch::Sender<i64>,
+    /// How far the log is durable. acks=ALL producers wait on it (async);
+    /// the log's syncs, on I/O threads, publish to it.
+    durable: Arc<watch::Sender<Durable>>,
     deleted: AtomicBool,
     /// Size and segment count as last seen, for metrics of closed logs.
     pub(crate) last_size: AtomicU64,
@@ -46,6 +59,7 @@ impl Partition {
             log: Mutex::new(None),
             last_used: AtomicU64::new(0),
             end: watch::Sender::new(-1),
+            durable: Arc::new(watch::Sender::new(Durable::default())),
             deleted: AtomicBool::new(false),
             last_size: AtomicU64::new(0),
             last_segments: AtomicU64::new(0),
@@ -86,6 +100,16 @@ impl Partition {
             );
         }
         flusher.register(&log);
+        let durable = self.durable.clone();
+        log.set_durable_hook(Arc::new(move |offset, error: Option<&StorageError>| {
+            durable.send_modify(|d| {
+                d.offset = d.offset.max(offset);
+                if let Some(e) = error {
+                    d.failures += 1;
+                    d.error = Some(Arc::new(BrokerError::Storage(e.duplicate())));
+                }
+            });
+        }));
         self.end.send_replace(log.end_offset());
         *slot = Some(log.clone());
         Ok((log, true))
@@ -94,6 +118,12 @@ impl Partition {
     /// The open log, if any, without opening it.
     pub(crate) fn open_log(&self) -> Option<Arc<Log>> {
         self.log.lock().clone()
+    }
+
+    /// The open log, if it is open and nobody is opening or closing it
+    /// right now (which can take a recovery's time): never waits.
+    pub(crate) fn try_open_log(&self) -> Option<Arc<Log>> {
+        self.log.try_lock().and_then(|slot| slot.clone())
     }
 
     /// Records a use, for least-recently-used closing.
@@ -142,6 +172,41 @@ impl Partition {
         self.last_size.store(log.size_bytes(), Ordering::Relaxed);
         self.last_segments
             .store(log.segment_count() as u64, Ordering::Relaxed);
+    }
+
+    /// Waits, without blocking a thread, until everything below `end` is
+    /// durable; asks `pool` for a flush of `log` if it is not yet. Fails
+    /// with the error of a sync that failed while it waited.
+    pub(crate) async fn wait_durable(
+        &self,
+        pool: &IoPool,
+        log: &Arc<Log>,
+        end: i64,
+    ) -> std::result::Result<(), Arc<BrokerError>> {
+        let mut rx = self.durable.subscribe();
+        let failures = {
+            let d = rx.borrow_and_update();
+            if d.offset >= end {
+                return Ok(());
+            }
+            d.failures
+        };
+        pool.flush(log);
+        loop {
+            if rx.changed().await.is_err() {
+                return Err(Arc::new(BrokerError::ShuttingDown));
+            }
+            let d = rx.borrow_and_update();
+            if d.offset >= end {
+                return Ok(());
+            }
+            if d.failures > failures {
+                return Err(d
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(BrokerError::ShuttingDown)));
+            }
+        }
     }
 
     /// Publishes a new high watermark to waiting readers.

@@ -194,7 +194,10 @@ pub struct CoordinatorStats {
 pub struct Coordinator {
     broker: Arc<Broker>,
     config: CoordinatorConfig,
+    /// Wall time, for commit timestamps.
     clock: Clock,
+    /// Monotonic time, for session and rebalance deadlines.
+    timer: Clock,
     shards: Vec<Shard>,
 }
 
@@ -211,7 +214,9 @@ struct Shard {
     partition: i32,
     /// Held for a call's state change *and* the append that records it, so
     /// the partition's order is the order of the changes. Never held across
-    /// `.await`; appends go to the page cache (microseconds).
+    /// `.await`. Calls run on blocking threads (the gRPC layer and the
+    /// expiry task use `spawn_blocking`): an append may wait for the disk,
+    /// and a snapshot syncs the log.
     state: Mutex<ShardState>,
 }
 
@@ -275,8 +280,9 @@ impl Coordinator {
             );
         }
         let clock = broker.config().log.clock.clone();
+        let timer = crate::storage::monotonic_clock();
         let mut shards = Vec::with_capacity(count as usize);
-        let now = clock();
+        let now = timer();
         for partition in 0..count {
             let state = Self::replay(&broker, partition, now)?;
             shards.push(Shard {
@@ -290,6 +296,7 @@ impl Coordinator {
             broker,
             config,
             clock,
+            timer,
             shards,
         }))
     }
@@ -335,7 +342,8 @@ impl Coordinator {
                     _ = broker.shutting_down() => return,
                 }
                 let Some(c) = weak.upgrade() else { return };
-                c.expire_all();
+                // Evictions append to the offsets log: off the runtime.
+                let _ = tokio::task::spawn_blocking(move || c.expire_all()).await;
             }
         });
     }
@@ -479,7 +487,7 @@ impl Coordinator {
         if Instant::now() < *retry_at {
             return Err(failed(reason.clone()));
         }
-        match Self::replay(&self.broker, shard.partition, (self.clock)()) {
+        match Self::replay(&self.broker, shard.partition, (self.timer)()) {
             Ok(fresh) => {
                 tracing::info!(
                     partition = shard.partition,
@@ -561,7 +569,7 @@ impl Coordinator {
             ));
         }
         metrics::counter!("sluice_group_heartbeats_total").increment(1);
-        let now = (self.clock)();
+        let now = (self.timer)();
         let (shard, mut st) = self.lock_shard(group)?;
         let st = &mut *st;
         if !st.groups.contains_key(group) {
@@ -709,7 +717,7 @@ impl Coordinator {
 
     /// Evicts expired members of every group.
     pub fn expire_all(&self) {
-        let now = (self.clock)();
+        let now = (self.timer)();
         for shard in &self.shards {
             let mut st = shard.state.lock();
             if self.check_shard(shard, &mut st).is_err() {

@@ -190,10 +190,16 @@ struct State {
 /// The work-queue coordinator.
 pub struct Queues {
     broker: Arc<Broker>,
+    /// Wall time: shown to workers as lock deadlines, and the base of
+    /// delivery ids.
     clock: Clock,
+    /// Monotonic time for locks, sessions and delays, so that a step of
+    /// the wall clock never expires every lock at once.
+    timer: Clock,
     /// All groups. Held for a change *and* the append that records it, so
     /// the topic's order is the order of the changes; never across
-    /// `.await` (appends go to the page cache).
+    /// `.await`. Calls run on blocking threads (`spawn_blocking`): an
+    /// append may wait for the disk, and a snapshot syncs the log.
     state: Mutex<State>,
     /// Woken when records come back (release, expiry) or prefetch frees up.
     wake: tokio::sync::Notify,
@@ -282,6 +288,7 @@ impl Queues {
         Ok(Arc::new(Self {
             broker,
             clock,
+            timer: crate::storage::monotonic_clock(),
             state: Mutex::new(st),
             wake: tokio::sync::Notify::new(),
             members: AtomicU64::new(0),
@@ -373,7 +380,8 @@ impl Queues {
                 if q.broker_closing() {
                     return;
                 }
-                q.tick();
+                // Expiry appends to the state log: off the runtime.
+                let _ = tokio::task::spawn_blocking(move || q.tick()).await;
             }
         });
     }
@@ -383,7 +391,12 @@ impl Queues {
     }
 
     fn now(&self) -> i64 {
-        (self.clock)()
+        (self.timer)()
+    }
+
+    /// A monotonic deadline as wall-clock ms, to show a worker.
+    fn wall_deadline(&self, deadline: i64) -> i64 {
+        (self.clock)().saturating_add(deadline - self.now())
     }
 
     /// Expires locks and sessions now.
@@ -732,7 +745,13 @@ impl Queues {
         };
         st.next_delivery_id = id;
         self.effects(st, group, fx)?;
-        Ok(out)
+        Ok(out
+            .into_iter()
+            .map(|mut d| {
+                d.deadline = self.wall_deadline(d.deadline);
+                d
+            })
+            .collect())
     }
 
     fn group_mut<'a>(&self, st: &'a mut State, group: &str) -> Result<&'a mut ShareGroup> {

@@ -35,6 +35,15 @@ pub fn system_clock() -> Clock {
     })
 }
 
+/// A monotonic clock in milliseconds since a fixed point in this process:
+/// for time-outs (sessions, locks), which a step of the wall clock must
+/// never fire or stall. Not a wall time: never store or show it.
+pub fn monotonic_clock() -> Clock {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    Arc::new(move || start.elapsed().as_millis() as i64 + 1)
+}
+
 /// Settings of one partition log. Defaults follow Kafka's.
 #[derive(Clone)]
 pub struct LogConfig {

@@ -132,6 +132,25 @@ impl StorageError {
         StorageError::Io { op, path, source }
     }
 
+    /// A copy to report to several waiters (an I/O error keeps its kind and
+    /// message).
+    pub fn duplicate(&self) -> Self {
+        match self {
+            StorageError::DiskFull { path } => StorageError::DiskFull { path: path.clone() },
+            StorageError::Io { op, path, source } => StorageError::Io {
+                op,
+                path: path.clone(),
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+            StorageError::Closed => StorageError::Closed,
+            other => StorageError::Io {
+                op: "flushing",
+                path: PathBuf::new(),
+                source: io::Error::other(other.to_string()),
+            },
+        }
+    }
+
     /// True for errors that mean the log or the machine is in trouble, as
     /// opposed to a bad request that leaves the log serving.
     pub fn is_fatal(&self) -> bool {

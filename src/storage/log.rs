@@ -140,6 +140,12 @@ pub struct Log {
     /// writes are never reordered.
     checkpoint: Mutex<Checkpoint>,
     closed: AtomicBool,
+    /// A flush of this log is queued on an [`crate::storage::IoPool`] and
+    /// has not started yet.
+    flush_queued: AtomicBool,
+    /// Told how far the log is durable after every sync, and of failed
+    /// syncs (see [`Log::set_durable_hook`]).
+    durable_hook: RwLock<Option<DurableHook>>,
     recovery: RecoveryReport,
     /// Syncs of the active segment so far (for metrics and tests).
     syncs: AtomicU64,
@@ -154,6 +160,10 @@ impl std::fmt::Debug for Log {
             .finish_non_exhaustive()
     }
 }
+
+/// Told, after each sync, the offset below which everything is durable,
+/// and the error if the sync failed.
+pub type DurableHook = Arc<dyn Fn(i64, Option<&StorageError>) + Send + Sync>;
 
 /// The segment files found in a log directory.
 #[derive(Debug, Default)]
@@ -415,6 +425,8 @@ impl Log {
             flush_done: Condvar::new(),
             checkpoint: Mutex::new(checkpoint),
             closed: AtomicBool::new(false),
+            flush_queued: AtomicBool::new(false),
+            durable_hook: RwLock::new(None),
             recovery: report,
             syncs: AtomicU64::new(0),
             config,
@@ -891,6 +903,34 @@ impl Log {
     /// [`FlushPolicy::EveryAppend`], once it is durable (sharing one sync
     /// with concurrent appenders).
     pub fn append(&self, batch: &RecordBatch) -> Result<AppendInfo> {
+        let (info, flush_due) = self.append_deferred(batch)?;
+        if flush_due {
+            self.flush_until(info.last_offset + 1)?;
+        }
+        Ok(info)
+    }
+
+    /// Whether appending `batch` now would touch the file system beyond
+    /// writing into preallocated room: a roll (new files), growing a file,
+    /// or the first change after a clean open (a checkpoint rewrite). An
+    /// async caller then appends off its runtime's workers.
+    pub fn append_needs_file_work(&self, batch: &RecordBatch) -> bool {
+        let now = (self.config.clock)();
+        let w = self.writer.lock();
+        !w.marked_unclean
+            || w.active.needs_room(batch.len())
+            || w.active.must_roll(
+                batch.len(),
+                batch.view().last_offset_delta(),
+                &self.config,
+                now,
+            )
+    }
+
+    /// Appends like [`Log::append`] but never syncs: the second value says
+    /// whether the flush policy wants the batch durable before the append
+    /// is answered, which the caller then arranges (on an I/O thread).
+    pub fn append_deferred(&self, batch: &RecordBatch) -> Result<(AppendInfo, bool)> {
         if batch.len() > self.config.max_batch_bytes {
             return Err(StorageError::BatchTooLarge {
                 size: batch.len(),
@@ -913,12 +953,13 @@ impl Log {
                     view.record_count(),
                 )?;
                 if let Check::Duplicate(b) = check {
-                    return Ok(AppendInfo {
+                    let info = AppendInfo {
                         base_offset: b.base_offset,
                         last_offset: b.last_offset,
                         max_timestamp: batch.max_timestamp(),
                         duplicate: true,
-                    });
+                    };
+                    return Ok((info, false));
                 }
             }
             self.mark_unclean(&mut w)?;
@@ -971,10 +1012,7 @@ impl Log {
                 due,
             )
         };
-        if flush_due {
-            self.flush_until(info.last_offset + 1)?;
-        }
-        Ok(info)
+        Ok((info, flush_due))
     }
 
     /// Seals the active segment and starts a new one at the end offset.
@@ -1101,10 +1139,42 @@ impl Log {
             let result = parking_lot::MutexGuard::unlocked(&mut st, || self.sync_now());
             st.in_progress = false;
             self.flush_done.notify_all();
-            let synced = result?;
-            st.flushed = st.flushed.max(synced);
-            st.last_flush_ms = (self.config.clock)();
+            if let Ok(synced) = &result {
+                st.flushed = st.flushed.max(*synced);
+                st.last_flush_ms = (self.config.clock)();
+            }
+            let flushed = st.flushed;
+            parking_lot::MutexGuard::unlocked(&mut st, || {
+                self.tell_durable(flushed, result.as_ref().err())
+            });
+            result?;
         }
+    }
+
+    fn tell_durable(&self, flushed: i64, error: Option<&StorageError>) {
+        if let Some(hook) = self.durable_hook.read().as_ref() {
+            hook(flushed, error);
+        }
+    }
+
+    /// Sets the hook told, after every sync, the offset below which
+    /// everything is durable (and the error of a failed sync). It is told
+    /// the current durable offset at once.
+    pub fn set_durable_hook(&self, hook: DurableHook) {
+        let flushed = self.flushed_offset();
+        *self.durable_hook.write() = Some(hook);
+        self.tell_durable(flushed, None);
+    }
+
+    /// Claims the right to queue a flush of this log; false if one is
+    /// queued already.
+    pub(crate) fn claim_flush(&self) -> bool {
+        !self.flush_queued.swap(true, Ordering::AcqRel)
+    }
+
+    /// A queued flush starts: appends from now on need another one.
+    pub(crate) fn release_flush(&self) {
+        self.flush_queued.store(false, Ordering::Release);
     }
 
     /// Syncs rolled segments and the active data file; returns the offset
@@ -1158,22 +1228,27 @@ impl Log {
         result
     }
 
-    /// Flushes if the policy says it is time, or if rolled segments wait to
-    /// be synced. For a periodic caller such as [`crate::storage::Flusher`].
-    pub fn flush_if_due(&self) -> Result<bool> {
+    /// Whether the policy says it is time to flush, or rolled segments wait
+    /// to be synced. For a periodic caller such as [`crate::storage::Flusher`].
+    pub fn flush_due(&self) -> bool {
         let pending = {
             let w = self.writer.lock();
             !w.pending.is_empty() || !w.pending_snapshots.is_empty()
         };
-        let timed_out = match self.config.flush {
-            FlushPolicy::Interval(d) => {
-                let st = self.flush.lock();
-                st.flushed < self.end_offset()
-                    && (self.config.clock)() - st.last_flush_ms >= d.as_millis() as i64
+        pending
+            || match self.config.flush {
+                FlushPolicy::Interval(d) => {
+                    let st = self.flush.lock();
+                    st.flushed < self.end_offset()
+                        && (self.config.clock)() - st.last_flush_ms >= d.as_millis() as i64
+                }
+                _ => false,
             }
-            _ => false,
-        };
-        if pending || timed_out {
+    }
+
+    /// Flushes if [`Log::flush_due`] says so. Returns whether it flushed.
+    pub fn flush_if_due(&self) -> Result<bool> {
+        if self.flush_due() {
             self.flush()?;
             return Ok(true);
         }
@@ -1382,6 +1457,7 @@ impl Log {
             }
         })?;
         self.flush.lock().flushed = end;
+        self.tell_durable(end, None);
         Ok(())
     }
 }

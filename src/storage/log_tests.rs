@@ -637,8 +637,20 @@ fn the_background_flusher_applies_the_interval_policy() {
         ..small_config()
     };
     let log = Arc::new(Log::open(dir.path(), config).expect("open"));
+    let told = Arc::new(AtomicI64::new(-1));
+    let t = told.clone();
+    log.set_durable_hook(Arc::new(move |offset, error| {
+        assert!(error.is_none(), "{error:?}");
+        t.fetch_max(offset, Ordering::SeqCst);
+    }));
+    assert_eq!(
+        told.load(Ordering::SeqCst),
+        0,
+        "told the durable offset at once"
+    );
+    let pool = crate::storage::IoPool::start(2).expect("pool");
     let flusher =
-        crate::storage::Flusher::start(std::time::Duration::from_millis(5)).expect("start");
+        crate::storage::Flusher::start(std::time::Duration::from_millis(5), pool).expect("start");
     flusher.register(&log);
     // The clock stands still: nothing is due, by the append or the flusher.
     log.append(&batch("bg", 2, 10, 0)).expect("append");
@@ -655,6 +667,14 @@ fn the_background_flusher_applies_the_interval_policy() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     drop(flusher);
+    // The hook hears of the flush right after it is recorded.
+    while told.load(Ordering::SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hook never heard of the flush"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 /// A batch from idempotent producer `pid` starting at sequence `seq`.

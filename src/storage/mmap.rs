@@ -246,6 +246,11 @@ impl GrowableFile {
         }
     }
 
+    /// Bytes preallocated and mapped.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
     /// The current mapping (covers the whole capacity).
     pub(crate) fn map(&self) -> &Arc<MmapRaw> {
         &self.map

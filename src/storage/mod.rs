@@ -34,10 +34,10 @@ pub use batch::{
     BatchBuilder, BatchError, BatchIter, BatchView, HeaderRef, ProducerFields, RecordBatch,
     RecordView,
 };
-pub use config::{system_clock, Clock, FlushPolicy, LogConfig, MAX_SEGMENT_BYTES};
+pub use config::{monotonic_clock, system_clock, Clock, FlushPolicy, LogConfig, MAX_SEGMENT_BYTES};
 pub use error::{Result, StorageError};
-pub use flusher::Flusher;
+pub use flusher::{Flusher, IoPool};
 pub use fs::{os_fs, CrashFs, FileSystem, Fs, OsFs};
-pub use log::{AppendInfo, Log, ReadResult, RecoveryReport, RetentionOutcome};
+pub use log::{AppendInfo, DurableHook, Log, ReadResult, RecoveryReport, RetentionOutcome};
 pub use mmap::{sync_dir, write_file_atomic};
 pub use producer_state::ProducerStates;

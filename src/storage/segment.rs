@@ -670,6 +670,14 @@ impl ActiveSegment {
         full || old || index_full || rel_overflow
     }
 
+    /// Whether appending `len` more bytes must first grow a file
+    /// (`fallocate` and a new mapping).
+    pub fn needs_room(&self, len: usize) -> bool {
+        self.size + len as u64 > self.data.capacity()
+            || (self.index_len + OFFSET_ENTRY_LEN) as u64 > self.index.capacity()
+            || (self.time_len + 2 * TIME_ENTRY_LEN) as u64 > self.time.capacity()
+    }
+
     /// Appends `batch` with the next offsets and `epoch`, and publishes it.
     /// On error (disk full, I/O) nothing is published and the segment is as
     /// it was.

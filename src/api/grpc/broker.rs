@@ -13,6 +13,9 @@ use crate::broker::{Acks, Broker, FetchRequest, ProduceResult, RecordFailure};
 /// Replies a produce stream may have queued before the server stops reading
 /// its requests (backpressure on pipelining clients).
 const PRODUCE_STREAM_BUFFER: usize = 64;
+/// Requests of one `ProduceStream` waiting for their flush at once; the
+/// stream stops reading further requests while this many wait.
+const PRODUCE_STREAM_DURABLE_IN_FLIGHT: usize = 64;
 /// Messages a subscription may have encoded ahead of its reader. Small: a
 /// slow reader holds the server to this much, plus HTTP/2 windows.
 const SUBSCRIBE_BUFFER: usize = 2;
@@ -67,9 +70,14 @@ impl BrokerApi for BrokerService {
         let acks = req.acks;
         let appended = self.broker.append(req)?;
         let result = match acks {
-            Acks::None => ProduceResult::default(),
-            Acks::Leader => appended.result(),
-            Acks::All => appended.durable().await,
+            Acks::None => {
+                // Starts any flush the policy wants; nobody waits for it.
+                let _ = appended.result();
+                ProduceResult::default()
+            }
+            // acks=LEADER waits only for a flush the policy wants (e.g.
+            // flush every append); acks=ALL always waits for one.
+            Acks::Leader | Acks::All => appended.durable().await,
         };
         Ok(Response::new(convert::produce_response(sequence, result)))
     }
@@ -112,6 +120,9 @@ impl BrokerApi for BrokerService {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(PRODUCE_STREAM_BUFFER);
         let broker = self.broker.clone();
+        let durable_slots = Arc::new(tokio::sync::Semaphore::new(
+            PRODUCE_STREAM_DURABLE_IN_FLIGHT,
+        ));
         tokio::spawn(async move {
             loop {
                 // On shutdown, stop reading: replies still owed are sent,
@@ -147,15 +158,21 @@ impl BrokerApi for BrokerService {
                         continue;
                     }
                     Err(e) => failed_request(sequence, records, e),
-                    Ok(_) if acks == Acks::None => continue,
-                    Ok(a) if acks == Acks::Leader => {
-                        convert::produce_response(sequence, a.result())
+                    Ok(a) if acks == Acks::None => {
+                        let _ = a.result();
+                        continue;
                     }
+                    Ok(a) if !a.needs_flush() => convert::produce_response(sequence, a.result()),
                     Ok(a) => {
                         // Durable replies wait for their flush without
-                        // holding up later requests, which then share it.
+                        // holding up later requests, which then share it;
+                        // a bounded number at a time (backpressure).
+                        let Ok(slot) = durable_slots.clone().acquire_owned().await else {
+                            break;
+                        };
                         let tx = tx.clone();
                         tokio::spawn(async move {
+                            let _slot = slot;
                             let _t = t;
                             let result = a.durable().await;
                             let _ = tx

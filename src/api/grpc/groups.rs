@@ -29,8 +29,8 @@ fn state_out(s: GroupState) -> pb::GroupState {
     }
 }
 
-/// Runs blocking coordinator work (opening logs for end offsets) off the
-/// async workers.
+/// Runs coordinator work off the async workers: every call may append to
+/// (or replay) an offsets partition, and a snapshot syncs it.
 async fn blocking<T: Send + 'static>(
     c: &Arc<Coordinator>,
     f: impl FnOnce(&Coordinator) -> Result<T, CoordinatorError> + Send + 'static,
@@ -64,17 +64,16 @@ impl Groups for GroupsService {
         let _t = timed("Heartbeat");
         let r = request.into_inner();
         let opt = |v: i32| (v != 0).then_some(v);
-        let resp = self.coordinator.heartbeat(
-            &r.group,
-            HeartbeatRequest {
-                member_id: r.member_id,
-                member_epoch: r.member_epoch,
-                client_id: r.client_id,
-                subscriptions: r.topics,
-                session_timeout_ms: opt(r.session_timeout_ms),
-                rebalance_timeout_ms: opt(r.rebalance_timeout_ms),
-            },
-        )?;
+        let req = HeartbeatRequest {
+            member_id: r.member_id,
+            member_epoch: r.member_epoch,
+            client_id: r.client_id,
+            subscriptions: r.topics,
+            session_timeout_ms: opt(r.session_timeout_ms),
+            rebalance_timeout_ms: opt(r.rebalance_timeout_ms),
+        };
+        let group = r.group;
+        let resp = blocking(&self.coordinator, move |c| c.heartbeat(&group, req)).await?;
         Ok(Response::new(pb::HeartbeatResponse {
             member_id: resp.member_id,
             member_epoch: resp.member_epoch,
@@ -98,8 +97,10 @@ impl Groups for GroupsService {
                 metadata: o.metadata,
             })
             .collect();
-        self.coordinator
-            .commit(&r.group, &r.member_id, r.member_epoch, offsets)?;
+        blocking(&self.coordinator, move |c| {
+            c.commit(&r.group, &r.member_id, r.member_epoch, offsets)
+        })
+        .await?;
         Ok(Response::new(pb::CommitOffsetsResponse {}))
     }
 
@@ -109,7 +110,10 @@ impl Groups for GroupsService {
     ) -> Result<Response<pb::FetchOffsetsResponse>, Status> {
         let _t = timed("FetchOffsets");
         let r = request.into_inner();
-        let offsets = self.coordinator.fetch_offsets(&r.group, &r.topics)?;
+        let offsets = blocking(&self.coordinator, move |c| {
+            c.fetch_offsets(&r.group, &r.topics)
+        })
+        .await?;
         Ok(Response::new(pb::FetchOffsetsResponse {
             offsets: offsets
                 .into_iter()
@@ -205,7 +209,7 @@ impl GroupAdmin for GroupAdminService {
     ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
         let _t = timed("DeleteGroup");
         let group = request.into_inner().group;
-        self.coordinator.delete_group(&group)?;
+        blocking(&self.coordinator, move |c| c.delete_group(&group)).await?;
         Ok(Response::new(pb::DeleteGroupResponse {}))
     }
 
