@@ -18,6 +18,7 @@
 //! preallocate_bytes = 1048576
 //! max_open_logs = 4096
 //! retention_check_interval_ms = 300000
+//! io_threads = 4                      # threads that run syncs, in parallel
 //!
 //! [groups]
 //! session_timeout_ms = 10000          # members that ask for none
@@ -145,6 +146,8 @@ pub struct StorageSettings {
     pub max_open_logs: usize,
     /// How often retention runs, ms.
     pub retention_check_interval_ms: u64,
+    /// Threads that run syncs (several partitions at a time).
+    pub io_threads: usize,
 }
 
 impl Default for StorageSettings {
@@ -164,6 +167,7 @@ impl Default for StorageSettings {
             preallocate_bytes: log.log.initial_preallocate_bytes,
             max_open_logs: log.max_open_logs,
             retention_check_interval_ms: log.retention_check_interval.as_millis() as u64,
+            io_threads: log.io_threads,
         }
     }
 }
@@ -298,6 +302,13 @@ impl ServerConfig {
             return Err(Error::Config("max_open_logs must be at least 1".into()));
         }
         b.max_open_logs = s.max_open_logs;
+        if !(1..=256).contains(&s.io_threads) {
+            return Err(Error::Config(format!(
+                "io_threads {} must be in [1, 256]",
+                s.io_threads
+            )));
+        }
+        b.io_threads = s.io_threads;
         if s.retention_check_interval_ms == 0 {
             return Err(Error::Config(
                 "retention_check_interval_ms must be at least 1".into(),

@@ -82,6 +82,9 @@ struct ServeArgs {
     /// Partition logs kept open at most [default: 4096].
     #[arg(long)]
     max_open_logs: Option<usize>,
+    /// Threads that run syncs, several partitions at a time [default: 4].
+    #[arg(long)]
+    io_threads: Option<usize>,
     /// Session timeout of group members that ask for none, ms [default: 10000].
     #[arg(long)]
     group_session_timeout_ms: Option<i32>,
@@ -135,6 +138,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.max_open_logs {
             s.max_open_logs = v;
+        }
+        if let Some(v) = self.io_threads {
+            s.io_threads = v;
         }
         let g = &mut c.groups;
         if let Some(v) = self.group_session_timeout_ms {
