@@ -173,6 +173,17 @@ async fn idempotent_produce_deduplicates_refuses_gaps_and_fences_old_epochs() {
     // Ids are never handed out twice, even across restarts.
     let c = init(&client, None).await;
     assert!(c.producer_id > b.producer_id, "{c:?} after {b:?}");
+
+    // Even when `__producer_ids` is lost: the partition logs say which ids
+    // live producers hold.
+    drop(_server);
+    std::fs::remove_dir_all(dir.path().join("topics/__producer_ids")).expect("lose the ids");
+    let _server = ChildServer::start_at(dir.path(), &addr, &[]);
+    let d = init(&client, None).await;
+    assert!(
+        d.producer_id > a1.producer_id.max(b.producer_id),
+        "{d:?} would reuse a live producer's id"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

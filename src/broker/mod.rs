@@ -56,6 +56,12 @@ use crate::storage::{
     LogConfig, ProducerFields, StorageError,
 };
 
+/// How often the scrubber verifies a round of sealed segments.
+pub const SCRUB_INTERVAL: Duration = Duration::from_secs(60);
+/// Bytes of sealed segments the scrubber verifies per round (at most a
+/// quarter of it per partition).
+pub const SCRUB_BYTES_PER_ROUND: u64 = 256 * 1024 * 1024;
+
 /// Largest `max_records` of a fetch.
 pub const MAX_FETCH_RECORDS: i32 = 100_000;
 /// Largest `max_bytes` of a fetch.
@@ -569,11 +575,12 @@ impl Broker {
             .name("sluice-maintenance".into())
             .spawn(move || {
                 let mut next_retention = std::time::Instant::now() + interval;
+                let mut next_scrub = std::time::Instant::now() + SCRUB_INTERVAL;
                 loop {
                     let evict = {
                         let mut s = m.state.lock();
                         if !s.stop && !s.evict {
-                            m.wake.wait_until(&mut s, next_retention);
+                            m.wake.wait_until(&mut s, next_retention.min(next_scrub));
                         }
                         if s.stop {
                             return;
@@ -583,6 +590,10 @@ impl Broker {
                     let Some(broker) = weak.upgrade() else { return };
                     if evict {
                         broker.evict_idle();
+                    }
+                    if std::time::Instant::now() >= next_scrub {
+                        broker.scrub(SCRUB_BYTES_PER_ROUND);
+                        next_scrub = std::time::Instant::now() + SCRUB_INTERVAL;
                     }
                     if std::time::Instant::now() >= next_retention {
                         broker.apply_retention();
@@ -694,6 +705,35 @@ impl Broker {
         metrics::gauge!("sluice_open_partition_logs")
             .set(self.open_logs.load(Ordering::Relaxed) as f64);
         tracing::debug!(closed, "closed idle partition logs");
+    }
+
+    /// Verifies about `budget` bytes of sealed segments of open logs,
+    /// going round them (see [`Log::scrub`]); damage is logged and counted
+    /// in `sluice_scrub_damaged_batches_total`.
+    fn scrub(&self, budget: u64) {
+        let topics: Vec<Arc<Topic>> = self.topics.read().values().cloned().collect();
+        let mut left = budget;
+        for topic in topics {
+            for p in topic.partitions().iter() {
+                if left == 0 {
+                    return;
+                }
+                let Some(log) = p.open_log() else { continue };
+                match log.scrub(left.min(SCRUB_BYTES_PER_ROUND / 4)) {
+                    Ok(out) => {
+                        left = left.saturating_sub(out.bytes.max(1));
+                        metrics::counter!("sluice_scrubbed_bytes_total").increment(out.bytes);
+                        for (from, to) in &out.damaged {
+                            metrics::counter!("sluice_scrub_damaged_batches_total").increment(1);
+                            tracing::error!(topic = %topic.name, partition = p.id, dir = %p.dir.display(), from, to, "scrub found damaged records on disk");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %topic.name, partition = p.id, error = %e, "scrub failed")
+                    }
+                }
+            }
+        }
     }
 
     /// Applies retention to every open log.
@@ -1248,6 +1288,25 @@ impl Broker {
         max_bytes: usize,
     ) -> Result<FetchResult> {
         let log = self.log_of(topic, part)?;
+        if offset < log.active_segment_base() {
+            // Sealed segments are likely cold: their page faults block the
+            // thread, so the runtime moves its other tasks elsewhere.
+            return blocking_section(|| {
+                self.read_log(topic, part, &log, offset, max_records, max_bytes)
+            });
+        }
+        self.read_log(topic, part, &log, offset, max_records, max_bytes)
+    }
+
+    fn read_log(
+        &self,
+        topic: &Topic,
+        part: &Partition,
+        log: &Log,
+        offset: i64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<FetchResult> {
         let read = log.read(offset, max_bytes).map_err(|e| match e {
             StorageError::DamagedBatch {
                 path,

@@ -35,7 +35,7 @@ impl Broker {
         // block) and must not hand out one block twice.
         let mut ids = self.producer_ids.lock();
         if ids.limit == 0 {
-            ids.allocated = self.last_producer_block()?;
+            ids.allocated = self.first_free_producer_id()?;
             ids.next = ids.allocated;
             ids.limit = ids.allocated;
         }
@@ -80,6 +80,38 @@ impl Broker {
         let id = ids.next;
         ids.next += 1;
         Ok((id, 0))
+    }
+
+    /// Where allocation goes on after a start: the end of the newest block
+    /// in `__producer_ids`. If that topic is empty or unreadable (lost or
+    /// damaged), the partition logs' producer state says which ids live
+    /// producers hold, and allocation goes on past the largest, so no id is
+    /// handed out twice.
+    fn first_free_producer_id(&self) -> Result<i64> {
+        let logged = self.last_producer_block();
+        if let Ok(end) = logged {
+            if end > 0 {
+                return Ok(end);
+            }
+        }
+        let mut max_seen: Option<i64> = None;
+        let topics: Vec<_> = self.topics.read().values().cloned().collect();
+        for topic in topics.iter().filter(|t| !super::is_internal_topic(&t.name)) {
+            for part in topic.partitions().iter() {
+                let log = self.log_of(topic, part)?;
+                max_seen = max_seen.max(log.max_producer_id());
+            }
+        }
+        let Some(max) = max_seen else {
+            return logged;
+        };
+        // The block after the one holding the largest id in use.
+        let next = (max / PRODUCER_ID_BLOCK + 1) * PRODUCER_ID_BLOCK;
+        match &logged {
+            Ok(_) => tracing::warn!(next, "__producer_ids is empty but partition logs hold producer ids; allocating after the largest"),
+            Err(e) => tracing::warn!(next, error = %e, "__producer_ids is unreadable; allocating after the largest producer id in the partition logs"),
+        }
+        Ok(next)
     }
 
     /// The end of the newest allocated block (0 if none).

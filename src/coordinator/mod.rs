@@ -71,6 +71,30 @@ pub struct CoordinatorConfig {
 /// How long after a failed write a shard first tries to resume.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
+/// After a failed write that may have left memory ahead of the log (`failed`
+/// holds why, and when to try again): `Ok(None)` when there was none,
+/// `Ok(Some(state))` replayed from the log once the retry time has come,
+/// `Err(reason)` while calls must still be refused.
+pub(crate) fn resume_after_failure<S>(
+    failed: &mut Option<(String, Instant)>,
+    replay: impl FnOnce() -> Result<S>,
+) -> std::result::Result<Option<S>, String> {
+    let Some((reason, retry_at)) = failed else {
+        return Ok(None);
+    };
+    if Instant::now() < *retry_at {
+        return Err(reason.clone());
+    }
+    match replay() {
+        Ok(fresh) => Ok(Some(fresh)),
+        Err(e) => {
+            let reason = format!("{reason}; replaying the log failed: {e}");
+            *failed = Some((reason.clone(), Instant::now() + RETRY_AFTER_FAILURE));
+            Err(reason)
+        }
+    }
+}
+
 impl Default for CoordinatorConfig {
     fn default() -> Self {
         Self {
@@ -477,18 +501,10 @@ impl Coordinator {
     /// ahead of its log; once the retry time has come, replays the log
     /// (what it holds is the truth) and goes on.
     fn check_shard(&self, shard: &Shard, st: &mut ShardState) -> Result<()> {
-        let Some((reason, retry_at)) = &st.failed else {
-            return Ok(());
-        };
-        let failed = |reason: String| CoordinatorError::Failed {
-            partition: shard.partition,
-            reason,
-        };
-        if Instant::now() < *retry_at {
-            return Err(failed(reason.clone()));
-        }
-        match Self::replay(&self.broker, shard.partition, (self.timer)()) {
-            Ok(fresh) => {
+        let replay = || Self::replay(&self.broker, shard.partition, (self.timer)());
+        match resume_after_failure(&mut st.failed, replay) {
+            Ok(None) => Ok(()),
+            Ok(Some(fresh)) => {
                 tracing::info!(
                     partition = shard.partition,
                     "group coordinator shard replayed its log after a failed write; it serves again"
@@ -496,11 +512,10 @@ impl Coordinator {
                 *st = fresh;
                 Ok(())
             }
-            Err(e) => {
-                let reason = format!("{reason}; replaying the shard failed: {e}");
-                st.failed = Some((reason.clone(), Instant::now() + RETRY_AFTER_FAILURE));
-                Err(failed(reason))
-            }
+            Err(reason) => Err(CoordinatorError::Failed {
+                partition: shard.partition,
+                reason,
+            }),
         }
     }
 

@@ -21,7 +21,7 @@ use super::error::{CoordinatorError, Result};
 use super::share::{
     AckKind, AckRefusal, Delivery, Effects, Finished, Partition, Settings, ShareGroup,
 };
-use super::RETRY_AFTER_FAILURE;
+use super::{resume_after_failure, RETRY_AFTER_FAILURE};
 use crate::broker::{
     is_internal_topic, Acks, Broker, Header, NewRecord, ProduceRequest, TopicConfig,
 };
@@ -559,29 +559,21 @@ impl Queues {
     /// the truth) and goes on. Members and their locks are not in the log:
     /// workers join again, and what they held is delivered again.
     fn check(&self, st: &mut State) -> Result<()> {
-        let Some((reason, retry_at)) = &st.failed else {
-            return Ok(());
-        };
-        let failed = |reason: String| CoordinatorError::Failed {
-            partition: 0,
-            reason,
-        };
-        if Instant::now() < *retry_at {
-            return Err(failed(reason.clone()));
-        }
-        match Self::load(&self.broker, st.next_delivery_id) {
-            Ok(fresh) => {
+        let next_delivery_id = st.next_delivery_id;
+        let replay = || Self::load(&self.broker, next_delivery_id);
+        match resume_after_failure(&mut st.failed, replay) {
+            Ok(None) => Ok(()),
+            Ok(Some(fresh)) => {
                 tracing::info!(
                     "work-queue state replayed from the log after a failed append; queues resume"
                 );
                 *st = fresh;
                 Ok(())
             }
-            Err(e) => {
-                let reason = format!("{reason}; replaying the state failed: {e}");
-                st.failed = Some((reason.clone(), Instant::now() + RETRY_AFTER_FAILURE));
-                Err(failed(reason))
-            }
+            Err(reason) => Err(CoordinatorError::Failed {
+                partition: 0,
+                reason,
+            }),
         }
     }
 

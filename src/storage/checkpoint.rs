@@ -5,8 +5,11 @@
 //! CRC-32 of the preceding bytes. It is replaced atomically (temporary file,
 //! sync, rename, directory sync).
 //!
-//! Segments that end at or below the recovery point are trusted on open;
-//! from the segment holding it on, batches are scanned and verified. After a
+//! Segments that end below the recovery point are trusted on open; from
+//! the segment holding it (or ending at it) on, batches are walked, and
+//! verified from the recovery point on. Flushes move it up to what they
+//! synced (at most every `checkpoint_interval_ms`), so a crash verifies
+//! only what was written since. After a
 //! clean close the whole log is trusted, so open reads nothing but names,
 //! sizes and the tail of the last index.
 
@@ -25,8 +28,8 @@ const LEN: usize = 4 + 1 + 1 + 8 + 4 + 4;
 /// What the checkpoint records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checkpoint {
-    /// Every batch below this offset is durable, and so are the indexes of
-    /// the segments that end at or below it.
+    /// Every batch below this offset is durable, and so are the files of
+    /// the segments that end below it.
     pub recovery_point: i64,
     /// The log was closed cleanly at `recovery_point` (its end): all files
     /// are synced and trimmed to their real lengths.

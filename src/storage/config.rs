@@ -69,6 +69,11 @@ pub struct LogConfig {
     /// Forget an idempotent producer's sequences once it has not appended
     /// for this long (Kafka's producer.id.expiration.ms).
     pub producer_expiration_ms: u64,
+    /// A flush moves the recovery point up to what it synced at most this
+    /// often (each move writes the checkpoint, and a producer-state
+    /// snapshot if the log has idempotent producers): after a crash,
+    /// checksums are verified only past it.
+    pub checkpoint_interval_ms: u64,
     /// Wall clock, ms since the epoch.
     pub clock: Clock,
     /// The file system that creates, renames, unlinks and syncs the log's
@@ -108,6 +113,7 @@ impl Default for LogConfig {
             retention_bytes: None,
             flush: FlushPolicy::Interval(Duration::from_secs(1)),
             producer_expiration_ms: 24 * 3600 * 1000,
+            checkpoint_interval_ms: 10_000,
             clock: system_clock(),
             fs: os_fs(),
         }

@@ -21,7 +21,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use tracing::{debug, info, warn};
 
 use super::batch::RecordBatch;
-use super::batch::{BatchIter, NO_PRODUCER_ID};
+use super::batch::{BatchIter, BatchView, NO_PRODUCER_ID};
 use super::checkpoint::{self, Checkpoint};
 use super::config::{FlushPolicy, LogConfig};
 use super::error::{Result, StorageError};
@@ -81,6 +81,17 @@ pub struct RecoveryReport {
     pub dropped_segments: usize,
     /// Sealed segments whose missing or damaged index files were rebuilt.
     pub rebuilt_indexes: usize,
+}
+
+/// What a scrub of sealed segments found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrubOutcome {
+    /// Bytes of data verified.
+    pub bytes: u64,
+    /// Batches verified.
+    pub batches: u64,
+    /// Damaged offset ranges `[from, to)` found.
+    pub damaged: Vec<(i64, i64)>,
 }
 
 /// What retention deleted.
@@ -149,6 +160,10 @@ pub struct Log {
     recovery: RecoveryReport,
     /// Syncs of the active segment so far (for metrics and tests).
     syncs: AtomicU64,
+    /// Base offset of the next sealed segment the scrubber verifies.
+    scrub_cursor: AtomicI64,
+    /// When a flush last moved the recovery point (ms, the log's clock).
+    last_checkpoint_ms: AtomicI64,
 }
 
 impl std::fmt::Debug for Log {
@@ -309,7 +324,10 @@ impl Log {
             } else {
                 bases
                     .iter()
-                    .rposition(|&b| b <= checkpoint.recovery_point)
+                    // A segment that ends exactly at the recovery point
+                    // may have been sealed after it was written (its files
+                    // then unsynced): walked again, with no checksums.
+                    .rposition(|&b| b < checkpoint.recovery_point)
                     .unwrap_or(0)
             };
             for (i, &base) in bases[..first_untrusted].iter().enumerate() {
@@ -358,6 +376,9 @@ impl Log {
                                 i32::MAX
                             },
                             min_epoch,
+                            // Batches below the recovery point were synced
+                            // before it was written: walked, not checked.
+                            crc_from: saved.map_or(i64::MIN, |c| c.recovery_point),
                         },
                         &mut segments,
                         &mut report,
@@ -368,9 +389,13 @@ impl Log {
                     let created = created_ms(&segment_path(&dir, tail.0, LOG_EXT), now);
                     active = ActiveSegment::open(&dir, tail.0, &tail.1, &config, created, false)?;
                     sync_dir(fs, &dir)?;
-                    // Everything before the tail segment is now verified and synced.
+                    // Everything before the tail segment is now verified and
+                    // synced, and the tail up to the old recovery point was
+                    // synced before it was written.
                     checkpoint = Checkpoint {
-                        recovery_point: tail.0,
+                        recovery_point: saved.map_or(tail.0, |c| {
+                            c.recovery_point.clamp(tail.0, tail.1.next_offset)
+                        }),
                         clean: false,
                         leader_epoch,
                     };
@@ -429,6 +454,8 @@ impl Log {
             durable_hook: RwLock::new(None),
             recovery: report,
             syncs: AtomicU64::new(0),
+            scrub_cursor: AtomicI64::new(i64::MIN),
+            last_checkpoint_ms: AtomicI64::new(0),
             config,
         })
     }
@@ -594,6 +621,11 @@ impl Log {
         self.writer.lock().producers.len()
     }
 
+    /// The largest idempotent producer id this partition knows.
+    pub fn max_producer_id(&self) -> Option<i64> {
+        self.writer.lock().producers.max_producer_id()
+    }
+
     /// The tail segment of a cleanly closed log, trusted as it is: its files
     /// were synced and trimmed. Only the batches after the last index entry
     /// are read, to find the end offset. `None` if anything disagrees.
@@ -631,6 +663,7 @@ impl Log {
             Some(Verify {
                 max_epoch: i32::MAX,
                 min_epoch: 0,
+                crc_from: i64::MIN,
             }),
         );
         if walked.error.is_some() || from_pos as u64 + walked.valid_len != data.len() as u64 {
@@ -707,7 +740,7 @@ impl Log {
             let data = map_sealed(&path)?;
             let outcome = scan(&data, base, config.index_interval_bytes, Some(verify));
             report.segments_scanned += 1;
-            report.batches_scanned += outcome.batches;
+            report.batches_scanned += outcome.verified;
             let written = data
                 .iter()
                 .rposition(|&b| b != 0)
@@ -838,6 +871,11 @@ impl Log {
     /// Bytes of data in all segments.
     pub fn size_bytes(&self) -> u64 {
         self.segments().iter().map(|s| s.size()).sum()
+    }
+
+    /// Base offset of the active segment (everything below it is sealed).
+    pub fn active_segment_base(&self) -> i64 {
+        self.segments.read().last().map_or(0, |s| s.base_offset())
     }
 
     /// Number of segments.
@@ -1116,6 +1154,57 @@ impl Log {
         Ok(None)
     }
 
+    /// Verifies the checksums of sealed segments, about `budget` bytes of
+    /// them, from where the last call stopped (going round the log), so
+    /// damage in data nobody reads is found too. The active segment is left
+    /// to recovery and to readers, which verify what they serve.
+    pub fn scrub(&self, budget: u64) -> Result<ScrubOutcome> {
+        let segments = self.segments();
+        let mut out = ScrubOutcome::default();
+        let sealed = segments.len().saturating_sub(1);
+        if sealed == 0 {
+            return Ok(out);
+        }
+        let cursor = self.scrub_cursor.load(Ordering::Relaxed);
+        let mut i = segments.partition_point(|s| s.base_offset() < cursor);
+        if i >= sealed {
+            i = 0;
+        }
+        let first = i;
+        loop {
+            let seg = &segments[i];
+            let next = segments[i + 1].base_offset();
+            let view = seg
+                .view(next)
+                .map_err(|e| self.deleted_or(e, seg.base_offset()))?;
+            let data = &view.data;
+            let mut pos = 0;
+            let mut expected = seg.base_offset();
+            while pos < data.len() {
+                let batch = match BatchView::parse(&data[pos..]) {
+                    Ok(b) => b,
+                    Err(_) => {
+                        out.damaged.push((expected, next));
+                        break;
+                    }
+                };
+                if batch.verify_crc().is_err() {
+                    out.damaged.push((batch.base_offset(), batch.next_offset()));
+                }
+                out.batches += 1;
+                expected = batch.next_offset();
+                pos += batch.len();
+            }
+            out.bytes += data.len() as u64;
+            i = (i + 1) % sealed;
+            self.scrub_cursor
+                .store(segments[i].base_offset(), Ordering::Relaxed);
+            if out.bytes >= budget || i == first {
+                return Ok(out);
+            }
+        }
+    }
+
     /// Forces everything appended so far to disk.
     pub fn flush(&self) -> Result<()> {
         self.flush_until(self.end_offset())
@@ -1181,14 +1270,25 @@ impl Log {
     /// below which everything is now durable. Called by the one flushing
     /// thread, without the writer lock (appends go on meanwhile).
     fn sync_now(&self) -> Result<i64> {
+        let now = (self.config.clock)();
+        let checkpoint_due = now.saturating_sub(self.last_checkpoint_ms.load(Ordering::Relaxed))
+            >= i64::try_from(self.config.checkpoint_interval_ms).unwrap_or(i64::MAX);
         let (pending, snapshots, data_file, active_base, end) = {
             let mut w = self.writer.lock();
+            let end = w.active.next_offset();
+            let mut snapshots = std::mem::take(&mut w.pending_snapshots);
+            if checkpoint_due && !w.producers.is_empty() && w.snapshots.last() < Some(&end) {
+                // The producer state as of `end`, written once `end` is
+                // durable: recovery then replays nothing before it.
+                let encoded = self.producer_snapshot(&mut w, now);
+                snapshots.push((end, encoded));
+            }
             (
                 std::mem::take(&mut w.pending),
-                std::mem::take(&mut w.pending_snapshots),
+                snapshots,
                 w.active.data_file().clone(),
                 w.active.segment().base_offset(),
-                w.active.next_offset(),
+                end,
             )
         };
         let fs = &*self.config.fs;
@@ -1206,6 +1306,15 @@ impl Log {
             }
             Ok(end)
         })();
+        if result.is_ok() && checkpoint_due {
+            // Everything below `end` is synced, and the active segment's
+            // directory entry too (at open, or by the flush after its roll).
+            self.last_checkpoint_ms.store(now, Ordering::Relaxed);
+            if let Err(e) = self.update_checkpoint(|c| c.recovery_point = c.recovery_point.max(end))
+            {
+                warn!(dir = %self.dir.display(), error = %e, "moving the recovery point failed; recovery will verify more");
+            }
+        }
         match &result {
             Ok(_) => {
                 // Every batch below `end` is durable: snapshots of the

@@ -38,6 +38,8 @@ pub use config::{monotonic_clock, system_clock, Clock, FlushPolicy, LogConfig, M
 pub use error::{Result, StorageError};
 pub use flusher::{Flusher, IoPool};
 pub use fs::{os_fs, CrashFs, FileSystem, Fs, OsFs};
-pub use log::{AppendInfo, DurableHook, Log, ReadResult, RecoveryReport, RetentionOutcome};
+pub use log::{
+    AppendInfo, DurableHook, Log, ReadResult, RecoveryReport, RetentionOutcome, ScrubOutcome,
+};
 pub use mmap::{sync_dir, write_file_atomic};
 pub use producer_state::ProducerStates;

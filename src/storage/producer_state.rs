@@ -84,6 +84,11 @@ impl ProducerStates {
         self.producers.is_empty()
     }
 
+    /// The largest producer id known, if any.
+    pub fn max_producer_id(&self) -> Option<i64> {
+        self.producers.keys().copied().max()
+    }
+
     /// Decides whether a batch of `count` records from `producer_id` at
     /// `epoch`, starting at sequence `first_seq`, is appended, answered as a
     /// duplicate, or refused.

@@ -74,6 +74,56 @@ pub struct Segment {
     time_len: AtomicUsize,
     /// Largest record timestamp; `i64::MIN` while unknown or empty.
     max_timestamp: AtomicI64,
+    /// A range of the data, `[start, end)` packed as two u32s, whose
+    /// batches passed their checksum since this process mapped the segment:
+    /// reads verify only batches outside it and extend it, so a large batch
+    /// read in many small fetches is checked once. (Bytes never change once
+    /// published; the scrubber re-verifies cold segments from the disk.)
+    verified: Arc<AtomicU64>,
+}
+
+/// A verified byte range `[start, end)` of a segment, packed in a u64
+/// (segment positions fit in 32 bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct VerifiedRange {
+    start: usize,
+    end: usize,
+}
+
+impl VerifiedRange {
+    fn load(a: &AtomicU64) -> Self {
+        let v = a.load(Ordering::Acquire);
+        Self {
+            start: (v >> 32) as usize,
+            end: (v & 0xffff_ffff) as usize,
+        }
+    }
+
+    fn store(self, a: &AtomicU64) {
+        a.store(
+            ((self.start as u64) << 32) | self.end as u64,
+            Ordering::Release,
+        );
+    }
+
+    fn covers(&self, from: usize, to: usize) -> bool {
+        self.start <= from && to <= self.end
+    }
+
+    /// Adds the verified batch `[from, to)`: extends the range when they
+    /// touch, else the batch becomes the range (ranges only ever hold
+    /// verified bytes).
+    fn add(&mut self, from: usize, to: usize) {
+        if from <= self.end && to >= self.start && self.end > self.start {
+            self.start = self.start.min(from);
+            self.end = self.end.max(to);
+        } else {
+            *self = Self {
+                start: from,
+                end: to,
+            };
+        }
+    }
 }
 
 /// A reader's consistent snapshot of a segment.
@@ -87,6 +137,7 @@ pub struct SegmentView {
     /// Largest record timestamp in `data`, `i64::MIN` if empty.
     pub max_timestamp: i64,
     path: PathBuf,
+    verified: Arc<AtomicU64>,
 }
 
 impl Segment {
@@ -101,6 +152,7 @@ impl Segment {
             index_len: AtomicUsize::new(0),
             time_len: AtomicUsize::new(0),
             max_timestamp: AtomicI64::new(i64::MIN),
+            verified: Arc::default(),
         })
     }
 
@@ -145,6 +197,7 @@ impl Segment {
                         time: window(time, time_len)?,
                         max_timestamp,
                         path: self.path(LOG_EXT),
+                        verified: self.verified.clone(),
                     });
                 }
                 State::Sealed { data, index, time } => {
@@ -171,6 +224,7 @@ impl Segment {
             time: time.clone(),
             max_timestamp: self.max_timestamp.load(Ordering::Acquire),
             path: self.path(LOG_EXT),
+            verified: self.verified.clone(),
         }
     }
 
@@ -275,6 +329,8 @@ impl SegmentView {
         let mut position = self.checked_scan_start(offset);
         // The offset where the batch at `position` should start.
         let mut expected = offset.max(self.base_offset);
+        let before = VerifiedRange::load(&self.verified);
+        let mut verified = before;
         while position < self.data.len() {
             let damaged = |from: i64, to: i64, reason: String| StorageError::DamagedBatch {
                 path: self.path.clone(),
@@ -298,7 +354,12 @@ impl SegmentView {
                 position += len;
                 continue;
             }
-            if let Err(e) = batch.verify_crc() {
+            let check = if verified.covers(position, position + len) {
+                Ok(())
+            } else {
+                batch.verify_crc()
+            };
+            if let Err(e) = check {
                 if range.is_some() {
                     break;
                 }
@@ -312,6 +373,7 @@ impl SegmentView {
                 };
                 return Err(damaged(from, to, e.to_string()));
             }
+            verified.add(position, position + len);
             match &mut range {
                 None => {
                     range = Some((position, position + len));
@@ -328,6 +390,9 @@ impl SegmentView {
             }
             expected = batch.next_offset();
             position += len;
+        }
+        if verified != before {
+            verified.store(&self.verified);
         }
         Ok(range.map(|(start, stop)| self.data.slice(start..stop)))
     }
@@ -401,6 +466,8 @@ pub struct ScanOutcome {
     pub next_offset: i64,
     /// Valid batches.
     pub batches: u64,
+    /// Valid batches whose checksum was checked.
+    pub verified: u64,
     /// Offset index entries for the valid batches.
     pub index: Vec<u8>,
     /// Time index entries for the valid batches (without a sealing entry).
@@ -436,6 +503,10 @@ pub struct Verify {
     pub max_epoch: i32,
     /// Smallest leader epoch the first batch may carry.
     pub min_epoch: i32,
+    /// Checksums are checked from the batch holding this offset on; batches
+    /// wholly below it are known durable (the recovery point) and only
+    /// walked.
+    pub crc_from: i64,
 }
 
 /// Walks the batches of a segment with base offset `base`, rebuilding its
@@ -449,6 +520,7 @@ pub fn scan(data: &[u8], base: i64, interval: u64, verify: Option<Verify>) -> Sc
     let mut pos = 0usize;
     let mut next = base;
     let mut batches = 0;
+    let mut verified = 0;
     let mut last_epoch: Option<i32> = None;
     let mut error = None;
     while pos < data.len() {
@@ -467,7 +539,9 @@ pub fn scan(data: &[u8], base: i64, interval: u64, verify: Option<Verify>) -> Sc
                 return Err("batch beyond the 32-bit range of a segment".into());
             }
             if let Some(v) = verify {
-                b.verify_crc().map_err(|e| e.to_string())?;
+                if b.last_offset() >= v.crc_from {
+                    b.verify_crc().map_err(|e| e.to_string())?;
+                }
                 let floor = last_epoch.unwrap_or(v.min_epoch);
                 if b.leader_epoch() < floor || b.leader_epoch() > v.max_epoch {
                     return Err(format!(
@@ -481,6 +555,9 @@ pub fn scan(data: &[u8], base: i64, interval: u64, verify: Option<Verify>) -> Sc
         };
         match check() {
             Ok(b) => {
+                if verify.is_some_and(|v| b.last_offset() >= v.crc_from) {
+                    verified += 1;
+                }
                 let planned = builder.plan(pos as u32, (b.base_offset() - base) as u32);
                 index.extend(planned.offset.iter().flatten());
                 time.extend(planned.time.iter().flatten());
@@ -502,6 +579,7 @@ pub fn scan(data: &[u8], base: i64, interval: u64, verify: Option<Verify>) -> Sc
         valid_len: pos as u64,
         next_offset: next,
         batches,
+        verified,
         index,
         time,
         builder,
@@ -611,6 +689,7 @@ impl ActiveSegment {
             index_len: AtomicUsize::new(found.index.len()),
             time_len: AtomicUsize::new(found.time.len()),
             max_timestamp: AtomicI64::new(found.builder.max_timestamp().unwrap_or(i64::MIN)),
+            verified: Arc::default(),
         });
         let mut active = Self {
             seg,
