@@ -387,6 +387,63 @@ async fn restart_keeps_topics_settings_and_records() {
 }
 
 #[tokio::test]
+async fn a_damaged_batch_on_disk_is_data_loss_for_its_offsets_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let c = server.client().await;
+    c.create_topic("rot", 1, Default::default()).await.unwrap();
+    // Enough batches that the damaged one lies below the last index entry,
+    // where a clean restart trusts the data without reading it.
+    for i in 0..16 {
+        let records = (0..2)
+            .map(|j| record(None, format!("b{i}-{j}-{}", "x".repeat(600))))
+            .collect();
+        c.produce(produce_req("rot", Some(0), records))
+            .await
+            .unwrap();
+    }
+    server.stop().await;
+    // Flip one bit inside a value of the fourth batch (offsets 6 and 7).
+    let path = dir.path().join("topics/rot/0/00000000000000000000.log");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.windows(4).position(|w| w == b"b3-0").unwrap();
+    bytes[at + 1] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let server = TestServer::start(dir.path()).await;
+    let c = server.client().await;
+    let fetch = |offset| pb::FetchRequest {
+        topic: "rot".into(),
+        partition: 0,
+        offset,
+        ..Default::default()
+    };
+    // The intact batches before the damage come back...
+    let r = c.fetch(fetch(0)).await.unwrap();
+    assert_eq!(r.records.len(), 6);
+    assert_eq!(r.next_offset, 6);
+    // ...a fetch at the damage names it, without server paths...
+    let e = match c.fetch(fetch(6)).await {
+        Err(sluice::client::ClientError::Status(s)) => s,
+        other => panic!("expected DATA_LOSS, got {other:?}"),
+    };
+    assert_eq!(e.code(), tonic::Code::DataLoss, "{e:?}");
+    assert!(e.message().contains("[6, 8)"), "{}", e.message());
+    assert!(
+        e.message().contains("fetch from offset 8"),
+        "{}",
+        e.message()
+    );
+    let data_dir = dir.path().to_string_lossy().to_string();
+    assert!(!e.message().contains(&data_dir), "{}", e.message());
+    // ...and reading from its end goes on.
+    let r = c.fetch(fetch(8)).await.unwrap();
+    assert_eq!(r.records.first().map(|r| r.offset), Some(8));
+    assert_eq!(r.records.len(), 24);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn every_error_has_its_status_code() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());

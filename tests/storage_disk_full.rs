@@ -180,3 +180,132 @@ fn the_group_coordinator_resumes_once_the_disk_has_room() {
     let c = Coordinator::open(broker, coordinator_config).expect("coordinator");
     assert_eq!(committed(&c), Some(last_ok + 2), "and it is in the log");
 }
+
+#[test]
+fn the_work_queues_resume_once_the_disk_has_room() {
+    use std::collections::BTreeSet;
+
+    use bytes::Bytes;
+    use sluice::broker::{Acks, Broker, BrokerConfig, NewRecord, ProduceRequest, TopicConfig};
+    use sluice::coordinator::queues::{AckRequest, Queues};
+    use sluice::coordinator::share::AckKind;
+    use sluice::coordinator::{CoordinatorError, RETRY_AFTER_FAILURE};
+    let fs = match Tmpfs::mount("4m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIPPED the_work_queues_resume_once_the_disk_has_room: {why} (needs root to mount a small tmpfs)");
+            return;
+        }
+    };
+    let mut config = BrokerConfig::new(fs.path.join("data"));
+    config.log.initial_preallocate_bytes = 16 * 1024;
+    let broker = Broker::open(config).expect("broker");
+    broker
+        .create_topic("jobs", 1, TopicConfig::default())
+        .expect("topic");
+    const JOBS: usize = 20_000;
+    let records = (0..JOBS)
+        .map(|i| NewRecord {
+            value: Some(Bytes::from(format!("job-{i:05}"))),
+            ..NewRecord::default()
+        })
+        .collect();
+    let appended = broker
+        .append(ProduceRequest {
+            topic: "jobs".into(),
+            partition: Some(0),
+            records,
+            acks: Acks::Leader,
+            producer: None,
+        })
+        .expect("append")
+        .result();
+    assert!(appended.failures.is_empty());
+    let q = Queues::open(broker.clone(), sluice::storage::system_clock()).expect("queues");
+    let mut member = q.join("g", "jobs", "", 500, None, false).expect("join");
+
+    let filler = fs.path.join("filler");
+    let mut size = 4 * 1024 * 1024;
+    while size > 4096 {
+        if std::fs::write(&filler, vec![1u8; size]).is_ok() {
+            break;
+        }
+        size -= 64 * 1024;
+    }
+    // Take and accept work until the state log has no room.
+    let mut accepted = BTreeSet::new();
+    let failure = loop {
+        let got = match q.acquire("g", &member, 500) {
+            Ok(got) => got,
+            Err(e) => break e,
+        };
+        assert!(
+            !got.is_empty(),
+            "the queue ran dry before the disk filled ({} accepted)",
+            accepted.len()
+        );
+        let acks = got
+            .iter()
+            .map(|d| AckRequest {
+                delivery_id: d.delivery_id,
+                kind: AckKind::Accept,
+                reason: None,
+            })
+            .collect();
+        match q.ack("g", &member, acks) {
+            Ok(out) => {
+                for d in &got {
+                    if out.accepted.contains(&d.delivery_id) {
+                        accepted.insert(d.record.offset);
+                    }
+                }
+            }
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(failure, CoordinatorError::Failed { .. }),
+        "{failure}"
+    );
+    assert!(!accepted.is_empty(), "some work was accepted first");
+    assert!(q.acquire("g", &member, 50).is_err(), "refused while full");
+
+    // Room again: after the retry delay the queues replay their state and
+    // serve again, without a restart; confirmed ACCEPTs never come back.
+    std::fs::remove_file(&filler).expect("free space");
+    std::thread::sleep(RETRY_AFTER_FAILURE + std::time::Duration::from_millis(100));
+    member = q
+        .join("g", "jobs", "", 500, None, false)
+        .expect("join again");
+    let mut seen = 0;
+    loop {
+        let got = q
+            .acquire("g", &member, 500)
+            .expect("acquire after freeing space");
+        if got.is_empty() {
+            break;
+        }
+        for d in &got {
+            assert!(
+                !accepted.contains(&d.record.offset),
+                "accepted record {} delivered again",
+                d.record.offset
+            );
+        }
+        seen += got.len();
+        let acks = got
+            .iter()
+            .map(|d| AckRequest {
+                delivery_id: d.delivery_id,
+                kind: AckKind::Accept,
+                reason: None,
+            })
+            .collect();
+        q.ack("g", &member, acks).expect("ack after freeing space");
+    }
+    assert_eq!(
+        seen + accepted.len(),
+        JOBS,
+        "every other record is delivered"
+    );
+}
