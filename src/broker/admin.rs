@@ -1,0 +1,228 @@
+//! Topic administration: create, delete (through the trash), list,
+//! describe, add partitions.
+
+use super::*;
+
+/// A topic and its partitions' state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// Name.
+    pub name: String,
+    /// Settings in force.
+    pub config: TopicConfig,
+    /// Per partition.
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// State of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// Partition.
+    pub partition: i32,
+    /// Log start offset.
+    pub log_start_offset: i64,
+    /// High watermark.
+    pub high_watermark: i64,
+    /// Data bytes.
+    pub size_bytes: u64,
+    /// Segment files.
+    pub segments: usize,
+}
+
+impl Broker {
+    pub(super) fn move_to_trash(&self, dir: &Path) -> Result<PathBuf> {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let seq = self.trash_seq.fetch_add(1, Ordering::Relaxed);
+        let to = self
+            .trash_dir
+            .join(format!("{name}.{}.{seq}", now_ms(&self.config.log)));
+        self.fs()
+            .rename(dir, &to)
+            .map_err(|e| io_err("moving to trash", dir, e))?;
+        crate::storage::sync_dir(self.fs(), &self.topics_dir)?;
+        Ok(to)
+    }
+
+    /// Creates a topic. Blocking (file-system work): call it off the async
+    /// runtime's worker threads.
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        config: TopicConfig,
+    ) -> Result<TopicInfo> {
+        validate_topic_name(name)?;
+        if is_internal_topic(name) {
+            return Err(BrokerError::invalid(format!(
+                "topic name '{name}' starts with '{INTERNAL_TOPIC_PREFIX}', which is reserved for the broker's internal topics"
+            )));
+        }
+        self.create_topic_unchecked(name, partitions, config)
+    }
+
+    /// Creates the internal topic `name` unless it exists; returns it.
+    /// Blocking.
+    pub(crate) fn ensure_internal_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        config: TopicConfig,
+    ) -> Result<Arc<Topic>> {
+        debug_assert!(is_internal_topic(name));
+        if let Ok(t) = self.topic(name) {
+            return Ok(t);
+        }
+        self.create_topic_unchecked(name, partitions, config)?;
+        self.topic(name)
+    }
+
+    pub(super) fn create_topic_unchecked(
+        &self,
+        name: &str,
+        partitions: i32,
+        config: TopicConfig,
+    ) -> Result<TopicInfo> {
+        if !(1..=MAX_PARTITIONS).contains(&partitions) {
+            return Err(BrokerError::invalid(format!(
+                "partition count {partitions} must be in [1, {MAX_PARTITIONS}]"
+            )));
+        }
+        config.validate()?;
+        self.check_running()?;
+        let _admin = self.admin.lock();
+        if self.topics.read().contains_key(name) {
+            return Err(BrokerError::TopicExists {
+                topic: name.to_string(),
+            });
+        }
+        let dir = self.topics_dir.join(name);
+        if dir.exists() {
+            self.move_to_trash(&dir)?;
+        }
+        for i in 0..partitions {
+            let p = dir.join(i.to_string());
+            self.fs()
+                .create_dir_all(&p)
+                .map_err(|e| io_err("creating", &p, e))?;
+        }
+        let meta = TopicMeta {
+            name: name.to_string(),
+            partitions,
+            config,
+            created_ms: now_ms(&self.config.log),
+        };
+        meta.write(self.fs(), &dir)?;
+        crate::storage::sync_dir(self.fs(), &self.topics_dir)?;
+        let topic = Arc::new(self.topic_from_meta(meta, dir));
+        self.topics.write().insert(name.to_string(), topic.clone());
+        tracing::info!(topic = name, partitions, "topic created");
+        Ok(TopicInfo {
+            name: name.to_string(),
+            config: config.effective(&self.config.log),
+            partitions: (0..partitions)
+                .map(|partition| PartitionInfo {
+                    partition,
+                    log_start_offset: 0,
+                    high_watermark: 0,
+                    size_bytes: 0,
+                    segments: 1,
+                })
+                .collect(),
+        })
+    }
+
+    /// Deletes a topic and its data. Blocking.
+    pub fn delete_topic(&self, name: &str) -> Result<()> {
+        Self::refuse_internal(name)?;
+        let _admin = self.admin.lock();
+        let topic = self
+            .topics
+            .write()
+            .remove(name)
+            .ok_or_else(|| BrokerError::TopicNotFound {
+                topic: name.to_string(),
+            })?;
+        for p in topic.partitions().iter() {
+            p.mark_deleted();
+            if p.close() {
+                self.open_logs.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let trash = self.move_to_trash(&topic.dir)?;
+        if let Err(e) = std::fs::remove_dir_all(&trash) {
+            tracing::warn!(dir = %trash.display(), error = %e, "could not remove deleted topic's files; they go on the next start");
+        }
+        tracing::info!(topic = name, "topic deleted");
+        Ok(())
+    }
+
+    /// Topics with their partition counts, sorted by name. Internal topics
+    /// (the broker's own state) are left out.
+    pub fn list_topics(&self) -> Vec<(String, i32)> {
+        self.topics
+            .read()
+            .values()
+            .filter(|t| !is_internal_topic(&t.name))
+            .map(|t| (t.name.to_string(), t.partitions.read().len() as i32))
+            .collect()
+    }
+
+    /// A topic's settings and partitions' state. Opens closed partition
+    /// logs (blocking).
+    pub fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
+        let topic = self.topic(name)?;
+        let mut partitions = Vec::new();
+        for p in topic.partitions().iter() {
+            let log = self.log_of(&topic, p)?;
+            p.note_size(&log);
+            partitions.push(PartitionInfo {
+                partition: p.id,
+                log_start_offset: log.start_offset(),
+                high_watermark: log.end_offset(),
+                size_bytes: log.size_bytes(),
+                segments: log.segment_count(),
+            });
+        }
+        Ok(TopicInfo {
+            name: topic.name.to_string(),
+            config: topic.config.effective(&self.config.log),
+            partitions,
+        })
+    }
+
+    /// Raises a topic's partition count to `total`. Blocking.
+    pub fn create_partitions(&self, name: &str, total: i32) -> Result<TopicInfo> {
+        Self::refuse_internal(name)?;
+        {
+            let _admin = self.admin.lock();
+            let topic = self.topic(name)?;
+            let current = topic.partitions();
+            let count = current.len() as i32;
+            if total <= count || total > MAX_PARTITIONS {
+                return Err(BrokerError::invalid(format!(
+                    "total_partitions {total} must be in [{}, {MAX_PARTITIONS}] (topic '{name}' has {count})",
+                    count + 1
+                )));
+            }
+            let mut parts = Vec::clone(&current);
+            for i in count..total {
+                let dir = topic.dir.join(i.to_string());
+                if !dir.exists() {
+                    self.fs()
+                        .create_dir_all(&dir)
+                        .map_err(|e| io_err("creating", &dir, e))?;
+                }
+                parts.push(Arc::new(Partition::new(topic.name.clone(), i, dir)));
+            }
+            let mut meta = topic.meta();
+            meta.partitions = total;
+            meta.write(self.fs(), &topic.dir)?;
+            *topic.partitions.write() = Arc::new(parts);
+            tracing::info!(topic = name, from = count, to = total, "partitions added");
+        }
+        self.describe_topic(name)
+    }
+}

@@ -1,0 +1,408 @@
+//! Fetch: reading records (checksums verified by the log), long polls
+//! that wait on a partition's high watermark, subscriptions, and offsets
+//! by position or time.
+
+use super::*;
+
+/// A read from one partition.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchRequest<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// First offset.
+    pub offset: i64,
+    /// Records at most (0: default).
+    pub max_records: i32,
+    /// Bytes about (0: default).
+    pub max_bytes: i32,
+    /// Long-poll wait, ms.
+    pub max_wait_ms: i32,
+}
+
+/// A record read back. Key, value and header values share the log's
+/// memory (no copy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedRecord {
+    /// Offset.
+    pub offset: i64,
+    /// Timestamp, ms.
+    pub timestamp: i64,
+    /// Key.
+    pub key: Option<Bytes>,
+    /// Value.
+    pub value: Option<Bytes>,
+    /// Headers.
+    pub headers: Vec<Header>,
+}
+
+/// Records read from one partition.
+#[derive(Debug, Clone, Default)]
+pub struct FetchResult {
+    /// The records, in offset order.
+    pub records: Vec<FetchedRecord>,
+    /// Offset to read next.
+    pub next_offset: i64,
+    /// Log start offset.
+    pub log_start_offset: i64,
+    /// High watermark.
+    pub high_watermark: i64,
+}
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// This offset.
+    Offset(i64),
+    /// First record at or after this timestamp (ms).
+    Timestamp(i64),
+    /// Oldest record held.
+    Earliest,
+    /// Records appended from now on.
+    Latest,
+}
+
+/// Offsets of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    /// Partition.
+    pub partition: i32,
+    /// Log start offset.
+    pub earliest: i64,
+    /// High watermark.
+    pub latest: i64,
+    /// First offset at or after the timestamp asked for (`Some(-1)` if
+    /// none); `None` if none was asked for.
+    pub for_timestamp: Option<i64>,
+}
+
+/// A live read of one partition; see [`Broker::subscribe`].
+pub struct Subscription {
+    broker: Arc<Broker>,
+    topic: Arc<Topic>,
+    part: Arc<Partition>,
+    next: i64,
+    max_records: usize,
+    max_bytes: usize,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("topic", &self.topic.name)
+            .field("partition", &self.part.id)
+            .field("next", &self.next)
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// Offset of the next record to deliver.
+    pub fn position(&self) -> i64 {
+        self.next
+    }
+
+    /// The next records: at once if there are any, else as soon as some
+    /// are appended. Fails when the topic is deleted, the server shuts down,
+    /// or retention removed the position.
+    pub async fn next(&mut self) -> Result<FetchResult> {
+        loop {
+            if self.part.is_deleted() {
+                return Err(BrokerError::TopicDeleted {
+                    topic: self.topic.name.to_string(),
+                });
+            }
+            self.broker.check_running()?;
+            let out = self.broker.read(
+                &self.topic,
+                &self.part,
+                self.next,
+                self.max_records,
+                self.max_bytes,
+            )?;
+            if !out.records.is_empty() {
+                self.next = out.next_offset;
+                return Ok(out);
+            }
+            self.broker.wait_beyond(&self.part, self.next, None).await?;
+        }
+    }
+}
+
+impl Broker {
+    pub(super) fn fetch_limits(max_records: i32, max_bytes: i32) -> Result<(usize, usize)> {
+        let records = match max_records {
+            0 => DEFAULT_FETCH_RECORDS,
+            n if (1..=MAX_FETCH_RECORDS).contains(&n) => n,
+            n => {
+                return Err(BrokerError::invalid(format!(
+                "max_records {n} must be in [0, {MAX_FETCH_RECORDS}] (0: {DEFAULT_FETCH_RECORDS})"
+            )))
+            }
+        };
+        let bytes = match max_bytes {
+            0 => DEFAULT_FETCH_BYTES,
+            n if (1..=MAX_FETCH_BYTES).contains(&n) => n,
+            n => {
+                return Err(BrokerError::invalid(format!(
+                    "max_bytes {n} must be in [0, {MAX_FETCH_BYTES}] (0: {DEFAULT_FETCH_BYTES})"
+                )))
+            }
+        };
+        Ok((records as usize, bytes as usize))
+    }
+
+    /// Reads records at `offset` without waiting.
+    pub(super) fn read(
+        &self,
+        topic: &Topic,
+        part: &Partition,
+        offset: i64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<FetchResult> {
+        let log = self.log_of(topic, part)?;
+        if offset < log.active_segment_base() {
+            // Sealed segments are likely cold: their page faults block the
+            // thread, so the runtime moves its other tasks elsewhere.
+            return blocking_section(|| {
+                self.read_log(topic, part, &log, offset, max_records, max_bytes)
+            });
+        }
+        self.read_log(topic, part, &log, offset, max_records, max_bytes)
+    }
+
+    pub(super) fn read_log(
+        &self,
+        topic: &Topic,
+        part: &Partition,
+        log: &Log,
+        offset: i64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<FetchResult> {
+        let read = log.read(offset, max_bytes).map_err(|e| match e {
+            StorageError::DamagedBatch {
+                path,
+                from,
+                to,
+                reason,
+            } => {
+                tracing::error!(topic = %topic.name, partition = part.id, path = %path.display(), from, to, %reason, "damaged batch on disk");
+                BrokerError::DamagedRecords {
+                    topic: topic.name.to_string(),
+                    partition: part.id,
+                    from,
+                    to,
+                    reason: "checksum or framing mismatch".into(),
+                }
+            }
+            e => BrokerError::Storage(e),
+        })?;
+        let mut out = FetchResult {
+            records: Vec::new(),
+            next_offset: offset,
+            log_start_offset: read.log_start_offset,
+            high_watermark: read.log_end_offset,
+        };
+        let data = &read.data;
+        // Batches come checksum-verified; a record that still fails to
+        // decode is reported like any damage, without server paths.
+        let corrupt = |from: i64, to: i64| {
+            move |e: crate::storage::BatchError| BrokerError::DamagedRecords {
+                topic: topic.name.to_string(),
+                partition: part.id,
+                from,
+                to,
+                reason: e.to_string(),
+            }
+        };
+        let share = |s: &[u8]| data.slice_ref(s);
+        let mut bytes = 0u64;
+        'batches: for batch in BatchIter::new(data) {
+            let batch = batch.map_err(corrupt(offset, read.log_end_offset))?;
+            if batch.next_offset() <= offset {
+                continue;
+            }
+            if out.records.is_empty() {
+                out.records
+                    .reserve((batch.record_count() as usize).min(max_records));
+            }
+            bytes += batch.len() as u64;
+            for rec in batch.records() {
+                let rec = rec.map_err(corrupt(batch.base_offset(), batch.next_offset()))?;
+                if rec.offset < offset {
+                    continue;
+                }
+                if out.records.len() >= max_records {
+                    break 'batches;
+                }
+                let mut headers = Vec::new();
+                if rec.header_count() > 0 {
+                    headers.reserve(rec.header_count());
+                    for h in rec.headers() {
+                        headers.push(Header {
+                            key: String::from_utf8_lossy(h.key).into_owned(),
+                            value: h.value.map(share),
+                        });
+                    }
+                }
+                out.next_offset = rec.offset + 1;
+                out.records.push(FetchedRecord {
+                    offset: rec.offset,
+                    timestamp: rec.timestamp,
+                    key: rec.key.map(share),
+                    value: rec.value.map(share),
+                    headers,
+                });
+            }
+        }
+        if !out.records.is_empty() {
+            topic
+                .metrics
+                .fetch_records
+                .increment(out.records.len() as u64);
+            topic.metrics.fetch_bytes.increment(bytes);
+        }
+        Ok(out)
+    }
+
+    /// Waits until the partition's high watermark passes `offset`. Returns
+    /// false if `deadline` passed first.
+    pub(super) async fn wait_beyond(
+        &self,
+        part: &Partition,
+        offset: i64,
+        deadline: Option<Instant>,
+    ) -> Result<bool> {
+        let mut end = part.watch_end();
+        let mut shutdown = self.shutdown.subscribe();
+        let arrived = end.wait_for(|e| *e > offset || part.is_deleted());
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = arrived => {
+                if r.is_err() || part.is_deleted() {
+                    return Err(BrokerError::TopicDeleted { topic: part.topic.to_string() });
+                }
+                Ok(true)
+            }
+            _ = shutdown.wait_for(|s| *s) => Err(BrokerError::ShuttingDown),
+            _ = sleep => Ok(false),
+        }
+    }
+
+    /// Reads records from one partition, waiting up to `max_wait_ms` for
+    /// records at `offset` if there are none yet.
+    pub async fn fetch(&self, req: FetchRequest<'_>) -> Result<FetchResult> {
+        let (max_records, max_bytes) = Self::fetch_limits(req.max_records, req.max_bytes)?;
+        if !(0..=MAX_WAIT_MS).contains(&req.max_wait_ms) {
+            return Err(BrokerError::invalid(format!(
+                "max_wait_ms {} must be in [0, {MAX_WAIT_MS}]",
+                req.max_wait_ms
+            )));
+        }
+        let topic = self.topic(req.topic)?;
+        let part = topic.partition(req.partition)?;
+        let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms as u64);
+        loop {
+            let out = self.read(&topic, &part, req.offset, max_records, max_bytes)?;
+            if !out.records.is_empty() || req.max_wait_ms == 0 {
+                return Ok(out);
+            }
+            if !self.wait_beyond(&part, req.offset, Some(deadline)).await? {
+                return Ok(out);
+            }
+        }
+    }
+
+    pub(super) fn resolve(
+        &self,
+        topic: &Topic,
+        part: &Partition,
+        position: Position,
+    ) -> Result<i64> {
+        let log = self.log_of(topic, part)?;
+        let (start, end) = (log.start_offset(), log.end_offset());
+        Ok(match position {
+            Position::Offset(o) => {
+                if o < start || o > end {
+                    return Err(StorageError::OffsetOutOfRange {
+                        offset: o,
+                        start,
+                        end,
+                    }
+                    .into());
+                }
+                o
+            }
+            Position::Earliest => start,
+            Position::Latest => end,
+            Position::Timestamp(t) => log.offset_for_timestamp(t)?.unwrap_or(end),
+        })
+    }
+
+    /// A subscription to one partition from `start`: history first, then
+    /// live records.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        topic: &str,
+        partition: i32,
+        start: Position,
+        max_records: i32,
+        max_bytes: i32,
+    ) -> Result<Subscription> {
+        self.check_running()?;
+        let (max_records, max_bytes) = Self::fetch_limits(max_records, max_bytes)?;
+        let topic = self.topic(topic)?;
+        let part = topic.partition(partition)?;
+        let next = self.resolve(&topic, &part, start)?;
+        Ok(Subscription {
+            broker: self.clone(),
+            topic,
+            part,
+            next,
+            max_records,
+            max_bytes,
+        })
+    }
+
+    /// Earliest and latest offsets (and the offset for `timestamp`) of the
+    /// given partitions (all if empty).
+    pub fn list_offsets(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        timestamp: Option<i64>,
+    ) -> Result<Vec<PartitionOffsets>> {
+        let topic = self.topic(topic)?;
+        let parts: Vec<Arc<Partition>> = if partitions.is_empty() {
+            topic.partitions().iter().cloned().collect()
+        } else {
+            partitions
+                .iter()
+                .map(|&p| topic.partition(p))
+                .collect::<Result<_>>()?
+        };
+        parts
+            .iter()
+            .map(|p| {
+                let log = self.log_of(&topic, p)?;
+                Ok(PartitionOffsets {
+                    partition: p.id,
+                    earliest: log.start_offset(),
+                    latest: log.end_offset(),
+                    for_timestamp: match timestamp {
+                        Some(t) => Some(log.offset_for_timestamp(t)?.unwrap_or(-1)),
+                        None => None,
+                    },
+                })
+            })
+            .collect()
+    }
+}
