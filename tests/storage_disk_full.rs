@@ -37,6 +37,33 @@ impl Tmpfs {
     }
 }
 
+impl Tmpfs {
+    /// A mounted tmpfs, or `None` after saying why the test skips.
+    fn mount_or_skip(size: &str, test: &str) -> Option<Self> {
+        match Self::mount(size) {
+            Ok(fs) => Some(fs),
+            Err(why) => {
+                eprintln!("SKIPPED {test}: {why} (needs root to mount a small tmpfs)");
+                None
+            }
+        }
+    }
+
+    /// Fills the file system but for a few KiB with a file that can be
+    /// deleted to make room again; returns its path.
+    fn fill(&self) -> PathBuf {
+        let filler = self.path.join("filler");
+        let mut size = 4 * 1024 * 1024;
+        while size > 4096 {
+            if std::fs::write(&filler, vec![1u8; size]).is_ok() {
+                break;
+            }
+            size -= 64 * 1024;
+        }
+        filler
+    }
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.path).status();
@@ -45,12 +72,8 @@ impl Drop for Tmpfs {
 
 #[test]
 fn disk_full_is_an_error_not_a_crash() {
-    let fs = match Tmpfs::mount("2m") {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("SKIPPED disk_full_is_an_error_not_a_crash: {why} (needs root to mount a small tmpfs)");
-            return;
-        }
+    let Some(fs) = Tmpfs::mount_or_skip("2m", "disk_full_is_an_error_not_a_crash") else {
+        return;
     };
     let dir = fs.path.join("log");
     // Leave some room, held by a file we can delete later.
@@ -105,12 +128,10 @@ fn the_group_coordinator_resumes_once_the_disk_has_room() {
     use sluice::coordinator::{
         Coordinator, CoordinatorConfig, OffsetCommit, Tp, RETRY_AFTER_FAILURE,
     };
-    let fs = match Tmpfs::mount("4m") {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("SKIPPED the_group_coordinator_resumes_once_the_disk_has_room: {why} (needs root to mount a small tmpfs)");
-            return;
-        }
+    let Some(fs) =
+        Tmpfs::mount_or_skip("4m", "the_group_coordinator_resumes_once_the_disk_has_room")
+    else {
+        return;
     };
     let mut config = BrokerConfig::new(fs.path.join("data"));
     config.log.initial_preallocate_bytes = 16 * 1024;
@@ -142,14 +163,7 @@ fn the_group_coordinator_resumes_once_the_disk_has_room() {
             .map(|(_, c)| c.offset)
     };
     // Fill the disk, then commit until the offsets log has no room.
-    let filler = fs.path.join("filler");
-    let mut size = 4 * 1024 * 1024;
-    while size > 4096 {
-        if std::fs::write(&filler, vec![1u8; size]).is_ok() {
-            break;
-        }
-        size -= 64 * 1024;
-    }
+    let filler = fs.fill();
     let mut last_ok = -1;
     let err = (0..100_000)
         .find_map(|i| match commit(&c, i) {
@@ -190,12 +204,9 @@ fn the_work_queues_resume_once_the_disk_has_room() {
     use sluice::coordinator::queues::{AckRequest, Queues};
     use sluice::coordinator::share::AckKind;
     use sluice::coordinator::{CoordinatorError, RETRY_AFTER_FAILURE};
-    let fs = match Tmpfs::mount("4m") {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("SKIPPED the_work_queues_resume_once_the_disk_has_room: {why} (needs root to mount a small tmpfs)");
-            return;
-        }
+    let Some(fs) = Tmpfs::mount_or_skip("4m", "the_work_queues_resume_once_the_disk_has_room")
+    else {
+        return;
     };
     let mut config = BrokerConfig::new(fs.path.join("data"));
     config.log.initial_preallocate_bytes = 16 * 1024;
@@ -224,14 +235,7 @@ fn the_work_queues_resume_once_the_disk_has_room() {
     let q = Queues::open(broker.clone(), sluice::storage::system_clock()).expect("queues");
     let mut member = q.join("g", "jobs", "", 500, None, false).expect("join");
 
-    let filler = fs.path.join("filler");
-    let mut size = 4 * 1024 * 1024;
-    while size > 4096 {
-        if std::fs::write(&filler, vec![1u8; size]).is_ok() {
-            break;
-        }
-        size -= 64 * 1024;
-    }
+    let filler = fs.fill();
     // Take and accept work until the state log has no room.
     let mut accepted = BTreeSet::new();
     let failure = loop {
