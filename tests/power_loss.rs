@@ -436,10 +436,8 @@ mod queues {
 
     use std::{collections::BTreeSet, path::Path, sync::Arc};
 
-    use bytes::Bytes;
-    use sluice::broker::{Acks, Broker, BrokerConfig, NewRecord, ProduceRequest, TopicConfig};
-    use sluice::coordinator::queues::{AckRequest, Queues};
-    use sluice::coordinator::share::AckKind;
+    use sluice::broker::{Acks, Broker, BrokerConfig, ProduceRequest, TopicConfig};
+    use sluice::coordinator::queues::Queues;
     use sluice::storage::{system_clock, CrashFs, FlushPolicy};
 
     const JOBS: usize = 400;
@@ -457,14 +455,7 @@ mod queues {
     /// Takes up to `n` tasks and accepts them; returns their offsets.
     fn accept(q: &Queues, member: &Arc<str>, n: u32) -> Vec<i64> {
         let got = q.acquire("g", member, n).expect("acquire");
-        let acks = got
-            .iter()
-            .map(|d| AckRequest {
-                delivery_id: d.delivery_id,
-                kind: AckKind::Accept,
-                reason: None,
-            })
-            .collect();
+        let acks = crate::common::accept_all(&got);
         let out = q.ack("g", member, acks).expect("ack");
         assert_eq!(out.accepted.len(), got.len(), "{:?}", out.refused);
         got.iter().map(|d| d.record.offset).collect()
@@ -477,12 +468,7 @@ mod queues {
         broker
             .create_topic("jobs", 1, TopicConfig::default())
             .expect("topic");
-        let records = (0..JOBS)
-            .map(|i| NewRecord {
-                value: Some(Bytes::from(format!("job-{i}"))),
-                ..NewRecord::default()
-            })
-            .collect();
+        let records = crate::common::job_records(JOBS);
         let appended = broker
             .append(ProduceRequest {
                 topic: "jobs".into(),

@@ -199,10 +199,8 @@ fn the_group_coordinator_resumes_once_the_disk_has_room() {
 fn the_work_queues_resume_once_the_disk_has_room() {
     use std::collections::BTreeSet;
 
-    use bytes::Bytes;
-    use sluice::broker::{Acks, Broker, BrokerConfig, NewRecord, ProduceRequest, TopicConfig};
-    use sluice::coordinator::queues::{AckRequest, Queues};
-    use sluice::coordinator::share::AckKind;
+    use sluice::broker::{Acks, Broker, BrokerConfig, ProduceRequest, TopicConfig};
+    use sluice::coordinator::queues::Queues;
     use sluice::coordinator::{CoordinatorError, RETRY_AFTER_FAILURE};
     let Some(fs) = Tmpfs::mount_or_skip("4m", "the_work_queues_resume_once_the_disk_has_room")
     else {
@@ -215,12 +213,7 @@ fn the_work_queues_resume_once_the_disk_has_room() {
         .create_topic("jobs", 1, TopicConfig::default())
         .expect("topic");
     const JOBS: usize = 20_000;
-    let records = (0..JOBS)
-        .map(|i| NewRecord {
-            value: Some(Bytes::from(format!("job-{i:05}"))),
-            ..NewRecord::default()
-        })
-        .collect();
+    let records = common::job_records(JOBS);
     let appended = broker
         .append(ProduceRequest {
             topic: "jobs".into(),
@@ -248,14 +241,7 @@ fn the_work_queues_resume_once_the_disk_has_room() {
             "the queue ran dry before the disk filled ({} accepted)",
             accepted.len()
         );
-        let acks = got
-            .iter()
-            .map(|d| AckRequest {
-                delivery_id: d.delivery_id,
-                kind: AckKind::Accept,
-                reason: None,
-            })
-            .collect();
+        let acks = common::accept_all(&got);
         match q.ack("g", &member, acks) {
             Ok(out) => {
                 for d in &got {
@@ -297,14 +283,7 @@ fn the_work_queues_resume_once_the_disk_has_room() {
             );
         }
         seen += got.len();
-        let acks = got
-            .iter()
-            .map(|d| AckRequest {
-                delivery_id: d.delivery_id,
-                kind: AckKind::Accept,
-                reason: None,
-            })
-            .collect();
+        let acks = common::accept_all(&got);
         q.ack("g", &member, acks).expect("ack after freeing space");
     }
     assert_eq!(

@@ -6,6 +6,11 @@ pub mod server;
 
 use std::path::Path;
 
+use bytes::Bytes;
+use sluice::broker::NewRecord;
+use sluice::coordinator::queues::AckRequest;
+use sluice::coordinator::share::{AckKind, Delivery};
+
 use sluice::storage::{
     BatchBuilder, BatchIter, FlushPolicy, HeaderRef, Log, LogConfig, RecordBatch,
 };
@@ -126,4 +131,26 @@ pub fn restore(dir: &Path, files: &[(String, Vec<u8>)]) {
     for (name, bytes) in files {
         std::fs::write(dir.join(name), bytes).expect("write");
     }
+}
+
+/// `n` task records for a work queue, valued `job-<i>`.
+pub fn job_records(n: usize) -> Vec<NewRecord> {
+    (0..n)
+        .map(|i| NewRecord {
+            value: Some(Bytes::from(format!("job-{i}"))),
+            ..NewRecord::default()
+        })
+        .collect()
+}
+
+/// An ACCEPT for each delivery.
+pub fn accept_all(deliveries: &[Delivery]) -> Vec<AckRequest> {
+    deliveries
+        .iter()
+        .map(|d| AckRequest {
+            delivery_id: d.delivery_id,
+            kind: AckKind::Accept,
+            reason: None,
+        })
+        .collect()
 }
