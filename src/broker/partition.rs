@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::error::{BrokerError, Result};
-use crate::storage::{Flusher, IoPool, Log, LogConfig, StorageError};
+use crate::storage::{Flusher, Log, LogConfig, StorageError};
 
 /// How far a partition's log is durable, as its syncs report it.
 #[derive(Debug, Clone, Default)]
@@ -24,6 +24,39 @@ pub(crate) struct Durable {
     /// Failed syncs so far, and the last one's error.
     failures: u64,
     error: Option<Arc<BrokerError>>,
+}
+
+/// Waits, without blocking a thread, for a partition to be durable up to
+/// an offset (see [`Partition::durable_waiter`]).
+pub(crate) struct DurableWaiter {
+    rx: watch::Receiver<Durable>,
+    /// Failed syncs when the waiter was taken.
+    failures: u64,
+    end: i64,
+}
+
+impl DurableWaiter {
+    /// Returns once everything below the offset is durable; fails with the
+    /// error of a sync that failed meanwhile.
+    pub(crate) async fn wait(mut self) -> std::result::Result<(), Arc<BrokerError>> {
+        loop {
+            {
+                let d = self.rx.borrow_and_update();
+                if d.offset >= self.end {
+                    return Ok(());
+                }
+                if d.failures > self.failures {
+                    return Err(d
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| Arc::new(BrokerError::ShuttingDown)));
+                }
+            }
+            if self.rx.changed().await.is_err() {
+                return Err(Arc::new(BrokerError::ShuttingDown));
+            }
+        }
+    }
 }
 
 /// A partition. The broker owns it; handlers hold `Arc`s for the length of
@@ -174,39 +207,19 @@ impl Partition {
             .store(log.segment_count() as u64, Ordering::Relaxed);
     }
 
-    /// Waits, without blocking a thread, until everything below `end` is
-    /// durable; asks `pool` for a flush of `log` if it is not yet. Fails
-    /// with the error of a sync that failed while it waited.
-    pub(crate) async fn wait_durable(
-        &self,
-        pool: &IoPool,
-        log: &Arc<Log>,
-        end: i64,
-    ) -> std::result::Result<(), Arc<BrokerError>> {
+    /// A waiter for everything below `end` to be durable, or `None` if it
+    /// is already. Take it before asking for the flush, so a failure of
+    /// that flush is seen by [`DurableWaiter::wait`].
+    pub(crate) fn durable_waiter(&self, end: i64) -> Option<DurableWaiter> {
         let mut rx = self.durable.subscribe();
         let failures = {
             let d = rx.borrow_and_update();
             if d.offset >= end {
-                return Ok(());
+                return None;
             }
             d.failures
         };
-        pool.flush(log);
-        loop {
-            if rx.changed().await.is_err() {
-                return Err(Arc::new(BrokerError::ShuttingDown));
-            }
-            let d = rx.borrow_and_update();
-            if d.offset >= end {
-                return Ok(());
-            }
-            if d.failures > failures {
-                return Err(d
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| Arc::new(BrokerError::ShuttingDown)));
-            }
-        }
+        Some(DurableWaiter { rx, failures, end })
     }
 
     /// Publishes a new high watermark to waiting readers.

@@ -131,11 +131,21 @@ impl Appended {
     /// the failures.
     pub async fn durable(self) -> ProduceResult {
         let mut result = self.result;
-        for f in &self.flush {
-            self.io.flush(&f.log);
+        // Waiters first, then one flush request per partition not yet
+        // durable, then the waits: every partition syncs in parallel.
+        let waiters: Vec<_> = self
+            .flush
+            .iter()
+            .map(|f| f.part.durable_waiter(f.end))
+            .collect();
+        for (f, w) in self.flush.iter().zip(&waiters) {
+            if w.is_some() {
+                self.io.flush(&f.log);
+            }
         }
-        for f in self.flush {
-            if let Err(e) = f.part.wait_durable(&self.io, &f.log, f.end).await {
+        for (f, w) in self.flush.into_iter().zip(waiters) {
+            let Some(w) = w else { continue };
+            if let Err(e) = w.wait().await {
                 fail_partition(&mut result, f.part.id, f.indices, e);
             }
         }
