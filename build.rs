@@ -28,6 +28,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure()
         .bytes(".")
+        // prost plus a check of request sizes before decoding.
+        .codec_path("crate::api::grpc::codec::LimitedCodec")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

@@ -10,7 +10,7 @@
 //! segment_ms = 604800000              # -1: roll by size only
 //! retention_ms = 604800000            # -1: keep forever
 //! retention_bytes = -1                # per partition; -1: no limit
-//! max_message_bytes = 1048588
+//! max_message_bytes = 1060864        # 1 MiB + 12 KiB
 //! flush = "interval"                  # interval | every-append | every-records | manual
 //! flush_interval_ms = 1000
 //! flush_records = 10000
@@ -19,6 +19,11 @@
 //! max_open_logs = 4096
 //! retention_check_interval_ms = 300000
 //! io_threads = 4                      # threads that run syncs, in parallel
+//! timestamp_type = "create-time"      # or "log-append-time"
+//! timestamp_before_max_ms = -1        # create-time records this far back: refused
+//! timestamp_after_max_ms = 3600000    # ... this far ahead: refused
+//! max_producers_per_partition = 10000 # idempotent producers remembered
+//! producer_expiration_ms = 86400000   # forget a producer idle this long
 //!
 //! [groups]
 //! session_timeout_ms = 10000          # members that ask for none
@@ -29,6 +34,17 @@
 //! offsets_partitions = 4              # when __consumer_offsets is created
 //! offsets_segment_bytes = 16777216
 //! snapshot_min_records = 100000
+//!
+//! [limits]                            # what one client may take
+//! max_connections = 10000             # open at once; more are closed at accept
+//! max_concurrent_streams = 256        # HTTP/2 streams per connection
+//! max_calls_per_connection = 256      # calls being answered per connection
+//! max_request_bytes = 4194304         # largest produce request on the wire
+//! keepalive_interval_ms = 30000       # HTTP/2 ping interval; 0: none
+//! keepalive_timeout_ms = 10000        # close if a ping is not answered
+//! idle_timeout_ms = 600000            # close connections without calls; 0: never
+//! consume_open_timeout_ms = 10000     # a Consume stream must open within this
+//! drain_timeout_ms = 10000            # shutdown waits this long for calls
 //! ```
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -62,8 +78,114 @@ pub struct ServerConfig {
     pub storage: StorageSettings,
     /// Consumer group settings.
     pub groups: GroupSettings,
+    /// Connection and request limits.
+    pub limits: LimitSettings,
 }
 
+/// What one client may take from the server; see README ("Limits").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Connections open at once; a connection over the cap is closed as
+    /// soon as it is accepted.
+    pub max_connections: usize,
+    /// HTTP/2 streams (calls) one connection may have open.
+    pub max_concurrent_streams: u32,
+    /// Calls one connection may have waiting for their answer's headers
+    /// (further calls queue until one is answered).
+    pub max_calls_per_connection: usize,
+    /// Largest `Produce` request (or `ProduceStream` message) on the wire;
+    /// the other services take at most 1 MiB.
+    pub max_request_bytes: usize,
+    /// Interval of HTTP/2 keepalive pings, ms; 0 sends none.
+    pub keepalive_interval_ms: u64,
+    /// A connection whose ping is not answered within this is closed, ms.
+    pub keepalive_timeout_ms: u64,
+    /// A connection with no call in flight for this long is closed, ms;
+    /// 0 never.
+    pub idle_timeout_ms: u64,
+    /// A `Consume` stream that sends no `open` request within this ends
+    /// with DEADLINE_EXCEEDED, ms.
+    pub consume_open_timeout_ms: u64,
+    /// After a shutdown signal, calls in flight get this long to finish;
+    /// then the broker closes its logs cleanly and exits anyway, ms.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_concurrent_streams: 256,
+            max_calls_per_connection: 256,
+            max_request_bytes: 4 * 1024 * 1024,
+            keepalive_interval_ms: 30_000,
+            keepalive_timeout_ms: 10_000,
+            idle_timeout_ms: 600_000,
+            consume_open_timeout_ms: 10_000,
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Smallest `max_request_bytes`: a default-sized batch and its framing.
+pub const MIN_REQUEST_BYTES: usize = 64 * 1024;
+/// Room a produce request needs beyond its largest batch (request and
+/// record framing).
+pub const REQUEST_SLACK_BYTES: usize = 64 * 1024;
+
+impl LimitSettings {
+    /// Checks each value against its valid range.
+    pub fn validate(&self) -> Result<(), Error> {
+        let range = |name: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(Error::Config(format!(
+                    "limits.{name} {v} must be in [{lo}, {hi}]"
+                )))
+            }
+        };
+        range("max_connections", self.max_connections as u64, 1, 1 << 20)?;
+        range(
+            "max_concurrent_streams",
+            u64::from(self.max_concurrent_streams),
+            1,
+            1 << 16,
+        )?;
+        range(
+            "max_calls_per_connection",
+            self.max_calls_per_connection as u64,
+            1,
+            1 << 16,
+        )?;
+        range(
+            "max_request_bytes",
+            self.max_request_bytes as u64,
+            MIN_REQUEST_BYTES as u64,
+            1 << 30,
+        )?;
+        range(
+            "keepalive_timeout_ms",
+            self.keepalive_timeout_ms,
+            1,
+            3_600_000,
+        )?;
+        range(
+            "consume_open_timeout_ms",
+            self.consume_open_timeout_ms,
+            1,
+            3_600_000,
+        )?;
+        range("drain_timeout_ms", self.drain_timeout_ms, 0, 3_600_000)?;
+        Ok(())
+    }
+
+    /// `ms` as a duration, or none for 0.
+    pub fn optional(ms: u64) -> Option<Duration> {
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+}
 /// Consumer group settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -148,6 +270,19 @@ pub struct StorageSettings {
     pub retention_check_interval_ms: u64,
     /// Threads that run syncs (several partitions at a time).
     pub io_threads: usize,
+    /// Whose clock stamps records of topics that set nothing.
+    pub timestamp_type: crate::broker::TimestampType,
+    /// Create-time records stamped more than this before the broker's
+    /// clock are refused, ms; -1 no limit.
+    pub timestamp_before_max_ms: i64,
+    /// Create-time records stamped more than this after the broker's clock
+    /// are refused, ms; -1 no limit.
+    pub timestamp_after_max_ms: i64,
+    /// Idempotent producers one partition remembers at most.
+    pub max_producers_per_partition: usize,
+    /// An idempotent producer's state is forgotten after it has not
+    /// appended for this long, ms (Kafka's producer.id.expiration.ms).
+    pub producer_expiration_ms: u64,
 }
 
 impl Default for StorageSettings {
@@ -168,6 +303,11 @@ impl Default for StorageSettings {
             max_open_logs: log.max_open_logs,
             retention_check_interval_ms: log.retention_check_interval.as_millis() as u64,
             io_threads: log.io_threads,
+            timestamp_type: log.timestamps.kind,
+            timestamp_before_max_ms: opt(log.timestamps.before_max_ms),
+            timestamp_after_max_ms: opt(log.timestamps.after_max_ms),
+            max_producers_per_partition: log.log.max_producers,
+            producer_expiration_ms: log.log.producer_expiration_ms,
         }
     }
 }
@@ -198,6 +338,7 @@ impl Default for ServerConfig {
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9401))),
             storage: StorageSettings::default(),
             groups: GroupSettings::default(),
+            limits: LimitSettings::default(),
         }
     }
 }
@@ -315,6 +456,33 @@ impl ServerConfig {
             ));
         }
         b.retention_check_interval = Duration::from_millis(s.retention_check_interval_ms);
+        self.limits.validate()?;
+        b.max_message_limit = self.limits.max_request_bytes - REQUEST_SLACK_BYTES;
+        if s.max_message_bytes > b.max_message_limit {
+            return Err(Error::Config(format!(
+                "max_message_bytes {} must be at most limits.max_request_bytes less 64 KiB ({}): a batch must fit in one request",
+                s.max_message_bytes, b.max_message_limit
+            )));
+        }
+        let bound = |name: &str, v: i64| match v {
+            -1 => Ok(None),
+            v if v >= 0 => Ok(Some(v as u64)),
+            v => Err(Error::Config(format!(
+                "{name} {v} must be -1 (no limit) or at least 0"
+            ))),
+        };
+        b.timestamps = crate::broker::TimestampPolicy {
+            kind: s.timestamp_type,
+            before_max_ms: bound("timestamp_before_max_ms", s.timestamp_before_max_ms)?,
+            after_max_ms: bound("timestamp_after_max_ms", s.timestamp_after_max_ms)?,
+        };
+        if s.max_producers_per_partition == 0 {
+            return Err(Error::Config(
+                "max_producers_per_partition must be at least 1".into(),
+            ));
+        }
+        b.log.max_producers = s.max_producers_per_partition;
+        b.log.producer_expiration_ms = s.producer_expiration_ms;
         Ok(b)
     }
 }

@@ -67,7 +67,7 @@ struct ServeArgs {
     /// Default retention by size per partition; -1 none [default: -1].
     #[arg(long, allow_hyphen_values = true)]
     retention_bytes: Option<i64>,
-    /// Largest record batch in bytes [default: 1048588].
+    /// Largest record batch in bytes [default: 1060864, 1 MiB + 12 KiB].
     #[arg(long)]
     max_message_bytes: Option<usize>,
     /// When appends are forced to disk [default: interval].
@@ -94,9 +94,61 @@ struct ServeArgs {
     /// Heartbeat interval told to group members, ms [default: 3000].
     #[arg(long)]
     group_heartbeat_interval_ms: Option<i32>,
+    /// How often retention (and idle-producer expiry) runs, ms [default: 300000].
+    #[arg(long)]
+    retention_check_interval_ms: Option<u64>,
+    /// Whose clock stamps records of topics that set none [default: create-time].
+    #[arg(long, value_enum)]
+    timestamp_type: Option<sluice::broker::TimestampType>,
+    /// Refuse create-time records stamped more than this before the broker's clock, ms; -1 no limit [default: -1].
+    #[arg(long, allow_hyphen_values = true)]
+    timestamp_before_max_ms: Option<i64>,
+    /// Refuse create-time records stamped more than this after the broker's clock, ms; -1 no limit [default: 3600000].
+    #[arg(long, allow_hyphen_values = true)]
+    timestamp_after_max_ms: Option<i64>,
+    /// Idempotent producers one partition remembers at most [default: 10000].
+    #[arg(long)]
+    max_producers_per_partition: Option<usize>,
+    /// Forget an idempotent producer idle this long, ms [default: 86400000].
+    #[arg(long)]
+    producer_expiration_ms: Option<u64>,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long)]
     log_json: bool,
+}
+
+/// Connection and request limits (`[limits]` in TOML).
+#[derive(Debug, clap::Args)]
+struct LimitArgs {
+    /// Connections open at once; more are closed at accept [default: 10000].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// HTTP/2 streams (calls) per connection [default: 256].
+    #[arg(long)]
+    max_concurrent_streams: Option<u32>,
+    /// Calls per connection waiting for their answer [default: 256].
+    #[arg(long)]
+    max_calls_per_connection: Option<usize>,
+    /// Largest produce request on the wire, bytes [default: 4194304].
+    #[arg(long)]
+    max_request_bytes: Option<usize>,
+    /// HTTP/2 keepalive ping interval, ms; 0 none [default: 30000].
+    #[arg(long)]
+    keepalive_interval_ms: Option<u64>,
+    /// Close a connection whose ping is unanswered this long, ms [default: 10000].
+    #[arg(long)]
+    keepalive_timeout_ms: Option<u64>,
+    /// Close a connection without calls for this long, ms; 0 never [default: 600000].
+    #[arg(long)]
+    idle_timeout_ms: Option<u64>,
+    /// A Consume stream must send its open request within this, ms [default: 10000].
+    #[arg(long)]
+    consume_open_timeout_ms: Option<u64>,
+    /// On shutdown, wait this long for open calls, then exit anyway, ms [default: 10000].
+    #[arg(long)]
+    drain_timeout_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -142,6 +194,40 @@ impl ServeArgs {
         if let Some(v) = self.io_threads {
             s.io_threads = v;
         }
+        if let Some(v) = self.retention_check_interval_ms {
+            s.retention_check_interval_ms = v;
+        }
+        if let Some(v) = self.timestamp_type {
+            s.timestamp_type = v;
+        }
+        if let Some(v) = self.timestamp_before_max_ms {
+            s.timestamp_before_max_ms = v;
+        }
+        if let Some(v) = self.timestamp_after_max_ms {
+            s.timestamp_after_max_ms = v;
+        }
+        if let Some(v) = self.max_producers_per_partition {
+            s.max_producers_per_partition = v;
+        }
+        if let Some(v) = self.producer_expiration_ms {
+            s.producer_expiration_ms = v;
+        }
+        let l = &mut c.limits;
+        let a = &self.limits;
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = a.$f { l.$f = v; } )* };
+        }
+        set!(
+            max_connections,
+            max_concurrent_streams,
+            max_calls_per_connection,
+            max_request_bytes,
+            keepalive_interval_ms,
+            keepalive_timeout_ms,
+            idle_timeout_ms,
+            consume_open_timeout_ms,
+            drain_timeout_ms
+        );
         let g = &mut c.groups;
         if let Some(v) = self.group_session_timeout_ms {
             g.session_timeout_ms = v;

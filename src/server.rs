@@ -5,25 +5,26 @@
 //! stream keeps the drain waiting), tonic stops accepting and finishes
 //! in-flight calls, then every partition log is flushed and closed.
 
-use std::{future::Future, sync::Arc, sync::OnceLock};
+use std::{future::Future, sync::Arc, sync::OnceLock, time::Duration};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
-use tokio_stream::{wrappers::TcpListenerStream, StreamExt};
 use tonic::transport::Server;
 use tracing::info;
 
 use crate::api::grpc::{
+    conn,
     pb::{
         admin_server::AdminServer, broker_server::BrokerServer,
         group_admin_server::GroupAdminServer, groups_server::GroupsServer,
         queues_server::QueuesServer, server_info_server::ServerInfoServer,
     },
     AdminService, BrokerService, GroupAdminService, GroupsService, InfoService, QueuesService,
-    FILE_DESCRIPTOR_SET, HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, MAX_MESSAGE_BYTES,
+    FILE_DESCRIPTOR_SET, HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, MAX_HEADER_LIST_BYTES,
+    MAX_MESSAGE_BYTES, SMALL_REQUEST_BYTES,
 };
 use crate::broker::Broker;
-use crate::config::ServerConfig;
+use crate::config::{LimitSettings, ServerConfig};
 use crate::coordinator::{queues::Queues, Coordinator};
 use crate::error::Error;
 
@@ -98,16 +99,12 @@ pub async fn run(
         }
     };
     queues.start();
-    let result = serve(
-        broker.clone(),
+    let domain = Domain {
+        broker: broker.clone(),
         coordinator,
         queues,
-        handle,
-        listener,
-        metrics,
-        shutdown,
-    )
-    .await;
+    };
+    let result = serve(&config.limits, domain, handle, listener, metrics, shutdown).await;
     tokio::task::spawn_blocking(move || broker.close())
         .await
         .map_err(|e| Error::Config(format!("closing broker: {e}")))?;
@@ -115,15 +112,26 @@ pub async fn run(
     result
 }
 
-async fn serve(
+/// The domain facades every transport calls.
+struct Domain {
     broker: Arc<Broker>,
     coordinator: Arc<Coordinator>,
     queues: Arc<Queues>,
+}
+
+async fn serve(
+    config_limits: &LimitSettings,
+    domain: Domain,
     prometheus: &'static PrometheusHandle,
     listener: TcpListener,
     metrics: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    let Domain {
+        broker,
+        coordinator,
+        queues,
+    } = domain;
     let addr = listener.local_addr()?;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -173,6 +181,9 @@ async fn serve(
         None => None,
     };
 
+    let limits = config_limits.clone();
+    // Set when shutdown begins, so the drain can be timed.
+    let (draining_tx, mut draining_rx) = tokio::sync::watch::channel(false);
     let shutting_down = {
         let broker = broker.clone();
         async move {
@@ -182,43 +193,70 @@ async fn serve(
                 .set_not_serving::<BrokerServer<BrokerService>>()
                 .await;
             broker.begin_shutdown();
+            let _ = draining_tx.send(true);
         }
     };
-    // Replies are small and latency matters: no Nagle delay. (Server's own
-    // tcp_nodelay applies only to listeners it binds itself.)
-    let incoming = TcpListenerStream::new(listener).map(|s| {
-        if let Ok(s) = &s {
-            let _ = s.set_nodelay(true);
-        }
-        s
-    });
+    let idle = LimitSettings::optional(limits.idle_timeout_ms);
+    let incoming = conn::incoming(listener, limits.max_connections, idle);
     info!(%addr, version = crate::VERSION, "sluice listening");
+    // Requests are decoded whole: each service takes what its largest
+    // valid request needs, and no more.
+    let small = SMALL_REQUEST_BYTES;
     let served = Server::builder()
         .initial_stream_window_size(HTTP2_STREAM_WINDOW)
         .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .concurrency_limit_per_connection(limits.max_calls_per_connection)
+        .http2_keepalive_interval(LimitSettings::optional(limits.keepalive_interval_ms))
+        .http2_keepalive_timeout(Some(Duration::from_millis(limits.keepalive_timeout_ms)))
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .layer(conn::TrackCallsLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(ServerInfoServer::new(InfoService))
         .add_service(
             AdminServer::new(AdminService::new(broker.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_decoding_message_size(small)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
             BrokerServer::new(BrokerService::new(broker.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_decoding_message_size(limits.max_request_bytes)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .add_service(GroupsServer::new(GroupsService::new(coordinator.clone())))
-        .add_service(GroupAdminServer::new(GroupAdminService::new(coordinator)))
         .add_service(
-            QueuesServer::new(QueuesService::new(queues))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            GroupsServer::new(GroupsService::new(coordinator.clone()))
+                .max_decoding_message_size(small),
+        )
+        .add_service(
+            GroupAdminServer::new(GroupAdminService::new(coordinator))
+                .max_decoding_message_size(small)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(incoming, shutting_down)
-        .await;
+        .add_service(
+            QueuesServer::new(QueuesService::new(
+                queues,
+                Duration::from_millis(limits.consume_open_timeout_ms),
+            ))
+            .max_decoding_message_size(small)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(incoming, shutting_down);
+    // After the signal, calls get the drain timeout to finish; then the
+    // logs are closed cleanly and the process exits anyway.
+    let drain = Duration::from_millis(limits.drain_timeout_ms);
+    let drain_expired = async move {
+        let _ = draining_rx.wait_for(|d| *d).await;
+        tokio::time::sleep(drain).await;
+    };
+    let served = tokio::select! {
+        r = served => r,
+        _ = drain_expired => {
+            tracing::warn!(drain_timeout_ms = limits.drain_timeout_ms, "calls still open after the drain timeout; closing anyway");
+            Ok(())
+        }
+    };
     let _ = stop_metrics.send(true);
     if let Some(t) = metrics_task {
         let _ = t.await;

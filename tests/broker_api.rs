@@ -656,7 +656,12 @@ async fn pipelined_stream_and_acks_levels() {
         .await
         .unwrap();
     let bad = bad.await.unwrap().unwrap();
-    assert_eq!(bad.record_errors.len(), 2);
+    // One error for the run of two records that failed together.
+    assert_eq!(bad.record_errors.len(), 1);
+    assert_eq!(
+        (bad.record_errors[0].index, bad.record_errors[0].count),
+        (0, 2)
+    );
     assert_eq!(bad.record_errors[0].code, Code::NotFound as i32);
     let after = pipeline
         .send(produce_req("pipe", None, vec![record(None, "y")]))
@@ -901,21 +906,41 @@ async fn extreme_values_get_answers_not_panics() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
     let c = server.client().await;
-    c.create_topic("edge", 1, Default::default()).await.unwrap();
-    let records = [i64::MIN, -1, 0, i64::MAX]
-        .into_iter()
-        .map(|t| pb::ProduceRecord {
-            value: Some(Bytes::from(t.to_string())),
-            timestamp_ms: Some(t),
-            ..Default::default()
-        })
-        .collect();
-    let r = c.produce(produce_req("edge", None, records)).await.unwrap();
+    // No bound on skew: only negative timestamps are refused.
+    let unbounded = pb::TopicConfig {
+        timestamp_before_max_ms: Some(-1),
+        timestamp_after_max_ms: Some(-1),
+        ..Default::default()
+    };
+    c.create_topic("edge", 1, unbounded).await.unwrap();
+    let stamped = |ts: &[i64]| -> Vec<pb::ProduceRecord> {
+        ts.iter()
+            .map(|&t| pb::ProduceRecord {
+                value: Some(Bytes::from(t.to_string())),
+                timestamp_ms: Some(t),
+                ..Default::default()
+            })
+            .collect()
+    };
+    let r = c
+        .produce(produce_req("edge", None, stamped(&[i64::MIN, -1])))
+        .await
+        .unwrap();
+    assert!(r.partitions.is_empty(), "{r:?}");
+    assert_eq!(r.record_errors.len(), 2, "{r:?}");
+    for e in &r.record_errors {
+        assert_eq!(e.code, Code::InvalidArgument as i32);
+        assert!(e.message.contains("negative"), "{e:?}");
+    }
+    let r = c
+        .produce(produce_req("edge", None, stamped(&[0, 1, 2, i64::MAX])))
+        .await
+        .unwrap();
     assert!(r.record_errors.is_empty());
     let got = fetch_all(&c, "edge", 0).await;
     assert_eq!(
         got.iter().map(|r| r.timestamp_ms).collect::<Vec<_>>(),
-        vec![i64::MIN, -1, 0, i64::MAX]
+        vec![0, 1, 2, i64::MAX]
     );
     // An empty request appends nothing and fails nothing.
     let r = c.produce(produce_req("edge", None, vec![])).await.unwrap();

@@ -665,6 +665,7 @@ async fn fenced_and_unowned_commits_and_bad_requests_get_precise_statuses() {
             vec![],
             pb::reset_offsets_request::To::Earliest(()),
             false,
+            false,
         )
         .await
         .expect_err("live members");
@@ -884,7 +885,7 @@ async fn reset_offsets_replays_exactly_the_chosen_range_and_lag_is_right() {
         })
         .await;
         client
-            .reset_offsets("g", "t", vec![], to, false)
+            .reset_offsets("g", "t", vec![], to, false, false)
             .await
             .expect("reset")
     };
@@ -905,7 +906,7 @@ async fn reset_offsets_replays_exactly_the_chosen_range_and_lag_is_right() {
     let r = reset(To::Offset(1_000_000)).await;
     assert_eq!(r[0].offset, 110, "clamped to the end");
     let dry = client
-        .reset_offsets("g", "t", vec![0], To::Offset(3), true)
+        .reset_offsets("g", "t", vec![0], To::Offset(3), true, false)
         .await
         .expect("dry run");
     assert_eq!(dry[0].offset, 3);

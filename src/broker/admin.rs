@@ -36,9 +36,12 @@ impl Broker {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let seq = self.trash_seq.fetch_add(1, Ordering::Relaxed);
+        // A topic name may be 249 bytes: keep the trash name within the
+        // file system's 255 (a prefix of the name is only for operators).
+        let prefix: String = name.chars().take(200).collect();
         let to = self
             .trash_dir
-            .join(format!("{name}.{}.{seq}", now_ms(&self.config.log)));
+            .join(format!("{prefix}.{}.{seq}", now_ms(&self.config.log)));
         self.fs()
             .rename(dir, &to)
             .map_err(|e| io_err("moving to trash", dir, e))?;
@@ -90,7 +93,7 @@ impl Broker {
                 "partition count {partitions} must be in [1, {MAX_PARTITIONS}]"
             )));
         }
-        config.validate()?;
+        config.validate(&self.config.log, self.config.max_message_limit)?;
         self.check_running()?;
         let _admin = self.admin.lock();
         if self.topics.read().contains_key(name) {
@@ -121,7 +124,7 @@ impl Broker {
         tracing::info!(topic = name, partitions, "topic created");
         Ok(TopicInfo {
             name: name.to_string(),
-            config: config.effective(&self.config.log),
+            config: config.effective(&self.config.log, &self.config.timestamps),
             partitions: (0..partitions)
                 .map(|partition| PartitionInfo {
                     partition,
@@ -151,7 +154,23 @@ impl Broker {
                 self.open_logs.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        let trash = self.move_to_trash(&topic.dir)?;
+        let trash = match self.move_to_trash(&topic.dir) {
+            Ok(t) => t,
+            Err(e) => {
+                // Nothing was removed: the topic stays, as it was on disk.
+                tracing::error!(topic = name, error = %e, "deleting a topic failed; it is kept");
+                match TopicMeta::read(&topic.dir) {
+                    Ok(meta) => {
+                        let fresh = Arc::new(self.topic_from_meta(meta, topic.dir.clone()));
+                        self.topics.write().insert(name.to_string(), fresh);
+                    }
+                    Err(re) => {
+                        tracing::error!(topic = name, error = %re, "the kept topic cannot be reloaded until a restart")
+                    }
+                }
+                return Err(e);
+            }
+        };
         if let Err(e) = std::fs::remove_dir_all(&trash) {
             tracing::warn!(dir = %trash.display(), error = %e, "could not remove deleted topic's files; they go on the next start");
         }
@@ -188,7 +207,9 @@ impl Broker {
         }
         Ok(TopicInfo {
             name: topic.name.to_string(),
-            config: topic.config.effective(&self.config.log),
+            config: topic
+                .config
+                .effective(&self.config.log, &self.config.timestamps),
             partitions,
         })
     }

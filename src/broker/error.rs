@@ -90,6 +90,36 @@ impl BrokerError {
         }
     }
 
+    /// The error as a client may see it: without the server's file paths
+    /// (those go to the server's log).
+    pub fn client_message(&self) -> String {
+        match self {
+            BrokerError::Metadata { reason, .. } => {
+                format!("server-side error reading or writing topic metadata: {reason}")
+            }
+            BrokerError::Storage(s) => match s {
+                StorageError::Io { op, source, .. } => {
+                    format!("server-side I/O error while {op}: {source}")
+                }
+                StorageError::DiskFull { .. } => {
+                    "no space left on the server's disk: retry after an operator frees space".into()
+                }
+                StorageError::Corrupt { reason, .. } => {
+                    format!("server-side data is corrupt: {reason}")
+                }
+                StorageError::DamagedBatch {
+                    from, to, reason, ..
+                } => format!("stored records at offsets [{from}, {to}) are damaged: {reason}"),
+                StorageError::UnknownFile { .. } => {
+                    "an unexpected file is in a partition's log directory (see the server's log)"
+                        .into()
+                }
+                other => other.to_string(),
+            },
+            other => other.to_string(),
+        }
+    }
+
     pub(crate) fn invalid(msg: impl Into<String>) -> Self {
         BrokerError::InvalidArgument(msg.into())
     }

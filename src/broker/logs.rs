@@ -168,12 +168,18 @@ impl Broker {
         }
     }
 
-    /// Applies retention to every open log.
+    /// Applies retention to every open log, and forgets idempotent
+    /// producers idle for `producer_expiration_ms` (Kafka does both on a
+    /// timer, not only when a segment rolls).
     pub(super) fn apply_retention(&self) {
         let topics: Vec<Arc<Topic>> = self.topics.read().values().cloned().collect();
         for topic in topics {
             for p in topic.partitions().iter() {
                 if let Some(log) = p.open_log() {
+                    let expired = log.expire_producers();
+                    if expired > 0 {
+                        tracing::debug!(topic = %topic.name, partition = p.id, expired, "idle idempotent producers expired");
+                    }
                     match log.apply_retention() {
                         Ok(out) if out.deleted_segments > 0 => tracing::info!(
                             topic = %topic.name, partition = p.id,

@@ -57,8 +57,8 @@ use partition::Partition;
 pub use partitioner::{murmur2, partition_for_key};
 pub use producer_ids::{PRODUCER_IDS_TOPIC, PRODUCER_ID_BLOCK};
 pub use topic::{
-    is_internal_topic, validate_topic_name, Topic, TopicConfig, INTERNAL_TOPIC_PREFIX,
-    MAX_PARTITIONS, MAX_TOPIC_NAME_LEN,
+    is_internal_topic, validate_topic_name, TimestampPolicy, TimestampType, Topic, TopicConfig,
+    INTERNAL_TOPIC_PREFIX, MAX_PARTITIONS, MAX_TOPIC_NAME_LEN,
 };
 use topic::{TopicMeta, TopicMetrics};
 
@@ -69,7 +69,8 @@ pub use fetch::{
 use logs::{blocking_section, Maintenance, MaintenanceState};
 pub use produce::{
     Acks, Appended, Header, IdempotentBatch, NewRecord, PartitionAppend, ProduceRequest,
-    ProduceResult, RecordFailure,
+    ProduceResult, RecordFailure, MAX_HEADERS_PER_RECORD, MAX_HEADER_BYTES_PER_RECORD,
+    MAX_RECORDS_PER_REQUEST,
 };
 
 use crate::storage::{
@@ -109,6 +110,11 @@ pub struct BrokerConfig {
     /// Threads that run syncs (and other blocking log work), several
     /// partitions at a time, off the async runtime.
     pub io_threads: usize,
+    /// Largest `max_message_bytes` a topic may set (what one request can
+    /// carry).
+    pub max_message_limit: usize,
+    /// How topics that set nothing stamp records.
+    pub timestamps: TimestampPolicy,
 }
 
 impl BrokerConfig {
@@ -125,6 +131,8 @@ impl BrokerConfig {
             max_open_logs: 4096,
             retention_check_interval: Duration::from_secs(300),
             io_threads: 4,
+            max_message_limit: 4 * 1024 * 1024 - 64 * 1024,
+            timestamps: TimestampPolicy::default(),
         }
     }
 }
@@ -161,6 +169,8 @@ pub struct Broker {
     trash_seq: AtomicU64,
     /// Producer-id allocation (see `producer_ids`).
     producer_ids: Mutex<producer_ids::IdBlock>,
+    /// Ids and epochs handed out (see `producer_ids`).
+    producers: producer_ids::ProducerRegistry,
     /// Held (flock) so two brokers never share a data directory.
     _lock: File,
 }
@@ -244,10 +254,19 @@ impl Broker {
             shutdown: watch::Sender::new(false),
             trash_seq: AtomicU64::new(0),
             producer_ids: Mutex::new(Default::default()),
+            producers: Default::default(),
             _lock: lock,
             config,
         });
         broker.load_topics()?;
+        {
+            let mut ids = broker.producer_ids.lock();
+            if let Err(e) = broker.load_producer_ids(&mut ids) {
+                // Idempotent produces are refused until InitProducer
+                // manages to load them.
+                tracing::error!(error = %e, "loading producer ids failed");
+            }
+        }
         broker.start_maintenance()?;
         Ok(broker)
     }
@@ -289,6 +308,7 @@ impl Broker {
             metrics: TopicMetrics::new(&name),
             appended: tokio::sync::Notify::new(),
             log_config: meta.config.log_config(&self.config.log),
+            timestamps: meta.config.timestamps(&self.config.timestamps),
             config: meta.config,
             name,
             dir,

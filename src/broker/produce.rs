@@ -4,6 +4,14 @@
 
 use super::*;
 
+/// Most records in one produce request (the gRPC codec refuses more before
+/// decoding them).
+pub const MAX_RECORDS_PER_REQUEST: usize = 100_000;
+/// Most headers on one record.
+pub const MAX_HEADERS_PER_RECORD: usize = 128;
+/// Most bytes of header keys and values (with their framing) on one record.
+pub const MAX_HEADER_BYTES_PER_RECORD: usize = 64 * 1024;
+
 /// Durability a producer asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Acks {
@@ -217,8 +225,7 @@ impl<'a> BatchPlan<'a> {
         }
     }
 
-    fn push(&mut self, index: usize, r: &'a NewRecord, now: i64) -> Result<()> {
-        let ts = r.timestamp.unwrap_or(now);
+    fn push(&mut self, index: usize, r: &'a NewRecord, ts: i64) -> Result<()> {
         self.headers.clear();
         self.headers.extend(r.headers.iter().map(|h| HeaderRef {
             key: h.key.as_bytes(),
@@ -303,8 +310,31 @@ impl Broker {
         if let Some(p) = req.partition {
             topic.partition(p)?;
         }
+        Self::check_sizes(&req)?;
         if let Some(producer) = &req.producer {
             Self::check_idempotent(&req, producer)?;
+            match self.check_producer_id(producer.producer_id, producer.producer_epoch) {
+                Ok(_) => {}
+                // Fencing is answered per record, like the partition's own
+                // sequence refusals (see broker.proto).
+                Err(e @ BrokerError::Storage(StorageError::ProducerFenced { .. })) => {
+                    let error = Arc::new(e);
+                    return Ok(Appended {
+                        result: ProduceResult {
+                            partitions: Vec::new(),
+                            failures: (0..req.records.len())
+                                .map(|index| RecordFailure {
+                                    index,
+                                    error: error.clone(),
+                                })
+                                .collect(),
+                        },
+                        flush: Vec::new(),
+                        io: self.io.clone(),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
         }
         let now = now_ms(&topic.log_config);
         let mut failures: Vec<RecordFailure> = Vec::new();
@@ -365,6 +395,7 @@ impl Broker {
                 record_count: 0,
                 duplicate: false,
             };
+            let mut runs: Vec<PartitionAppend> = Vec::new();
             let mut appended_indices = Vec::new();
             let mut bytes = 0u64;
             let mut last_end = -1;
@@ -372,7 +403,11 @@ impl Broker {
             let mut batches = BatchPlan::new(limit, req.producer);
             for &i in &indices {
                 let r = &req.records[i];
-                if let Err(e) = batches.push(i, r, now) {
+                let pushed = match topic.timestamps.stamp(r.timestamp, now) {
+                    Ok(ts) => batches.push(i, r, ts),
+                    Err(why) => Err(BrokerError::invalid(why)),
+                };
+                if let Err(e) = pushed {
                     if req.producer.is_some() {
                         // Sequence numbers count every record: refuse the
                         // whole request rather than leave a gap.
@@ -403,11 +438,23 @@ impl Broker {
                 match appended_now {
                     Ok((info, due)) => {
                         policy_flush |= due;
-                        if appended.base_offset < 0 {
+                        // One entry per contiguous run of offsets: another
+                        // producer's batch may land between two of this
+                        // request's, and a retry's duplicates keep their
+                        // first offsets.
+                        let continues = appended.base_offset >= 0
+                            && appended.duplicate == info.duplicate
+                            && appended.base_offset + i64::from(appended.record_count)
+                                == info.base_offset;
+                        if appended.base_offset >= 0 && !continues {
+                            runs.push(appended);
+                            appended.record_count = 0;
+                        }
+                        if appended.record_count == 0 {
                             appended.base_offset = info.base_offset;
+                            appended.duplicate = info.duplicate;
                         }
                         appended.record_count += batch.record_count();
-                        appended.duplicate |= info.duplicate;
                         bytes += batch.len() as u64;
                         last_end = info.last_offset + 1;
                         appended_indices.extend_from_slice(&batch_indices);
@@ -434,13 +481,13 @@ impl Broker {
                 }
             }
             if appended.record_count > 0 {
+                let records: i32 =
+                    runs.iter().map(|r| r.record_count).sum::<i32>() + appended.record_count;
                 part.publish_end(last_end);
                 topic.appended.notify_waiters();
-                topic
-                    .metrics
-                    .produce_records
-                    .increment(appended.record_count as u64);
+                topic.metrics.produce_records.increment(records as u64);
                 topic.metrics.produce_bytes.increment(bytes);
+                result.partitions.extend(runs);
                 result.partitions.push(appended);
                 if req.acks == Acks::All || policy_flush {
                     flush.push(PendingFlush {
@@ -459,6 +506,36 @@ impl Broker {
             flush,
             io: self.io.clone(),
         })
+    }
+
+    /// Refuses requests over the count limits (the gRPC codec checks the
+    /// same on the wire; other callers are checked here).
+    fn check_sizes(req: &ProduceRequest) -> Result<()> {
+        if req.records.len() > MAX_RECORDS_PER_REQUEST {
+            return Err(BrokerError::invalid(format!(
+                "a produce request holds at most {MAX_RECORDS_PER_REQUEST} records, not {}: split it",
+                req.records.len()
+            )));
+        }
+        for (i, r) in req.records.iter().enumerate() {
+            if r.headers.len() > MAX_HEADERS_PER_RECORD {
+                return Err(BrokerError::invalid(format!(
+                    "record {i} has {} headers; at most {MAX_HEADERS_PER_RECORD} are allowed",
+                    r.headers.len()
+                )));
+            }
+            let bytes: usize = r
+                .headers
+                .iter()
+                .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()) + 4)
+                .sum();
+            if bytes > MAX_HEADER_BYTES_PER_RECORD {
+                return Err(BrokerError::invalid(format!(
+                    "the headers of record {i} take {bytes} bytes; at most {MAX_HEADER_BYTES_PER_RECORD} are allowed"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Checks that an idempotent request targets one partition.

@@ -68,11 +68,90 @@ pub struct TopicConfig {
     /// Largest batch accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_message_bytes: Option<i32>,
+    /// Whose clock stamps records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_type: Option<TimestampType>,
+    /// With create time: how far in the past a record's timestamp may be,
+    /// ms; `Some(-1)` no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_before_max_ms: Option<i64>,
+    /// With create time: how far in the future a record's timestamp may
+    /// be, ms; `Some(-1)` no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_after_max_ms: Option<i64>,
+}
+
+/// Whose clock stamps a topic's records (Kafka's `message.timestamp.type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimestampType {
+    /// The producer's timestamp, if it sets one (within the skew bounds);
+    /// else the broker's clock.
+    #[default]
+    CreateTime,
+    /// Always the broker's clock when it appends: client timestamps are
+    /// replaced, so retention and time lookups follow arrival.
+    LogAppendTime,
+}
+
+/// How a topic stamps records: its settings over the server's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampPolicy {
+    /// Whose clock.
+    pub kind: TimestampType,
+    /// Largest distance into the past, ms (create time only).
+    pub before_max_ms: Option<u64>,
+    /// Largest distance into the future, ms (create time only).
+    pub after_max_ms: Option<u64>,
+}
+
+impl Default for TimestampPolicy {
+    /// Kafka 4's defaults: create time, no bound into the past, one hour
+    /// into the future (a record stamped years ahead would keep its
+    /// segment, and every later one, from time-based retention).
+    fn default() -> Self {
+        Self {
+            kind: TimestampType::CreateTime,
+            before_max_ms: None,
+            after_max_ms: Some(3_600_000),
+        }
+    }
+}
+
+impl TimestampPolicy {
+    /// The timestamp a record gets, or why it is refused.
+    pub fn stamp(&self, client: Option<i64>, now: i64) -> std::result::Result<i64, String> {
+        let Some(ts) = client.filter(|_| self.kind == TimestampType::CreateTime) else {
+            return Ok(now);
+        };
+        if ts < 0 {
+            return Err(format!(
+                "timestamp_ms {ts} is negative: leave it unset for the broker's clock"
+            ));
+        }
+        if let Some(max) = self.before_max_ms {
+            if now.saturating_sub(ts) > max as i64 {
+                return Err(format!(
+                    "timestamp_ms {ts} is more than timestamp_before_max_ms = {max} before the broker's clock ({now})"
+                ));
+            }
+        }
+        if let Some(max) = self.after_max_ms {
+            if ts.saturating_sub(now) > max as i64 {
+                return Err(format!(
+                    "timestamp_ms {ts} is more than timestamp_after_max_ms = {max} after the broker's clock ({now})"
+                ));
+            }
+        }
+        Ok(ts)
+    }
 }
 
 impl TopicConfig {
-    /// Checks each set value against its valid range.
-    pub fn validate(&self) -> Result<()> {
+    /// Checks each set value against its valid range; `max_message_bytes`
+    /// against the segment size in force and `max_message_limit` (what a
+    /// request can carry).
+    pub fn validate(&self, defaults: &LogConfig, max_message_limit: usize) -> Result<()> {
         if let Some(v) = self.retention_ms {
             if v < -1 || v == 0 {
                 return Err(BrokerError::invalid(format!(
@@ -95,30 +174,61 @@ impl TopicConfig {
             }
         }
         if let Some(v) = self.max_message_bytes {
-            let seg = self.segment_bytes.unwrap_or(MAX_SEGMENT_BYTES as i64);
+            let seg = self
+                .segment_bytes
+                .unwrap_or(defaults.segment_bytes as i64)
+                .min(max_message_limit as i64);
             if v < 128 || i64::from(v) > seg {
                 return Err(BrokerError::invalid(format!(
-                    "max_message_bytes {v} must be in [128, segment_bytes = {seg}]"
+                    "max_message_bytes {v} must be in [128, {seg}] (at most the segment size in force, and at most the server's max_request_bytes less 64 KiB)"
                 )));
+            }
+        }
+        for (name, v) in [
+            ("timestamp_before_max_ms", self.timestamp_before_max_ms),
+            ("timestamp_after_max_ms", self.timestamp_after_max_ms),
+        ] {
+            if let Some(v) = v {
+                if v < -1 {
+                    return Err(BrokerError::invalid(format!(
+                        "{name} {v} must be -1 (no limit) or at least 0"
+                    )));
+                }
             }
         }
         Ok(())
     }
 
+    /// How this topic stamps records, over the server's `defaults`.
+    pub fn timestamps(&self, defaults: &TimestampPolicy) -> TimestampPolicy {
+        let bound = |v: Option<i64>, d: Option<u64>| match v {
+            Some(v) if v >= 0 => Some(v as u64),
+            Some(_) => None,
+            None => d,
+        };
+        TimestampPolicy {
+            kind: self.timestamp_type.unwrap_or(defaults.kind),
+            before_max_ms: bound(self.timestamp_before_max_ms, defaults.before_max_ms),
+            after_max_ms: bound(self.timestamp_after_max_ms, defaults.after_max_ms),
+        }
+    }
+
     /// The settings in force: these overrides on top of `defaults`.
-    pub fn effective(&self, defaults: &LogConfig) -> TopicConfig {
+    pub fn effective(&self, defaults: &LogConfig, stamps: &TimestampPolicy) -> TopicConfig {
         let opt = |v: Option<u64>| v.map_or(-1, |v| v.min(i64::MAX as u64) as i64);
+        let t = self.timestamps(stamps);
+        let c = self.log_config(defaults);
         TopicConfig {
+            timestamp_type: Some(t.kind),
+            timestamp_before_max_ms: Some(opt(t.before_max_ms)),
+            timestamp_after_max_ms: Some(opt(t.after_max_ms)),
             retention_ms: Some(self.retention_ms.unwrap_or(opt(defaults.retention_ms))),
             retention_bytes: Some(
                 self.retention_bytes
                     .unwrap_or(opt(defaults.retention_bytes)),
             ),
             segment_bytes: Some(self.segment_bytes.unwrap_or(defaults.segment_bytes as i64)),
-            max_message_bytes: Some(
-                self.max_message_bytes
-                    .unwrap_or(defaults.max_batch_bytes.min(i32::MAX as usize) as i32),
-            ),
+            max_message_bytes: Some(c.max_batch_bytes.min(i32::MAX as usize) as i32),
         }
     }
 
@@ -194,6 +304,7 @@ pub struct Topic {
     pub(crate) dir: PathBuf,
     pub(crate) config: TopicConfig,
     pub(crate) log_config: LogConfig,
+    pub(crate) timestamps: TimestampPolicy,
     /// Grows when partitions are added; readers clone the `Arc` under a
     /// brief read lock.
     pub(crate) partitions: RwLock<Arc<Vec<Arc<Partition>>>>,
@@ -276,6 +387,30 @@ mod tests {
     }
 
     #[test]
+    fn timestamps_follow_the_policy() {
+        let p = TimestampPolicy::default();
+        assert_eq!(p.stamp(None, 1_000), Ok(1_000));
+        assert_eq!(p.stamp(Some(5), 1_000), Ok(5));
+        assert!(p.stamp(Some(1_000 + 3_600_001), 1_000).is_err());
+        assert!(p.stamp(Some(-1), 1_000).is_err());
+        let append = TopicConfig {
+            timestamp_type: Some(TimestampType::LogAppendTime),
+            ..Default::default()
+        }
+        .timestamps(&p);
+        assert_eq!(append.stamp(Some(i64::MAX), 7), Ok(7));
+        let before = TopicConfig {
+            timestamp_before_max_ms: Some(10),
+            timestamp_after_max_ms: Some(-1),
+            ..Default::default()
+        }
+        .timestamps(&p);
+        assert!(before.stamp(Some(989), 1_000).is_err());
+        assert_eq!(before.stamp(Some(990), 1_000), Ok(990));
+        assert_eq!(before.stamp(Some(i64::MAX), 1_000), Ok(i64::MAX));
+    }
+
+    #[test]
     fn config_ranges_are_checked() {
         let bad = [
             TopicConfig {
@@ -300,14 +435,28 @@ mod tests {
                 ..Default::default()
             },
         ];
+        let defaults = LogConfig::default();
         for c in bad {
-            assert!(c.validate().is_err(), "{c:?}");
+            assert!(c.validate(&defaults, 8 << 20).is_err(), "{c:?}");
         }
+        // Checked against the segment size in force, not only the topic's
+        // own: defaults of 64 KiB segments refuse a 1 MiB message.
+        let small = LogConfig {
+            segment_bytes: 64 * 1024,
+            ..LogConfig::default()
+        };
+        let big = TopicConfig {
+            max_message_bytes: Some(1 << 20),
+            ..Default::default()
+        };
+        assert!(big.validate(&defaults, 8 << 20).is_ok());
+        assert!(big.validate(&small, 8 << 20).is_err());
+        assert!(big.validate(&defaults, 512 * 1024).is_err());
         let forever = TopicConfig {
             retention_ms: Some(-1),
             ..Default::default()
         };
-        forever.validate().unwrap();
+        forever.validate(&defaults, 8 << 20).unwrap();
         assert_eq!(forever.log_config(&LogConfig::default()).retention_ms, None);
     }
 }

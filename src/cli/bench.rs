@@ -280,7 +280,7 @@ async fn produce(
                     if let Some(e) = r.record_errors.first() {
                         return Err(ClientError::Closed(format!(
                             "{} records refused: {}",
-                            r.record_errors.len(),
+                            r.record_errors.iter().map(|e| e.count.max(1)).sum::<i32>(),
                             e.message
                         )));
                     }

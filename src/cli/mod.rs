@@ -153,6 +153,9 @@ pub enum GroupCommand {
         /// Show the new offsets without writing them.
         #[arg(long)]
         dry_run: bool,
+        /// Create the group if it does not exist (else: not found).
+        #[arg(long)]
+        create: bool,
         #[command(flatten)]
         conn: Conn,
         /// Print JSON.
@@ -289,6 +292,7 @@ pub async fn topic(cmd: TopicCommand) -> Result<(), ClientError> {
                         retention_bytes,
                         segment_bytes,
                         max_message_bytes,
+                        ..Default::default()
                     },
                 )
                 .await?;
@@ -829,6 +833,7 @@ pub async fn group(cmd: GroupCommand) -> Result<(), ClientError> {
             to_offset,
             to_time,
             dry_run,
+            create,
             conn,
             json,
         } => {
@@ -848,7 +853,7 @@ pub async fn group(cmd: GroupCommand) -> Result<(), ClientError> {
             };
             let client = Client::connect(&conn.broker).await?;
             let offsets = client
-                .reset_offsets(&group, &topic, partitions, to, dry_run)
+                .reset_offsets(&group, &topic, partitions, to, dry_run, create)
                 .await?;
             if json {
                 let v: Vec<_> = offsets

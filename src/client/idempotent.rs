@@ -56,6 +56,10 @@ fn outcome(reply: Result<pb::ProduceResponse, ClientError>) -> Outcome {
     };
     let code = tonic::Code::from_i32(e.code);
     match code {
+        // A full disk on the broker passes when an operator frees space.
+        tonic::Code::ResourceExhausted if e.message.starts_with("no space left") => {
+            Outcome::Retry(e.message.clone())
+        }
         // Appended before, longer ago than the broker remembers offsets.
         tonic::Code::AlreadyExists => Outcome::Done { duplicate: true },
         tonic::Code::FailedPrecondition => Outcome::OutOfOrder(e.message.clone()),
@@ -87,6 +91,10 @@ struct State {
     in_flight: VecDeque<Sent>,
     stats: ProducerStats,
     sticky: i32,
+    /// A request failed for good: its partition's sequence has a gap that
+    /// no later request can fill. Before sending more, the producer bumps
+    /// its epoch and numbers again from 0 (Kafka's KIP-360).
+    broken: bool,
 }
 
 pub(crate) async fn run(
@@ -113,6 +121,7 @@ pub(crate) async fn run(
         in_flight: VecDeque::new(),
         stats: ProducerStats::default(),
         sticky: 0,
+        broken: false,
         config,
     };
     let mut buffers: HashMap<i32, Buffer> = HashMap::new();
@@ -160,6 +169,9 @@ pub(crate) async fn run(
     while !st.in_flight.is_empty() {
         st.settle_head().await;
     }
+    if st.broken {
+        st.recover().await;
+    }
     Ok(st.stats)
 }
 
@@ -193,6 +205,9 @@ impl State {
         }
         while self.in_flight.len() >= self.config.max_in_flight.max(1) {
             self.settle_head().await;
+        }
+        if self.broken {
+            self.recover().await;
         }
         let seq = self.next_seq.entry(partition).or_insert(0);
         let base_sequence = *seq;
@@ -277,6 +292,74 @@ impl State {
     fn failed(&mut self, s: &Sent, message: String) {
         self.stats.failed += s.records as u64;
         self.stats.first_error.get_or_insert(message);
+        self.broken = true;
+    }
+
+    /// After a request failed for good: settles what is in flight, bumps
+    /// the epoch, and sends again, numbered from 0 under the new epoch, the
+    /// requests that were refused only because of the gap. (Requests whose
+    /// fate is unknown are retried under the old numbering first: they may
+    /// have been appended, and only the old numbering finds that out.)
+    async fn recover(&mut self) {
+        let mut unknown = Vec::new();
+        let mut refused = Vec::new();
+        while let Some(s) = self.in_flight.pop_front() {
+            let o = self.wait(s.reply).await;
+            let s = Sent { reply: None, ..s };
+            match o {
+                Outcome::Done { duplicate } => self.done(&s, duplicate),
+                Outcome::Failed(m) => self.failed(&s, m),
+                Outcome::OutOfOrder(_) => refused.push(s),
+                Outcome::Retry(_) => unknown.push(s),
+            }
+        }
+        if !unknown.is_empty() {
+            self.resend(unknown, "resending before an epoch bump".into())
+                .await;
+        }
+        let bumped = self
+            .client
+            .broker()
+            .init_producer(pb::InitProducerRequest {
+                producer_id: Some(self.producer_id),
+                producer_epoch: self.epoch,
+            })
+            .await;
+        let init = match bumped {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                // Another instance took the id over (or the broker is
+                // gone): nothing more can be sent without a gap.
+                let m = format!("could not bump the producer epoch: {}", e.message());
+                for s in refused {
+                    self.failed(&s, m.clone());
+                }
+                return;
+            }
+        };
+        tracing::info!(
+            producer_id = init.producer_id,
+            epoch = init.producer_epoch,
+            "a request failed for good; producer epoch bumped and sequences reset"
+        );
+        self.producer_id = init.producer_id;
+        self.epoch = init.producer_epoch;
+        self.next_seq.clear();
+        self.broken = false;
+        let mut renumbered = Vec::with_capacity(refused.len());
+        for mut s in refused {
+            let p = s.req.partition.unwrap_or(0);
+            let seq = self.next_seq.entry(p).or_insert(0);
+            s.req.producer_id = Some(self.producer_id);
+            s.req.producer_epoch = self.epoch;
+            s.req.base_sequence = *seq;
+            *seq = crate::storage::producer_state::seq_add(*seq, s.records as i64);
+            renumbered.push(s);
+        }
+        if !renumbered.is_empty() {
+            self.resend(renumbered, "resending after an epoch bump".into())
+                .await;
+        }
     }
 
     /// Resends `requests` one at a time over a fresh stream, backing off

@@ -193,6 +193,7 @@ impl Client {
         partitions: Vec<i32>,
         to: pb::reset_offsets_request::To,
         dry_run: bool,
+        create: bool,
     ) -> Result<Vec<pb::ResetOffset>, ClientError> {
         Ok(self
             .group_admin()
@@ -202,6 +203,7 @@ impl Client {
                 partitions,
                 to: Some(to),
                 dry_run,
+                create,
             })
             .await?
             .into_inner()

@@ -235,7 +235,11 @@ async fn run_producer(
                 .iter()
                 .map(|p| p.record_count as u64)
                 .sum::<u64>();
-            stats.failed += r.record_errors.len() as u64;
+            stats.failed += r
+                .record_errors
+                .iter()
+                .map(|e| e.count.max(1) as u64)
+                .sum::<u64>();
             if stats.first_error.is_none() {
                 stats.first_error = r.record_errors.first().map(|e| e.message.clone());
             }

@@ -88,7 +88,8 @@ pub(crate) fn resume_after_failure<S>(
     match replay() {
         Ok(fresh) => Ok(Some(fresh)),
         Err(e) => {
-            let reason = format!("{reason}; replaying the log failed: {e}");
+            tracing::error!(error = %e, "replaying the log after a failed append failed");
+            let reason = format!("{reason}; replaying the log failed too (see the server's log)");
             *failed = Some((reason.clone(), Instant::now() + RETRY_AFTER_FAILURE));
             Err(reason)
         }
@@ -291,7 +292,7 @@ impl Coordinator {
             retention_ms: Some(-1),
             retention_bytes: Some(-1),
             segment_bytes: Some(config.offsets_segment_bytes),
-            max_message_bytes: None,
+            ..TopicConfig::default()
         };
         let topic =
             broker.ensure_internal_topic(OFFSETS_TOPIC, config.offsets_partitions, topic_config)?;
@@ -413,10 +414,16 @@ impl Coordinator {
         let result = self
             .broker
             .append_internal(req)
-            .map_err(|e| e.to_string())?
+            .map_err(|e| {
+                tracing::error!(error = %e, "offsets append failed");
+                e.client_message()
+            })?
             .result();
         match result.failures.first() {
-            Some(f) => Err(f.error.to_string()),
+            Some(f) => {
+                tracing::error!(error = %f.error, "offsets append failed");
+                Err(f.error.client_message())
+            }
             None => Ok(()),
         }
     }
@@ -906,6 +913,7 @@ impl Coordinator {
         partitions: &[i32],
         to: ResetTo,
         dry_run: bool,
+        create: bool,
     ) -> Result<Vec<ResetResult>> {
         validate_name("group", group)?;
         validate_user_topic(topic)?;
@@ -917,13 +925,20 @@ impl Coordinator {
         let now = (self.clock)();
         let (shard, mut st) = self.lock_shard(group)?;
         let st = &mut *st;
-        if let Some(g) = st.groups.get(group) {
-            if !g.members.is_empty() {
+        match st.groups.get(group) {
+            Some(g) if !g.members.is_empty() => {
                 return Err(CoordinatorError::GroupNotEmpty {
                     group: group.to_string(),
                     members: g.members.len(),
                     action: "reset-offsets",
                 });
+            }
+            Some(_) => {}
+            None if create => {}
+            None => {
+                return Err(CoordinatorError::GroupNotFound {
+                    group: group.to_string(),
+                })
             }
         }
         let topic: Arc<str> = Arc::from(topic);

@@ -270,6 +270,12 @@ fn check_name(what: &str, v: &str) -> Result<()> {
 }
 
 impl Queues {
+    /// Completes once the broker begins shutting down (streams and long
+    /// polls end then).
+    pub async fn shutting_down(&self) {
+        self.broker.shutting_down().await
+    }
+
     /// Opens the coordinator: creates the state topic if needed and
     /// replays it. Blocking.
     pub fn open(broker: Arc<Broker>, clock: Clock) -> Result<Arc<Self>> {
@@ -504,8 +510,8 @@ impl Queues {
                 st.since_snapshot += n;
                 return Ok(res.partitions.first().map_or(-1, |p| p.base_offset));
             }
-            Ok(res) => res.failures[0].error.to_string(),
-            Err(e) => e.to_string(),
+            Ok(res) => res.failures[0].error.client_message(),
+            Err(e) => e.client_message(),
         };
         tracing::error!(error = %failure, "work-queue state append failed; queues refuse calls until the state can be replayed from the log");
         st.failed = Some((failure.clone(), Instant::now() + RETRY_AFTER_FAILURE));

@@ -69,6 +69,9 @@ pub struct LogConfig {
     /// Forget an idempotent producer's sequences once it has not appended
     /// for this long (Kafka's producer.id.expiration.ms).
     pub producer_expiration_ms: u64,
+    /// Idempotent producers the log remembers at most: a new producer
+    /// beyond this is refused (RESOURCE_EXHAUSTED) until idle ones expire.
+    pub max_producers: usize,
     /// A flush moves the recovery point up to what it synced at most this
     /// often (each move writes the checkpoint, and a producer-state
     /// snapshot if the log has idempotent producers): after a crash,
@@ -113,6 +116,7 @@ impl Default for LogConfig {
             retention_bytes: None,
             flush: FlushPolicy::Interval(Duration::from_secs(1)),
             producer_expiration_ms: 24 * 3600 * 1000,
+            max_producers: 10_000,
             checkpoint_interval_ms: 10_000,
             clock: system_clock(),
             fs: os_fs(),

@@ -107,6 +107,12 @@ pub enum StorageError {
         /// The sequence the partition expects next.
         expected: i32,
     },
+    /// A producer new to the log, when it already remembers its limit.
+    #[error("partition already tracks {limit} idempotent producers (max_producers_per_partition); a new one is refused until idle ones expire")]
+    TooManyProducers {
+        /// The limit.
+        limit: usize,
+    },
     /// A batch of an older producer epoch than the partition has seen.
     #[error("producer {producer_id}: epoch {epoch} is fenced by epoch {current}")]
     ProducerFenced {

@@ -92,7 +92,14 @@ impl ProducerStates {
     /// Decides whether a batch of `count` records from `producer_id` at
     /// `epoch`, starting at sequence `first_seq`, is appended, answered as a
     /// duplicate, or refused.
-    pub fn check(&self, producer_id: i64, epoch: i16, first_seq: i32, count: i32) -> Result<Check> {
+    pub fn check(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        first_seq: i32,
+        count: i32,
+        max_producers: usize,
+    ) -> Result<Check> {
         if first_seq < 0 || epoch < 0 {
             return Err(StorageError::InvalidProducer(format!(
                 "producer {producer_id}: epoch {epoch} and base sequence {first_seq} must not be negative"
@@ -106,6 +113,11 @@ impl ProducerStates {
             })
         };
         let Some(e) = self.producers.get(&producer_id) else {
+            if self.producers.len() >= max_producers {
+                return Err(StorageError::TooManyProducers {
+                    limit: max_producers,
+                });
+            }
             // A producer new to this partition (or whose state expired)
             // starts at 0.
             return if first_seq == 0 {
@@ -170,6 +182,14 @@ impl ProducerStates {
             e.batches.pop_front();
         }
         e.batches.push_back(batch);
+    }
+
+    /// Each producer with its current epoch.
+    pub fn epochs(&self) -> Vec<(i64, i16)> {
+        self.producers
+            .iter()
+            .map(|(id, e)| (*id, e.epoch))
+            .collect()
     }
 
     /// Forgets producers that have not appended since `before_ms`.
@@ -303,19 +323,19 @@ mod tests {
     #[test]
     fn sequences_duplicates_gaps_and_fencing() {
         let mut s = ProducerStates::default();
-        assert_eq!(s.check(7, 0, 0, 10).unwrap(), Check::Append);
+        assert_eq!(s.check(7, 0, 0, 10, 100).unwrap(), Check::Append);
         assert!(matches!(
-            s.check(7, 0, 5, 1),
+            s.check(7, 0, 5, 1, 100),
             Err(StorageError::OutOfOrderSequence { expected: 0, .. })
         ));
         s.record(7, 0, meta(0, 9, 100), 1);
         assert_eq!(
-            s.check(7, 0, 0, 10).unwrap(),
+            s.check(7, 0, 0, 10, 100).unwrap(),
             Check::Duplicate(meta(0, 9, 100))
         );
-        assert_eq!(s.check(7, 0, 10, 5).unwrap(), Check::Append);
+        assert_eq!(s.check(7, 0, 10, 5, 100).unwrap(), Check::Append);
         assert!(matches!(
-            s.check(7, 0, 12, 5),
+            s.check(7, 0, 12, 5, 100),
             Err(StorageError::OutOfOrderSequence {
                 expected: 10,
                 received: 12,
@@ -324,15 +344,15 @@ mod tests {
         ));
         // Overlapping but not a remembered batch: an old duplicate.
         assert!(matches!(
-            s.check(7, 0, 3, 2),
+            s.check(7, 0, 3, 2, 100),
             Err(StorageError::DuplicateSequence { expected: 10, .. })
         ));
         // A new epoch restarts at 0 and fences the old one.
-        assert!(s.check(7, 1, 10, 1).is_err());
-        assert_eq!(s.check(7, 1, 0, 1).unwrap(), Check::Append);
+        assert!(s.check(7, 1, 10, 1, 100).is_err());
+        assert_eq!(s.check(7, 1, 0, 1, 100).unwrap(), Check::Append);
         s.record(7, 1, meta(0, 0, 110), 2);
         assert!(matches!(
-            s.check(7, 0, 10, 1),
+            s.check(7, 0, 10, 1, 100),
             Err(StorageError::ProducerFenced { current: 1, .. })
         ));
     }
@@ -344,25 +364,25 @@ mod tests {
             s.record(1, 0, meta(i, i, i64::from(i)), 0);
         }
         assert_eq!(
-            s.check(1, 0, 19, 1).unwrap(),
+            s.check(1, 0, 19, 1, 100).unwrap(),
             Check::Duplicate(meta(19, 19, 19))
         );
         assert_eq!(
-            s.check(1, 0, 12, 1).unwrap(),
+            s.check(1, 0, 12, 1, 100).unwrap(),
             Check::Duplicate(meta(12, 12, 12))
         );
         assert!(matches!(
-            s.check(1, 0, 11, 1),
+            s.check(1, 0, 11, 1, 100),
             Err(StorageError::DuplicateSequence { .. })
         ));
-        assert_eq!(s.check(1, 0, 20, 1).unwrap(), Check::Append);
+        assert_eq!(s.check(1, 0, 20, 1, 100).unwrap(), Check::Append);
     }
 
     #[test]
     fn sequences_wrap_after_i32_max() {
         let mut s = ProducerStates::default();
         s.record(1, 0, meta(i32::MAX - 1, i32::MAX, 0), 0);
-        assert_eq!(s.check(1, 0, 0, 3).unwrap(), Check::Append);
+        assert_eq!(s.check(1, 0, 0, 3, 100).unwrap(), Check::Append);
         assert_eq!(seq_add(i32::MAX, 1), 0);
         assert_eq!(seq_add(i32::MAX - 1, 4), 2);
     }
@@ -385,6 +405,23 @@ mod tests {
     }
 
     #[test]
+    fn new_producers_beyond_the_limit_are_refused() {
+        let mut s = ProducerStates::default();
+        for id in 0..3 {
+            assert_eq!(s.check(id, 0, 0, 1, 3).unwrap(), Check::Append);
+            s.record(id, 0, meta(0, 0, id), 10);
+        }
+        assert!(matches!(
+            s.check(9, 0, 0, 1, 3),
+            Err(StorageError::TooManyProducers { limit: 3 })
+        ));
+        // Known producers go on; expiry makes room.
+        assert_eq!(s.check(1, 0, 1, 1, 3).unwrap(), Check::Append);
+        assert_eq!(s.expire(11), 3);
+        assert_eq!(s.check(9, 0, 0, 1, 3).unwrap(), Check::Append);
+    }
+
+    #[test]
     fn expiry_forgets_idle_producers() {
         let mut s = ProducerStates::default();
         s.record(1, 0, meta(0, 0, 0), 100);
@@ -392,7 +429,7 @@ mod tests {
         assert_eq!(s.expire(150), 1);
         assert_eq!(s.len(), 1);
         assert!(matches!(
-            s.check(1, 0, 1, 1),
+            s.check(1, 0, 1, 1, 100),
             Err(StorageError::OutOfOrderSequence { expected: 0, .. })
         ));
     }

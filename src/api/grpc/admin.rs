@@ -41,7 +41,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::CreateTopicResponse>, Status> {
         let _t = timed("CreateTopic");
         let r = request.into_inner();
-        let config = convert::topic_config_in(r.config);
+        let config = convert::topic_config_in(r.config)?;
         let info = self
             .blocking(move |b| b.create_topic(&r.name, r.partitions, config))
             .await?;

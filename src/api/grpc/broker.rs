@@ -10,8 +10,10 @@ use super::pb::{self, broker_server::Broker as BrokerApi};
 use super::{convert, status, timed};
 use crate::broker::{Acks, Broker, FetchRequest, ProduceResult, RecordFailure};
 
-/// Replies a produce stream may have queued before the server stops reading
-/// its requests (backpressure on pipelining clients).
+/// Replies of one `ProduceStream` queued for the client at most: when the
+/// client does not read them, the server stops reading its requests
+/// (backpressure on pipelining clients). Replies that wait for a flush are
+/// bounded apart, by `PRODUCE_STREAM_DURABLE_IN_FLIGHT`.
 const PRODUCE_STREAM_BUFFER: usize = 64;
 /// Requests of one `ProduceStream` waiting for their flush at once; the
 /// stream stops reading further requests while this many wait.
@@ -196,6 +198,7 @@ impl BrokerApi for BrokerService {
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<pb::FetchResponse>, Status> {
         let _t = timed("Fetch");
+        let max_wait_ms = super::capped_wait(&request, request.get_ref().max_wait_ms);
         let r = request.into_inner();
         let result = self
             .broker
@@ -205,7 +208,7 @@ impl BrokerApi for BrokerService {
                 offset: r.offset,
                 max_records: r.max_records,
                 max_bytes: r.max_bytes,
-                max_wait_ms: r.max_wait_ms,
+                max_wait_ms,
             })
             .await?;
         Ok(Response::new(convert::fetch_response(result)))

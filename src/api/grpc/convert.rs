@@ -3,7 +3,8 @@
 
 use crate::broker::{
     Acks, FetchResult, FetchedRecord, Header, IdempotentBatch, NewRecord, PartitionInfo,
-    PartitionOffsets, Position, ProduceRequest, ProduceResult, TopicConfig, TopicInfo,
+    PartitionOffsets, Position, ProduceRequest, ProduceResult, TimestampType, TopicConfig,
+    TopicInfo,
 };
 
 use super::pb;
@@ -81,16 +82,32 @@ pub fn produce_response(sequence: u64, r: ProduceResult) -> pb::ProduceResponse 
                 duplicate: p.duplicate,
             })
             .collect(),
-        record_errors: r
-            .failures
-            .into_iter()
-            .map(|f| pb::RecordError {
-                index: f.index as i32,
-                code: code(&f.error) as i32,
-                message: f.error.to_string(),
-            })
-            .collect(),
+        record_errors: record_errors(r.failures),
     }
+}
+
+/// Failures as runs: consecutive records that share one error are one
+/// `RecordError` (one message string, not one per record).
+fn record_errors(failures: Vec<crate::broker::RecordFailure>) -> Vec<pb::RecordError> {
+    let mut out: Vec<pb::RecordError> = Vec::new();
+    let mut last: Option<(usize, std::sync::Arc<crate::broker::BrokerError>)> = None;
+    for f in failures {
+        if let (Some((end, e)), Some(run)) = (&last, out.last_mut()) {
+            if *end == f.index && std::sync::Arc::ptr_eq(e, &f.error) {
+                run.count += 1;
+                last = Some((f.index + 1, f.error));
+                continue;
+            }
+        }
+        out.push(pb::RecordError {
+            index: f.index as i32,
+            code: code(&f.error) as i32,
+            message: super::status::client_message(&f.error),
+            count: 1,
+        });
+        last = Some((f.index + 1, f.error));
+    }
+    out
 }
 
 pub fn record_out(r: FetchedRecord) -> pb::ConsumedRecord {
@@ -130,14 +147,28 @@ pub fn position(p: Option<pb::Position>) -> Position {
     }
 }
 
-pub fn topic_config_in(c: Option<pb::TopicConfig>) -> TopicConfig {
+pub fn topic_config_in(c: Option<pb::TopicConfig>) -> Result<TopicConfig, tonic::Status> {
     let c = c.unwrap_or_default();
-    TopicConfig {
+    let timestamp_type = match c.timestamp_type.map(pb::TimestampType::try_from) {
+        None | Some(Ok(pb::TimestampType::Unspecified)) => None,
+        Some(Ok(pb::TimestampType::CreateTime)) => Some(TimestampType::CreateTime),
+        Some(Ok(pb::TimestampType::LogAppendTime)) => Some(TimestampType::LogAppendTime),
+        Some(Err(_)) => {
+            return Err(tonic::Status::invalid_argument(format!(
+            "timestamp_type {} is not one of 0 (unspecified), 1 (CREATE_TIME), 2 (LOG_APPEND_TIME)",
+            c.timestamp_type.unwrap_or_default()
+        )))
+        }
+    };
+    Ok(TopicConfig {
         retention_ms: c.retention_ms,
         retention_bytes: c.retention_bytes,
         segment_bytes: c.segment_bytes,
         max_message_bytes: c.max_message_bytes,
-    }
+        timestamp_type,
+        timestamp_before_max_ms: c.timestamp_before_max_ms,
+        timestamp_after_max_ms: c.timestamp_after_max_ms,
+    })
 }
 
 fn topic_config_out(c: TopicConfig) -> pb::TopicConfig {
@@ -146,6 +177,12 @@ fn topic_config_out(c: TopicConfig) -> pb::TopicConfig {
         retention_bytes: c.retention_bytes,
         segment_bytes: c.segment_bytes,
         max_message_bytes: c.max_message_bytes,
+        timestamp_type: c.timestamp_type.map(|t| match t {
+            TimestampType::CreateTime => pb::TimestampType::CreateTime as i32,
+            TimestampType::LogAppendTime => pb::TimestampType::LogAppendTime as i32,
+        }),
+        timestamp_before_max_ms: c.timestamp_before_max_ms,
+        timestamp_after_max_ms: c.timestamp_after_max_ms,
     }
 }
 

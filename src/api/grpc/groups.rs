@@ -238,7 +238,7 @@ impl GroupAdmin for GroupAdminService {
             }
         };
         let results = blocking(&self.coordinator, move |c| {
-            c.reset_offsets(&r.group, &r.topic, &r.partitions, to, r.dry_run)
+            c.reset_offsets(&r.group, &r.topic, &r.partitions, to, r.dry_run, r.create)
         })
         .await?;
         Ok(Response::new(pb::ResetOffsetsResponse {

@@ -16,6 +16,13 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// records, plus framing).
 pub const MAX_MESSAGE_BYTES: usize = 96 * 1024 * 1024;
 
+/// Largest request of the services other than `Broker` (admin calls,
+/// heartbeats, commits, acknowledgements).
+pub const SMALL_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// Largest block of request headers (gRPC metadata) a client may send.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
 /// HTTP/2 flow-control window per stream: large enough that a produce
 /// request or fetch reply of a few MiB needs no window updates on the way.
 pub const HTTP2_STREAM_WINDOW: u32 = 8 * 1024 * 1024;
@@ -24,6 +31,8 @@ pub const HTTP2_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 
 mod admin;
 mod broker;
+pub mod codec;
+pub mod conn;
 pub mod convert;
 mod groups;
 mod info;
@@ -35,6 +44,37 @@ pub use broker::BrokerService;
 pub use groups::{GroupAdminService, GroupsService};
 pub use info::InfoService;
 pub use queues::QueuesService;
+
+/// How long a call may wait before answering, from its `grpc-timeout`
+/// header (the client's deadline), less a margin for the reply to travel:
+/// long polls answer (empty) before the deadline instead of failing with
+/// DEADLINE_EXCEEDED.
+pub(crate) fn wait_budget<T>(request: &tonic::Request<T>) -> Option<std::time::Duration> {
+    let v = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let d = match unit {
+        "H" => std::time::Duration::from_secs(n.saturating_mul(3600)),
+        "M" => std::time::Duration::from_secs(n.saturating_mul(60)),
+        "S" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_millis(n),
+        "u" => std::time::Duration::from_micros(n),
+        "n" => std::time::Duration::from_nanos(n),
+        _ => return None,
+    };
+    Some(
+        d.saturating_sub(d / 10)
+            .saturating_sub(std::time::Duration::from_millis(5)),
+    )
+}
+
+/// `max_wait_ms` capped by the call's deadline.
+pub(crate) fn capped_wait<T>(request: &tonic::Request<T>, max_wait_ms: i32) -> i32 {
+    match wait_budget(request) {
+        Some(b) => max_wait_ms.min(b.as_millis().min(i32::MAX as u128) as i32),
+        None => max_wait_ms,
+    }
+}
 
 /// Records a request's duration in the latency histogram when dropped.
 pub(crate) struct Timer {

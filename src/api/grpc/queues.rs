@@ -25,13 +25,24 @@ const STREAM_BATCH: u32 = 500;
 #[derive(Debug, Clone)]
 pub struct QueuesService {
     queues: Arc<Queues>,
+    /// How long a `Consume` stream may take to send its `open` request.
+    open_timeout: Duration,
 }
 
 impl QueuesService {
-    /// A service over `queues`.
-    pub fn new(queues: Arc<Queues>) -> Self {
-        Self { queues }
+    /// A service over `queues`; `open_timeout` bounds the wait for a
+    /// `Consume` stream's first message.
+    pub fn new(queues: Arc<Queues>, open_timeout: Duration) -> Self {
+        Self {
+            queues,
+            open_timeout,
+        }
     }
+}
+
+/// What a call gets when the server shuts down under it.
+fn shutting_down() -> Status {
+    Status::unavailable("the server is shutting down: reconnect to another broker or retry")
 }
 
 fn settings_in(s: Option<pb::QueueSettings>) -> Option<SettingsUpdate> {
@@ -127,9 +138,17 @@ impl QueuesApi for QueuesService {
         request: Request<Streaming<pb::ConsumeRequest>>,
     ) -> Result<Response<Self::ConsumeStream>, Status> {
         let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
-            .await?
+        let first = tokio::select! {
+            first = tokio::time::timeout(self.open_timeout, inbound.message()) => first,
+            _ = self.queues.shutting_down() => return Err(shutting_down()),
+        };
+        let first = first
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no open request within consume_open_timeout_ms = {}",
+                    self.open_timeout.as_millis()
+                ))
+            })??
             .ok_or_else(|| Status::invalid_argument("the stream ended before its open request"))?;
         let Some(pb::consume_request::Request::Open(open)) = first.request else {
             return Err(Status::invalid_argument(
@@ -174,6 +193,7 @@ impl QueuesApi for QueuesService {
         request: Request<pb::PullRequest>,
     ) -> Result<Response<pb::PullResponse>, Status> {
         let _t = timed("QueuePull");
+        let budget = super::wait_budget(&request);
         let r = request.into_inner();
         if !(1..=MAX_PULL_RECORDS).contains(&r.max_records) {
             return Err(Status::invalid_argument(format!(
@@ -208,7 +228,11 @@ impl QueuesApi for QueuesService {
                 blocking(&self.queues, move |q| q.ack(&g, &m, acks)).await?,
             ))
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(r.max_wait_ms as u64);
+        let mut wait = Duration::from_millis(r.max_wait_ms as u64);
+        if let Some(b) = budget {
+            wait = wait.min(b);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
         let deliveries = loop {
             let woken = self.queues.notified();
             let (g, m) = (group.clone(), member.clone());
@@ -221,6 +245,7 @@ impl QueuesApi for QueuesService {
             tokio::select! {
                 _ = woken => {}
                 _ = self.queues.wait(&topic, deadline - now) => {}
+                _ = self.queues.shutting_down() => return Err(shutting_down()),
             }
         };
         Ok(Response::new(pb::PullResponse {
@@ -330,6 +355,7 @@ async fn serve_stream(
             _ = &mut woken => {}
             _ = queues.wait(topic, Duration::from_millis(500)) => {}
             _ = tx.closed() => return Ok(()),
+            _ = queues.shutting_down() => return Err(shutting_down()),
         }
     }
 }

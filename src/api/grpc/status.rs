@@ -29,6 +29,7 @@ pub fn code(e: &BrokerError) -> Code {
             StorageError::OutOfOrderSequence { .. } => Code::FailedPrecondition,
             StorageError::DuplicateSequence { .. } => Code::AlreadyExists,
             StorageError::ProducerFenced { .. } => Code::Aborted,
+            StorageError::TooManyProducers { .. } => Code::ResourceExhausted,
             _ => Code::Internal,
         },
     }
@@ -50,12 +51,18 @@ pub fn coordinator_code(e: &CoordinatorError) -> Code {
     }
 }
 
-/// The status for an error; fatal errors are logged here, once.
+/// The status for an error; fatal errors are logged here, once, with the
+/// files concerned. The client's message never names server paths.
 pub fn status(e: &BrokerError) -> Status {
     if e.is_fatal() {
         tracing::error!(error = %e, "request failed on a server-side error");
     }
-    Status::new(code(e), e.to_string())
+    Status::new(code(e), client_message(e))
+}
+
+/// What a client is told (see [`BrokerError::client_message`]).
+pub fn client_message(e: &BrokerError) -> String {
+    e.client_message()
 }
 
 impl From<BrokerError> for Status {
@@ -69,6 +76,10 @@ impl From<CoordinatorError> for Status {
         if e.is_fatal() {
             tracing::error!(error = %e, "request failed on a server-side error");
         }
-        Status::new(coordinator_code(&e), e.to_string())
+        let message = match &e {
+            CoordinatorError::Broker(b) => client_message(b),
+            e => e.to_string(),
+        };
+        Status::new(coordinator_code(&e), message)
     }
 }

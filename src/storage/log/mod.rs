@@ -196,6 +196,19 @@ impl Log {
         self.writer.lock().producers.len()
     }
 
+    /// Forgets idempotent producers idle for `producer_expiration_ms`
+    /// (also done at each roll); returns how many.
+    pub fn expire_producers(&self) -> usize {
+        let now = (self.config.clock)();
+        let idle_before = now.saturating_sub(self.config.producer_expiration_ms as i64);
+        self.writer.lock().producers.expire(idle_before)
+    }
+
+    /// Each idempotent producer this partition knows, with its epoch.
+    pub fn producer_epochs(&self) -> Vec<(i64, i16)> {
+        self.writer.lock().producers.epochs()
+    }
+
     /// The largest idempotent producer id this partition knows.
     pub fn max_producer_id(&self) -> Option<i64> {
         self.writer.lock().producers.max_producer_id()
@@ -356,6 +369,7 @@ impl Log {
                     view.producer_epoch(),
                     view.base_sequence(),
                     view.record_count(),
+                    self.config.max_producers,
                 )?;
                 if let Check::Duplicate(b) = check {
                     let info = AppendInfo {

@@ -1,0 +1,283 @@
+//! Connection-level limits tonic has no setting for: a cap on open
+//! connections, and closing connections that have had no call in flight
+//! for the idle timeout (HTTP/2 keepalive pings do not count as use).
+//!
+//! Accepted sockets are wrapped in [`LimitedConn`], which holds a slot of
+//! the connection cap for its lifetime and watches its own idleness; the
+//! [`TrackCalls`] layer counts each connection's calls in flight (a call
+//! lasts until its response body ends, so open streams count).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
+use tokio_stream::{wrappers::TcpListenerStream, Stream, StreamExt};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// Milliseconds since the first call (a monotonic clock for idleness).
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// One connection's calls in flight and when the last one ended.
+#[derive(Debug, Default)]
+pub struct Activity {
+    calls: AtomicUsize,
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> CallGuard {
+        self.calls.fetch_add(1, Ordering::AcqRel);
+        CallGuard(self.clone())
+    }
+
+    /// Idle for at least `timeout`: no call in flight, and none ended
+    /// within it.
+    fn idle_for(&self, timeout: Duration) -> Option<Duration> {
+        if self.calls.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let idle = now_ms().saturating_sub(self.idle_since_ms.load(Ordering::Acquire));
+        Some(Duration::from_millis(idle)).filter(|d| *d >= timeout)
+    }
+
+    fn remaining(&self, timeout: Duration) -> Duration {
+        let idle = now_ms().saturating_sub(self.idle_since_ms.load(Ordering::Acquire));
+        timeout.saturating_sub(Duration::from_millis(idle))
+    }
+}
+
+/// Ends a call when dropped (with its response body).
+#[derive(Debug)]
+pub struct CallGuard(Arc<Activity>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.0.idle_since_ms.store(now_ms(), Ordering::Release);
+        self.0.calls.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a request's extensions carry about its connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Addresses, as tonic gives them for plain TCP.
+    pub tcp: TcpConnectInfo,
+    activity: Arc<Activity>,
+}
+
+/// An accepted connection within the cap.
+pub struct LimitedConn {
+    io: TcpStream,
+    _slot: OwnedSemaphorePermit,
+    activity: Arc<Activity>,
+    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+}
+
+impl Connected for LimitedConn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        ConnInfo {
+            tcp: self.io.connect_info(),
+            activity: self.activity.clone(),
+        }
+    }
+}
+
+impl LimitedConn {
+    /// Whether the idle timeout has passed; re-arms the timer otherwise.
+    fn check_idle(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let Some((timeout, sleep)) = self.idle.as_mut() else {
+            return Ok(());
+        };
+        while sleep.as_mut().poll(cx).is_ready() {
+            if let Some(idle) = self.activity.idle_for(*timeout) {
+                metrics::counter!("sluice_connections_closed_idle_total").increment(1);
+                tracing::debug!(
+                    idle_ms = idle.as_millis() as u64,
+                    "closing an idle connection"
+                );
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection idle for the idle timeout",
+                ));
+            }
+            let next = self
+                .activity
+                .remaining(*timeout)
+                .max(Duration::from_millis(100));
+            sleep.as_mut().reset(tokio::time::Instant::now() + next);
+        }
+        Ok(())
+    }
+}
+
+impl AsyncRead for LimitedConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.check_idle(cx)?;
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LimitedConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Accepts connections from `listener` while fewer than `max` are open;
+/// over the cap a new connection is closed at once (the client sees
+/// UNAVAILABLE and retries), and counted.
+pub fn incoming(
+    listener: TcpListener,
+    max: usize,
+    idle_timeout: Option<Duration>,
+) -> impl Stream<Item = io::Result<LimitedConn>> {
+    let slots = Arc::new(Semaphore::new(max));
+    let mut warned_at: Option<Instant> = None;
+    TcpListenerStream::new(listener).filter_map(move |accepted| {
+        let io = match accepted {
+            Ok(io) => io,
+            Err(e) => return Some(Err(e)),
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics::counter!("sluice_connections_refused_total").increment(1);
+            if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                warned_at = Some(Instant::now());
+                tracing::warn!(max, "a connection was refused: max_connections are open");
+            }
+            return None;
+        };
+        // Replies are small and latency matters: no Nagle delay.
+        let _ = io.set_nodelay(true);
+        let activity = Arc::new(Activity::default());
+        activity.idle_since_ms.store(now_ms(), Ordering::Release);
+        Some(Ok(LimitedConn {
+            io,
+            _slot: slot,
+            activity,
+            idle: idle_timeout.map(|t| (t, Box::pin(tokio::time::sleep(t)))),
+        }))
+    })
+}
+
+/// Counts each connection's calls in flight (see [`ConnInfo`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrackCallsLayer;
+
+impl<S> tower_layer::Layer<S> for TrackCallsLayer {
+    type Service = TrackCalls<S>;
+
+    fn layer(&self, inner: S) -> TrackCalls<S> {
+        TrackCalls { inner }
+    }
+}
+
+/// See [`TrackCallsLayer`].
+#[derive(Debug, Clone)]
+pub struct TrackCalls<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S, B> tower_service::Service<http::Request<B>> for TrackCalls<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let guard = req
+            .extensions()
+            .get::<ConnInfo>()
+            .map(|c| c.activity.begin());
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let response = fut.await?;
+            Ok(match guard {
+                Some(guard) => response.map(|body| {
+                    tonic::body::Body::new(GuardedBody {
+                        inner: body,
+                        _guard: guard,
+                    })
+                }),
+                None => response,
+            })
+        })
+    }
+}
+
+/// A response body that ends its call when dropped.
+struct GuardedBody {
+    inner: tonic::body::Body,
+    _guard: CallGuard,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

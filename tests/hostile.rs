@@ -1,0 +1,637 @@
+//! Hostile and heavy clients against a real server on real sockets:
+//! requests over the count and size limits, garbage bytes and extreme
+//! values on every RPC, connections over the cap, idle and slowloris
+//! connections, streams that never open, and shutdown with all of them
+//! still connected. After each, a well-behaved client is still served.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes};
+use common::server::{test_config, TestServer};
+use proptest::prelude::*;
+use sluice::client::{pb, record, Client};
+use sluice::config::ServerConfig;
+use tokio::io::AsyncReadExt;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::{Code, Status};
+
+/// Resident memory of this process (the server runs in it), bytes.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// What the suite holds the server to after each attack (the test process
+/// and its clients included).
+const RSS_BOUND: u64 = 1 << 30;
+
+async fn well_behaved(client: &Client, topic: &str) {
+    let r = client
+        .produce(pb::ProduceRequest {
+            topic: topic.into(),
+            partition: Some(0),
+            records: vec![record(None, "ok")],
+            ..Default::default()
+        })
+        .await
+        .expect("a well-behaved produce is served");
+    assert!(r.record_errors.is_empty(), "{:?}", r.record_errors);
+    let rss = rss_bytes();
+    assert!(rss < RSS_BOUND, "RSS {rss} bytes is over the bound");
+}
+
+async fn start(config: impl FnOnce(&mut ServerConfig)) -> (tempfile::TempDir, TestServer, Client) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = test_config(dir.path());
+    config(&mut c);
+    let server = TestServer::start_with(c, false).await;
+    let client = server.client().await;
+    client
+        .create_topic("t", 1, pb::TopicConfig::default())
+        .await
+        .expect("create");
+    (dir, server, client)
+}
+
+fn produce_with(records: Vec<pb::ProduceRecord>) -> pb::ProduceRequest {
+    pb::ProduceRequest {
+        topic: "t".into(),
+        partition: Some(0),
+        records,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn over_count_requests_are_refused_before_they_are_decoded() {
+    let (_dir, server, client) = start(|_| {}).await;
+    let before = rss_bytes();
+    // 100,001 empty records: 200 KB on the wire, ~11 MB decoded.
+    let e = client
+        .produce(produce_with(vec![pb::ProduceRecord::default(); 100_001]))
+        .await
+        .expect_err("too many records");
+    let s = status_of(e);
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert!(s.message().contains("at most 100000 records"), "{s:?}");
+
+    let deep = pb::ProduceRecord {
+        headers: vec![pb::Header::default(); 129],
+        ..Default::default()
+    };
+    let s = status_of(client.produce(produce_with(vec![deep])).await.unwrap_err());
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert!(s.message().contains("128 headers"), "{s:?}");
+
+    let fat = pb::ProduceRecord {
+        headers: vec![pb::Header {
+            key: "k".into(),
+            value: Some(vec![0u8; 70_000].into()),
+        }],
+        ..Default::default()
+    };
+    let s = status_of(client.produce(produce_with(vec![fat])).await.unwrap_err());
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+
+    // Millions of tiny records in requests over the size limit: refused
+    // by the decode limit (4 MiB) before they are decoded.
+    for _ in 0..4 {
+        let e = client
+            .produce(produce_with(vec![pb::ProduceRecord::default(); 2_500_000]))
+            .await
+            .expect_err("over max_request_bytes");
+        assert_ne!(status_of(e).code(), Code::Ok);
+    }
+    // Many requests at the record limit, at once.
+    let mut calls = Vec::new();
+    for _ in 0..16 {
+        let c = client.clone();
+        calls.push(tokio::spawn(async move {
+            c.produce(produce_with(vec![pb::ProduceRecord::default(); 100_000]))
+                .await
+        }));
+    }
+    for c in calls {
+        let r = c.await.expect("join").expect("at the limit is served");
+        assert_eq!(r.partitions[0].record_count, 100_000);
+    }
+    well_behaved(&client, "t").await;
+    let after = rss_bytes();
+    assert!(
+        after < before + (512 << 20),
+        "RSS grew from {before} to {after}"
+    );
+    server.stop().await;
+}
+
+fn status_of(e: sluice::client::ClientError) -> Status {
+    match e {
+        sluice::client::ClientError::Status(s) => s,
+        other => Status::unknown(other.to_string()),
+    }
+}
+
+/// Sends raw bytes as a request and returns the raw reply (a codec that
+/// does no protobuf at all).
+#[derive(Clone, Default)]
+struct RawCodec;
+
+#[derive(Clone, Default)]
+struct RawEncoder;
+
+#[derive(Clone, Default)]
+struct RawDecoder;
+
+impl Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+/// Every unary method of the public API.
+const UNARY: &[&str] = &[
+    "/sluice.v1.Admin/CreateTopic",
+    "/sluice.v1.Admin/DeleteTopic",
+    "/sluice.v1.Admin/ListTopics",
+    "/sluice.v1.Admin/DescribeTopic",
+    "/sluice.v1.Admin/CreatePartitions",
+    "/sluice.v1.Broker/Produce",
+    "/sluice.v1.Broker/Fetch",
+    "/sluice.v1.Broker/ListOffsets",
+    "/sluice.v1.Broker/InitProducer",
+    "/sluice.v1.Groups/Heartbeat",
+    "/sluice.v1.Groups/CommitOffsets",
+    "/sluice.v1.Groups/FetchOffsets",
+    "/sluice.v1.GroupAdmin/ListGroups",
+    "/sluice.v1.GroupAdmin/DescribeGroup",
+    "/sluice.v1.GroupAdmin/DeleteGroup",
+    "/sluice.v1.GroupAdmin/ResetOffsets",
+    "/sluice.v1.Queues/Pull",
+    "/sluice.v1.Queues/Acknowledge",
+    "/sluice.v1.Queues/DescribeQueue",
+];
+
+async fn raw_call(channel: &tonic::transport::Channel, path: &'static str, body: Bytes) -> Status {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    if let Err(e) = grpc.ready().await {
+        return Status::unavailable(e.to_string());
+    }
+    let mut req = tonic::Request::new(body);
+    req.set_timeout(Duration::from_secs(5));
+    match grpc
+        .unary(req, http::uri::PathAndQuery::from_static(path), RawCodec)
+        .await
+    {
+        Ok(_) => Status::ok(""),
+        Err(s) => s,
+    }
+}
+
+/// Codes a hostile request may get: anything but a server fault.
+fn acceptable(s: &Status) -> bool {
+    !matches!(s.code(), Code::Internal | Code::Unknown | Code::DataLoss)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
+/// Random bytes on every unary RPC: never a server fault, never a crash,
+/// and the server goes on serving.
+#[test]
+fn garbage_bytes_on_every_rpc() {
+    let rt = runtime();
+    let (_dir, server, client) = rt.block_on(start(|_| {}));
+    let channel = rt.block_on(async {
+        tonic::transport::Endpoint::from_shared(server.url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect")
+    });
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let strategy = (
+        0..UNARY.len(),
+        proptest::collection::vec(any::<u8>(), 0..512),
+    );
+    runner
+        .run(&strategy, |(method, bytes)| {
+            let s = rt.block_on(raw_call(&channel, UNARY[method], Bytes::from(bytes)));
+            prop_assert!(acceptable(&s), "{}: {s:?}", UNARY[method]);
+            Ok(())
+        })
+        .expect("no server faults");
+    rt.block_on(async {
+        well_behaved(&client, "t").await;
+        server.stop().await;
+    });
+}
+
+fn extreme_i64() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        Just(i64::MIN),
+        Just(i64::MAX),
+        Just(-1i64),
+        Just(0i64),
+        any::<i64>()
+    ]
+}
+
+fn extreme_i32() -> impl Strategy<Value = i32> {
+    prop_oneof![
+        Just(i32::MIN),
+        Just(i32::MAX),
+        Just(-1i32),
+        Just(0i32),
+        any::<i32>()
+    ]
+}
+
+/// Well-formed messages with extreme values in every numeric field.
+#[test]
+fn extreme_values_in_every_numeric_field() {
+    let rt = runtime();
+    let (_dir, server, client) = rt.block_on(start(|_| {}));
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: cases() / 4,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let strategy = (
+        proptest::collection::vec(extreme_i64(), 6),
+        proptest::collection::vec(extreme_i32(), 8),
+        0..6usize,
+    );
+    runner
+        .run(&strategy, |(l, i, which)| {
+            let c = client.clone();
+            let s = rt.block_on(async move {
+                let broker = c.broker();
+                let r: Result<(), Status> = match which {
+                    0 => broker
+                        .clone()
+                        .produce(pb::ProduceRequest {
+                            topic: "t".into(),
+                            partition: Some(i[0]),
+                            records: vec![pb::ProduceRecord {
+                                timestamp_ms: Some(l[0]),
+                                partition: Some(i[1]),
+                                ..Default::default()
+                            }],
+                            acks: i[2],
+                            producer_id: Some(l[1]),
+                            producer_epoch: i[3],
+                            base_sequence: i[4],
+                            ..Default::default()
+                        })
+                        .await
+                        .map(drop),
+                    1 => broker
+                        .clone()
+                        .fetch(pb::FetchRequest {
+                            topic: "t".into(),
+                            partition: i[0],
+                            offset: l[0],
+                            max_records: i[1],
+                            max_bytes: i[2],
+                            max_wait_ms: i[3].clamp(-5, 50),
+                        })
+                        .await
+                        .map(drop),
+                    2 => broker
+                        .clone()
+                        .list_offsets(pb::ListOffsetsRequest {
+                            topic: "t".into(),
+                            partitions: vec![i[0], i[1]],
+                            timestamp_ms: Some(l[0]),
+                        })
+                        .await
+                        .map(drop),
+                    3 => broker
+                        .clone()
+                        .init_producer(pb::InitProducerRequest {
+                            producer_id: Some(l[0]),
+                            producer_epoch: i[0],
+                        })
+                        .await
+                        .map(drop),
+                    4 => c
+                        .admin()
+                        .create_topic(pb::CreateTopicRequest {
+                            name: format!("x{}", l[5].rem_euclid(1000)),
+                            partitions: i[0].clamp(-5, 4),
+                            config: Some(pb::TopicConfig {
+                                retention_ms: Some(l[0]),
+                                retention_bytes: Some(l[1]),
+                                segment_bytes: Some(l[2]),
+                                max_message_bytes: Some(i[1]),
+                                timestamp_type: Some(i[2]),
+                                timestamp_before_max_ms: Some(l[3]),
+                                timestamp_after_max_ms: Some(l[4]),
+                            }),
+                        })
+                        .await
+                        .map(drop),
+                    _ => c
+                        .queues()
+                        .pull(pb::PullRequest {
+                            group: "q".into(),
+                            topic: "t".into(),
+                            max_records: i[0],
+                            max_wait_ms: i[1].clamp(-5, 50),
+                            prefetch: i[2],
+                            acks: vec![pb::Ack {
+                                delivery_id: l[0] as u64,
+                                r#type: i[3],
+                                delay_ms: i[4],
+                                ..Default::default()
+                            }],
+                            settings: Some(pb::QueueSettings {
+                                lock_timeout_ms: Some(i[5]),
+                                max_deliveries: Some(i[6]),
+                                session_timeout_ms: Some(i[7]),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        })
+                        .await
+                        .map(drop),
+                };
+                r.err().unwrap_or_else(|| Status::ok(""))
+            });
+            prop_assert!(acceptable(&s), "case {which}: {s:?}");
+            Ok(())
+        })
+        .expect("no server faults");
+    rt.block_on(async {
+        well_behaved(&client, "t").await;
+        server.stop().await;
+    });
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_closed_and_the_rest_are_served() {
+    let (_dir, server, client) = start(|c| c.limits.max_connections = 3).await;
+    // The setup client holds one connection; two more fill the cap.
+    let a = server.client().await;
+    let b = server.client().await;
+    a.list_topics().await.expect("a within the cap");
+    b.list_topics().await.expect("b within the cap");
+    let over = Client::connect(&server.url).await;
+    let refused = match over {
+        Err(_) => true,
+        Ok(c) => c.list_topics().await.is_err(),
+    };
+    assert!(refused, "a fourth connection is over the cap");
+    // The connections within the cap are unaffected; one closing frees a
+    // slot.
+    well_behaved(&client, "t").await;
+    drop(a);
+    let mut served = false;
+    for _ in 0..100 {
+        if let Ok(c) = Client::connect(&server.url).await {
+            if c.list_topics().await.is_ok() {
+                served = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "a slot freed by a closed connection is used again");
+    drop(b);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_and_busy_ones_are_not() {
+    let (_dir, server, client) = start(|c| c.limits.idle_timeout_ms = 300).await;
+    // A connection that never sends a byte (not even the HTTP/2 preface).
+    let mut idle = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match idle.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the idle connection was closed");
+
+    // A subscription in flight keeps its connection open past the timeout.
+    let sub_client = server.client().await;
+    let mut sub = sub_client
+        .subscribe("t", 0, pb::position::Position::Latest(()))
+        .await
+        .expect("subscribe");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    well_behaved(&client, "t").await;
+    let msg = tokio::time::timeout(Duration::from_secs(20), sub.message())
+        .await
+        .expect("a record arrives")
+        .expect("the stream is alive")
+        .expect("not ended");
+    assert_eq!(msg.records.len(), 1);
+    drop(sub);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn streams_per_connection_are_capped() {
+    let (_dir, server, client) = start(|c| c.limits.max_concurrent_streams = 2).await;
+    let held = server.client().await;
+    let _s1 = held
+        .subscribe("t", 0, pb::position::Position::Latest(()))
+        .await
+        .expect("first stream");
+    let _s2 = held
+        .subscribe("t", 0, pb::position::Position::Latest(()))
+        .await
+        .expect("second stream");
+    // A third call on the same connection waits for a free stream.
+    let mut req = tonic::Request::new(pb::ListTopicsRequest {});
+    req.set_timeout(Duration::from_millis(500));
+    let third = held.admin().list_topics(req).await;
+    assert!(third.is_err(), "the third stream waits: {third:?}");
+    // Other connections are served.
+    well_behaved(&client, "t").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_consume_stream_that_never_opens_times_out() {
+    let (_dir, server, client) = start(|c| c.limits.consume_open_timeout_ms = 300).await;
+    let mut silent = Vec::new();
+    for _ in 0..50 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::ConsumeRequest>(1);
+        let q = client.queues();
+        silent.push((
+            tx,
+            tokio::spawn(async move {
+                let mut q = q;
+                q.consume(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+            }),
+        ));
+    }
+    for (_tx, call) in silent {
+        let r = tokio::time::timeout(Duration::from_secs(30), call)
+            .await
+            .expect("the call ends")
+            .expect("join");
+        let s = r.expect_err("no open request");
+        assert_eq!(s.code(), Code::DeadlineExceeded, "{s:?}");
+        assert!(s.message().contains("consume_open_timeout_ms"), "{s:?}");
+    }
+    well_behaved(&client, "t").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_poll_answers_before_the_client_deadline() {
+    let (_dir, server, client) = start(|_| {}).await;
+    let mut req = tonic::Request::new(pb::FetchRequest {
+        topic: "t".into(),
+        partition: 0,
+        offset: 0,
+        max_wait_ms: 30_000,
+        ..Default::default()
+    });
+    req.set_timeout(Duration::from_millis(400));
+    let r = client
+        .broker()
+        .fetch(req)
+        .await
+        .expect("an empty answer, not DEADLINE_EXCEEDED");
+    assert!(r.into_inner().records.is_empty());
+
+    let mut req = tonic::Request::new(pb::PullRequest {
+        group: "q".into(),
+        topic: "t".into(),
+        max_records: 1,
+        max_wait_ms: 30_000,
+        ..Default::default()
+    });
+    req.set_timeout(Duration::from_millis(400));
+    let r = client.queues().pull(req).await.expect("an empty pull");
+    assert!(r.into_inner().deliveries.is_empty());
+    server.stop().await;
+}
+
+/// Shutdown with queue workers, long polls, silent streams and raw idle
+/// connections attached: every call ends with UNAVAILABLE and the server
+/// returns.
+#[tokio::test]
+async fn shutdown_ends_queue_workers_and_idle_connections() {
+    let (_dir, server, client) = start(|c| {
+        c.limits.idle_timeout_ms = 0;
+        c.limits.drain_timeout_ms = 2_000;
+    })
+    .await;
+    // A streaming worker with nothing to do.
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::ConsumeRequest>(4);
+    tx.send(pb::ConsumeRequest {
+        request: Some(pb::consume_request::Request::Open(pb::OpenQueue {
+            group: "q".into(),
+            topic: "t".into(),
+            prefetch: 1,
+            ..Default::default()
+        })),
+    })
+    .await
+    .expect("open");
+    let mut worker = client
+        .queues()
+        .consume(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("consume")
+        .into_inner();
+    let joined = worker.message().await.expect("joined").expect("message");
+    assert!(!joined.member_id.is_empty());
+    // A long Pull.
+    let pull = {
+        let q = client.queues();
+        tokio::spawn(async move {
+            let mut q = q;
+            q.pull(pb::PullRequest {
+                group: "q".into(),
+                topic: "t".into(),
+                max_records: 1,
+                max_wait_ms: 60_000,
+                ..Default::default()
+            })
+            .await
+        })
+    };
+    // Raw connections that never speak.
+    let mut raw = Vec::new();
+    for _ in 0..20 {
+        raw.push(
+            tokio::net::TcpStream::connect(server.addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::timeout(Duration::from_secs(30), server.stop())
+        .await
+        .expect("the server stops within the drain timeout");
+    let end = worker.message().await;
+    let s = end.expect_err("the worker's stream ends with an error");
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    let s = pull
+        .await
+        .expect("join")
+        .expect_err("the pull ends with an error");
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    drop(tx);
+    drop(raw);
+}
