@@ -197,7 +197,7 @@ async fn serve(
         }
     };
     let idle = LimitSettings::optional(limits.idle_timeout_ms);
-    let incoming = conn::incoming(listener, limits.max_connections, idle);
+    let incoming = conn::incoming(listener, limits.max_connections, idle, draining_rx.clone());
     info!(%addr, version = crate::VERSION, "sluice listening");
     // Requests are decoded whole: each service takes what its largest
     // valid request needs, and no more.

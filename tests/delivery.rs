@@ -251,6 +251,53 @@ async fn producer_retries_through_broker_kills_and_lands_every_record_once() {
     drop(server);
 }
 
+/// Kafka's KIP-360: one request refused for good (a record over the
+/// topic's limit) leaves a gap in its partition's sequence. The producer
+/// bumps its epoch and numbers the requests behind it afresh, instead of
+/// failing every later record.
+#[tokio::test]
+async fn producer_recovers_from_a_refused_request_by_bumping_its_epoch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ChildServer::start(dir.path(), &[]);
+    let client = Client::connect(&server.url).await.expect("connect");
+    client
+        .create_topic(
+            "t",
+            1,
+            pb::TopicConfig {
+                max_message_bytes: Some(1024),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create");
+    let producer = client.producer(
+        "t",
+        ProducerConfig {
+            max_batch_bytes: 256,
+            linger: Duration::from_millis(20),
+            ..ProducerConfig::default()
+        },
+    );
+    producer
+        .send(sluice::client::record(None, vec![b'x'; 4000]))
+        .await
+        .expect("send");
+    for i in 0..200 {
+        producer
+            .send(sluice::client::record(None, format!("r{i}")))
+            .await
+            .expect("send");
+    }
+    let stats = producer.close().await.expect("close");
+    assert_eq!(stats.failed, 1, "only the oversized record: {stats:?}");
+    assert_eq!(stats.acked, 200, "{stats:?}");
+    let values = values_of(&client, "t").await;
+    let want: Vec<String> = (0..200).map(|i| format!("r{i}")).collect();
+    assert_eq!(values, want, "every later record, once, in order");
+    drop(server);
+}
+
 // ----- work queues -----
 
 async fn produce_values(client: &Client, topic: &str, values: impl IntoIterator<Item = String>) {

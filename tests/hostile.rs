@@ -571,9 +571,11 @@ async fn a_long_poll_answers_before_the_client_deadline() {
 /// returns.
 #[tokio::test]
 async fn shutdown_ends_queue_workers_and_idle_connections() {
+    // A drain timeout far beyond the test's patience: the calls and the
+    // idle connections must end by themselves.
     let (_dir, server, client) = start(|c| {
         c.limits.idle_timeout_ms = 0;
-        c.limits.drain_timeout_ms = 2_000;
+        c.limits.drain_timeout_ms = 600_000;
     })
     .await;
     // A streaming worker with nothing to do.
@@ -611,19 +613,26 @@ async fn shutdown_ends_queue_workers_and_idle_connections() {
             .await
         })
     };
-    // Raw connections that never speak.
+    // Raw HTTP/2 connections that open (preface and SETTINGS, as an idle
+    // client channel does) and then never read or close, and raw TCP
+    // connections that never speak at all.
     let mut raw = Vec::new();
-    for _ in 0..20 {
-        raw.push(
-            tokio::net::TcpStream::connect(server.addr)
+    for i in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        if i % 2 == 0 {
+            use tokio::io::AsyncWriteExt;
+            s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
                 .await
-                .expect("connect"),
-        );
+                .expect("preface");
+        }
+        raw.push(s);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    tokio::time::timeout(Duration::from_secs(30), server.stop())
+    tokio::time::timeout(Duration::from_secs(60), server.stop())
         .await
-        .expect("the server stops within the drain timeout");
+        .expect("the server stops without waiting for the drain timeout");
     let end = worker.message().await;
     let s = end.expect_err("the worker's stream ends with an error");
     assert_eq!(s.code(), Code::Unavailable, "{s:?}");
@@ -634,4 +643,54 @@ async fn shutdown_ends_queue_workers_and_idle_connections() {
     assert_eq!(s.code(), Code::Unavailable, "{s:?}");
     drop(tx);
     drop(raw);
+}
+
+/// Slowloris readers: subscriptions whose clients never read, so their
+/// HTTP/2 windows fill and the server's streams stall. The server holds
+/// little for them, serves others, and at shutdown the drain timeout ends
+/// what cannot finish.
+#[tokio::test]
+async fn readers_that_never_read_are_bounded_and_cut_off_by_the_drain_timeout() {
+    let (_dir, server, client) = start(|c| c.limits.drain_timeout_ms = 1_000).await;
+    let chunk = vec![record(None, vec![b'z'; 16 * 1024]); 64];
+    for _ in 0..4 {
+        let r = client
+            .produce(produce_with(chunk.clone()))
+            .await
+            .expect("fill");
+        assert!(r.record_errors.is_empty());
+    }
+    let before = rss_bytes();
+    let mut stalled = Vec::new();
+    for _ in 0..50 {
+        // Default client windows (64 KiB): the server stalls quickly.
+        let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        let mut b = pb::broker_client::BrokerClient::new(channel);
+        let s = b
+            .subscribe(pb::SubscribeRequest {
+                topic: "t".into(),
+                partition: 0,
+                start: sluice::client::position(pb::position::Position::Earliest(())),
+                ..Default::default()
+            })
+            .await
+            .expect("subscribe")
+            .into_inner();
+        stalled.push((b, s));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    well_behaved(&client, "t").await;
+    let after = rss_bytes();
+    assert!(
+        after < before + (256 << 20),
+        "50 stalled readers grew RSS from {before} to {after}"
+    );
+    tokio::time::timeout(Duration::from_secs(60), server.stop())
+        .await
+        .expect("the drain timeout ends the stalled streams");
+    drop(stalled);
 }

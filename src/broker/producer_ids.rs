@@ -235,3 +235,32 @@ impl Broker {
         Ok((end, epochs))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exhausted_epoch_hands_out_a_new_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = Broker::open(super::super::BrokerConfig::new(dir.path())).expect("open");
+        let (id, epoch) = broker.init_producer(None).expect("init");
+        assert_eq!(epoch, 0);
+        assert_eq!(broker.init_producer(Some((id, 0))).expect("bump"), (id, 1));
+        // Skip ahead to the last epoch (32,767 bumps would take a while).
+        broker.producers.epochs.write().insert(id, i16::MAX - 1);
+        assert_eq!(
+            broker
+                .init_producer(Some((id, i16::MAX - 1)))
+                .expect("bump"),
+            (id, i16::MAX)
+        );
+        let (next, e) = broker.init_producer(Some((id, i16::MAX))).expect("new id");
+        assert_ne!(next, id);
+        assert_eq!(e, 0);
+        // The exhausted id stays fenced at its last epoch.
+        assert!(broker.check_producer_id(id, i16::MAX).is_ok());
+        assert!(broker.check_producer_id(id, 0).is_err());
+        broker.close();
+    }
+}

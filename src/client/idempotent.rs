@@ -252,7 +252,12 @@ impl State {
         };
         match first {
             Outcome::Done { duplicate } => self.done(&head, duplicate),
-            Outcome::Failed(m) | Outcome::OutOfOrder(m) => self.failed(&head, m),
+            Outcome::Failed(m) | Outcome::OutOfOrder(m) => {
+                self.failed(&head, m);
+                // Requests behind it would be refused for the gap: bump
+                // now and send them again, numbered afresh.
+                self.recover().await;
+            }
             Outcome::Retry(why) => {
                 tracing::debug!(reason = %why, "produce failed transiently; resending unconfirmed requests in order");
                 let mut resend = vec![head];

@@ -18,10 +18,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tokio_stream::{wrappers::TcpListenerStream, Stream, StreamExt};
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// After shutdown begins, idle connections close this much later (the
+/// GOAWAY has gone out by then).
+const SHUTDOWN_GOAWAY_GRACE: Duration = Duration::from_millis(50);
 
 /// Milliseconds since the first call (a monotonic clock for idleness).
 fn now_ms() -> u64 {
@@ -83,6 +87,12 @@ pub struct LimitedConn {
     _slot: OwnedSemaphorePermit,
     activity: Arc<Activity>,
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    /// Completes a moment after shutdown begins (time for the GOAWAY to
+    /// go out); then the connection closes as soon as it has no call in
+    /// flight. Clients that keep idle connections open (grpcio does) would
+    /// otherwise hold the drain up.
+    shutdown: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    closing: bool,
 }
 
 impl Connected for LimitedConn {
@@ -97,8 +107,21 @@ impl Connected for LimitedConn {
 }
 
 impl LimitedConn {
-    /// Whether the idle timeout has passed; re-arms the timer otherwise.
+    /// Whether the idle timeout has passed, or shutdown has begun and no
+    /// call is in flight; re-arms the timer otherwise.
     fn check_idle(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if let Some(f) = self.shutdown.as_mut() {
+            if f.as_mut().poll(cx).is_ready() {
+                self.shutdown = None;
+                self.closing = true;
+            }
+        }
+        if self.closing && self.activity.calls.load(Ordering::Acquire) == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "server shutting down",
+            ));
+        }
         let Some((timeout, sleep)) = self.idle.as_mut() else {
             return Ok(());
         };
@@ -172,6 +195,7 @@ pub fn incoming(
     listener: TcpListener,
     max: usize,
     idle_timeout: Option<Duration>,
+    shutdown: watch::Receiver<bool>,
 ) -> impl Stream<Item = io::Result<LimitedConn>> {
     let slots = Arc::new(Semaphore::new(max));
     let mut warned_at: Option<Instant> = None;
@@ -192,11 +216,17 @@ pub fn incoming(
         let _ = io.set_nodelay(true);
         let activity = Arc::new(Activity::default());
         activity.idle_since_ms.store(now_ms(), Ordering::Release);
+        let mut shutdown = shutdown.clone();
         Some(Ok(LimitedConn {
             io,
             _slot: slot,
             activity,
             idle: idle_timeout.map(|t| (t, Box::pin(tokio::time::sleep(t)))),
+            shutdown: Some(Box::pin(async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+                tokio::time::sleep(SHUTDOWN_GOAWAY_GRACE).await;
+            })),
+            closing: false,
         }))
     })
 }
