@@ -40,6 +40,7 @@
 //! max_concurrent_streams = 256        # HTTP/2 streams per connection
 //! max_calls_per_connection = 256      # calls being answered per connection
 //! max_request_bytes = 4194304         # largest produce request on the wire
+//! max_reply_bytes_in_flight = 268435456  # fetch replies not yet sent, in all
 //! keepalive_interval_ms = 30000       # HTTP/2 ping interval; 0: none
 //! keepalive_timeout_ms = 10000        # close if a ping is not answered
 //! idle_timeout_ms = 600000            # close connections without calls; 0: never
@@ -97,6 +98,10 @@ pub struct LimitSettings {
     /// Largest `Produce` request (or `ProduceStream` message) on the wire;
     /// the other services take at most 1 MiB.
     pub max_request_bytes: usize,
+    /// Bytes of fetch replies encoded but not yet sent, for the whole
+    /// server; a reply waits for room (clients that do not read their
+    /// replies cannot pin more).
+    pub max_reply_bytes_in_flight: usize,
     /// Interval of HTTP/2 keepalive pings, ms; 0 sends none.
     pub keepalive_interval_ms: u64,
     /// A connection whose ping is not answered within this is closed, ms.
@@ -119,6 +124,7 @@ impl Default for LimitSettings {
             max_concurrent_streams: 256,
             max_calls_per_connection: 256,
             max_request_bytes: 4 * 1024 * 1024,
+            max_reply_bytes_in_flight: 256 * 1024 * 1024,
             keepalive_interval_ms: 30_000,
             keepalive_timeout_ms: 10_000,
             idle_timeout_ms: 600_000,

@@ -15,7 +15,8 @@
 //!   internal topic `__consumer_offsets`; work queues (share groups: locks,
 //!   acknowledgements, redelivery, dead letters) in `__share_group_state`.
 //! * [`api`]: transports. [`api::grpc`] holds the tonic services; each handler
-//!   decodes, validates, calls the domain and encodes.
+//!   decodes, validates, calls the domain and encodes. Its codec checks
+//!   request counts before decoding, and `conn` bounds connections.
 //! * [`server`]: the composition root. Takes a bound listener and a shutdown
 //!   future, so tests bind `127.0.0.1:0` and shut down on their own terms.
 //! * [`config`] and [`error`]: server settings and the top-level error type.

@@ -134,6 +134,9 @@ struct LimitArgs {
     /// Largest produce request on the wire, bytes [default: 4194304].
     #[arg(long)]
     max_request_bytes: Option<usize>,
+    /// Fetch reply bytes encoded but not yet sent, server-wide [default: 268435456].
+    #[arg(long)]
+    max_reply_bytes_in_flight: Option<usize>,
     /// HTTP/2 keepalive ping interval, ms; 0 none [default: 30000].
     #[arg(long)]
     keepalive_interval_ms: Option<u64>,
@@ -222,6 +225,7 @@ impl ServeArgs {
             max_concurrent_streams,
             max_calls_per_connection,
             max_request_bytes,
+            max_reply_bytes_in_flight,
             keepalive_interval_ms,
             keepalive_timeout_ms,
             idle_timeout_ms,

@@ -221,9 +221,12 @@ async fn serve(
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            BrokerServer::new(BrokerService::new(broker.clone()))
-                .max_decoding_message_size(limits.max_request_bytes)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            BrokerServer::new(BrokerService::new(
+                broker.clone(),
+                conn::ReplyBudget::new(limits.max_reply_bytes_in_flight),
+            ))
+            .max_decoding_message_size(limits.max_request_bytes)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
             GroupsServer::new(GroupsService::new(coordinator.clone()))

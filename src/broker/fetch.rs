@@ -358,7 +358,15 @@ impl Broker {
         max_bytes: i32,
     ) -> Result<Subscription> {
         self.check_running()?;
+        let asked = max_bytes;
         let (max_records, max_bytes) = Self::fetch_limits(max_records, max_bytes)?;
+        // A subscription's messages wait in memory for a reader that may
+        // be slow: keep them small.
+        let max_bytes = if asked == 0 {
+            DEFAULT_SUBSCRIBE_BYTES
+        } else {
+            max_bytes.min(MAX_SUBSCRIBE_BYTES)
+        };
         let topic = self.topic(topic)?;
         let part = topic.partition(partition)?;
         let next = self.resolve(&topic, &part, start)?;

@@ -94,6 +94,10 @@ pub const MAX_WAIT_MS: i32 = 300_000;
 pub const DEFAULT_FETCH_RECORDS: i32 = 10_000;
 /// `max_bytes` when a request gives 0.
 pub const DEFAULT_FETCH_BYTES: i32 = 1024 * 1024;
+/// Record bytes per `Subscribe` message when the request sets none.
+pub const DEFAULT_SUBSCRIBE_BYTES: usize = 256 * 1024;
+/// Record bytes per `Subscribe` message at most (larger asks are capped).
+pub const MAX_SUBSCRIBE_BYTES: usize = 1024 * 1024;
 
 /// Settings of a broker.
 #[derive(Debug, Clone)]

@@ -37,6 +37,9 @@ pub enum BenchCommand {
     /// A work queue: workers take 1 KiB tasks over Consume streams and
     /// accept each one.
     Queue(super::bench_queue::QueueBenchArgs),
+    /// Well-behaved producers and fetchers measure latency while hostile
+    /// (and idle) connections run beside them.
+    Hostile(super::bench_hostile::HostileArgs),
 }
 
 /// Settings of a benchmark run.
@@ -143,6 +146,7 @@ pub async fn run(cmd: BenchCommand) -> Result<(), ClientError> {
         BenchCommand::Heartbeats(a) => return super::bench_groups::heartbeats(a).await,
         BenchCommand::Commits(a) => return super::bench_groups::commits(a).await,
         BenchCommand::Queue(a) => return super::bench_queue::queue(a).await,
+        BenchCommand::Hostile(a) => return super::bench_hostile::hostile_bench(a).await,
     };
     if args.batch == 0 || args.concurrency == 0 || args.records == 0 {
         return Err(ClientError::Status(tonic::Status::invalid_argument(

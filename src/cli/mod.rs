@@ -3,6 +3,7 @@
 
 pub mod bench;
 mod bench_groups;
+mod bench_hostile;
 mod bench_queue;
 pub mod queue;
 

@@ -18,20 +18,21 @@ const PRODUCE_STREAM_BUFFER: usize = 64;
 /// Requests of one `ProduceStream` waiting for their flush at once; the
 /// stream stops reading further requests while this many wait.
 const PRODUCE_STREAM_DURABLE_IN_FLIGHT: usize = 64;
-/// Messages a subscription may have encoded ahead of its reader. Small: a
-/// slow reader holds the server to this much, plus HTTP/2 windows.
-const SUBSCRIBE_BUFFER: usize = 2;
+/// Messages a subscription may have read ahead of its reader. Small: a
+/// slow reader holds the server to this much, plus the message being sent.
+const SUBSCRIBE_BUFFER: usize = 1;
 
 /// Serves `sluice.v1.Broker`.
 #[derive(Debug, Clone)]
 pub struct BrokerService {
     broker: Arc<Broker>,
+    replies: super::conn::ReplyBudget,
 }
 
 impl BrokerService {
-    /// A service over `broker`.
-    pub fn new(broker: Arc<Broker>) -> Self {
-        Self { broker }
+    /// A service over `broker`; fetch replies share `replies`.
+    pub fn new(broker: Arc<Broker>, replies: super::conn::ReplyBudget) -> Self {
+        Self { broker, replies }
     }
 }
 
@@ -211,7 +212,25 @@ impl BrokerApi for BrokerService {
                 max_wait_ms,
             })
             .await?;
-        Ok(Response::new(convert::fetch_response(result)))
+        // The reply is held until sent: take its share of the budget.
+        let bytes: usize = result
+            .records
+            .iter()
+            .map(|r| {
+                32 + r.key.as_ref().map_or(0, |k| k.len())
+                    + r.value.as_ref().map_or(0, |v| v.len())
+                    + r.headers
+                        .iter()
+                        .map(|h| 8 + h.key.len() + h.value.as_ref().map_or(0, |v| v.len()))
+                        .sum::<usize>()
+            })
+            .sum();
+        let permit = self.replies.reserve(bytes).await;
+        let mut response = Response::new(convert::fetch_response(result));
+        if let Some(p) = permit {
+            response.extensions_mut().insert(p);
+        }
+        Ok(response)
     }
 
     type SubscribeStream = BoxStream<pb::SubscribeResponse>;

@@ -272,12 +272,14 @@ where
             .map(|c| c.activity.begin());
         let fut = self.inner.call(req);
         Box::pin(async move {
-            let response = fut.await?;
+            let mut response = fut.await?;
+            let reply = response.extensions_mut().remove::<ReplyPermit>();
             Ok(match guard {
                 Some(guard) => response.map(|body| {
                     tonic::body::Body::new(GuardedBody {
                         inner: body,
                         _guard: guard,
+                        _reply: reply,
                     })
                 }),
                 None => response,
@@ -290,6 +292,40 @@ where
 struct GuardedBody {
     inner: tonic::body::Body,
     _guard: CallGuard,
+    _reply: Option<ReplyPermit>,
+}
+
+/// Bytes of unary replies that are encoded but not yet sent, for the whole
+/// server. A reply the client does not read stays in memory until its
+/// connection closes; this bounds what many such clients can pin. A reply
+/// waits for room before it is sent (the client's deadline still applies).
+#[derive(Debug, Clone)]
+pub struct ReplyBudget {
+    bytes: Arc<Semaphore>,
+    total: u32,
+}
+
+/// A reply's share of the [`ReplyBudget`], held until its body is done;
+/// put it in the response's extensions.
+#[derive(Debug, Clone)]
+pub struct ReplyPermit(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
+
+impl ReplyBudget {
+    /// A budget of `total` bytes.
+    pub fn new(total: usize) -> Self {
+        let total = total.clamp(1, u32::MAX as usize) as u32;
+        Self {
+            bytes: Arc::new(Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// Waits until `bytes` (at most the whole budget) are free.
+    pub async fn reserve(&self, bytes: usize) -> Option<ReplyPermit> {
+        let n = bytes.clamp(1, self.total as usize) as u32;
+        let permit = self.bytes.clone().acquire_many_owned(n).await.ok()?;
+        Some(ReplyPermit(Arc::new(permit)))
+    }
 }
 
 impl http_body::Body for GuardedBody {
