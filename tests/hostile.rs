@@ -691,3 +691,62 @@ async fn readers_that_never_read_are_bounded_and_cut_off_by_the_drain_timeout() 
         .expect("the drain timeout ends the stalled streams");
     drop(stalled);
 }
+
+#[tokio::test]
+async fn calls_waiting_per_connection_are_capped() {
+    let (_dir, server, client) = start(|c| c.limits.max_calls_per_connection = 1).await;
+    let held = server.client().await;
+    // A long poll holds the connection's only slot.
+    let poll = {
+        let mut b = held.broker();
+        tokio::spawn(async move {
+            b.fetch(pb::FetchRequest {
+                topic: "t".into(),
+                partition: 0,
+                offset: 0,
+                max_wait_ms: 3_000,
+                ..Default::default()
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut req = tonic::Request::new(pb::ListTopicsRequest {});
+    req.set_timeout(Duration::from_millis(500));
+    let queued = held.admin().list_topics(req).await;
+    assert!(queued.is_err(), "the second call waits: {queued:?}");
+    // Other connections are served; the long poll ends normally.
+    well_behaved(&client, "t").await;
+    poll.await.expect("join").expect("long poll answered");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_that_never_answers_keepalive_pings_is_closed() {
+    let (_dir, server, _client) = start(|c| {
+        c.limits.idle_timeout_ms = 0;
+        c.limits.keepalive_interval_ms = 100;
+        c.limits.keepalive_timeout_ms = 200;
+    })
+    .await;
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    // Preface, SETTINGS, and the ACK of the server's SETTINGS; then deaf.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0\0\0\0\x04\x01\0\0\0\0")
+        .await
+        .expect("preface");
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // SETTINGS, PINGs: never answered
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the silent peer was closed");
+    server.stop().await;
+}

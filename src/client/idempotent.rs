@@ -422,3 +422,42 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(code: tonic::Code, message: &str) -> Outcome {
+        outcome(Ok(pb::ProduceResponse {
+            record_errors: vec![pb::RecordError {
+                index: 0,
+                code: code as i32,
+                message: message.into(),
+                count: 3,
+            }],
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn a_full_disk_is_retried_and_an_oversized_record_is_not() {
+        assert!(matches!(
+            refused(
+                tonic::Code::ResourceExhausted,
+                "no space left on the server's disk: retry after an operator frees space"
+            ),
+            Outcome::Retry(_)
+        ));
+        assert!(matches!(
+            refused(
+                tonic::Code::ResourceExhausted,
+                "record of 5000 bytes (with batch header) exceeds the topic's max_message_bytes of 1024"
+            ),
+            Outcome::Failed(_)
+        ));
+        assert!(matches!(
+            refused(tonic::Code::FailedPrecondition, "gap"),
+            Outcome::OutOfOrder(_)
+        ));
+    }
+}
