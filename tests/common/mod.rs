@@ -2,6 +2,7 @@
 //! reads, crash images, and a server on an ephemeral port.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod api;
 pub mod server;
 
 use std::path::Path;
