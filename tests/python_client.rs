@@ -11,7 +11,7 @@ use std::{
     process::Command,
 };
 
-use common::server::TestServer;
+use common::server::{ChildServer, TestServer};
 
 fn python() -> PathBuf {
     if let Ok(p) = std::env::var("SLUICE_PYTHON") {
@@ -64,4 +64,52 @@ async fn python_client_generated_from_the_protos() {
     );
     assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
     server.stop().await;
+}
+
+/// A Python service keeps its channel open between calls. SIGTERM must not
+/// wait for it: the broker closes connections without calls at once, so
+/// the drain ends long before its timeout (2 s here; an idle grpcio
+/// channel used to hold it about 3 s, until grpcio closed it) and the
+/// process exits 0.
+#[test]
+fn sigterm_does_not_wait_for_an_idle_python_channel() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let py = python();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ChildServer::start(dir.path(), &["--drain-timeout-ms", "2000"]);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut idle = Command::new(&py)
+        .arg(root.join("tests/python/idle_channel.py"))
+        .arg(server.addr())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run python");
+    let mut line = String::new();
+    BufReader::new(idle.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line.trim(), "ready");
+    // Idle for a while, as a service between calls.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let t = std::time::Instant::now();
+    server.signal(15);
+    let status = server.wait(std::time::Duration::from_secs(60));
+    eprintln!("exit after {:?}", t.elapsed());
+    assert!(status.success(), "{status:?}\n{}", server.log());
+    // The log is read by a thread: let it catch up with the exit.
+    for _ in 0..100 {
+        if server.log().contains("sluice stopped") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let log = server.log();
+    assert!(
+        !log.contains("after the drain timeout"),
+        "the idle channel held the drain until its timeout:\n{log}"
+    );
+    drop(idle.stdin.take());
+    let _ = idle.wait();
 }
