@@ -1,0 +1,313 @@
+//! The coordinator's admin surface: listing, describing and deleting
+//! groups, resetting their offsets, and the numbers for metrics.
+
+use super::*;
+
+/// A group in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSummary {
+    /// Name.
+    pub name: String,
+    /// State.
+    pub state: GroupState,
+    /// Live members.
+    pub members: usize,
+}
+
+/// A member as described.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberDescription {
+    /// Member id.
+    pub member_id: String,
+    /// Client id.
+    pub client_id: String,
+    /// Confirmed epoch.
+    pub member_epoch: i32,
+    /// Subscribed topics.
+    pub subscriptions: Vec<String>,
+    /// Confirmed partitions.
+    pub assignment: Assignment,
+    /// Sent, not yet confirmed partitions (with the confirmed ones, what it
+    /// may be consuming).
+    pub pending: Option<Assignment>,
+    /// What the assignor wants it to own.
+    pub target: Assignment,
+}
+
+/// One partition's progress in a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    /// Partition.
+    pub tp: Tp,
+    /// Member that may be consuming it.
+    pub owner: Option<String>,
+    /// Committed offset.
+    pub committed: Option<Committed>,
+    /// Log start offset.
+    pub log_start: i64,
+    /// High watermark.
+    pub end: i64,
+    /// `end - committed` (or `end - log_start` if nothing is committed).
+    pub lag: i64,
+}
+
+/// A group as described.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    /// Name.
+    pub name: String,
+    /// State.
+    pub state: GroupState,
+    /// Target assignment version.
+    pub epoch: i32,
+    /// Members.
+    pub members: Vec<MemberDescription>,
+    /// Partitions subscribed to or with a committed offset.
+    pub partitions: Vec<PartitionLag>,
+}
+
+/// Where a reset moves a group's offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTo {
+    /// Log start.
+    Earliest,
+    /// High watermark.
+    Latest,
+    /// This offset (clamped to the partition's range).
+    Offset(i64),
+    /// First offset at or after this time (ms), or the end if none.
+    Timestamp(i64),
+}
+
+/// A partition's offset after a reset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResetResult {
+    /// Partition.
+    pub tp: Tp,
+    /// Committed before.
+    pub previous: Option<i64>,
+    /// Committed now.
+    pub offset: i64,
+}
+
+/// Gauges for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CoordinatorStats {
+    /// Groups.
+    pub groups: usize,
+    /// Live members.
+    pub members: usize,
+}
+
+impl Coordinator {
+    /// Every group, sorted by name.
+    pub fn list_groups(&self) -> Vec<GroupSummary> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let st = shard.state.lock();
+            out.extend(st.groups.values().map(|g| GroupSummary {
+                name: g.name.clone(),
+                state: g.state(),
+                members: g.members.len(),
+            }));
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// A group's state, members and per-partition lag. Blocking (opens
+    /// partition logs for their end offsets).
+    pub fn describe_group(&self, group: &str) -> Result<GroupDescription> {
+        validate_name("group", group)?;
+        let (g, state) =
+            {
+                let (_, st) = self.lock_shard(group)?;
+                let g = st.groups.get(group).cloned().ok_or_else(|| {
+                    CoordinatorError::GroupNotFound {
+                        group: group.to_string(),
+                    }
+                })?;
+                let state = g.state();
+                (g, state)
+            };
+        let members: Vec<MemberDescription> = g
+            .members
+            .values()
+            .map(|m| MemberDescription {
+                member_id: m.id.clone(),
+                client_id: m.client_id.clone(),
+                member_epoch: m.epoch,
+                subscriptions: m.subscriptions.iter().map(|s| s.to_string()).collect(),
+                assignment: m.owned.clone(),
+                pending: m.pending.as_ref().map(|p| p.assignment.clone()),
+                target: m.target.clone(),
+            })
+            .collect();
+        // Every partition of subscribed topics, and every committed one.
+        let mut topics: BTreeSet<Arc<str>> = g
+            .members
+            .values()
+            .flat_map(|m| m.subscriptions.iter().cloned())
+            .collect();
+        topics.extend(g.offsets.keys().map(|tp| tp.topic.clone()));
+        let mut partitions = Vec::new();
+        for topic in topics {
+            let offsets = match self.broker.list_offsets(&topic, &[], None) {
+                Ok(o) => o,
+                Err(BrokerError::TopicNotFound { .. }) => Vec::new(),
+                Err(e) => return Err(e.into()),
+            };
+            let mut seen = BTreeSet::new();
+            for o in offsets {
+                let tp = Tp::new(topic.clone(), o.partition);
+                seen.insert(o.partition);
+                let committed = g.offsets.get(&tp).cloned();
+                let from = committed.as_ref().map_or(o.earliest, |c| c.offset);
+                partitions.push(PartitionLag {
+                    owner: g
+                        .members
+                        .values()
+                        .find(|m| m.may_own(&tp))
+                        .map(|m| m.id.clone()),
+                    lag: (o.latest - from).max(0),
+                    committed,
+                    log_start: o.earliest,
+                    end: o.latest,
+                    tp,
+                });
+            }
+            // Committed offsets of partitions (or topics) that are gone.
+            for (tp, c) in g.offsets.range(Tp::new(topic.clone(), i32::MIN)..) {
+                if tp.topic != topic {
+                    break;
+                }
+                if !seen.contains(&tp.partition) {
+                    partitions.push(PartitionLag {
+                        tp: tp.clone(),
+                        owner: None,
+                        committed: Some(c.clone()),
+                        log_start: 0,
+                        end: 0,
+                        lag: 0,
+                    });
+                }
+            }
+        }
+        Ok(GroupDescription {
+            name: g.name.clone(),
+            state,
+            epoch: g.epoch,
+            members,
+            partitions,
+        })
+    }
+
+    /// Deletes a group without live members, with its offsets.
+    pub fn delete_group(&self, group: &str) -> Result<()> {
+        validate_name("group", group)?;
+        let (shard, mut st) = self.lock_shard(group)?;
+        let st = &mut *st;
+        let g = st
+            .groups
+            .get(group)
+            .ok_or_else(|| CoordinatorError::GroupNotFound {
+                group: group.to_string(),
+            })?;
+        if !g.members.is_empty() {
+            return Err(CoordinatorError::GroupNotEmpty {
+                group: group.to_string(),
+                members: g.members.len(),
+                action: "delete",
+            });
+        }
+        self.persist(shard, st, vec![records::group_tombstone(group)])?;
+        st.groups.remove(group);
+        tracing::info!(group, "group deleted");
+        Ok(())
+    }
+
+    /// Moves a group's committed offsets for `topic` (the given partitions,
+    /// or all) to `to`. The group must have no live members. With
+    /// `dry_run`, computes without writing. Blocking.
+    pub fn reset_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: &[i32],
+        to: ResetTo,
+        dry_run: bool,
+        create: bool,
+    ) -> Result<Vec<ResetResult>> {
+        validate_name("group", group)?;
+        validate_user_topic(topic)?;
+        let timestamp = match to {
+            ResetTo::Timestamp(t) => Some(t),
+            _ => None,
+        };
+        let offsets = self.broker.list_offsets(topic, partitions, timestamp)?;
+        let now = (self.clock)();
+        let (shard, mut st) = self.lock_shard(group)?;
+        let st = &mut *st;
+        match st.groups.get(group) {
+            Some(g) if !g.members.is_empty() => {
+                return Err(CoordinatorError::GroupNotEmpty {
+                    group: group.to_string(),
+                    members: g.members.len(),
+                    action: "reset-offsets",
+                });
+            }
+            Some(_) => {}
+            None if create => {}
+            None => {
+                return Err(CoordinatorError::GroupNotFound {
+                    group: group.to_string(),
+                })
+            }
+        }
+        let topic: Arc<str> = Arc::from(topic);
+        let mut results = Vec::new();
+        for o in offsets {
+            let offset = match to {
+                ResetTo::Earliest => o.earliest,
+                ResetTo::Latest => o.latest,
+                ResetTo::Offset(n) => n.clamp(o.earliest, o.latest),
+                ResetTo::Timestamp(_) => match o.for_timestamp {
+                    Some(t) if t >= 0 => t,
+                    _ => o.latest,
+                },
+            };
+            let tp = Tp::new(topic.clone(), o.partition);
+            let previous = st
+                .groups
+                .get(group)
+                .and_then(|g| g.offsets.get(&tp))
+                .map(|c| c.offset);
+            results.push(ResetResult {
+                tp,
+                previous,
+                offset,
+            });
+        }
+        if dry_run || results.is_empty() {
+            return Ok(results);
+        }
+        let committed = results
+            .iter()
+            .map(|r| (r.tp.clone(), r.offset, String::new()))
+            .collect();
+        self.write_offsets(shard, st, group, now, committed)?;
+        tracing::info!(group, topic = %topic, partitions = results.len(), "group offsets reset");
+        Ok(results)
+    }
+
+    /// Numbers for the metrics endpoint.
+    pub fn stats(&self) -> CoordinatorStats {
+        let mut s = CoordinatorStats::default();
+        for shard in &self.shards {
+            let st = shard.state.lock();
+            s.groups += st.groups.len();
+            s.members += st.groups.values().map(|g| g.members.len()).sum::<usize>();
+        }
+        s
+    }
+}
