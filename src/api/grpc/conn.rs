@@ -137,10 +137,15 @@ impl LimitedConn {
                     "connection idle for the idle timeout",
                 ));
             }
-            let next = self
-                .activity
-                .remaining(*timeout)
-                .max(Duration::from_millis(100));
+            // With calls in flight, look again a whole timeout later (the
+            // last call's end restarts the count); else when it runs out.
+            let next = if self.activity.calls.load(Ordering::Acquire) > 0 {
+                *timeout
+            } else {
+                self.activity
+                    .remaining(*timeout)
+                    .max(Duration::from_millis(100))
+            };
             sleep.as_mut().reset(tokio::time::Instant::now() + next);
         }
         Ok(())
