@@ -454,7 +454,7 @@ mod queues {
 
     /// Takes up to `n` tasks and accepts them; returns their offsets.
     fn accept(q: &Queues, member: &Arc<str>, n: u32) -> Vec<i64> {
-        let got = q.acquire("g", member, n).expect("acquire");
+        let got = q.acquire("g", member, n, usize::MAX).expect("acquire");
         let acks = crate::common::accept_all(&got);
         let out = q.ack("g", member, acks).expect("ack");
         assert_eq!(out.accepted.len(), got.len(), "{:?}", out.refused);
@@ -485,7 +485,8 @@ mod queues {
         broker.flush_all().expect("flush");
         // More work that no flush covers: it may or may not survive.
         accept(&q, &member, 100);
-        q.acquire("g", &member, 50).expect("locked, never acked");
+        q.acquire("g", &member, 50, usize::MAX)
+            .expect("locked, never acked");
         for seed in 0..16 {
             let dir = root.path().join(format!("crash-{seed}"));
             fs.crash_image(seed)

@@ -232,7 +232,7 @@ fn the_work_queues_resume_once_the_disk_has_room() {
     // Take and accept work until the state log has no room.
     let mut accepted = BTreeSet::new();
     let failure = loop {
-        let got = match q.acquire("g", &member, 500) {
+        let got = match q.acquire("g", &member, 500, usize::MAX) {
             Ok(got) => got,
             Err(e) => break e,
         };
@@ -258,7 +258,10 @@ fn the_work_queues_resume_once_the_disk_has_room() {
         "{failure}"
     );
     assert!(!accepted.is_empty(), "some work was accepted first");
-    assert!(q.acquire("g", &member, 50).is_err(), "refused while full");
+    assert!(
+        q.acquire("g", &member, 50, usize::MAX).is_err(),
+        "refused while full"
+    );
 
     // Room again: after the retry delay the queues replay their state and
     // serve again, without a restart; confirmed ACCEPTs never come back.
@@ -270,7 +273,7 @@ fn the_work_queues_resume_once_the_disk_has_room() {
     let mut seen = 0;
     loop {
         let got = q
-            .acquire("g", &member, 500)
+            .acquire("g", &member, 500, usize::MAX)
             .expect("acquire after freeing space");
         if got.is_empty() {
             break;

@@ -343,6 +343,13 @@ impl Topic {
         &self.name
     }
 
+    /// Completes after the next append to any partition. Create it (and
+    /// `enable` it) before looking for records, so an append in between
+    /// is not missed.
+    pub fn appended(&self) -> tokio::sync::futures::Notified<'_> {
+        self.appended.notified()
+    }
+
     /// The partitions (a snapshot).
     pub(crate) fn partitions(&self) -> Arc<Vec<Arc<Partition>>> {
         self.partitions.read().clone()

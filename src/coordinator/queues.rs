@@ -629,8 +629,34 @@ impl Queues {
         }
         let topic_arc: Arc<str> = Arc::from(topic);
         let mut fx = Effects::default();
+        self.place(g, &topic_arc, partitions, &mut fx)?;
+        g.join(member.clone(), topic_arc, prefetch as u32, stream, now);
+        if let Some(s) = changed {
+            self.append(
+                &mut st,
+                vec![NewRecord {
+                    key: Some(key(1, group, "", 0)),
+                    value: Some(Bytes::from(settings_value(&s).encode_to_vec())),
+                    ..NewRecord::default()
+                }],
+            )?;
+        }
+        self.effects(&mut st, group, fx)?;
+        Ok(member)
+    }
+
+    /// Places the group in partitions of `topic` it has not read before
+    /// (at their start, or their end with `start_at_latest`): at join, and
+    /// when partitions are added while members consume.
+    fn place(
+        &self,
+        g: &mut ShareGroup,
+        topic: &Arc<str>,
+        partitions: i32,
+        fx: &mut Effects,
+    ) -> Result<()> {
         for p in 0..partitions {
-            let tp = (topic_arc.clone(), p);
+            let tp = (topic.clone(), p);
             if g.partitions.get(&tp).is_some_and(|p| p.placed) {
                 continue;
             }
@@ -650,19 +676,7 @@ impl Queues {
                 ..Default::default()
             });
         }
-        g.join(member.clone(), topic_arc, prefetch as u32, stream, now);
-        if let Some(s) = changed {
-            self.append(
-                &mut st,
-                vec![NewRecord {
-                    key: Some(key(1, group, "", 0)),
-                    value: Some(Bytes::from(settings_value(&s).encode_to_vec())),
-                    ..NewRecord::default()
-                }],
-            )?;
-        }
-        self.effects(&mut st, group, fx)?;
-        Ok(member)
+        Ok(())
     }
 
     fn apply_settings(&self, s: &mut Settings, u: SettingsUpdate) -> Result<()> {
@@ -708,17 +722,26 @@ impl Queues {
 
     /// Reads records into the windows of `group`'s partitions of `topic`.
     fn fill(&self, g: &mut ShareGroup, topic: &Arc<str>) {
+        let mut dropped = Vec::new();
         for ((t, p), part) in g.partitions.iter_mut() {
             if t != topic {
                 continue;
             }
-            fill_partition(&self.broker, t, *p, part);
+            dropped.extend(fill_partition(&self.broker, t, *p, part));
         }
+        g.forget_deliveries(dropped);
     }
 
-    /// Up to `max` deliveries for `member` (fewer if its prefetch is
+    /// Up to `max` deliveries, and about `max_bytes` of record data
+    /// (always at least one record), for `member` (fewer if its prefetch is
     /// nearly used up); none if nothing is available now.
-    pub fn acquire(&self, group: &str, member: &Arc<str>, max: u32) -> Result<Vec<Delivery>> {
+    pub fn acquire(
+        &self,
+        group: &str,
+        member: &Arc<str>,
+        max: u32,
+        max_bytes: usize,
+    ) -> Result<Vec<Delivery>> {
         let now = self.now();
         let mut guard = self.state.lock();
         let st = &mut *guard;
@@ -734,11 +757,22 @@ impl Queues {
             *d = now + g.settings.session_timeout_ms;
         }
         let topic = m.topic.clone();
-        self.fill(g, &topic);
+        // A deleted topic ends its workers (NOT_FOUND); partitions added
+        // since the last call are picked up.
+        let count = self.broker.topic(&topic)?.partitions().len();
         let mut fx = Effects::default();
+        let known = g
+            .partitions
+            .range((topic.clone(), 0)..)
+            .take_while(|((t, _), _)| *t == topic)
+            .count();
+        if known < count {
+            self.place(g, &topic, count as i32, &mut fx)?;
+        }
+        self.fill(g, &topic);
         let mut id = st.next_delivery_id;
         let out = match st.groups.get_mut(group) {
-            Some(g) => g.acquire(member, max, now, &mut id, &mut fx),
+            Some(g) => g.acquire(member, max, max_bytes, now, &mut id, &mut fx),
             None => Vec::new(),
         };
         st.next_delivery_id = id;
@@ -809,26 +843,10 @@ impl Queues {
         }
     }
 
-    /// Waits until records may be available for `member` of `group`:
-    /// appended to its topic, released, or freed prefetch; or `timeout`.
-    pub async fn wait(&self, topic: &str, timeout: Duration) {
-        let appended = match self.broker.topic(topic) {
-            Ok(t) => t,
-            Err(_) => {
-                tokio::time::sleep(timeout).await;
-                return;
-            }
-        };
-        let a = appended.appended.notified();
-        let w = self.wake.notified();
-        tokio::pin!(a, w);
-        a.as_mut().enable();
-        w.as_mut().enable();
-        tokio::select! {
-            _ = a => {}
-            _ = w => {}
-            _ = tokio::time::sleep(timeout) => {}
-        }
+    /// The topic whose appends wake `topic`'s workers (see
+    /// [`crate::broker::Topic::appended`]); `None` if it does not exist.
+    pub fn topic_handle(&self, topic: &str) -> Option<Arc<crate::broker::Topic>> {
+        self.broker.topic(topic).ok()
     }
 
     /// Registers interest before checking (so no wake-up is missed).
@@ -894,17 +912,47 @@ impl Queues {
     }
 }
 
-/// Reads the next records of one partition into its window.
-fn fill_partition(broker: &Broker, topic: &str, partition: i32, part: &mut Partition) {
+/// Reads the next records of one partition into its window. Returns the
+/// locks of records that left the log (retention, or a lost tail).
+fn fill_partition(
+    broker: &Broker,
+    topic: &str,
+    partition: i32,
+    part: &mut Partition,
+) -> Vec<(u64, Arc<str>)> {
     let room = part.room();
     if room == 0 {
-        return;
+        return Vec::new();
     }
     match broker.read_records(topic, partition, part.cursor, room as usize, 1 << 20) {
-        Ok(r) => part.load(r.records, r.next_offset),
+        Ok(r) => {
+            part.load(r.records, r.next_offset);
+            Vec::new()
+        }
         Err(crate::broker::BrokerError::Storage(
-            crate::storage::StorageError::OffsetOutOfRange { start, .. },
-        )) => part.skip_to(start),
-        Err(e) => tracing::warn!(topic, partition, error = %e, "work-queue read failed"),
+            crate::storage::StorageError::OffsetOutOfRange { start, end, .. },
+        )) => {
+            if part.cursor > end {
+                // The log is shorter than the queue's cursor (a tail lost
+                // to a power failure): records appended from here on would
+                // never be delivered. Go back to the log's end.
+                tracing::warn!(
+                    topic,
+                    partition,
+                    cursor = part.cursor,
+                    log_end = end,
+                    "work-queue cursor is past the end of the log; moving it back"
+                );
+                metrics::counter!("sluice_queue_cursor_resets_total", "topic" => topic.to_string())
+                    .increment(1);
+                part.truncate_to(end)
+            } else {
+                part.skip_to(start)
+            }
+        }
+        Err(e) => {
+            tracing::warn!(topic, partition, error = %e, "work-queue read failed");
+            Vec::new()
+        }
     }
 }

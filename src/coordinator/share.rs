@@ -208,17 +208,26 @@ impl Partition {
     }
 
     /// The log starts above the window (retention deleted records): skip
-    /// to it.
-    pub fn skip_to(&mut self, log_start: i64) {
+    /// to it. Returns the locks that went with the records (delivery id
+    /// and member), for [`ShareGroup::forget_deliveries`].
+    #[must_use]
+    pub fn skip_to(&mut self, log_start: i64) -> Vec<(u64, Arc<str>)> {
+        let mut dropped = Vec::new();
         if log_start <= self.start {
-            return;
+            return dropped;
         }
         let gone: Vec<i64> = self.recs.range(..log_start).map(|(&o, _)| o).collect();
         for o in gone {
             self.ready.remove(&o);
             if let Some(r) = self.recs.remove(&o) {
-                if let State::Locked { deadline, .. } = r.state {
+                if let State::Locked {
+                    deadline,
+                    member,
+                    delivery_id,
+                } = r.state
+                {
                     self.locks.remove(&(deadline, o));
+                    dropped.push((delivery_id, member));
                 }
                 if r.not_before > 0 {
                     self.delayed.remove(&(r.not_before, o));
@@ -227,6 +236,39 @@ impl Partition {
         }
         self.start = log_start;
         self.cursor = self.cursor.max(log_start);
+        dropped
+    }
+
+    /// The log ends below the cursor (a tail lost to a power failure):
+    /// what the window held at or past `log_end` no longer exists, and new
+    /// records will take those offsets again. Returns the dropped locks.
+    #[must_use]
+    pub fn truncate_to(&mut self, log_end: i64) -> Vec<(u64, Arc<str>)> {
+        let mut dropped = Vec::new();
+        if log_end >= self.cursor {
+            return dropped;
+        }
+        let gone: Vec<i64> = self.recs.range(log_end..).map(|(&o, _)| o).collect();
+        for o in gone {
+            self.ready.remove(&o);
+            if let Some(r) = self.recs.remove(&o) {
+                if let State::Locked {
+                    deadline,
+                    member,
+                    delivery_id,
+                } = r.state
+                {
+                    self.locks.remove(&(deadline, o));
+                    dropped.push((delivery_id, member));
+                }
+                if r.not_before > 0 {
+                    self.delayed.remove(&(r.not_before, o));
+                }
+            }
+        }
+        self.cursor = log_end;
+        self.start = self.start.min(log_end);
+        dropped
     }
 }
 
@@ -368,12 +410,27 @@ impl ShareGroup {
         m.session_deadline = deadline;
     }
 
-    /// Hands up to `max` records to `member` (capped by its prefetch).
-    /// `next_id` numbers the deliveries.
+    /// Forgets deliveries whose records left the window (see
+    /// [`Partition::skip_to`]): their members' prefetch slots come back.
+    pub fn forget_deliveries(&mut self, dropped: Vec<(u64, Arc<str>)>) {
+        for (id, member) in dropped {
+            self.deliveries.remove(&id);
+            if let Some(m) = self.members.get_mut(&member) {
+                m.held = m.held.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Hands up to `max` records, and about `max_bytes` of record data
+    /// (always at least one record), to `member` (capped by its
+    /// prefetch). `next_id` numbers the deliveries. A record already
+    /// delivered `max_deliveries` times (its last lock was lost in a
+    /// restart) is dead-lettered instead of delivered again.
     pub fn acquire(
         &mut self,
         member: &Arc<str>,
         max: u32,
+        max_bytes: usize,
         now: i64,
         next_id: &mut u64,
         fx: &mut Effects,
@@ -395,7 +452,10 @@ impl ShareGroup {
         }
         let n = keys.len();
         self.rotate = (self.rotate + 1) % n;
-        for k in 0..n {
+        let max_deliveries = self.settings.max_deliveries;
+        let mut exhausted = Vec::new();
+        let mut bytes = 0usize;
+        'partitions: for k in 0..n {
             if want == 0 {
                 break;
             }
@@ -417,6 +477,16 @@ impl ShareGroup {
                 let Some(record) = rec.record.clone() else {
                     continue;
                 };
+                if rec.deliveries >= max_deliveries {
+                    p.ready.remove(&offset);
+                    exhausted.push((tp.clone(), offset));
+                    continue;
+                }
+                let size = record_bytes(&record);
+                if !out.is_empty() && bytes + size > max_bytes {
+                    break 'partitions;
+                }
+                bytes += size;
                 p.ready.remove(&offset);
                 *next_id += 1;
                 let id = *next_id;
@@ -444,6 +514,19 @@ impl ShareGroup {
         }
         if let Some(m) = self.members.get_mut(member) {
             m.held += out.len() as u32;
+        }
+        for (tp, offset) in exhausted {
+            if let Some(rec) = self
+                .partitions
+                .get_mut(&tp)
+                .and_then(|p| p.recs.get_mut(&offset))
+            {
+                rec.reason = Some(format!(
+                    "delivered {} times (max_deliveries {max_deliveries}); the last lock ended with a restart",
+                    rec.deliveries
+                ));
+            }
+            self.finish(&tp, offset, Finished::DeadLettered, fx);
         }
         out
     }
@@ -733,6 +816,16 @@ impl ShareGroup {
 
 /// Key-ordered choice: in offset order, a record whose key has no earlier
 /// unfinished record and none locked.
+/// Bytes a delivery of `r` carries (key, value, headers, framing).
+fn record_bytes(r: &FetchedRecord) -> usize {
+    32 + r.key.as_ref().map_or(0, |k| k.len())
+        + r.value.as_ref().map_or(0, |v| v.len())
+        + r.headers
+            .iter()
+            .map(|h| 8 + h.key.len() + h.value.as_ref().map_or(0, |v| v.len()))
+            .sum::<usize>()
+}
+
 fn key_ordered_pick(p: &Partition, want: usize) -> Vec<i64> {
     let mut blocked: HashSet<Option<&Bytes>> = HashSet::new();
     let mut out = Vec::new();
@@ -802,9 +895,11 @@ mod tests {
         g.join(b.clone(), tp.0.clone(), 100, true, 0);
         let mut id = 0;
         let mut fx = Effects::default();
-        let got = g.acquire(&a, 10, 0, &mut id, &mut fx);
+        let got = g.acquire(&a, 10, usize::MAX, 0, &mut id, &mut fx);
         assert_eq!(got.len(), 3, "prefetch caps the member");
-        assert!(g.acquire(&a, 10, 0, &mut id, &mut fx).is_empty());
+        assert!(g
+            .acquire(&a, 10, usize::MAX, 0, &mut id, &mut fx)
+            .is_empty());
         assert_eq!(fx.deltas[0].delivered, [(0, 1), (1, 1), (2, 1)]);
         g.ack("a", got[0].delivery_id, AckKind::Accept, None, 1, &mut fx)
             .expect("accept");
@@ -836,7 +931,7 @@ mod tests {
             ),
             Err(AckRefusal::NotFound(_))
         ));
-        let again = g.acquire(&b, 2, 30_002, &mut id, &mut fx);
+        let again = g.acquire(&b, 2, usize::MAX, 30_002, &mut id, &mut fx);
         assert_eq!(
             again
                 .iter()
@@ -853,7 +948,7 @@ mod tests {
         let a: Arc<str> = Arc::from("a");
         g.join(a.clone(), tp.0.clone(), 10, false, 0);
         let (mut id, mut fx) = (0, Effects::default());
-        let got = g.acquire(&a, 1, 0, &mut id, &mut fx);
+        let got = g.acquire(&a, 1, usize::MAX, 0, &mut id, &mut fx);
         g.ack(
             "a",
             got[0].delivery_id,
@@ -888,7 +983,7 @@ mod tests {
         g.join(a.clone(), tp.0.clone(), 1, true, 0);
         let (mut id, mut fx) = (0, Effects::default());
         for round in 0..2 {
-            let d = g.acquire(&a, 1, 0, &mut id, &mut fx);
+            let d = g.acquire(&a, 1, usize::MAX, 0, &mut id, &mut fx);
             assert_eq!((d[0].record.offset, d[0].deliveries), (0, round + 1));
             g.ack(
                 "a",
@@ -903,7 +998,7 @@ mod tests {
         assert_eq!(fx.dead_letters.len(), 1);
         assert_eq!(fx.dead_letters[0].reason, "boom");
         assert_eq!(fx.dead_letters[0].deliveries, 2);
-        let d = g.acquire(&a, 1, 0, &mut id, &mut fx);
+        let d = g.acquire(&a, 1, usize::MAX, 0, &mut id, &mut fx);
         assert_eq!(d[0].record.offset, 1);
         g.ack("a", d[0].delivery_id, AckKind::Reject, None, 0, &mut fx)
             .expect("reject");
@@ -918,7 +1013,7 @@ mod tests {
         let a: Arc<str> = Arc::from("a");
         g.join(a.clone(), tp.0.clone(), 5, true, 0);
         let (mut id, mut fx) = (0, Effects::default());
-        let d = g.acquire(&a, 1, 0, &mut id, &mut fx);
+        let d = g.acquire(&a, 1, usize::MAX, 0, &mut id, &mut fx);
         g.ack(
             "a",
             d[0].delivery_id,
@@ -928,9 +1023,11 @@ mod tests {
             &mut fx,
         )
         .expect("release");
-        assert!(g.acquire(&a, 1, 200, &mut id, &mut fx).is_empty());
+        assert!(g
+            .acquire(&a, 1, usize::MAX, 200, &mut id, &mut fx)
+            .is_empty());
         g.tick(600, &mut fx);
-        assert_eq!(g.acquire(&a, 1, 600, &mut id, &mut fx).len(), 1);
+        assert_eq!(g.acquire(&a, 1, usize::MAX, 600, &mut id, &mut fx).len(), 1);
     }
 
     #[test]
@@ -944,12 +1041,12 @@ mod tests {
         let a: Arc<str> = Arc::from("a");
         g.join(a.clone(), Arc::from("t"), 100, true, 0);
         let (mut id, mut fx) = (0, Effects::default());
-        let d = g.acquire(&a, 100, 0, &mut id, &mut fx);
+        let d = g.acquire(&a, 100, usize::MAX, 0, &mut id, &mut fx);
         let offsets: Vec<i64> = d.iter().map(|d| d.record.offset).collect();
         assert_eq!(offsets, [0, 2, 3, 4]);
         g.ack("a", d[0].delivery_id, AckKind::Accept, None, 0, &mut fx)
             .expect("accept");
-        let d = g.acquire(&a, 100, 0, &mut id, &mut fx);
+        let d = g.acquire(&a, 100, usize::MAX, 0, &mut id, &mut fx);
         assert_eq!(d.iter().map(|d| d.record.offset).collect::<Vec<_>>(), [1]);
     }
 
@@ -968,12 +1065,90 @@ mod tests {
         let a: Arc<str> = Arc::from("a");
         g.join(a.clone(), tp.0.clone(), 10, true, 0);
         let (mut id, mut fx) = (0, Effects::default());
-        let d = g.acquire(&a, 10, 0, &mut id, &mut fx);
+        let d = g.acquire(&a, 10, usize::MAX, 0, &mut id, &mut fx);
         assert_eq!(
             d.iter()
                 .map(|d| (d.record.offset, d.deliveries))
                 .collect::<Vec<_>>(),
             [(1, 4), (3, 1)]
         );
+    }
+
+    #[test]
+    fn a_record_at_its_last_delivery_after_a_restart_is_dead_lettered() {
+        let settings = Settings {
+            dead_letter_topic: Some("dlq".into()),
+            ..Settings::default()
+        };
+        let max = settings.max_deliveries;
+        let (mut g, tp) = group(0, settings, &[]);
+        // Replayed: offset 1 was delivered `max` times, its lock lost.
+        g.apply(tp.clone(), Some(0), &[(1, max)], &[]);
+        let p = g.partitions.get_mut(&tp).expect("partition");
+        p.load((0..3).map(|o| rec(o, None)).collect(), 3);
+        let a: Arc<str> = Arc::from("a");
+        g.join(a.clone(), tp.0.clone(), 10, true, 0);
+        let (mut id, mut fx) = (0, Effects::default());
+        let d = g.acquire(&a, 10, usize::MAX, 0, &mut id, &mut fx);
+        let offsets: Vec<i64> = d.iter().map(|d| d.record.offset).collect();
+        assert_eq!(offsets, [0, 2], "offset 1 is not delivered a sixth time");
+        assert_eq!(fx.dead_letters.len(), 1);
+        assert_eq!(fx.dead_letters[0].record.offset, 1);
+        assert!(fx.dead_letters[0].reason.contains("max_deliveries"));
+        assert!(fx
+            .deltas
+            .iter()
+            .any(|d| d.finished.contains(&(1, Finished::DeadLettered))));
+    }
+
+    #[test]
+    fn deliveries_stop_at_the_byte_budget_but_take_at_least_one() {
+        let (mut g, tp) = group(10, Settings::default(), &[]);
+        let a: Arc<str> = Arc::from("a");
+        g.join(a.clone(), tp.0.clone(), 100, true, 0);
+        let (mut id, mut fx) = (0, Effects::default());
+        // Each record here is 34 bytes as a delivery.
+        let d = g.acquire(&a, 10, 100, 0, &mut id, &mut fx);
+        assert_eq!(d.len(), 2);
+        let d = g.acquire(&a, 10, 1, 0, &mut id, &mut fx);
+        assert_eq!(d.len(), 1, "at least one record, whatever its size");
+    }
+
+    #[test]
+    fn records_skipped_by_retention_free_their_prefetch_slots() {
+        let (mut g, tp) = group(10, Settings::default(), &[]);
+        let a: Arc<str> = Arc::from("a");
+        g.join(a.clone(), tp.0.clone(), 2, true, 0);
+        let (mut id, mut fx) = (0, Effects::default());
+        assert_eq!(g.acquire(&a, 10, usize::MAX, 0, &mut id, &mut fx).len(), 2);
+        assert!(g
+            .acquire(&a, 10, usize::MAX, 0, &mut id, &mut fx)
+            .is_empty());
+        // Retention deletes offsets 0-4, two of them held by `a`.
+        let dropped = g.partitions.get_mut(&tp).expect("partition").skip_to(5);
+        assert_eq!(dropped.len(), 2);
+        g.forget_deliveries(dropped);
+        assert_eq!(g.members[&a].held, 0);
+        let d = g.acquire(&a, 10, usize::MAX, 0, &mut id, &mut fx);
+        let offsets: Vec<i64> = d.iter().map(|d| d.record.offset).collect();
+        assert_eq!(offsets, [5, 6]);
+    }
+
+    #[test]
+    fn a_lost_tail_moves_the_cursor_back() {
+        let (mut g, tp) = group(10, Settings::default(), &[]);
+        let a: Arc<str> = Arc::from("a");
+        g.join(a.clone(), tp.0.clone(), 20, true, 0);
+        let (mut id, mut fx) = (0, Effects::default());
+        assert_eq!(g.acquire(&a, 3, usize::MAX, 0, &mut id, &mut fx).len(), 3);
+        // The log now ends at 6: offsets 6-9 are gone (none held).
+        let p = g.partitions.get_mut(&tp).expect("partition");
+        assert!(p.truncate_to(6).is_empty());
+        assert_eq!(p.cursor, 6);
+        // New records take offsets 6.. again and are delivered.
+        p.load((6..8).map(|o| rec(o, None)).collect(), 8);
+        let d = g.acquire(&a, 10, usize::MAX, 0, &mut id, &mut fx);
+        let offsets: Vec<i64> = d.iter().map(|d| d.record.offset).collect();
+        assert_eq!(offsets, [3, 4, 5, 6, 7]);
     }
 }

@@ -20,6 +20,10 @@ use crate::coordinator::CoordinatorError;
 const MAX_PULL_RECORDS: i32 = 10_000;
 /// Most deliveries in one stream message.
 const STREAM_BATCH: u32 = 500;
+/// Record bytes in one Pull response or stream message, about (always at
+/// least one record): far below the encode limit, whatever the records'
+/// sizes.
+pub const MAX_DELIVERY_BYTES: usize = 4 * 1024 * 1024;
 
 /// Serves `sluice.v1.Queues`.
 #[derive(Debug, Clone)]
@@ -56,30 +60,54 @@ fn settings_in(s: Option<pb::QueueSettings>) -> Option<SettingsUpdate> {
     })
 }
 
-fn acks_in(acks: Vec<pb::Ack>) -> Result<Vec<AckRequest>, Status> {
-    acks.into_iter()
-        .map(|a| {
-            let kind = match pb::AckType::try_from(a.r#type) {
-                Ok(pb::AckType::Accept) => AckKind::Accept,
-                Ok(pb::AckType::Release) => AckKind::Release {
-                    delay_ms: i64::from(a.delay_ms),
-                },
-                Ok(pb::AckType::Reject) => AckKind::Reject,
-                Ok(pb::AckType::Extend) => AckKind::Extend,
-                _ => {
-                    return Err(Status::invalid_argument(format!(
+/// The acks of a request: the valid ones to apply, and the refusals of
+/// the others (one bad ack does not fail the batch).
+fn acks_in(acks: Vec<pb::Ack>) -> (Vec<AckRequest>, Vec<(u64, AckRefusal)>) {
+    let mut good = Vec::with_capacity(acks.len());
+    let mut bad = Vec::new();
+    for a in acks {
+        let kind = match pb::AckType::try_from(a.r#type) {
+            Ok(pb::AckType::Accept) => AckKind::Accept,
+            Ok(pb::AckType::Release) => AckKind::Release {
+                delay_ms: i64::from(a.delay_ms),
+            },
+            Ok(pb::AckType::Reject) => AckKind::Reject,
+            Ok(pb::AckType::Extend) => AckKind::Extend,
+            _ => {
+                bad.push((
+                    a.delivery_id,
+                    AckRefusal::Invalid(format!(
                         "ack type {} of delivery {} is not one of 1 (ACCEPT), 2 (RELEASE), 3 (REJECT), 4 (EXTEND)",
                         a.r#type, a.delivery_id
-                    )))
-                }
-            };
-            Ok(AckRequest {
-                delivery_id: a.delivery_id,
-                kind,
-                reason: (!a.reason.is_empty()).then_some(a.reason),
-            })
-        })
-        .collect()
+                    )),
+                ));
+                continue;
+            }
+        };
+        good.push(AckRequest {
+            delivery_id: a.delivery_id,
+            kind,
+            reason: (!a.reason.is_empty()).then_some(a.reason),
+        });
+    }
+    (good, bad)
+}
+
+/// Applies `acks` (and reports `refused` with them).
+async fn apply_acks(
+    queues: &Arc<Queues>,
+    group: String,
+    member: String,
+    acks: Vec<AckRequest>,
+    refused: Vec<(u64, AckRefusal)>,
+) -> Result<AckOutcome, Status> {
+    let mut out = if acks.is_empty() {
+        AckOutcome::default()
+    } else {
+        blocking(queues, move |q| q.ack(&group, &member, acks)).await?
+    };
+    out.refused.extend(refused);
+    Ok(out)
 }
 
 fn ack_result(o: AckOutcome) -> pb::AckResult {
@@ -207,7 +235,7 @@ impl QueuesApi for QueuesService {
                 r.max_wait_ms
             )));
         }
-        let acks = acks_in(r.acks)?;
+        let (acks, refused) = acks_in(r.acks);
         let prefetch = if r.prefetch == 0 {
             r.max_records
         } else {
@@ -220,12 +248,12 @@ impl QueuesApi for QueuesService {
             q.join(&g, &t, &member_id, prefetch, settings_in(settings), false)
         })
         .await?;
-        let ack_result = if acks.is_empty() {
+        let ack_result = if acks.is_empty() && refused.is_empty() {
             None
         } else {
-            let (g, m) = (group.clone(), member.clone());
+            let (g, m) = (group.clone(), member.to_string());
             Some(ack_result(
-                blocking(&self.queues, move |q| q.ack(&g, &m, acks)).await?,
+                apply_acks(&self.queues, g, m, acks, refused).await?,
             ))
         };
         let mut wait = Duration::from_millis(r.max_wait_ms as u64);
@@ -233,18 +261,37 @@ impl QueuesApi for QueuesService {
             wait = wait.min(b);
         }
         let deadline = tokio::time::Instant::now() + wait;
+        let handle = self.queues.topic_handle(&topic);
         let deliveries = loop {
+            // Registered before the attempt: a release or an append in
+            // between wakes the wait below.
             let woken = self.queues.notified();
+            let appended = handle.as_ref().map(|t| t.appended());
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let mut appended = std::pin::pin!(appended);
+            if let Some(a) = appended.as_mut().as_pin_mut() {
+                a.enable();
+            }
             let (g, m) = (group.clone(), member.clone());
             let max = r.max_records as u32;
-            let got = blocking(&self.queues, move |q| q.acquire(&g, &m, max)).await?;
+            let got = blocking(&self.queues, move |q| {
+                q.acquire(&g, &m, max, MAX_DELIVERY_BYTES)
+            })
+            .await?;
             let now = tokio::time::Instant::now();
             if !got.is_empty() || now >= deadline {
                 break got;
             }
             tokio::select! {
                 _ = woken => {}
-                _ = self.queues.wait(&topic, deadline - now) => {}
+                _ = async {
+                    match appended.as_mut().as_pin_mut() {
+                        Some(a) => a.await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+                _ = tokio::time::sleep(deadline - now) => {}
                 _ = self.queues.shutting_down() => return Err(shutting_down()),
             }
         };
@@ -261,8 +308,8 @@ impl QueuesApi for QueuesService {
     ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
         let _t = timed("QueueAcknowledge");
         let r = request.into_inner();
-        let acks = acks_in(r.acks)?;
-        let out = blocking(&self.queues, move |q| q.ack(&r.group, &r.member_id, acks)).await?;
+        let (acks, refused) = acks_in(r.acks);
+        let out = apply_acks(&self.queues, r.group, r.member_id, acks, refused).await?;
         Ok(Response::new(pb::AcknowledgeResponse {
             ack_result: Some(ack_result(out)),
         }))
@@ -326,14 +373,23 @@ async fn serve_stream(
     inbound: &mut Streaming<pb::ConsumeRequest>,
     tx: &mpsc::Sender<Result<pb::ConsumeResponse, Status>>,
 ) -> Result<(), Status> {
+    let topic_handle = queues.topic_handle(topic);
     loop {
-        // Registered before the attempt, so a release in between is not
-        // missed.
+        // Registered before the attempt, so a release or an append in
+        // between is not missed.
         let woken = queues.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
+        let appended = topic_handle.as_ref().map(|t| t.appended());
+        let mut appended = std::pin::pin!(appended);
+        if let Some(a) = appended.as_mut().as_pin_mut() {
+            a.enable();
+        }
         let (g, m) = (group.to_string(), member.clone());
-        let got = blocking(queues, move |q| q.acquire(&g, &m, STREAM_BATCH)).await?;
+        let got = blocking(queues, move |q| {
+            q.acquire(&g, &m, STREAM_BATCH, MAX_DELIVERY_BYTES)
+        })
+        .await?;
         if !got.is_empty() {
             let msg = pb::ConsumeResponse {
                 deliveries: got.into_iter().map(delivery_out).collect(),
@@ -353,7 +409,14 @@ async fn serve_stream(
                 }
             }
             _ = &mut woken => {}
-            _ = queues.wait(topic, Duration::from_millis(500)) => {}
+            _ = async {
+                match appended.as_mut().as_pin_mut() {
+                    Some(a) => a.await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+            // Expired locks and delayed releases come due without a wake.
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = tx.closed() => return Ok(()),
             _ = queues.shutting_down() => return Err(shutting_down()),
         }
@@ -372,8 +435,8 @@ async fn handle(
         return Ok(false);
     };
     let _t = timed("QueueConsumeAck");
-    let acks = match req.request {
-        Some(pb::consume_request::Request::Acks(a)) => acks_in(a.acks)?,
+    let (acks, refused) = match req.request {
+        Some(pb::consume_request::Request::Acks(a)) => acks_in(a.acks),
         Some(pb::consume_request::Request::Open(_)) => {
             return Err(Status::invalid_argument(
                 "a Consume stream is opened once: later requests carry acks",
@@ -381,8 +444,7 @@ async fn handle(
         }
         None => return Ok(true),
     };
-    let (g, m) = (group.to_string(), member.clone());
-    let out = blocking(queues, move |q| q.ack(&g, &m, acks)).await?;
+    let out = apply_acks(queues, group.to_string(), member.to_string(), acks, refused).await?;
     let msg = pb::ConsumeResponse {
         ack_result: Some(ack_result(out)),
         ..Default::default()

@@ -1,0 +1,191 @@
+//! Work queues against a real in-process server: large records within a
+//! byte budget, workers that outlive their topic or see it grow, and
+//! acknowledgement batches with a bad ack in them.
+
+mod common;
+
+use std::time::Duration;
+
+use common::server::TestServer;
+use sluice::client::{pb, record, Client, QueueConfig};
+use tonic::Code;
+
+async fn start() -> (tempfile::TempDir, TestServer, Client) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let client = server.client().await;
+    (dir, server, client)
+}
+
+async fn pull(
+    client: &Client,
+    topic: &str,
+    member: &str,
+    max: i32,
+    acks: Vec<pb::Ack>,
+) -> Result<pb::PullResponse, tonic::Status> {
+    client
+        .queues()
+        .pull(pb::PullRequest {
+            group: "g".into(),
+            topic: topic.into(),
+            member_id: member.into(),
+            max_records: max,
+            max_wait_ms: 200,
+            acks,
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// 100 records of ~1 MB asked for in one Pull: the answer would be 100 MB,
+/// over the 96 MiB encode limit. Before deliveries had a byte budget the
+/// reply failed, and the records went back with a higher delivery count
+/// until they were dead-lettered, never delivered.
+#[tokio::test]
+async fn large_records_are_delivered_within_a_byte_budget() {
+    let (_dir, server, client) = start().await;
+    client
+        .create_topic("big", 1, pb::TopicConfig::default())
+        .await
+        .expect("create");
+    let value = vec![b'x'; 1_000_000];
+    for _ in 0..34 {
+        let r = client
+            .produce(pb::ProduceRequest {
+                topic: "big".into(),
+                partition: Some(0),
+                records: vec![record(None, value.clone()); 3],
+                ..Default::default()
+            })
+            .await
+            .expect("produce");
+        assert!(r.record_errors.is_empty(), "{:?}", r.record_errors);
+    }
+    let mut member = String::new();
+    let mut acks = Vec::new();
+    let mut seen = 0;
+    while seen < 102 {
+        let r = pull(&client, "big", &member, 100, std::mem::take(&mut acks))
+            .await
+            .expect("a reply within the encode limit");
+        member = r.member_id;
+        assert!(
+            r.deliveries.len() <= 5,
+            "about 4 MiB per reply: {}",
+            r.deliveries.len()
+        );
+        for d in &r.deliveries {
+            assert_eq!(d.delivery_count, 1, "delivered once, not retried");
+            acks.push(QueueConfig::accept(d.delivery_id));
+        }
+        seen += r.deliveries.len();
+        assert!(!r.deliveries.is_empty(), "progress");
+    }
+    pull(&client, "big", &member, 1, acks).await.expect("ack");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_on_a_deleted_topic_ends_with_not_found() {
+    let (_dir, server, client) = start().await;
+    client
+        .create_topic("t", 2, pb::TopicConfig::default())
+        .await
+        .expect("create");
+    let mut worker = client
+        .worker(QueueConfig::new("g", "t"))
+        .await
+        .expect("worker");
+    let waiting = tokio::spawn(async move { worker.next().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.delete_topic("t").await.expect("delete");
+    let end = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the stream ends")
+        .expect("join");
+    let e = end.expect_err("an error, not a quiet end");
+    assert!(e.to_string().contains("NOT_FOUND"), "{e}");
+    let e = pull(&client, "t", "", 1, vec![])
+        .await
+        .expect_err("pull on a deleted topic");
+    assert_eq!(e.code(), Code::NotFound);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_lived_worker_picks_up_added_partitions() {
+    let (_dir, server, client) = start().await;
+    client
+        .create_topic("t", 2, pb::TopicConfig::default())
+        .await
+        .expect("create");
+    let mut worker = client
+        .worker(QueueConfig::new("g", "t"))
+        .await
+        .expect("worker");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client.create_partitions("t", 3).await.expect("grow");
+    client
+        .produce(pb::ProduceRequest {
+            topic: "t".into(),
+            partition: Some(2),
+            records: vec![record(None, "on the new partition")],
+            ..Default::default()
+        })
+        .await
+        .expect("produce");
+    let d = tokio::time::timeout(Duration::from_secs(5), worker.next())
+        .await
+        .expect("delivered promptly")
+        .expect("stream")
+        .expect("a delivery");
+    assert_eq!(d.partition, 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_bad_ack_does_not_fail_the_batch() {
+    let (_dir, server, client) = start().await;
+    client
+        .create_topic("t", 1, pb::TopicConfig::default())
+        .await
+        .expect("create");
+    client
+        .produce(pb::ProduceRequest {
+            topic: "t".into(),
+            partition: Some(0),
+            records: vec![record(None, "a"), record(None, "b")],
+            ..Default::default()
+        })
+        .await
+        .expect("produce");
+    let r = pull(&client, "t", "", 10, vec![]).await.expect("pull");
+    assert_eq!(r.deliveries.len(), 2);
+    let member = r.member_id.clone();
+    let good = QueueConfig::accept(r.deliveries[0].delivery_id);
+    let bad = pb::Ack {
+        delivery_id: r.deliveries[1].delivery_id,
+        r#type: 99,
+        ..Default::default()
+    };
+    let out = client
+        .queues()
+        .acknowledge(pb::AcknowledgeRequest {
+            group: "g".into(),
+            member_id: member.clone(),
+            acks: vec![good.clone(), bad],
+        })
+        .await
+        .expect("the call succeeds")
+        .into_inner()
+        .ack_result
+        .expect("result");
+    assert_eq!(out.accepted, vec![good.delivery_id]);
+    assert_eq!(out.refused.len(), 1);
+    assert_eq!(out.refused[0].code, Code::InvalidArgument as i32);
+    let d = client.describe_queue("g").await.expect("describe");
+    assert_eq!(d.partitions[0].accepted, 1, "the good ack was applied");
+    server.stop().await;
+}
