@@ -189,3 +189,102 @@ async fn one_bad_ack_does_not_fail_the_batch() {
     assert_eq!(d.partitions[0].accepted, 1, "the good ack was applied");
     server.stop().await;
 }
+
+/// A dead letter that cannot be written (its topic was deleted) does not
+/// lose the record: it stays unfinished, is never delivered again, and
+/// lands in the dead-letter topic once that exists again.
+#[tokio::test]
+async fn a_failed_dead_letter_keeps_the_record_until_it_is_written() {
+    let (_dir, server, client) = start().await;
+    for t in ["t", "dlq"] {
+        client
+            .create_topic(t, 1, pb::TopicConfig::default())
+            .await
+            .expect("create");
+    }
+    client
+        .produce(pb::ProduceRequest {
+            topic: "t".into(),
+            partition: Some(0),
+            records: vec![record(None, "poison"), record(None, "fine")],
+            ..Default::default()
+        })
+        .await
+        .expect("produce");
+    let settings = pb::QueueSettings {
+        dead_letter_topic: Some("dlq".into()),
+        ..Default::default()
+    };
+    let r = client
+        .queues()
+        .pull(pb::PullRequest {
+            group: "g".into(),
+            topic: "t".into(),
+            max_records: 1,
+            settings: Some(settings),
+            ..Default::default()
+        })
+        .await
+        .expect("pull")
+        .into_inner();
+    let member = r.member_id.clone();
+    let poison = r.deliveries[0].delivery_id;
+    client.delete_topic("dlq").await.expect("delete dlq");
+    let reject = pb::Ack {
+        delivery_id: poison,
+        r#type: pb::AckType::Reject as i32,
+        reason: "bad input".into(),
+        ..Default::default()
+    };
+    let r = pull(&client, "t", &member, 10, vec![reject])
+        .await
+        .expect("reject");
+    let values: Vec<_> = r
+        .deliveries
+        .iter()
+        .filter_map(|d| d.record.as_ref().and_then(|r| r.value.clone()))
+        .collect();
+    assert_eq!(
+        values,
+        vec![bytes::Bytes::from("fine")],
+        "poison is not redelivered"
+    );
+    let fine = r.deliveries[0].delivery_id;
+    pull(&client, "t", &member, 1, vec![QueueConfig::accept(fine)])
+        .await
+        .expect("accept");
+    let d = client.describe_queue("g").await.expect("describe");
+    assert_eq!(
+        d.partitions[0].rejected, 0,
+        "not finished without its dead letter"
+    );
+    assert_eq!(d.partitions[0].start_offset, 0);
+
+    client
+        .create_topic("dlq", 1, pb::TopicConfig::default())
+        .await
+        .expect("recreate dlq");
+    let mut landed = false;
+    for _ in 0..100 {
+        let _ = pull(&client, "t", &member, 10, vec![]).await.expect("pull");
+        let d = client.describe_queue("g").await.expect("describe");
+        if d.partitions[0].rejected == 1 {
+            landed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(landed, "the dead letter was written on a retry");
+    let f = client
+        .fetch(pb::FetchRequest {
+            topic: "dlq".into(),
+            partition: 0,
+            offset: 0,
+            ..Default::default()
+        })
+        .await
+        .expect("fetch dlq");
+    assert_eq!(f.records.len(), 1);
+    assert_eq!(f.records[0].value.as_deref(), Some(&b"poison"[..]));
+    server.stop().await;
+}

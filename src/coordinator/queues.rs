@@ -431,9 +431,13 @@ impl Queues {
         }
     }
 
-    /// Persists deltas and appends dead letters (lock held).
-    fn effects(&self, st: &mut State, group: &str, fx: Effects) -> Result<()> {
-        for d in &fx.dead_letters {
+    /// Appends dead letters, then persists deltas (lock held). A record
+    /// whose dead letter could not be written is not finished: it waits
+    /// and its dead letter is tried again (never delivered again).
+    fn effects(&self, st: &mut State, group: &str, mut fx: Effects) -> Result<()> {
+        let dead_letters = std::mem::take(&mut fx.dead_letters);
+        let retry_at = self.now() + RETRY_AFTER_FAILURE.as_millis() as i64;
+        for d in &dead_letters {
             let mut headers = d.record.headers.clone();
             for (k, v) in [
                 ("sluice-dlq-topic", d.topic.to_string()),
@@ -460,12 +464,21 @@ impl Queues {
                 acks: Acks::Leader,
                 producer: None,
             });
-            match r.map(|a| a.result()) {
-                Ok(res) if res.failures.is_empty() => {}
-                Ok(res) => {
-                    tracing::error!(topic = %d.to, error = %res.failures[0].error, "dead-letter append failed")
+            let failure = match r.map(|a| a.result()) {
+                Ok(res) if res.failures.is_empty() => None,
+                Ok(res) => Some(res.failures[0].error.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            let Some(g) = st.groups.get_mut(group) else {
+                continue;
+            };
+            match failure {
+                None => g.dead_letter_written(d, &mut fx),
+                Some(e) => {
+                    tracing::error!(topic = %d.to, source = %d.topic, partition = d.partition, offset = d.record.offset, error = %e, "dead-letter append failed; the record stays unfinished and is tried again");
+                    metrics::counter!("sluice_queue_dead_letter_failures_total").increment(1);
+                    g.dead_letter_failed(d, retry_at);
                 }
-                Err(e) => tracing::error!(topic = %d.to, error = %e, "dead-letter append failed"),
             }
         }
         if fx.deltas.is_empty() {

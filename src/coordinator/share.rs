@@ -111,6 +111,10 @@ struct Rec {
     deliveries: u32,
     not_before: i64,
     reason: Option<String>,
+    /// Given up on (rejected or out of deliveries), but its dead letter is
+    /// not written yet: it is never delivered again, and the dead letter
+    /// is retried.
+    dead_letter: Option<Finished>,
 }
 
 impl Rec {
@@ -121,6 +125,7 @@ impl Rec {
             deliveries: 0,
             not_before: 0,
             reason: None,
+            dead_letter: None,
         }
     }
 }
@@ -324,6 +329,8 @@ pub struct DeadLetter {
     pub deliveries: u32,
     /// Why.
     pub reason: String,
+    /// How the record finishes once the dead letter is written.
+    pub how: Finished,
 }
 
 /// What an operation asks the caller to do.
@@ -477,9 +484,10 @@ impl ShareGroup {
                 let Some(record) = rec.record.clone() else {
                     continue;
                 };
-                if rec.deliveries >= max_deliveries {
+                if rec.deliveries >= max_deliveries || rec.dead_letter.is_some() {
                     p.ready.remove(&offset);
-                    exhausted.push((tp.clone(), offset));
+                    let how = rec.dead_letter.unwrap_or(Finished::DeadLettered);
+                    exhausted.push((tp.clone(), offset, how));
                     continue;
                 }
                 let size = record_bytes(&record);
@@ -515,18 +523,20 @@ impl ShareGroup {
         if let Some(m) = self.members.get_mut(member) {
             m.held += out.len() as u32;
         }
-        for (tp, offset) in exhausted {
+        for (tp, offset, how) in exhausted {
             if let Some(rec) = self
                 .partitions
                 .get_mut(&tp)
                 .and_then(|p| p.recs.get_mut(&offset))
             {
-                rec.reason = Some(format!(
-                    "delivered {} times (max_deliveries {max_deliveries}); the last lock ended with a restart",
-                    rec.deliveries
-                ));
+                if rec.reason.is_none() {
+                    rec.reason = Some(format!(
+                        "delivered {} times (max_deliveries {max_deliveries}); the last lock ended with a restart",
+                        rec.deliveries
+                    ));
+                }
             }
-            self.finish(&tp, offset, Finished::DeadLettered, fx);
+            self.finish(&tp, offset, how, fx);
         }
         out
     }
@@ -609,6 +619,11 @@ impl ShareGroup {
         Ok(())
     }
 
+    /// Finishes a record. A record given up on, with a dead-letter topic
+    /// set, finishes only once its dead letter is written: the caller
+    /// appends `fx.dead_letters` and reports each with
+    /// [`ShareGroup::dead_letter_written`] or
+    /// [`ShareGroup::dead_letter_failed`].
     fn finish(&mut self, tp: &(Arc<str>, i32), offset: i64, how: Finished, fx: &mut Effects) {
         let dlq = self.settings.dead_letter_topic.clone();
         let Some(p) = self.partitions.get_mut(tp) else {
@@ -617,14 +632,10 @@ impl ShareGroup {
         let Some(rec) = p.recs.get_mut(&offset) else {
             return;
         };
-        rec.state = State::Finished(how);
-        match how {
-            Finished::Accepted => p.accepted += 1,
-            Finished::Rejected => p.rejected += 1,
-            Finished::DeadLettered => p.dead_lettered += 1,
-        }
         if how != Finished::Accepted {
             if let (Some(to), Some(record)) = (dlq, rec.record.clone()) {
+                rec.state = State::Available;
+                rec.dead_letter = Some(how);
                 fx.dead_letters.push(DeadLetter {
                     to,
                     topic: tp.0.clone(),
@@ -635,12 +646,60 @@ impl ShareGroup {
                         Finished::Rejected => "rejected".into(),
                         _ => format!("delivered {} times", rec.deliveries),
                     }),
+                    how,
                 });
+                return;
             }
+        }
+        self.finish_now(tp, offset, how, fx);
+    }
+
+    fn finish_now(&mut self, tp: &(Arc<str>, i32), offset: i64, how: Finished, fx: &mut Effects) {
+        let Some(p) = self.partitions.get_mut(tp) else {
+            return;
+        };
+        let Some(rec) = p.recs.get_mut(&offset) else {
+            return;
+        };
+        rec.state = State::Finished(how);
+        rec.dead_letter = None;
+        match how {
+            Finished::Accepted => p.accepted += 1,
+            Finished::Rejected => p.rejected += 1,
+            Finished::DeadLettered => p.dead_lettered += 1,
         }
         rec.record = None;
         fx.delta(&tp.0, tp.1).finished.push((offset, how));
         p.advance();
+    }
+
+    /// A dead letter was written: its record finishes.
+    pub fn dead_letter_written(&mut self, d: &DeadLetter, fx: &mut Effects) {
+        let tp = (d.topic.clone(), d.partition);
+        if self
+            .partitions
+            .get(&tp)
+            .and_then(|p| p.recs.get(&d.record.offset))
+            .is_some_and(|r| r.dead_letter.is_some())
+        {
+            self.finish_now(&tp, d.record.offset, d.how, fx);
+        }
+    }
+
+    /// A dead letter could not be written: its record stays unfinished,
+    /// is never delivered again, and the dead letter is tried again from
+    /// `retry_at`.
+    pub fn dead_letter_failed(&mut self, d: &DeadLetter, retry_at: i64) {
+        let tp = (d.topic.clone(), d.partition);
+        let Some(p) = self.partitions.get_mut(&tp) else {
+            return;
+        };
+        let offset = d.record.offset;
+        if let Some(rec) = p.recs.get_mut(&offset) {
+            rec.state = State::Available;
+            rec.not_before = retry_at;
+            p.delayed.insert((retry_at, offset));
+        }
     }
 
     /// A locked record goes back to the queue, or is given up on after
@@ -1003,8 +1062,51 @@ mod tests {
         g.ack("a", d[0].delivery_id, AckKind::Reject, None, 0, &mut fx)
             .expect("reject");
         assert_eq!(fx.dead_letters.len(), 2);
+        // Not finished until the dead letters are written.
+        let p = &g.partitions[&tp];
+        assert_eq!((p.start, p.dead_lettered, p.rejected), (0, 0, 0));
+        let written = std::mem::take(&mut fx.dead_letters);
+        for d in &written {
+            g.dead_letter_written(d, &mut fx);
+        }
         let p = &g.partitions[&tp];
         assert_eq!((p.start, p.dead_lettered, p.rejected), (2, 1, 1));
+    }
+
+    #[test]
+    fn a_dead_letter_that_fails_keeps_its_record_and_is_tried_again() {
+        let settings = Settings {
+            dead_letter_topic: Some("dlq".into()),
+            ..Settings::default()
+        };
+        let (mut g, tp) = group(2, settings, &[]);
+        let a: Arc<str> = Arc::from("a");
+        g.join(a.clone(), tp.0.clone(), 10, true, 0);
+        let (mut id, mut fx) = (0, Effects::default());
+        let d = g.acquire(&a, 1, usize::MAX, 0, &mut id, &mut fx);
+        g.ack("a", d[0].delivery_id, AckKind::Reject, None, 0, &mut fx)
+            .expect("reject");
+        let failed = std::mem::take(&mut fx.dead_letters);
+        assert_eq!(failed.len(), 1);
+        g.dead_letter_failed(&failed[0], 1_000);
+        assert!(
+            !fx.deltas.iter().any(|d| !d.finished.is_empty()),
+            "nothing finished: {:?}",
+            fx.deltas
+        );
+        assert_eq!(g.partitions[&tp].start, 0);
+        // Before the retry time the rejected record is not delivered, and
+        // it is never delivered to a worker again.
+        let d = g.acquire(&a, 10, usize::MAX, 500, &mut id, &mut fx);
+        assert_eq!(d.iter().map(|d| d.record.offset).collect::<Vec<_>>(), [1]);
+        g.tick(1_000, &mut fx);
+        let d = g.acquire(&a, 10, usize::MAX, 1_000, &mut id, &mut fx);
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(fx.dead_letters.len(), 1, "the dead letter is tried again");
+        assert_eq!(fx.dead_letters[0].how, Finished::Rejected);
+        let retry = std::mem::take(&mut fx.dead_letters);
+        g.dead_letter_written(&retry[0], &mut fx);
+        assert_eq!(g.partitions[&tp].rejected, 1);
     }
 
     #[test]
@@ -1095,6 +1197,8 @@ mod tests {
         assert_eq!(fx.dead_letters.len(), 1);
         assert_eq!(fx.dead_letters[0].record.offset, 1);
         assert!(fx.dead_letters[0].reason.contains("max_deliveries"));
+        let written = std::mem::take(&mut fx.dead_letters);
+        g.dead_letter_written(&written[0], &mut fx);
         assert!(fx
             .deltas
             .iter()
