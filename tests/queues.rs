@@ -288,3 +288,81 @@ async fn a_failed_dead_letter_keeps_the_record_until_it_is_written() {
     assert_eq!(f.records[0].value.as_deref(), Some(&b"poison"[..]));
     server.stop().await;
 }
+
+/// The outside test's case: a group accepted offsets 0-2 and held 3-4;
+/// the topic was deleted and created again with 5 new records. The queue
+/// must deliver the new records (not treat 0-2 as done, nor wait for the
+/// old cursor), also after a broker restart.
+#[tokio::test]
+async fn a_topic_created_again_starts_its_queue_afresh() {
+    let (dir, server, client) = start().await;
+    let produce = async |client: &Client, prefix: &str| {
+        client
+            .produce(pb::ProduceRequest {
+                topic: "t".into(),
+                partition: Some(0),
+                records: (0..5)
+                    .map(|i| record(None, format!("{prefix}{i}")))
+                    .collect(),
+                ..Default::default()
+            })
+            .await
+            .expect("produce");
+    };
+    client
+        .create_topic("t", 1, pb::TopicConfig::default())
+        .await
+        .expect("create");
+    produce(&client, "old").await;
+    let r = pull(&client, "t", "", 5, vec![]).await.expect("pull");
+    let member = r.member_id.clone();
+    let acks: Vec<_> = r.deliveries[..3]
+        .iter()
+        .map(|d| QueueConfig::accept(d.delivery_id))
+        .collect();
+    pull(&client, "t", &member, 1, acks)
+        .await
+        .expect("accept 0-2");
+
+    client.delete_topic("t").await.expect("delete");
+    client
+        .create_topic("t", 1, pb::TopicConfig::default())
+        .await
+        .expect("create again");
+    produce(&client, "new").await;
+    let d = client.describe_queue("g").await.expect("describe");
+    assert!(
+        d.partitions.iter().all(|p| p.in_flight == 0),
+        "nothing of the old topic is in flight: {d:?}"
+    );
+    let values = |r: &pb::PullResponse| -> Vec<String> {
+        r.deliveries
+            .iter()
+            .map(|d| {
+                String::from_utf8_lossy(
+                    d.record
+                        .as_ref()
+                        .and_then(|r| r.value.as_deref())
+                        .unwrap_or_default(),
+                )
+                .into_owned()
+            })
+            .collect()
+    };
+    let r = pull(&client, "t", &member, 2, vec![]).await.expect("pull");
+    assert_eq!(values(&r), ["new0", "new1"]);
+    let acks: Vec<_> = r
+        .deliveries
+        .iter()
+        .map(|d| QueueConfig::accept(d.delivery_id))
+        .collect();
+    pull(&client, "t", &member, 1, acks).await.expect("accept");
+
+    // After a restart the state (replayed) refers to the new topic.
+    server.stop().await;
+    let server = TestServer::start(dir.path()).await;
+    let client = server.client().await;
+    let r = pull(&client, "t", "", 10, vec![]).await.expect("pull");
+    assert_eq!(values(&r), ["new2", "new3", "new4"]);
+    server.stop().await;
+}

@@ -116,6 +116,7 @@ impl Broker {
             partitions,
             config,
             created_ms: now_ms(&self.config.log),
+            incarnation: uuid::Uuid::new_v4().as_u64_pair().0 | 1,
         };
         meta.write(self.fs(), &dir)?;
         crate::storage::sync_dir(self.fs(), &self.topics_dir)?;

@@ -319,6 +319,7 @@ impl Broker {
             partitions: RwLock::new(Arc::new(partitions)),
             next_keyless: Default::default(),
             created_ms: meta.created_ms,
+            incarnation: meta.incarnation,
         }
     }
 

@@ -263,6 +263,11 @@ pub(crate) struct TopicMeta {
     /// Creation time, ms since the epoch.
     #[serde(default)]
     pub created_ms: i64,
+    /// Tells this topic apart from an earlier one of the same name
+    /// (deleted, then created again): random, set at create. 0 in topics
+    /// created before it existed (their creation time stands in).
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 impl TopicMeta {
@@ -311,6 +316,7 @@ pub struct Topic {
     /// Round-robin cursor for keyless records.
     pub(crate) next_keyless: AtomicU32,
     pub(crate) created_ms: i64,
+    pub(crate) incarnation: u64,
     pub(crate) metrics: TopicMetrics,
     /// Woken after every append to any partition (work-queue deliverers
     /// wait on it).
@@ -374,6 +380,17 @@ impl Topic {
             partitions: self.partitions.read().len() as i32,
             config: self.config,
             created_ms: self.created_ms,
+            incarnation: self.incarnation,
+        }
+    }
+
+    /// This incarnation of the topic's name: differs from that of any
+    /// earlier topic of the same name.
+    pub fn incarnation(&self) -> u64 {
+        if self.incarnation != 0 {
+            self.incarnation
+        } else {
+            self.created_ms as u64
         }
     }
 }

@@ -40,7 +40,8 @@ pub const MAX_PREFETCH: i32 = 100_000;
 struct StateKey {
     #[prost(uint32, tag = "1")]
     version: u32,
-    /// 1: settings; 2: a partition's state.
+    /// 1: settings; 2: a partition's state; 3: the incarnation of a topic
+    /// the group's state refers to (value: 8 bytes, big-endian).
     #[prost(uint32, tag = "2")]
     kind: u32,
     #[prost(string, tag = "3")]
@@ -259,6 +260,16 @@ fn partition_record(group: &str, topic: &str, partition: i32, v: PartitionValue)
     }
 }
 
+/// The record naming the incarnation of `topic` that `group`'s state
+/// refers to.
+fn incarnation_record(group: &str, topic: &str, incarnation: u64) -> NewRecord {
+    NewRecord {
+        key: Some(key(3, group, topic, 0)),
+        value: Some(Bytes::copy_from_slice(&incarnation.to_be_bytes())),
+        ..NewRecord::default()
+    }
+}
+
 fn check_name(what: &str, v: &str) -> Result<()> {
     if v.is_empty() || v.len() > 249 {
         return Err(CoordinatorError::InvalidArgument(format!(
@@ -367,6 +378,16 @@ impl Queues {
                         part.dead_lettered = p.dead_lettered;
                     }
                 }
+            }
+            3 => {
+                let inc = u64::from_be_bytes(<[u8; 8]>::try_from(v).map_err(|_| ())?);
+                let topic: Arc<str> = Arc::from(k.topic);
+                // A new incarnation: the state recorded before it is of
+                // the earlier topic of that name.
+                if g.incarnations.get(&topic).is_some_and(|&old| old != inc) {
+                    g.reset_topic(&topic);
+                }
+                g.incarnations.insert(topic, inc);
             }
             _ => return Err(()),
         }
@@ -543,6 +564,9 @@ impl Queues {
                 value: Some(Bytes::from(settings_value(&g.settings).encode_to_vec())),
                 ..NewRecord::default()
             });
+            for (topic, inc) in &g.incarnations {
+                records.push(incarnation_record(name, topic, *inc));
+            }
             for ((topic, partition), p) in &g.partitions {
                 let (start, delivered, finished) = ShareGroup::snapshot_of(p);
                 records.push(partition_record(
@@ -642,6 +666,10 @@ impl Queues {
         }
         let topic_arc: Arc<str> = Arc::from(topic);
         let mut fx = Effects::default();
+        if let Some(r) = Self::check_incarnation(g, group, &topic_arc, t.incarnation()) {
+            self.append(&mut st, vec![r])?;
+        }
+        let g = st.groups.entry(group.to_string()).or_default();
         self.place(g, &topic_arc, partitions, &mut fx)?;
         g.join(member.clone(), topic_arc, prefetch as u32, stream, now);
         if let Some(s) = changed {
@@ -656,6 +684,35 @@ impl Queues {
         }
         self.effects(&mut st, group, fx)?;
         Ok(member)
+    }
+
+    /// Compares the incarnation of `topic` the group's state refers to
+    /// with the topic's: a topic deleted and created again under the same
+    /// name starts afresh (its offsets are other records now). Returns the
+    /// record to persist, if anything changed.
+    fn check_incarnation(
+        g: &mut ShareGroup,
+        group: &str,
+        topic: &Arc<str>,
+        incarnation: u64,
+    ) -> Option<NewRecord> {
+        match g.incarnations.get(topic) {
+            Some(&known) if known == incarnation => return None,
+            Some(_) => {
+                tracing::warn!(
+                    group,
+                    topic = %topic,
+                    "the topic was deleted and created again: the queue starts afresh on it"
+                );
+                metrics::counter!("sluice_queue_topic_resets_total", "topic" => topic.to_string())
+                    .increment(1);
+                g.reset_topic(topic);
+            }
+            // State from before incarnations were recorded: adopt.
+            None => {}
+        }
+        g.incarnations.insert(topic.clone(), incarnation);
+        Some(incarnation_record(group, topic, incarnation))
     }
 
     /// Places the group in partitions of `topic` it has not read before
@@ -772,8 +829,13 @@ impl Queues {
         let topic = m.topic.clone();
         // A deleted topic ends its workers (NOT_FOUND); partitions added
         // since the last call are picked up.
-        let count = self.broker.topic(&topic)?.partitions().len();
+        let t = self.broker.topic(&topic)?;
+        let count = t.partitions().len();
         let mut fx = Effects::default();
+        if let Some(r) = Self::check_incarnation(g, group, &topic, t.incarnation()) {
+            self.append(st, vec![r])?;
+        }
+        let g = self.group_mut(st, group)?;
         let known = g
             .partitions
             .range((topic.clone(), 0)..)
@@ -878,6 +940,14 @@ impl Queues {
             })?;
         let mut partitions = Vec::new();
         for ((t, p), part) in &g.partitions {
+            // Partitions of a deleted topic are gone, whatever the state
+            // says (it is reset if the topic comes back).
+            let Some(current) = self.broker.topic(t).ok().map(|t| t.incarnation()) else {
+                continue;
+            };
+            if g.incarnations.get(t).is_some_and(|&known| known != current) {
+                continue;
+            }
             let hw = self
                 .broker
                 .list_offsets(t, &[*p], None)

@@ -400,9 +400,33 @@ pub struct ShareGroup {
     deliveries: HashMap<u64, ((Arc<str>, i32), i64)>,
     /// Round-robin start over partitions.
     rotate: usize,
+    /// The incarnation of each topic the state refers to (see
+    /// [`crate::broker::Topic::incarnation`]).
+    pub incarnations: HashMap<Arc<str>, u64>,
 }
 
 impl ShareGroup {
+    /// Forgets every partition of `topic` (it was deleted and created
+    /// again: its offsets mean other records now); what members held of
+    /// it no longer counts against their prefetch.
+    pub fn reset_topic(&mut self, topic: &str) {
+        let ids: Vec<u64> = self
+            .deliveries
+            .iter()
+            .filter(|(_, ((t, _), _))| &**t == topic)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            self.deliveries.remove(&id);
+        }
+        self.partitions.retain(|(t, _), _| &**t != topic);
+        for m in self.members.values_mut() {
+            if &*m.topic == topic {
+                m.held = 0;
+            }
+        }
+    }
+
     /// Adds or refreshes a member.
     pub fn join(&mut self, id: Arc<str>, topic: Arc<str>, prefetch: u32, stream: bool, now: i64) {
         let deadline = (!stream).then_some(now + self.settings.session_timeout_ms);
