@@ -286,3 +286,63 @@ fn bench_prints_machine_readable_results() {
     ]));
     assert!(text.contains("records/s") && text.contains("p99"), "{text}");
 }
+
+#[test]
+fn queue_admin_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::start(dir.path(), &[]);
+    stdout(sluice(&server).args(["topic", "create", "jobs", "--partitions", "2"]));
+    let mut produce = sluice(&server);
+    produce
+        .args(["produce", "jobs"])
+        .write_stdin("a\nb\nc\nd\n");
+    stdout(&mut produce);
+    // A worker that takes two records and exits (its stream closes, so
+    // the queue has no worker afterwards).
+    stdout(sluice(&server).args([
+        "queue",
+        "work",
+        "jobs",
+        "--group",
+        "g",
+        "--max-records",
+        "2",
+        "--",
+        "true",
+    ]));
+    let list: serde_json::Value =
+        serde_json::from_str(&stdout(sluice(&server).args(["queue", "list", "--json"]))).unwrap();
+    assert_eq!(list[0]["group"], "g");
+    assert_eq!(list[0]["available"], 2);
+    assert_eq!(list[0]["members"], 0);
+    let out = stdout(sluice(&server).args([
+        "queue",
+        "alter",
+        "g",
+        "--max-deliveries",
+        "7",
+        "--lock-timeout",
+        "45s",
+    ]));
+    assert!(out.contains("max_deliveries=7"), "{out}");
+    assert!(out.contains("lock_timeout_ms=45000"), "{out}");
+    let out = stdout(sluice(&server).args([
+        "queue",
+        "reset",
+        "g",
+        "--topic",
+        "jobs",
+        "--to-latest",
+        "--dry-run",
+    ]));
+    assert!(out.contains("dry run"), "{out}");
+    stdout(sluice(&server).args(["queue", "reset", "g", "--topic", "jobs", "--to-latest"]));
+    let list: serde_json::Value =
+        serde_json::from_str(&stdout(sluice(&server).args(["queue", "list", "--json"]))).unwrap();
+    assert_eq!(list[0]["available"], 0, "{list}");
+    let out = stdout(sluice(&server).args(["queue", "delete", "g"]));
+    assert!(out.contains("deleted queue g"), "{out}");
+    let list: serde_json::Value =
+        serde_json::from_str(&stdout(sluice(&server).args(["queue", "list", "--json"]))).unwrap();
+    assert_eq!(list, serde_json::json!([]));
+}

@@ -366,3 +366,158 @@ async fn a_topic_created_again_starts_its_queue_afresh() {
     assert_eq!(values(&r), ["new2", "new3", "new4"]);
     server.stop().await;
 }
+
+/// Operations: list queues with their totals, change settings while
+/// running, reset the cursor (refused with workers connected), delete
+/// (refused with workers connected); deletions and settings survive a
+/// restart.
+#[tokio::test]
+async fn queues_are_listed_altered_reset_and_deleted() {
+    let (dir, server, client) = start().await;
+    client
+        .create_topic("t", 2, pb::TopicConfig::default())
+        .await
+        .expect("create");
+    for p in 0..2 {
+        client
+            .produce(pb::ProduceRequest {
+                topic: "t".into(),
+                partition: Some(p),
+                records: (0..5).map(|i| record(None, format!("r{i}"))).collect(),
+                ..Default::default()
+            })
+            .await
+            .expect("produce");
+    }
+    let mut q = client.queues();
+    let e = q
+        .delete_queue(pb::DeleteQueueRequest { group: "g".into() })
+        .await
+        .expect_err("unknown queue");
+    assert_eq!(e.code(), Code::NotFound);
+
+    let r = pull(&client, "t", "", 3, vec![]).await.expect("pull");
+    let member = r.member_id.clone();
+    assert_eq!(r.deliveries.len(), 3);
+    let listed = q
+        .list_queues(pb::ListQueuesRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .queues;
+    assert_eq!(listed.len(), 1);
+    let l = &listed[0];
+    assert_eq!((l.group.as_str(), l.members), ("g", 1));
+    assert_eq!(l.topics, vec!["t".to_string()]);
+    assert_eq!((l.in_flight, l.available), (3, 7));
+    assert!(l.oldest_unacked_age_ms >= 0);
+
+    // Settings change while the worker is connected.
+    let s = q
+        .alter_queue(pb::AlterQueueRequest {
+            group: "g".into(),
+            settings: Some(pb::QueueSettings {
+                max_deliveries: Some(9),
+                lock_timeout_ms: Some(60_000),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("alter")
+        .into_inner()
+        .settings
+        .expect("settings");
+    assert_eq!(
+        (s.max_deliveries, s.lock_timeout_ms),
+        (Some(9), Some(60_000))
+    );
+
+    // Reset and delete wait for the workers to go.
+    let reset = |dry_run: bool| pb::ResetQueueRequest {
+        group: "g".into(),
+        topic: "t".into(),
+        partitions: vec![],
+        to: Some(pb::reset_queue_request::To::Offset(4)),
+        dry_run,
+    };
+    let e = q
+        .reset_queue(reset(false))
+        .await
+        .expect_err("worker connected");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let e = q
+        .delete_queue(pb::DeleteQueueRequest { group: "g".into() })
+        .await
+        .expect_err("worker connected");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    // The Pull worker leaves when its session ends; a short one here.
+    q.alter_queue(pb::AlterQueueRequest {
+        group: "g".into(),
+        settings: Some(pb::QueueSettings {
+            session_timeout_ms: Some(1_000),
+            ..Default::default()
+        }),
+    })
+    .await
+    .expect("alter");
+    pull(&client, "t", &member, 1, vec![]).await.ok();
+    let mut gone = false;
+    for _ in 0..100 {
+        let d = client.describe_queue("g").await.expect("describe");
+        if d.members.is_empty() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the Pull worker's session ended");
+
+    let dry = q
+        .reset_queue(reset(true))
+        .await
+        .expect("dry run")
+        .into_inner()
+        .partitions;
+    assert_eq!(dry.len(), 2);
+    assert!(dry.iter().all(|p| p.offset == 4 && p.previous_offset == 0));
+    q.reset_queue(reset(false)).await.expect("reset");
+    let r = pull(&client, "t", "", 10, vec![]).await.expect("pull");
+    let mut offsets: Vec<i64> = r
+        .deliveries
+        .iter()
+        .filter_map(|d| d.record.as_ref().map(|r| r.offset))
+        .collect();
+    offsets.sort();
+    assert_eq!(
+        offsets,
+        vec![4, 4],
+        "only offset 4 of each partition is left"
+    );
+
+    // After a restart the settings are still in force.
+    server.stop().await;
+    let server = TestServer::start(dir.path()).await;
+    let client = server.client().await;
+    let d = client.describe_queue("g").await.expect("describe");
+    assert_eq!(d.settings.and_then(|s| s.max_deliveries), Some(9));
+    let mut q = client.queues();
+    q.delete_queue(pb::DeleteQueueRequest { group: "g".into() })
+        .await
+        .expect("delete without workers");
+    assert!(q
+        .list_queues(pb::ListQueuesRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .queues
+        .is_empty());
+    server.stop().await;
+    let server = TestServer::start(dir.path()).await;
+    let client = server.client().await;
+    let e = client
+        .describe_queue("g")
+        .await
+        .expect_err("deleted for good");
+    assert!(e.to_string().contains("NOT_FOUND"), "{e}");
+    server.stop().await;
+}

@@ -457,7 +457,7 @@ pub async fn produce(args: ProduceArgs) -> Result<(), ClientError> {
     Ok(())
 }
 
-fn parse_time(s: &str) -> Result<i64, ClientError> {
+pub(crate) fn parse_time(s: &str) -> Result<i64, ClientError> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .map_err(|e| {
             ClientError::Status(tonic::Status::invalid_argument(format!(

@@ -1,5 +1,5 @@
-//! `sluice queue`: run a command per record of a work queue, and describe
-//! queues.
+//! `sluice queue`: run a command per record of a work queue; list,
+//! describe, delete, reset and alter queues.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -38,6 +38,68 @@ pub enum QueueCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// List queues: topics, workers, in-flight, available, dead-lettered,
+    /// and the age of the oldest unfinished record.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a queue's state (not its topic); only without workers.
+    Delete {
+        /// Share group.
+        group: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Move a queue's cursor (only without workers): everything before the
+    /// new position counts as done, everything from it is delivered again.
+    #[command(group(clap::ArgGroup::new("to").required(true).multiple(false)))]
+    Reset {
+        /// Share group.
+        group: String,
+        /// Topic.
+        #[arg(long)]
+        topic: String,
+        /// Partitions (comma-separated; default all).
+        #[arg(long, value_delimiter = ',')]
+        partitions: Vec<i32>,
+        /// To the oldest record held.
+        #[arg(long, group = "to")]
+        to_earliest: bool,
+        /// To the end (skip everything so far).
+        #[arg(long, group = "to")]
+        to_latest: bool,
+        /// To this offset (clamped to each partition's range).
+        #[arg(long, group = "to")]
+        to_offset: Option<i64>,
+        /// To the first record at or after this time (RFC 3339).
+        #[arg(long, group = "to")]
+        to_time: Option<String>,
+        /// Show the new positions without applying them.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Change a running queue's settings.
+    Alter {
+        /// Share group.
+        group: String,
+        /// Lock time of a delivery (e.g. 30s, 500ms, 2m).
+        #[arg(long, value_parser = parse_duration)]
+        lock_timeout: Option<Duration>,
+        /// Deliveries after which a record is given up on.
+        #[arg(long)]
+        max_deliveries: Option<i32>,
+        /// Topic for records given up on ("" for none).
+        #[arg(long)]
+        dead_letter_topic: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
     },
 }
 
@@ -100,6 +162,137 @@ pub async fn queue(cmd: QueueCommand) -> Result<(), ClientError> {
             let client = Client::connect(&conn.broker).await?;
             let d = client.describe_queue(&group).await?;
             print_description(&d, json);
+            Ok(())
+        }
+        QueueCommand::List { conn, json } => {
+            let client = Client::connect(&conn.broker).await?;
+            let l = client
+                .queues()
+                .list_queues(pb::ListQueuesRequest {})
+                .await?
+                .into_inner();
+            if json {
+                let v: Vec<_> = l
+                    .queues
+                    .iter()
+                    .map(|q| {
+                        json!({
+                            "group": q.group, "topics": q.topics, "members": q.members,
+                            "in_flight": q.in_flight, "available": q.available,
+                            "dead_lettered": q.dead_lettered,
+                            "oldest_unacked_age_ms": q.oldest_unacked_age_ms,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                println!("GROUP\tTOPICS\tWORKERS\tIN_FLIGHT\tAVAILABLE\tDEAD_LETTERED\tOLDEST_UNACKED_MS");
+                for q in &l.queues {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        q.group,
+                        q.topics.join(","),
+                        q.members,
+                        q.in_flight,
+                        q.available,
+                        q.dead_lettered,
+                        q.oldest_unacked_age_ms
+                    );
+                }
+            }
+            Ok(())
+        }
+        QueueCommand::Delete { group, conn } => {
+            let client = Client::connect(&conn.broker).await?;
+            client
+                .queues()
+                .delete_queue(pb::DeleteQueueRequest {
+                    group: group.clone(),
+                })
+                .await?;
+            println!("deleted queue {group}");
+            Ok(())
+        }
+        QueueCommand::Reset {
+            group,
+            topic,
+            partitions,
+            to_earliest,
+            to_latest,
+            to_offset,
+            to_time,
+            dry_run,
+            conn,
+        } => {
+            use pb::reset_queue_request::To;
+            let to = if to_earliest {
+                To::Earliest(())
+            } else if to_latest {
+                To::Latest(())
+            } else if let Some(o) = to_offset {
+                To::Offset(o)
+            } else if let Some(t) = to_time {
+                To::TimestampMs(super::parse_time(&t)?)
+            } else {
+                return Err(ClientError::Status(tonic::Status::invalid_argument(
+                    "one of --to-earliest, --to-latest, --to-offset, --to-time is required",
+                )));
+            };
+            let client = Client::connect(&conn.broker).await?;
+            let r = client
+                .queues()
+                .reset_queue(pb::ResetQueueRequest {
+                    group,
+                    topic,
+                    partitions,
+                    to: Some(to),
+                    dry_run,
+                })
+                .await?
+                .into_inner();
+            println!("TOPIC\tPARTITION\tPREVIOUS\tNEW");
+            for p in &r.partitions {
+                let prev = if p.previous_offset < 0 {
+                    "-".to_string()
+                } else {
+                    p.previous_offset.to_string()
+                };
+                println!("{}\t{}\t{}\t{}", p.topic, p.partition, prev, p.offset);
+            }
+            if dry_run {
+                println!("(dry run: nothing changed)");
+            }
+            Ok(())
+        }
+        QueueCommand::Alter {
+            group,
+            lock_timeout,
+            max_deliveries,
+            dead_letter_topic,
+            conn,
+        } => {
+            let client = Client::connect(&conn.broker).await?;
+            let r = client
+                .queues()
+                .alter_queue(pb::AlterQueueRequest {
+                    group,
+                    settings: Some(pb::QueueSettings {
+                        lock_timeout_ms: lock_timeout
+                            .map(|d| d.as_millis().min(i32::MAX as u128) as i32),
+                        max_deliveries,
+                        dead_letter_topic,
+                        ..Default::default()
+                    }),
+                })
+                .await?
+                .into_inner();
+            let s = r.settings.unwrap_or_default();
+            println!(
+                "lock_timeout_ms={} max_deliveries={} dead_letter_topic={}",
+                s.lock_timeout_ms.unwrap_or_default(),
+                s.max_deliveries.unwrap_or_default(),
+                s.dead_letter_topic.unwrap_or_default()
+            );
             Ok(())
         }
     }

@@ -27,6 +27,9 @@ use crate::broker::{
 };
 use crate::storage::Clock;
 
+mod admin;
+pub use admin::{QueueListing, QueueReset};
+
 /// Internal topic of work-queue state.
 pub const SHARE_STATE_TOPIC: &str = "__share_group_state";
 /// Records after which the state topic is rewritten and trimmed.
@@ -337,7 +340,14 @@ impl Queues {
 
     fn replay(st: &mut State, k: Option<&[u8]>, v: Option<&[u8]>) -> std::result::Result<(), ()> {
         let k = StateKey::decode(k.ok_or(())?).map_err(|_| ())?;
-        let v = v.ok_or(())?;
+        let Some(v) = v else {
+            // A settings key without a value: the group was deleted.
+            if k.kind == 1 {
+                st.groups.remove(&k.group);
+                return Ok(());
+            }
+            return Err(());
+        };
         let g = st.groups.entry(k.group).or_default();
         match k.kind {
             1 => {

@@ -165,6 +165,14 @@ impl Partition {
         self.ready.len() + self.delayed.len()
     }
 
+    /// Timestamp of the oldest record read and not finished.
+    pub fn oldest_unfinished_timestamp(&self) -> Option<i64> {
+        self.recs
+            .values()
+            .filter(|r| !matches!(r.state, State::Finished(_)))
+            .find_map(|r| r.record.as_ref().map(|r| r.timestamp))
+    }
+
     /// Whether more records should be read from the log, and how many.
     pub fn room(&self) -> i64 {
         (self.start + MAX_WINDOW - self.cursor).max(0)
@@ -861,6 +869,9 @@ impl ShareGroup {
             p.start = s;
             p.cursor = s;
             p.recs.clear();
+            p.ready.clear();
+            p.delayed.clear();
+            p.locks.clear();
             p.placed = true;
         }
         for &(o, n) in delivered {

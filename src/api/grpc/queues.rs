@@ -14,7 +14,7 @@ use crate::coordinator::queues::{
     AckOutcome, AckRequest, Queues, SettingsUpdate, MAX_PULL_WAIT_MS,
 };
 use crate::coordinator::share::{AckKind, AckRefusal, Delivery};
-use crate::coordinator::CoordinatorError;
+use crate::coordinator::{CoordinatorError, ResetTo};
 
 /// Most deliveries in one Pull response.
 const MAX_PULL_RECORDS: i32 = 10_000;
@@ -58,6 +58,18 @@ fn settings_in(s: Option<pb::QueueSettings>) -> Option<SettingsUpdate> {
         session_timeout_ms: s.session_timeout_ms,
         start_at_latest: s.start_at_latest,
     })
+}
+
+/// Settings as the API shows them.
+fn settings_out(s: crate::coordinator::share::Settings) -> pb::QueueSettings {
+    pb::QueueSettings {
+        lock_timeout_ms: Some(s.lock_timeout_ms as i32),
+        max_deliveries: Some(s.max_deliveries as i32),
+        dead_letter_topic: Some(s.dead_letter_topic.unwrap_or_default()),
+        key_ordered: Some(s.key_ordered),
+        session_timeout_ms: Some(s.session_timeout_ms as i32),
+        start_at_latest: Some(s.start_at_latest),
+    }
 }
 
 /// The acks of a request: the valid ones to apply, and the refusals of
@@ -322,17 +334,9 @@ impl QueuesApi for QueuesService {
         let group = request.into_inner().group;
         let g = group.clone();
         let d = blocking(&self.queues, move |q| q.describe(&g)).await?;
-        let s = d.settings;
         Ok(Response::new(pb::DescribeQueueResponse {
             group,
-            settings: Some(pb::QueueSettings {
-                lock_timeout_ms: Some(s.lock_timeout_ms as i32),
-                max_deliveries: Some(s.max_deliveries as i32),
-                dead_letter_topic: Some(s.dead_letter_topic.unwrap_or_default()),
-                key_ordered: Some(s.key_ordered),
-                session_timeout_ms: Some(s.session_timeout_ms as i32),
-                start_at_latest: Some(s.start_at_latest),
-            }),
+            settings: Some(settings_out(d.settings)),
             partitions: d
                 .partitions
                 .into_iter()
@@ -359,6 +363,89 @@ impl QueuesApi for QueuesService {
                     streaming: m.streaming,
                 })
                 .collect(),
+        }))
+    }
+
+    async fn list_queues(
+        &self,
+        _request: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        let queues = blocking(&self.queues, |q| Ok(q.list())).await?;
+        Ok(Response::new(pb::ListQueuesResponse {
+            queues: queues
+                .into_iter()
+                .map(|l| pb::QueueListing {
+                    group: l.group,
+                    topics: l.topics,
+                    members: l.members as i32,
+                    in_flight: l.in_flight,
+                    available: l.available,
+                    dead_lettered: l.dead_lettered,
+                    oldest_unacked_age_ms: l.oldest_unacked_age_ms,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn delete_queue(
+        &self,
+        request: Request<pb::DeleteQueueRequest>,
+    ) -> Result<Response<pb::DeleteQueueResponse>, Status> {
+        let group = request.into_inner().group;
+        blocking(&self.queues, move |q| q.delete(&group)).await?;
+        Ok(Response::new(pb::DeleteQueueResponse {}))
+    }
+
+    async fn reset_queue(
+        &self,
+        request: Request<pb::ResetQueueRequest>,
+    ) -> Result<Response<pb::ResetQueueResponse>, Status> {
+        use pb::reset_queue_request::To;
+        let r = request.into_inner();
+        let to = match r.to {
+            Some(To::Earliest(())) => ResetTo::Earliest,
+            Some(To::Latest(())) => ResetTo::Latest,
+            Some(To::Offset(o)) if o >= 0 => ResetTo::Offset(o),
+            Some(To::Offset(o)) => {
+                return Err(Status::invalid_argument(format!(
+                    "offset {o} must not be negative"
+                )))
+            }
+            Some(To::TimestampMs(t)) => ResetTo::Timestamp(t),
+            None => {
+                return Err(Status::invalid_argument(
+                    "`to` is required: earliest, latest, offset or timestamp_ms",
+                ))
+            }
+        };
+        let resets = blocking(&self.queues, move |q| {
+            q.reset(&r.group, &r.topic, &r.partitions, to, r.dry_run)
+        })
+        .await?;
+        Ok(Response::new(pb::ResetQueueResponse {
+            partitions: resets
+                .into_iter()
+                .map(|x| pb::QueueReset {
+                    topic: x.topic,
+                    partition: x.partition,
+                    previous_offset: x.previous.unwrap_or(-1),
+                    offset: x.offset,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn alter_queue(
+        &self,
+        request: Request<pb::AlterQueueRequest>,
+    ) -> Result<Response<pb::AlterQueueResponse>, Status> {
+        let r = request.into_inner();
+        let Some(update) = settings_in(r.settings) else {
+            return Err(Status::invalid_argument("settings are required"));
+        };
+        let s = blocking(&self.queues, move |q| q.alter(&r.group, update)).await?;
+        Ok(Response::new(pb::AlterQueueResponse {
+            settings: Some(settings_out(s)),
         }))
     }
 }

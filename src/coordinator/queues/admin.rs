@@ -1,0 +1,211 @@
+//! The work queues' admin surface: list, delete, reset the cursor, and
+//! change settings while running.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use prost::Message;
+
+use super::{key, settings_value, Queues};
+use crate::broker::NewRecord;
+use crate::coordinator::share::{Delta, Effects, Settings};
+use crate::coordinator::{CoordinatorError, ResetTo, Result};
+
+/// A queue in a listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueListing {
+    /// Share group.
+    pub group: String,
+    /// Topics it has read.
+    pub topics: Vec<String>,
+    /// Connected workers.
+    pub members: usize,
+    /// Locked to workers now.
+    pub in_flight: i64,
+    /// Waiting for a worker (read, or still in the log).
+    pub available: i64,
+    /// Given up on, since the queue began.
+    pub dead_lettered: i64,
+    /// Age of the oldest unfinished record (by its timestamp), ms.
+    pub oldest_unacked_age_ms: i64,
+}
+
+/// A partition's position after a reset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueReset {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Start offset before (`None`: the queue had not read it).
+    pub previous: Option<i64>,
+    /// Start offset now.
+    pub offset: i64,
+}
+
+impl Queues {
+    /// Every queue with its totals, sorted by name. Blocking (reads each
+    /// partition's end offset).
+    pub fn list(&self) -> Vec<QueueListing> {
+        let now_wall = (self.clock)();
+        let st = self.state.lock();
+        let mut out: Vec<QueueListing> = st
+            .groups
+            .iter()
+            .map(|(name, g)| {
+                let mut l = QueueListing {
+                    group: name.clone(),
+                    members: g.members.len(),
+                    ..Default::default()
+                };
+                let mut topics = BTreeSet::new();
+                let mut oldest: Option<i64> = None;
+                for ((t, p), part) in &g.partitions {
+                    let Ok(topic) = self.broker.topic(t) else {
+                        continue;
+                    };
+                    topics.insert(t.to_string());
+                    let hw = topic
+                        .partition(*p)
+                        .ok()
+                        .and_then(|_| self.broker.list_offsets(t, &[*p], None).ok())
+                        .and_then(|o| o.first().map(|o| o.latest))
+                        .unwrap_or(part.cursor);
+                    l.in_flight += part.in_flight() as i64;
+                    l.available += part.waiting() as i64 + (hw - part.cursor).max(0);
+                    l.dead_lettered += part.dead_lettered;
+                    if let Some(ts) = part.oldest_unfinished_timestamp() {
+                        oldest = Some(oldest.map_or(ts, |o| o.min(ts)));
+                    }
+                }
+                l.topics = topics.into_iter().collect();
+                l.oldest_unacked_age_ms = oldest.map_or(0, |ts| now_wall.saturating_sub(ts).max(0));
+                l
+            })
+            .collect();
+        out.sort_by(|a, b| a.group.cmp(&b.group));
+        out
+    }
+
+    /// Deletes a queue's state; refused while workers are connected.
+    pub fn delete(&self, group: &str) -> Result<()> {
+        let mut st = self.state.lock();
+        self.check(&mut st)?;
+        let g = self.group_mut(&mut st, group)?;
+        if !g.members.is_empty() {
+            return Err(CoordinatorError::GroupNotEmpty {
+                group: group.into(),
+                members: g.members.len(),
+                action: "delete",
+            });
+        }
+        // A settings key without a value deletes the group on replay.
+        self.append(
+            &mut st,
+            vec![NewRecord {
+                key: Some(key(1, group, "", 0)),
+                value: None,
+                ..NewRecord::default()
+            }],
+        )?;
+        st.groups.remove(group);
+        tracing::info!(group, "work queue deleted");
+        Ok(())
+    }
+
+    /// Moves the queue's cursor in `topic`'s `partitions` (all if empty):
+    /// everything before the new position counts as done. Refused while
+    /// workers are connected. Blocking (reads offsets).
+    pub fn reset(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: &[i32],
+        to: ResetTo,
+        dry_run: bool,
+    ) -> Result<Vec<QueueReset>> {
+        let timestamp = match to {
+            ResetTo::Timestamp(t) => Some(t),
+            _ => None,
+        };
+        let t = self.broker.topic(topic)?;
+        let offsets = self.broker.list_offsets(topic, partitions, timestamp)?;
+        let mut st = self.state.lock();
+        self.check(&mut st)?;
+        let g = self.group_mut(&mut st, group)?;
+        if !g.members.is_empty() {
+            return Err(CoordinatorError::GroupNotEmpty {
+                group: group.into(),
+                members: g.members.len(),
+                action: "reset",
+            });
+        }
+        let topic_arc: std::sync::Arc<str> = std::sync::Arc::from(topic);
+        let mut records = Vec::new();
+        if !dry_run {
+            if let Some(r) = Self::check_incarnation(g, group, &topic_arc, t.incarnation()) {
+                records.push(r);
+            }
+        }
+        let mut out = Vec::new();
+        let mut fx = Effects::default();
+        for o in offsets {
+            let offset = match to {
+                ResetTo::Earliest => o.earliest,
+                ResetTo::Latest => o.latest,
+                ResetTo::Offset(n) => n.clamp(o.earliest, o.latest),
+                ResetTo::Timestamp(_) => match o.for_timestamp {
+                    Some(t) if t >= 0 => t,
+                    _ => o.latest,
+                },
+            };
+            let tp = (topic_arc.clone(), o.partition);
+            let previous = g.partitions.get(&tp).map(|p| p.start);
+            if !dry_run {
+                g.apply(tp, Some(offset), &[], &[]);
+                fx.deltas.push(Delta {
+                    topic: topic.to_string(),
+                    partition: o.partition,
+                    start: Some(offset),
+                    ..Default::default()
+                });
+            }
+            out.push(QueueReset {
+                topic: topic.to_string(),
+                partition: o.partition,
+                previous,
+                offset,
+            });
+        }
+        if !dry_run {
+            if !records.is_empty() {
+                self.append(&mut st, records)?;
+            }
+            self.effects(&mut st, group, fx)?;
+            tracing::info!(group, topic, partitions = out.len(), "work queue reset");
+        }
+        Ok(out)
+    }
+
+    /// Changes a queue's settings while it runs; returns those in force.
+    pub fn alter(&self, group: &str, update: super::SettingsUpdate) -> Result<Settings> {
+        let mut st = self.state.lock();
+        self.check(&mut st)?;
+        let g = self.group_mut(&mut st, group)?;
+        let mut s = g.settings.clone();
+        self.apply_settings(&mut s, update)?;
+        if s != g.settings {
+            g.settings = s.clone();
+            self.append(
+                &mut st,
+                vec![NewRecord {
+                    key: Some(key(1, group, "", 0)),
+                    value: Some(Bytes::from(settings_value(&s).encode_to_vec())),
+                    ..NewRecord::default()
+                }],
+            )?;
+            tracing::info!(group, "work queue settings changed");
+        }
+        Ok(s)
+    }
+}
