@@ -168,7 +168,12 @@ async fn serve(
     let metrics_task = match metrics {
         Some(l) => {
             info!(addr = %l.local_addr()?, "metrics listening");
-            let app = metrics_router(broker.clone(), coordinator.clone(), prometheus);
+            let app = metrics_router(
+                broker.clone(),
+                coordinator.clone(),
+                queues.clone(),
+                prometheus,
+            );
             Some(tokio::spawn(async move {
                 let stop = async move {
                     let _ = metrics_stopped.wait_for(|s| *s).await;
@@ -271,6 +276,7 @@ async fn serve(
 fn metrics_router(
     broker: Arc<Broker>,
     coordinator: Arc<Coordinator>,
+    queues: Arc<Queues>,
     prometheus: &'static PrometheusHandle,
 ) -> axum::Router {
     use axum::routing::get;
@@ -280,7 +286,25 @@ fn metrics_router(
             get(move || {
                 let broker = broker.clone();
                 let coordinator = coordinator.clone();
+                let queues = queues.clone();
                 async move {
+                    let listed = tokio::task::spawn_blocking(move || queues.list())
+                        .await
+                        .unwrap_or_default();
+                    for q in listed
+                        .iter()
+                        .take(crate::coordinator::queues::MAX_METRIC_QUEUES)
+                    {
+                        let g = q.group.clone();
+                        metrics::gauge!("sluice_queue_in_flight", "group" => g.clone())
+                            .set(q.in_flight as f64);
+                        metrics::gauge!("sluice_queue_available", "group" => g.clone())
+                            .set(q.available as f64);
+                        metrics::gauge!("sluice_queue_members", "group" => g.clone())
+                            .set(q.members as f64);
+                        metrics::gauge!("sluice_queue_oldest_unacked_age_seconds", "group" => g)
+                            .set(q.oldest_unacked_age_ms as f64 / 1000.0);
+                    }
                     let groups = coordinator.stats();
                     metrics::gauge!("sluice_groups").set(groups.groups as f64);
                     metrics::gauge!("sluice_group_members").set(groups.members as f64);

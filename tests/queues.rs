@@ -521,3 +521,57 @@ async fn queues_are_listed_altered_reset_and_deleted() {
     assert!(e.to_string().contains("NOT_FOUND"), "{e}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn queue_metrics_are_exported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_with(common::server::test_config(dir.path()), true).await;
+    let client = server.client().await;
+    client
+        .create_topic("mt", 1, pb::TopicConfig::default())
+        .await
+        .expect("create");
+    client
+        .produce(pb::ProduceRequest {
+            topic: "mt".into(),
+            partition: Some(0),
+            records: vec![record(None, "a"), record(None, "b")],
+            ..Default::default()
+        })
+        .await
+        .expect("produce");
+    let r = client
+        .queues()
+        .pull(pb::PullRequest {
+            group: "mg".into(),
+            topic: "mt".into(),
+            max_records: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("pull")
+        .into_inner();
+    let accept = QueueConfig::accept(r.deliveries[0].delivery_id);
+    client
+        .queues()
+        .acknowledge(pb::AcknowledgeRequest {
+            group: "mg".into(),
+            member_id: r.member_id.clone(),
+            acks: vec![accept],
+        })
+        .await
+        .expect("ack");
+    let addr = server.metrics_addr.expect("metrics address");
+    let (status, body) = common::server::http_get(addr, "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    for want in [
+        "sluice_queue_deliveries_total{group=\"mg\",topic=\"mt\"} 2",
+        "sluice_queue_accepts_total{group=\"mg\",topic=\"mt\"} 1",
+        "sluice_queue_in_flight{group=\"mg\"} 1",
+        "sluice_queue_members{group=\"mg\"} 1",
+    ] {
+        assert!(body.contains(want), "missing {want}:\n{body}");
+    }
+    assert!(body.contains("sluice_queue_oldest_unacked_age_seconds{group=\"mg\"}"));
+    server.stop().await;
+}

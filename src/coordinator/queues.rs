@@ -263,6 +263,28 @@ fn partition_record(group: &str, topic: &str, partition: i32, v: PartitionValue)
     }
 }
 
+/// Distinct (group, topic) label pairs the queue metrics use at most;
+/// beyond, counts go to `group="_other"` (Prometheus series stay bounded).
+pub const MAX_METRIC_QUEUES: usize = 1000;
+
+/// The metric labels of `group` reading `topic` (see [`MAX_METRIC_QUEUES`]).
+pub fn metric_labels(group: &str, topic: &str) -> [(&'static str, String); 2] {
+    static SEEN: std::sync::OnceLock<
+        parking_lot::Mutex<std::collections::HashSet<(String, String)>>,
+    > = std::sync::OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    // Held only for a set lookup or insert.
+    let mut seen = seen.lock();
+    let key = (group.to_string(), topic.to_string());
+    let group = if seen.contains(&key) || seen.len() < MAX_METRIC_QUEUES {
+        seen.insert(key);
+        group.to_string()
+    } else {
+        "_other".to_string()
+    };
+    [("group", group), ("topic", topic.to_string())]
+}
+
 /// The record naming the incarnation of `topic` that `group`'s state
 /// refers to.
 fn incarnation_record(group: &str, topic: &str, incarnation: u64) -> NewRecord {
@@ -450,6 +472,13 @@ impl Queues {
             if let Some(g) = st.groups.get_mut(&name) {
                 g.tick(now, &mut fx);
             }
+            for (topic, n) in std::mem::take(&mut fx.expired) {
+                metrics::counter!(
+                    "sluice_queue_lock_expiries_total",
+                    &metric_labels(&name, &topic)
+                )
+                .increment(n);
+            }
             released |= fx.released || !fx.deltas.is_empty();
             if let Err(e) = self.effects(&mut st, &name, fx) {
                 tracing::error!(error = %e, "work-queue expiry could not be recorded");
@@ -504,7 +533,14 @@ impl Queues {
                 continue;
             };
             match failure {
-                None => g.dead_letter_written(d, &mut fx),
+                None => {
+                    metrics::counter!(
+                        "sluice_queue_dead_letters_total",
+                        &metric_labels(group, &d.topic)
+                    )
+                    .increment(1);
+                    g.dead_letter_written(d, &mut fx)
+                }
                 Some(e) => {
                     tracing::error!(topic = %d.to, source = %d.topic, partition = d.partition, offset = d.record.offset, error = %e, "dead-letter append failed; the record stays unfinished and is tried again");
                     metrics::counter!("sluice_queue_dead_letter_failures_total").increment(1);
@@ -862,6 +898,13 @@ impl Queues {
         };
         st.next_delivery_id = id;
         self.effects(st, group, fx)?;
+        if !out.is_empty() {
+            metrics::counter!(
+                "sluice_queue_deliveries_total",
+                &metric_labels(group, &topic)
+            )
+            .increment(out.len() as u64);
+        }
         Ok(out
             .into_iter()
             .map(|mut d| {
@@ -892,10 +935,34 @@ impl Queues {
         }
         let mut fx = Effects::default();
         let mut out = AckOutcome::default();
+        let topic = g.members.get(member).map(|m| m.topic.clone());
+        let mut counts = [0u64; 4];
         for a in acks {
+            let kind = match a.kind {
+                AckKind::Accept => 0,
+                AckKind::Release { .. } => 1,
+                AckKind::Reject => 2,
+                AckKind::Extend => 3,
+            };
             match g.ack(member, a.delivery_id, a.kind, a.reason, now, &mut fx) {
-                Ok(()) => out.accepted.push(a.delivery_id),
+                Ok(()) => {
+                    out.accepted.push(a.delivery_id);
+                    counts[kind] += 1;
+                }
                 Err(e) => out.refused.push((a.delivery_id, e)),
+            }
+        }
+        if let Some(topic) = topic {
+            let labels = metric_labels(group, &topic);
+            for (n, name) in counts.into_iter().zip([
+                "sluice_queue_accepts_total",
+                "sluice_queue_releases_total",
+                "sluice_queue_rejects_total",
+                "sluice_queue_extends_total",
+            ]) {
+                if n > 0 {
+                    metrics::counter!(name, &labels).increment(n);
+                }
             }
         }
         let wake = fx.released || !out.accepted.is_empty();

@@ -350,6 +350,8 @@ pub struct Effects {
     pub dead_letters: Vec<DeadLetter>,
     /// Records became available: wake waiting workers.
     pub released: bool,
+    /// Locks that expired, per topic (for metrics).
+    pub expired: Vec<(Arc<str>, u64)>,
 }
 
 impl Effects {
@@ -842,6 +844,9 @@ impl ShareGroup {
                     p.ready.insert(o);
                     fx.released = true;
                 }
+            }
+            if !expired.is_empty() {
+                fx.expired.push((tp.0.clone(), expired.len() as u64));
             }
             for o in expired {
                 let id = match self.partitions.get(&tp).and_then(|p| p.recs.get(&o)) {
