@@ -113,3 +113,30 @@ fn sigterm_does_not_wait_for_an_idle_python_channel() {
     drop(idle.stdin.take());
     let _ = idle.wait();
 }
+
+/// A work-queue worker in Python: ACCEPT, RELEASE and REJECT over a Consume
+/// stream, and a worker process killed mid-task whose record is delivered
+/// again with delivery count 2.
+#[tokio::test]
+async fn python_queue_worker() {
+    let py = python();
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = Command::new(&py);
+    cmd.arg(root.join("tests/python/queue_worker.py"))
+        .args(["--broker", &server.addr.to_string(), "--proto-dir"])
+        .arg(root.join("proto"));
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python queue worker failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
+    server.stop().await;
+}
