@@ -206,7 +206,9 @@ pub struct Queues {
     /// append may wait for the disk, and a snapshot syncs the log.
     state: Mutex<State>,
     /// Woken when records come back (release, expiry) or prefetch frees up.
-    wake: tokio::sync::Notify,
+    /// Per group: woken when records come back or prefetch frees up, so
+    /// only that group's workers wake. Locked only to look up or add one.
+    wakers: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     members: AtomicU64,
 }
 
@@ -332,7 +334,7 @@ impl Queues {
             clock,
             timer: crate::storage::monotonic_clock(),
             state: Mutex::new(st),
-            wake: tokio::sync::Notify::new(),
+            wakers: Default::default(),
             members: AtomicU64::new(0),
         }))
     }
@@ -465,7 +467,7 @@ impl Queues {
         if self.check(&mut st).is_err() {
             return;
         }
-        let mut released = false;
+        let mut released = Vec::new();
         let names: Vec<String> = st.groups.keys().cloned().collect();
         for name in names {
             let mut fx = Effects::default();
@@ -479,15 +481,34 @@ impl Queues {
                 )
                 .increment(n);
             }
-            released |= fx.released || !fx.deltas.is_empty();
+            if fx.released || !fx.deltas.is_empty() {
+                released.push(name.clone());
+            }
             if let Err(e) = self.effects(&mut st, &name, fx) {
                 tracing::error!(error = %e, "work-queue expiry could not be recorded");
                 return;
             }
         }
         drop(st);
-        if released {
-            self.wake.notify_waiters();
+        for name in released {
+            self.wake(&name);
+        }
+    }
+
+    /// This group's waker (see [`Queues::wake`]).
+    pub fn waker(&self, group: &str) -> Arc<tokio::sync::Notify> {
+        self.wakers
+            .lock()
+            .entry(group.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Wakes the workers of `group` waiting for records.
+    fn wake(&self, group: &str) {
+        let w = self.wakers.lock().get(group).cloned();
+        if let Some(w) = w {
+            w.notify_waiters();
         }
     }
 
@@ -969,7 +990,7 @@ impl Queues {
         self.effects(&mut st, group, fx)?;
         drop(st);
         if wake {
-            self.wake.notify_waiters();
+            self.wake(group);
         }
         Ok(out)
     }
@@ -991,7 +1012,7 @@ impl Queues {
         }
         drop(st);
         if released {
-            self.wake.notify_waiters();
+            self.wake(group);
         }
     }
 
@@ -1001,10 +1022,6 @@ impl Queues {
         self.broker.topic(topic).ok()
     }
 
-    /// Registers interest before checking (so no wake-up is missed).
-    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
-        self.wake.notified()
-    }
 
     /// Describes a group.
     pub fn describe(&self, group: &str) -> Result<QueueDescription> {

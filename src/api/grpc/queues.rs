@@ -274,10 +274,11 @@ impl QueuesApi for QueuesService {
         }
         let deadline = tokio::time::Instant::now() + wait;
         let handle = self.queues.topic_handle(&topic);
+        let waker = self.queues.waker(&group);
         let deliveries = loop {
             // Registered before the attempt: a release or an append in
             // between wakes the wait below.
-            let woken = self.queues.notified();
+            let woken = waker.notified();
             let appended = handle.as_ref().map(|t| t.appended());
             tokio::pin!(woken);
             woken.as_mut().enable();
@@ -461,10 +462,11 @@ async fn serve_stream(
     tx: &mpsc::Sender<Result<pb::ConsumeResponse, Status>>,
 ) -> Result<(), Status> {
     let topic_handle = queues.topic_handle(topic);
+    let waker = queues.waker(group);
     loop {
         // Registered before the attempt, so a release or an append in
         // between is not missed.
-        let woken = queues.notified();
+        let woken = waker.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
         let appended = topic_handle.as_ref().map(|t| t.appended());
@@ -502,8 +504,9 @@ async fn serve_stream(
                     None => std::future::pending().await,
                 }
             } => {}
-            // Expired locks and delayed releases come due without a wake.
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            // Expired locks and delayed releases wake the group (the
+            // expiry task); this only bounds a wait nothing else ends.
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             _ = tx.closed() => return Ok(()),
             _ = queues.shutting_down() => return Err(shutting_down()),
         }
