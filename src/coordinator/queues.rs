@@ -1022,7 +1022,6 @@ impl Queues {
         self.broker.topic(topic).ok()
     }
 
-
     /// Describes a group.
     pub fn describe(&self, group: &str) -> Result<QueueDescription> {
         let st = self.state.lock();
