@@ -28,7 +28,15 @@ use crate::broker::{
 use crate::storage::Clock;
 
 mod admin;
-pub use admin::{QueueListing, QueueReset};
+mod records;
+pub use admin::{
+    metric_labels, QueueDescription, QueueListing, QueueMemberInfo, QueuePartitionInfo, QueueReset,
+    MAX_METRIC_QUEUES,
+};
+use records::{
+    incarnation_record, key, partition_record, partition_value, settings_value, PartitionValue,
+    SettingsValue, StateKey,
+};
 
 /// Internal topic of work-queue state.
 pub const SHARE_STATE_TOPIC: &str = "__share_group_state";
@@ -38,61 +46,6 @@ const SNAPSHOT_EVERY: u64 = 200_000;
 pub const MAX_PULL_WAIT_MS: i32 = 300_000;
 /// Largest prefetch.
 pub const MAX_PREFETCH: i32 = 100_000;
-
-#[derive(Clone, PartialEq, Message)]
-struct StateKey {
-    #[prost(uint32, tag = "1")]
-    version: u32,
-    /// 1: settings; 2: a partition's state; 3: the incarnation of a topic
-    /// the group's state refers to (value: 8 bytes, big-endian).
-    #[prost(uint32, tag = "2")]
-    kind: u32,
-    #[prost(string, tag = "3")]
-    group: String,
-    #[prost(string, tag = "4")]
-    topic: String,
-    #[prost(int32, tag = "5")]
-    partition: i32,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct SettingsValue {
-    #[prost(int64, tag = "1")]
-    lock_timeout_ms: i64,
-    #[prost(uint32, tag = "2")]
-    max_deliveries: u32,
-    #[prost(string, optional, tag = "3")]
-    dead_letter_topic: Option<String>,
-    #[prost(bool, tag = "4")]
-    key_ordered: bool,
-    #[prost(int64, tag = "5")]
-    session_timeout_ms: i64,
-    #[prost(bool, tag = "6")]
-    start_at_latest: bool,
-}
-
-/// A change to one partition's state, or (with `snapshot`) all of it.
-#[derive(Clone, PartialEq, Message)]
-struct PartitionValue {
-    #[prost(int64, optional, tag = "1")]
-    start: Option<i64>,
-    #[prost(int64, repeated, tag = "2")]
-    delivered_offsets: Vec<i64>,
-    #[prost(uint32, repeated, tag = "3")]
-    delivered_counts: Vec<u32>,
-    #[prost(int64, repeated, tag = "4")]
-    finished_offsets: Vec<i64>,
-    #[prost(uint32, repeated, tag = "5")]
-    finished_kinds: Vec<u32>,
-    #[prost(bool, tag = "6")]
-    snapshot: bool,
-    #[prost(int64, tag = "7")]
-    accepted: i64,
-    #[prost(int64, tag = "8")]
-    rejected: i64,
-    #[prost(int64, tag = "9")]
-    dead_lettered: i64,
-}
 
 /// A settings change asked for (unset fields keep their value).
 #[derive(Debug, Clone, Default)]
@@ -131,55 +84,6 @@ pub struct AckOutcome {
     pub refused: Vec<(u64, AckRefusal)>,
 }
 
-/// A partition as described.
-#[derive(Debug, Clone)]
-pub struct QueuePartitionInfo {
-    /// Topic.
-    pub topic: String,
-    /// Partition.
-    pub partition: i32,
-    /// Every offset below is finished.
-    pub start: i64,
-    /// Log end.
-    pub high_watermark: i64,
-    /// Locked now.
-    pub in_flight: i64,
-    /// Waiting (read or not yet read).
-    pub available: i64,
-    /// Totals.
-    pub accepted: i64,
-    /// Totals.
-    pub rejected: i64,
-    /// Totals.
-    pub dead_lettered: i64,
-}
-
-/// A member as described.
-#[derive(Debug, Clone)]
-pub struct QueueMemberInfo {
-    /// Id.
-    pub member_id: String,
-    /// Topic.
-    pub topic: String,
-    /// Prefetch.
-    pub prefetch: u32,
-    /// Held now.
-    pub held: u32,
-    /// Stream or Pull.
-    pub streaming: bool,
-}
-
-/// A queue group as described.
-#[derive(Debug, Clone)]
-pub struct QueueDescription {
-    /// Settings in force.
-    pub settings: Settings,
-    /// Per partition.
-    pub partitions: Vec<QueuePartitionInfo>,
-    /// Members.
-    pub members: Vec<QueueMemberInfo>,
-}
-
 #[derive(Default)]
 struct State {
     groups: HashMap<String, ShareGroup>,
@@ -215,85 +119,6 @@ pub struct Queues {
 impl std::fmt::Debug for Queues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Queues").finish_non_exhaustive()
-    }
-}
-
-fn settings_value(s: &Settings) -> SettingsValue {
-    SettingsValue {
-        lock_timeout_ms: s.lock_timeout_ms,
-        max_deliveries: s.max_deliveries,
-        dead_letter_topic: s.dead_letter_topic.clone(),
-        key_ordered: s.key_ordered,
-        session_timeout_ms: s.session_timeout_ms,
-        start_at_latest: s.start_at_latest,
-    }
-}
-
-fn key(kind: u32, group: &str, topic: &str, partition: i32) -> Bytes {
-    Bytes::from(
-        StateKey {
-            version: 1,
-            kind,
-            group: group.into(),
-            topic: topic.into(),
-            partition,
-        }
-        .encode_to_vec(),
-    )
-}
-
-/// A partition-state value holding these delivery counts and finished
-/// offsets (the other fields for the caller to set).
-fn partition_value(delivered: Vec<(i64, u32)>, finished: Vec<(i64, Finished)>) -> PartitionValue {
-    let (delivered_offsets, delivered_counts) = delivered.into_iter().unzip();
-    let (finished_offsets, kinds): (Vec<i64>, Vec<Finished>) = finished.into_iter().unzip();
-    PartitionValue {
-        delivered_offsets,
-        delivered_counts,
-        finished_offsets,
-        finished_kinds: kinds.into_iter().map(|k| k as u32).collect(),
-        ..Default::default()
-    }
-}
-
-/// The record of one partition's state change.
-fn partition_record(group: &str, topic: &str, partition: i32, v: PartitionValue) -> NewRecord {
-    NewRecord {
-        key: Some(key(2, group, topic, partition)),
-        value: Some(Bytes::from(v.encode_to_vec())),
-        ..NewRecord::default()
-    }
-}
-
-/// Distinct (group, topic) label pairs the queue metrics use at most;
-/// beyond, counts go to `group="_other"` (Prometheus series stay bounded).
-pub const MAX_METRIC_QUEUES: usize = 1000;
-
-/// The metric labels of `group` reading `topic` (see [`MAX_METRIC_QUEUES`]).
-pub fn metric_labels(group: &str, topic: &str) -> [(&'static str, String); 2] {
-    static SEEN: std::sync::OnceLock<
-        parking_lot::Mutex<std::collections::HashSet<(String, String)>>,
-    > = std::sync::OnceLock::new();
-    let seen = SEEN.get_or_init(Default::default);
-    // Held only for a set lookup or insert.
-    let mut seen = seen.lock();
-    let key = (group.to_string(), topic.to_string());
-    let group = if seen.contains(&key) || seen.len() < MAX_METRIC_QUEUES {
-        seen.insert(key);
-        group.to_string()
-    } else {
-        "_other".to_string()
-    };
-    [("group", group), ("topic", topic.to_string())]
-}
-
-/// The record naming the incarnation of `topic` that `group`'s state
-/// refers to.
-fn incarnation_record(group: &str, topic: &str, incarnation: u64) -> NewRecord {
-    NewRecord {
-        key: Some(key(3, group, topic, 0)),
-        value: Some(Bytes::copy_from_slice(&incarnation.to_be_bytes())),
-        ..NewRecord::default()
     }
 }
 
@@ -1020,71 +845,6 @@ impl Queues {
     /// [`crate::broker::Topic::appended`]); `None` if it does not exist.
     pub fn topic_handle(&self, topic: &str) -> Option<Arc<crate::broker::Topic>> {
         self.broker.topic(topic).ok()
-    }
-
-    /// Describes a group.
-    pub fn describe(&self, group: &str) -> Result<QueueDescription> {
-        let st = self.state.lock();
-        let g = st
-            .groups
-            .get(group)
-            .ok_or_else(|| CoordinatorError::GroupNotFound {
-                group: group.into(),
-            })?;
-        let mut partitions = Vec::new();
-        for ((t, p), part) in &g.partitions {
-            // Partitions of a deleted topic are gone, whatever the state
-            // says (it is reset if the topic comes back).
-            let Some(current) = self.broker.topic(t).ok().map(|t| t.incarnation()) else {
-                continue;
-            };
-            if g.incarnations.get(t).is_some_and(|&known| known != current) {
-                continue;
-            }
-            let hw = self
-                .broker
-                .list_offsets(t, &[*p], None)
-                .ok()
-                .and_then(|o| o.first().map(|o| o.latest))
-                .unwrap_or(part.cursor);
-            partitions.push(QueuePartitionInfo {
-                topic: t.to_string(),
-                partition: *p,
-                start: part.start,
-                high_watermark: hw,
-                in_flight: part.in_flight() as i64,
-                available: part.waiting() as i64 + (hw - part.cursor).max(0),
-                accepted: part.accepted,
-                rejected: part.rejected,
-                dead_lettered: part.dead_lettered,
-            });
-        }
-        let mut members: Vec<QueueMemberInfo> = g
-            .members
-            .iter()
-            .map(|(id, m)| QueueMemberInfo {
-                member_id: id.to_string(),
-                topic: m.topic.to_string(),
-                prefetch: m.prefetch,
-                held: m.held,
-                streaming: m.session_deadline.is_none(),
-            })
-            .collect();
-        members.sort_by(|a, b| a.member_id.cmp(&b.member_id));
-        Ok(QueueDescription {
-            settings: g.settings.clone(),
-            partitions,
-            members,
-        })
-    }
-
-    /// Groups and members, for metrics.
-    pub fn stats(&self) -> (usize, usize) {
-        let st = self.state.lock();
-        (
-            st.groups.len(),
-            st.groups.values().map(|g| g.members.len()).sum(),
-        )
     }
 }
 

@@ -1,5 +1,6 @@
-//! The work queues' admin surface: list, delete, reset the cursor, and
-//! change settings while running.
+//! The work queues' admin surface: describe, list, delete, reset the
+//! cursor, change settings while running, and the numbers and label sets
+//! for metrics.
 
 use std::collections::BTreeSet;
 
@@ -10,6 +11,55 @@ use super::{key, settings_value, Queues};
 use crate::broker::NewRecord;
 use crate::coordinator::share::{Delta, Effects, Settings};
 use crate::coordinator::{CoordinatorError, ResetTo, Result};
+
+/// A partition as described.
+#[derive(Debug, Clone)]
+pub struct QueuePartitionInfo {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Every offset below is finished.
+    pub start: i64,
+    /// Log end.
+    pub high_watermark: i64,
+    /// Locked now.
+    pub in_flight: i64,
+    /// Waiting (read or not yet read).
+    pub available: i64,
+    /// Totals.
+    pub accepted: i64,
+    /// Totals.
+    pub rejected: i64,
+    /// Totals.
+    pub dead_lettered: i64,
+}
+
+/// A member as described.
+#[derive(Debug, Clone)]
+pub struct QueueMemberInfo {
+    /// Id.
+    pub member_id: String,
+    /// Topic.
+    pub topic: String,
+    /// Prefetch.
+    pub prefetch: u32,
+    /// Held now.
+    pub held: u32,
+    /// Stream or Pull.
+    pub streaming: bool,
+}
+
+/// A queue group as described.
+#[derive(Debug, Clone)]
+pub struct QueueDescription {
+    /// Settings in force.
+    pub settings: Settings,
+    /// Per partition.
+    pub partitions: Vec<QueuePartitionInfo>,
+    /// Members.
+    pub members: Vec<QueueMemberInfo>,
+}
 
 /// A queue in a listing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,7 +93,94 @@ pub struct QueueReset {
     pub offset: i64,
 }
 
+/// Distinct (group, topic) label pairs the queue metrics use at most;
+/// beyond, counts go to `group="_other"` (Prometheus series stay bounded).
+pub const MAX_METRIC_QUEUES: usize = 1000;
+
+/// The metric labels of `group` reading `topic` (see [`MAX_METRIC_QUEUES`]).
+pub fn metric_labels(group: &str, topic: &str) -> [(&'static str, String); 2] {
+    static SEEN: std::sync::OnceLock<
+        parking_lot::Mutex<std::collections::HashSet<(String, String)>>,
+    > = std::sync::OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    // Held only for a set lookup or insert.
+    let mut seen = seen.lock();
+    let key = (group.to_string(), topic.to_string());
+    let group = if seen.contains(&key) || seen.len() < MAX_METRIC_QUEUES {
+        seen.insert(key);
+        group.to_string()
+    } else {
+        "_other".to_string()
+    };
+    [("group", group), ("topic", topic.to_string())]
+}
+
 impl Queues {
+    /// Describes a group.
+    pub fn describe(&self, group: &str) -> Result<QueueDescription> {
+        let st = self.state.lock();
+        let g = st
+            .groups
+            .get(group)
+            .ok_or_else(|| CoordinatorError::GroupNotFound {
+                group: group.into(),
+            })?;
+        let mut partitions = Vec::new();
+        for ((t, p), part) in &g.partitions {
+            // Partitions of a deleted topic are gone, whatever the state
+            // says (it is reset if the topic comes back).
+            let Some(current) = self.broker.topic(t).ok().map(|t| t.incarnation()) else {
+                continue;
+            };
+            if g.incarnations.get(t).is_some_and(|&known| known != current) {
+                continue;
+            }
+            let hw = self
+                .broker
+                .list_offsets(t, &[*p], None)
+                .ok()
+                .and_then(|o| o.first().map(|o| o.latest))
+                .unwrap_or(part.cursor);
+            partitions.push(QueuePartitionInfo {
+                topic: t.to_string(),
+                partition: *p,
+                start: part.start,
+                high_watermark: hw,
+                in_flight: part.in_flight() as i64,
+                available: part.waiting() as i64 + (hw - part.cursor).max(0),
+                accepted: part.accepted,
+                rejected: part.rejected,
+                dead_lettered: part.dead_lettered,
+            });
+        }
+        let mut members: Vec<QueueMemberInfo> = g
+            .members
+            .iter()
+            .map(|(id, m)| QueueMemberInfo {
+                member_id: id.to_string(),
+                topic: m.topic.to_string(),
+                prefetch: m.prefetch,
+                held: m.held,
+                streaming: m.session_deadline.is_none(),
+            })
+            .collect();
+        members.sort_by(|a, b| a.member_id.cmp(&b.member_id));
+        Ok(QueueDescription {
+            settings: g.settings.clone(),
+            partitions,
+            members,
+        })
+    }
+
+    /// Groups and members, for metrics.
+    pub fn stats(&self) -> (usize, usize) {
+        let st = self.state.lock();
+        (
+            st.groups.len(),
+            st.groups.values().map(|g| g.members.len()).sum(),
+        )
+    }
+
     /// Every queue with its totals, sorted by name. Blocking (reads each
     /// partition's end offset).
     pub fn list(&self) -> Vec<QueueListing> {

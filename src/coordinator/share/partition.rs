@@ -1,0 +1,202 @@
+//! One partition's window of a share group: which records are available,
+//! locked or finished, and the indexes that keep acquire and expiry
+//! proportional to the work.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use super::{Finished, MAX_WINDOW};
+use crate::broker::FetchedRecord;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum State {
+    Available,
+    Locked {
+        member: Arc<str>,
+        delivery_id: u64,
+        deadline: i64,
+    },
+    Finished(Finished),
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Rec {
+    /// `None` until read from the log (replayed state beyond the cursor).
+    pub(super) record: Option<FetchedRecord>,
+    pub(super) state: State,
+    pub(super) deliveries: u32,
+    pub(super) not_before: i64,
+    pub(super) reason: Option<String>,
+    /// Given up on (rejected or out of deliveries), but its dead letter is
+    /// not written yet: it is never delivered again, and the dead letter
+    /// is retried.
+    pub(super) dead_letter: Option<Finished>,
+}
+
+impl Rec {
+    pub(super) fn new() -> Self {
+        Self {
+            record: None,
+            state: State::Available,
+            deliveries: 0,
+            not_before: 0,
+            reason: None,
+            dead_letter: None,
+        }
+    }
+}
+
+/// One partition's queue state.
+#[derive(Debug, Clone, Default)]
+pub struct Partition {
+    /// Every offset below is finished.
+    pub start: i64,
+    /// Next offset to read from the log.
+    pub cursor: i64,
+    pub(super) recs: BTreeMap<i64, Rec>,
+    /// Read, available, due now.
+    pub(super) ready: BTreeSet<i64>,
+    /// Released with a delay: (not before, offset).
+    pub(super) delayed: BTreeSet<(i64, i64)>,
+    /// Locked: (deadline, offset).
+    pub(super) locks: BTreeSet<(i64, i64)>,
+    /// Totals since the group began.
+    pub accepted: i64,
+    /// Totals since the group began.
+    pub rejected: i64,
+    /// Totals since the group began.
+    pub dead_lettered: i64,
+    /// Set once `start` and `cursor` are placed in the log.
+    pub placed: bool,
+}
+
+impl Partition {
+    /// Records locked now.
+    pub fn in_flight(&self) -> usize {
+        self.locks.len()
+    }
+
+    /// Read records waiting (ready or delayed).
+    pub fn waiting(&self) -> usize {
+        self.ready.len() + self.delayed.len()
+    }
+
+    /// Timestamp of the oldest record read and not finished.
+    pub fn oldest_unfinished_timestamp(&self) -> Option<i64> {
+        self.recs
+            .values()
+            .filter(|r| !matches!(r.state, State::Finished(_)))
+            .find_map(|r| r.record.as_ref().map(|r| r.timestamp))
+    }
+
+    /// Whether more records should be read from the log, and how many.
+    pub fn room(&self) -> i64 {
+        (self.start + MAX_WINDOW - self.cursor).max(0)
+    }
+
+    /// Adds records read from the log at the cursor. Finished ones (known
+    /// from replayed state) stay finished.
+    pub fn load(&mut self, records: Vec<FetchedRecord>, next_offset: i64) {
+        for r in records {
+            if r.offset < self.cursor.max(self.start) {
+                continue;
+            }
+            let offset = r.offset;
+            let rec = self.recs.entry(offset).or_insert_with(Rec::new);
+            rec.record = Some(r);
+            if rec.state == State::Available {
+                self.ready.insert(offset);
+            }
+        }
+        self.cursor = self.cursor.max(next_offset);
+        self.advance();
+    }
+
+    /// Moves `start` past finished records (and past offsets the log no
+    /// longer has, when `log_start` is above it).
+    pub(super) fn advance(&mut self) {
+        while let Some(e) = self.recs.first_entry() {
+            if *e.key() < self.start {
+                e.remove();
+                continue;
+            }
+            if *e.key() != self.start || !matches!(e.get().state, State::Finished(_)) {
+                break;
+            }
+            e.remove();
+            self.start += 1;
+        }
+        if self
+            .recs
+            .first_key_value()
+            .is_none_or(|(&o, _)| o >= self.cursor)
+        {
+            self.start = self.start.max(self.cursor);
+        }
+        self.cursor = self.cursor.max(self.start);
+    }
+
+    /// The log starts above the window (retention deleted records): skip
+    /// to it. Returns the locks that went with the records (delivery id
+    /// and member), for [`ShareGroup::forget_deliveries`].
+    #[must_use]
+    pub fn skip_to(&mut self, log_start: i64) -> Vec<(u64, Arc<str>)> {
+        let mut dropped = Vec::new();
+        if log_start <= self.start {
+            return dropped;
+        }
+        let gone: Vec<i64> = self.recs.range(..log_start).map(|(&o, _)| o).collect();
+        for o in gone {
+            self.ready.remove(&o);
+            if let Some(r) = self.recs.remove(&o) {
+                if let State::Locked {
+                    deadline,
+                    member,
+                    delivery_id,
+                } = r.state
+                {
+                    self.locks.remove(&(deadline, o));
+                    dropped.push((delivery_id, member));
+                }
+                if r.not_before > 0 {
+                    self.delayed.remove(&(r.not_before, o));
+                }
+            }
+        }
+        self.start = log_start;
+        self.cursor = self.cursor.max(log_start);
+        dropped
+    }
+
+    /// The log ends below the cursor (a tail lost to a power failure):
+    /// what the window held at or past `log_end` no longer exists, and new
+    /// records will take those offsets again. Returns the dropped locks.
+    #[must_use]
+    pub fn truncate_to(&mut self, log_end: i64) -> Vec<(u64, Arc<str>)> {
+        let mut dropped = Vec::new();
+        if log_end >= self.cursor {
+            return dropped;
+        }
+        let gone: Vec<i64> = self.recs.range(log_end..).map(|(&o, _)| o).collect();
+        for o in gone {
+            self.ready.remove(&o);
+            if let Some(r) = self.recs.remove(&o) {
+                if let State::Locked {
+                    deadline,
+                    member,
+                    delivery_id,
+                } = r.state
+                {
+                    self.locks.remove(&(deadline, o));
+                    dropped.push((delivery_id, member));
+                }
+                if r.not_before > 0 {
+                    self.delayed.remove(&(r.not_before, o));
+                }
+            }
+        }
+        self.cursor = log_end;
+        self.start = self.start.min(log_end);
+        dropped
+    }
+}
