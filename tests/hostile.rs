@@ -8,13 +8,13 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::Bytes;
 use common::server::{test_config, TestServer};
 use proptest::prelude::*;
+use sluice::client::raw::RawCodec;
 use sluice::client::{pb, record, Client};
 use sluice::config::ServerConfig;
 use tokio::io::AsyncReadExt;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Code, Status};
 
 /// Resident memory of this process (the server runs in it), bytes.
@@ -130,47 +130,6 @@ fn status_of(e: sluice::client::ClientError) -> Status {
     match e {
         sluice::client::ClientError::Status(s) => s,
         other => Status::unknown(other.to_string()),
-    }
-}
-
-/// Sends raw bytes as a request and returns the raw reply (a codec that
-/// does no protobuf at all).
-#[derive(Clone, Default)]
-struct RawCodec;
-
-#[derive(Clone, Default)]
-struct RawEncoder;
-
-#[derive(Clone, Default)]
-struct RawDecoder;
-
-impl Encoder for RawEncoder {
-    type Item = Bytes;
-    type Error = Status;
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawDecoder {
-    type Item = Bytes;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
-impl Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = RawEncoder;
-    type Decoder = RawDecoder;
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-    fn decoder(&mut self) -> RawDecoder {
-        RawDecoder
     }
 }
 

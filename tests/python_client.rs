@@ -42,27 +42,31 @@ fn python() -> PathBuf {
     py
 }
 
-#[tokio::test]
-async fn python_client_generated_from_the_protos() {
-    let py = python();
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+/// Runs `tests/python/<script>` against `server` and returns its output;
+/// it must succeed and end with "ok".
+async fn run_script(py: &Path, script: &str, server: &TestServer) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut cmd = Command::new(&py);
-    cmd.arg(root.join("tests/python/client_test.py"))
+    let mut cmd = Command::new(py);
+    cmd.arg(root.join("tests/python").join(script))
         .args(["--broker", &server.addr.to_string(), "--proto-dir"])
         .arg(root.join("proto"));
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .unwrap()
         .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "python client failed:\n{stdout}\n{stderr}"
-    );
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
     assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
+    stdout
+}
+
+#[tokio::test]
+async fn python_client_generated_from_the_protos() {
+    let py = python();
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    run_script(&py, "client_test.py", &server).await;
     server.stop().await;
 }
 
@@ -122,21 +126,6 @@ async fn python_queue_worker() {
     let py = python();
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut cmd = Command::new(&py);
-    cmd.arg(root.join("tests/python/queue_worker.py"))
-        .args(["--broker", &server.addr.to_string(), "--proto-dir"])
-        .arg(root.join("proto"));
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "python queue worker failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
+    run_script(&py, "queue_worker.py", &server).await;
     server.stop().await;
 }

@@ -14,14 +14,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::Bytes;
 use clap::Args;
 use serde_json::json;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint};
-use tonic::Status;
 
 use super::Conn;
+use crate::client::raw::RawCodec;
 use crate::client::{pb, record, Client, ClientError};
 
 /// `bench hostile`.
@@ -58,44 +57,6 @@ pub struct HostileArgs {
     pub json: bool,
     #[command(flatten)]
     pub conn: Conn,
-}
-
-/// Sends raw bytes as a request message.
-#[derive(Clone, Default)]
-struct RawCodec;
-#[derive(Clone, Default)]
-struct RawEncoder;
-#[derive(Clone, Default)]
-struct RawDecoder;
-
-impl Encoder for RawEncoder {
-    type Item = Bytes;
-    type Error = Status;
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawDecoder {
-    type Item = Bytes;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
-impl Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = RawEncoder;
-    type Decoder = RawDecoder;
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-    fn decoder(&mut self) -> RawDecoder {
-        RawDecoder
-    }
 }
 
 async fn channel(url: &str) -> Result<Channel, ClientError> {

@@ -18,6 +18,7 @@ mod consumer;
 mod idempotent;
 mod producer;
 mod queue;
+pub mod raw;
 
 use std::time::Duration;
 

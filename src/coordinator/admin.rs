@@ -79,6 +79,22 @@ pub enum ResetTo {
     Timestamp(i64),
 }
 
+impl ResetTo {
+    /// The offset this names in a partition with offsets `o` (listed
+    /// with the timestamp, for [`ResetTo::Timestamp`]).
+    pub fn offset_in(&self, o: &crate::broker::PartitionOffsets) -> i64 {
+        match *self {
+            ResetTo::Earliest => o.earliest,
+            ResetTo::Latest => o.latest,
+            ResetTo::Offset(n) => n.clamp(o.earliest, o.latest),
+            ResetTo::Timestamp(_) => match o.for_timestamp {
+                Some(t) if t >= 0 => t,
+                _ => o.latest,
+            },
+        }
+    }
+}
+
 /// A partition's offset after a reset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResetResult {
@@ -267,15 +283,7 @@ impl Coordinator {
         let topic: Arc<str> = Arc::from(topic);
         let mut results = Vec::new();
         for o in offsets {
-            let offset = match to {
-                ResetTo::Earliest => o.earliest,
-                ResetTo::Latest => o.latest,
-                ResetTo::Offset(n) => n.clamp(o.earliest, o.latest),
-                ResetTo::Timestamp(_) => match o.for_timestamp {
-                    Some(t) if t >= 0 => t,
-                    _ => o.latest,
-                },
-            };
+            let offset = to.offset_in(&o);
             let tp = Tp::new(topic.clone(), o.partition);
             let previous = st
                 .groups

@@ -287,15 +287,7 @@ impl Queues {
         let mut out = Vec::new();
         let mut fx = Effects::default();
         for o in offsets {
-            let offset = match to {
-                ResetTo::Earliest => o.earliest,
-                ResetTo::Latest => o.latest,
-                ResetTo::Offset(n) => n.clamp(o.earliest, o.latest),
-                ResetTo::Timestamp(_) => match o.for_timestamp {
-                    Some(t) if t >= 0 => t,
-                    _ => o.latest,
-                },
-            };
+            let offset = to.offset_in(&o);
             let tp = (topic_arc.clone(), o.partition);
             let previous = g.partitions.get(&tp).map(|p| p.start);
             if !dry_run {

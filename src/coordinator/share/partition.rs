@@ -141,28 +141,10 @@ impl Partition {
     /// and member), for [`ShareGroup::forget_deliveries`].
     #[must_use]
     pub fn skip_to(&mut self, log_start: i64) -> Vec<(u64, Arc<str>)> {
-        let mut dropped = Vec::new();
         if log_start <= self.start {
-            return dropped;
+            return Vec::new();
         }
-        let gone: Vec<i64> = self.recs.range(..log_start).map(|(&o, _)| o).collect();
-        for o in gone {
-            self.ready.remove(&o);
-            if let Some(r) = self.recs.remove(&o) {
-                if let State::Locked {
-                    deadline,
-                    member,
-                    delivery_id,
-                } = r.state
-                {
-                    self.locks.remove(&(deadline, o));
-                    dropped.push((delivery_id, member));
-                }
-                if r.not_before > 0 {
-                    self.delayed.remove(&(r.not_before, o));
-                }
-            }
-        }
+        let dropped = self.remove_records(..log_start);
         self.start = log_start;
         self.cursor = self.cursor.max(log_start);
         dropped
@@ -173,30 +155,38 @@ impl Partition {
     /// records will take those offsets again. Returns the dropped locks.
     #[must_use]
     pub fn truncate_to(&mut self, log_end: i64) -> Vec<(u64, Arc<str>)> {
-        let mut dropped = Vec::new();
         if log_end >= self.cursor {
-            return dropped;
+            return Vec::new();
         }
-        let gone: Vec<i64> = self.recs.range(log_end..).map(|(&o, _)| o).collect();
-        for o in gone {
-            self.ready.remove(&o);
-            if let Some(r) = self.recs.remove(&o) {
-                if let State::Locked {
-                    deadline,
-                    member,
-                    delivery_id,
-                } = r.state
-                {
-                    self.locks.remove(&(deadline, o));
-                    dropped.push((delivery_id, member));
-                }
-                if r.not_before > 0 {
-                    self.delayed.remove(&(r.not_before, o));
-                }
-            }
-        }
+        let dropped = self.remove_records(log_end..);
         self.cursor = log_end;
         self.start = self.start.min(log_end);
+        dropped
+    }
+
+    /// Removes the records at `offsets` from the window and its indexes;
+    /// returns the locks they had (delivery id and member).
+    fn remove_records(&mut self, offsets: impl std::ops::RangeBounds<i64>) -> Vec<(u64, Arc<str>)> {
+        let mut dropped = Vec::new();
+        let gone: Vec<i64> = self.recs.range(offsets).map(|(&o, _)| o).collect();
+        for o in gone {
+            self.ready.remove(&o);
+            let Some(r) = self.recs.remove(&o) else {
+                continue;
+            };
+            if let State::Locked {
+                deadline,
+                member,
+                delivery_id,
+            } = r.state
+            {
+                self.locks.remove(&(deadline, o));
+                dropped.push((delivery_id, member));
+            }
+            if r.not_before > 0 {
+                self.delayed.remove(&(r.not_before, o));
+            }
+        }
         dropped
     }
 }
