@@ -11,38 +11,21 @@ sluice.v1.Groups.
 """
 
 import argparse
-import importlib.resources
 import os
 import sys
-import tempfile
 import threading
 import uuid
 
 import grpc
+
+import stubs
 from google.protobuf import empty_pb2
-from grpc_tools import protoc
 
 
 def generate(proto_dir):
-    """Generates Python modules for the API into a temp dir and imports them."""
-    out = tempfile.mkdtemp(prefix="sluice-py-")
-    well_known = str(importlib.resources.files("grpc_tools") / "_proto")
-    for proto in ("sluice/v1/broker.proto", "sluice/v1/server.proto", "sluice/v1/groups.proto"):
-        rc = protoc.main([
-            "grpc_tools.protoc",
-            f"-I{proto_dir}",
-            f"-I{well_known}",
-            f"--python_out={out}",
-            f"--grpc_python_out={out}",
-            proto,
-        ])
-        if rc != 0:
-            sys.exit(f"protoc failed on {proto} with {rc}")
-    sys.path.insert(0, out)
-    pb = importlib.import_module("sluice.v1.broker_pb2")
-    rpc = importlib.import_module("sluice.v1.broker_pb2_grpc")
-    gpb = importlib.import_module("sluice.v1.groups_pb2")
-    grpc_groups = importlib.import_module("sluice.v1.groups_pb2_grpc")
+    """The broker and groups modules (server.proto is compiled too: broker
+    and groups import nothing from it, but it is part of the API)."""
+    pb, rpc, _, _, gpb, grpc_groups = stubs.generate(proto_dir, ("broker", "server", "groups"))
     return pb, rpc, gpb, grpc_groups
 
 

@@ -9,40 +9,20 @@ so, and never acknowledges it.)
 """
 
 import argparse
-import importlib
-import importlib.resources
 import os
 import queue
 import subprocess
 import sys
-import tempfile
 import uuid
 
 import grpc
-from grpc_tools import protoc
+
+import stubs
 
 
 def generate(proto_dir):
-    out = tempfile.mkdtemp(prefix="sluice-py-")
-    well_known = str(importlib.resources.files("grpc_tools") / "_proto")
-    for proto in ("sluice/v1/broker.proto", "sluice/v1/queues.proto"):
-        rc = protoc.main([
-            "grpc_tools.protoc",
-            f"-I{proto_dir}",
-            f"-I{well_known}",
-            f"--python_out={out}",
-            f"--grpc_python_out={out}",
-            proto,
-        ])
-        if rc != 0:
-            sys.exit(f"protoc failed on {proto} with {rc}")
-    sys.path.insert(0, out)
-    return (
-        importlib.import_module("sluice.v1.broker_pb2"),
-        importlib.import_module("sluice.v1.broker_pb2_grpc"),
-        importlib.import_module("sluice.v1.queues_pb2"),
-        importlib.import_module("sluice.v1.queues_pb2_grpc"),
-    )
+    """The broker and queues modules."""
+    return stubs.generate(proto_dir, ("broker", "queues"))
 
 
 def check(cond, what):
