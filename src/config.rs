@@ -32,6 +32,7 @@
 //! heartbeat_interval_ms = 3000
 //! rebalance_timeout_ms = 60000        # to confirm a revocation
 //! offsets_partitions = 4              # when __consumer_offsets is created
+//! queue_state_partitions = 4          # shards of work-queue state (grows, never shrinks)
 //! offsets_segment_bytes = 16777216
 //! snapshot_min_records = 100000
 //!
@@ -53,6 +54,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use serde::Deserialize;
 
 use crate::broker::BrokerConfig;
+use crate::coordinator::queues::QueueStateConfig;
 use crate::coordinator::{CoordinatorConfig, Limits};
 use crate::error::Error;
 use crate::storage::{FlushPolicy, LogConfig};
@@ -210,6 +212,9 @@ pub struct GroupSettings {
     pub offsets_partitions: i32,
     /// Segment size of `__consumer_offsets`.
     pub offsets_segment_bytes: i64,
+    /// Partitions (shards) of `__share_group_state`, the work queues'
+    /// state; a smaller existing topic grows to this many at start.
+    pub queue_state_partitions: i32,
     /// Records a coordinator shard writes before it snapshots (and more
     /// than twice its live keys).
     pub snapshot_min_records: u64,
@@ -226,6 +231,7 @@ impl Default for GroupSettings {
             rebalance_timeout_ms: c.limits.default_rebalance_timeout_ms,
             offsets_partitions: c.offsets_partitions,
             offsets_segment_bytes: c.offsets_segment_bytes,
+            queue_state_partitions: QueueStateConfig::default().partitions,
             snapshot_min_records: c.snapshot_min_records,
         }
     }
@@ -384,6 +390,12 @@ impl ServerConfig {
                 g.offsets_partitions
             )));
         }
+        if !(1..=1000).contains(&g.queue_state_partitions) {
+            return Err(Error::Config(format!(
+                "groups.queue_state_partitions {} must be in [1, 1000]",
+                g.queue_state_partitions
+            )));
+        }
         if g.offsets_segment_bytes < 64 * 1024
             || g.offsets_segment_bytes as u64 > crate::storage::MAX_SEGMENT_BYTES
         {
@@ -406,6 +418,15 @@ impl ServerConfig {
             snapshot_min_records: g.snapshot_min_records,
             ..CoordinatorConfig::default()
         })
+    }
+
+    /// How work-queue state is kept (checked by
+    /// [`Config::coordinator_config`]).
+    pub fn queue_state_config(&self) -> QueueStateConfig {
+        QueueStateConfig {
+            partitions: self.groups.queue_state_partitions,
+            snapshot_min_records: self.groups.snapshot_min_records,
+        }
     }
 
     /// The broker settings these describe, checked.

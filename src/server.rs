@@ -86,7 +86,8 @@ pub async fn run(
     let opened = {
         let broker = broker.clone();
         let clock = broker.config().log.clock.clone();
-        tokio::task::spawn_blocking(move || Queues::open(broker, clock))
+        let queue_config = config.queue_state_config();
+        tokio::task::spawn_blocking(move || Queues::open_with(broker, clock, queue_config))
             .await
             .map_err(|e| Error::Config(format!("opening work-queue coordinator: {e}")))?
     };

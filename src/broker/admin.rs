@@ -218,6 +218,18 @@ impl Broker {
     /// Raises a topic's partition count to `total`. Blocking.
     pub fn create_partitions(&self, name: &str, total: i32) -> Result<TopicInfo> {
         Self::refuse_internal(name)?;
+        self.add_partitions(name, total)?;
+        self.describe_topic(name)
+    }
+
+    /// Raises an internal topic's partition count to `total` (a
+    /// coordinator that wants more shards). Blocking.
+    pub(crate) fn grow_internal_topic(&self, name: &str, total: i32) -> Result<()> {
+        debug_assert!(is_internal_topic(name));
+        self.add_partitions(name, total)
+    }
+
+    fn add_partitions(&self, name: &str, total: i32) -> Result<()> {
         {
             let _admin = self.admin.lock();
             let topic = self.topic(name)?;
@@ -245,6 +257,6 @@ impl Broker {
             *topic.partitions.write() = Arc::new(parts);
             tracing::info!(topic = name, from = count, to = total, "partitions added");
         }
-        self.describe_topic(name)
+        Ok(())
     }
 }

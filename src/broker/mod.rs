@@ -30,6 +30,7 @@ mod admin;
 mod error;
 mod fetch;
 mod internal;
+pub(crate) mod journal;
 mod logs;
 mod partition;
 pub mod partitioner;

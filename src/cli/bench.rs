@@ -37,6 +37,12 @@ pub enum BenchCommand {
     /// A work queue: workers take 1 KiB tasks over Consume streams and
     /// accept each one.
     Queue(super::bench_queue::QueueBenchArgs),
+    /// The work-queue scenario with worker processes, SIGKILLs of workers
+    /// (and optionally of the broker), and the accounting of every task.
+    FanOut(super::bench_scenario::FanOutArgs),
+    /// One worker process of `fan-out` (started by it).
+    #[command(hide = true)]
+    FanOutWorker(super::bench_scenario::FanOutWorkerArgs),
     /// Well-behaved producers and fetchers measure latency while hostile
     /// (and idle) connections run beside them.
     Hostile(super::bench_hostile::HostileArgs),
@@ -147,6 +153,8 @@ pub async fn run(cmd: BenchCommand) -> Result<(), ClientError> {
         BenchCommand::Commits(a) => return super::bench_groups::commits(a).await,
         BenchCommand::Queue(a) => return super::bench_queue::queue(a).await,
         BenchCommand::Hostile(a) => return super::bench_hostile::hostile_bench(a).await,
+        BenchCommand::FanOut(a) => return super::bench_scenario::fan_out(a).await,
+        BenchCommand::FanOutWorker(a) => return super::bench_scenario::worker(a).await,
     };
     if args.batch == 0 || args.concurrency == 0 || args.records == 0 {
         return Err(ClientError::Status(tonic::Status::invalid_argument(

@@ -5,6 +5,7 @@ pub mod bench;
 mod bench_groups;
 mod bench_hostile;
 mod bench_queue;
+mod bench_scenario;
 pub mod queue;
 
 use std::{

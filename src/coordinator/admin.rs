@@ -120,12 +120,13 @@ impl Coordinator {
     pub fn list_groups(&self) -> Vec<GroupSummary> {
         let mut out = Vec::new();
         for shard in &self.shards {
-            let st = shard.state.lock();
-            out.extend(st.groups.values().map(|g| GroupSummary {
-                name: g.name.clone(),
-                state: g.state(),
-                members: g.members.len(),
-            }));
+            shard.peek(|st| {
+                out.extend(st.groups.values().map(|g| GroupSummary {
+                    name: g.name.clone(),
+                    state: g.state(),
+                    members: g.members.len(),
+                }))
+            });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
@@ -137,7 +138,7 @@ impl Coordinator {
         validate_name("group", group)?;
         let (g, state) =
             {
-                let (_, st) = self.lock_shard(group)?;
+                let st = self.lock_shard(group)?;
                 let g = st.groups.get(group).cloned().ok_or_else(|| {
                     CoordinatorError::GroupNotFound {
                         group: group.to_string(),
@@ -221,8 +222,7 @@ impl Coordinator {
     /// Deletes a group without live members, with its offsets.
     pub fn delete_group(&self, group: &str) -> Result<()> {
         validate_name("group", group)?;
-        let (shard, mut st) = self.lock_shard(group)?;
-        let st = &mut *st;
+        let mut st = self.lock_shard(group)?;
         let g = st
             .groups
             .get(group)
@@ -236,7 +236,7 @@ impl Coordinator {
                 action: "delete",
             });
         }
-        self.persist(shard, st, vec![records::group_tombstone(group)])?;
+        Self::persist(&mut st, vec![records::group_tombstone(group)])?;
         st.groups.remove(group);
         tracing::info!(group, "group deleted");
         Ok(())
@@ -262,8 +262,7 @@ impl Coordinator {
         };
         let offsets = self.broker.list_offsets(topic, partitions, timestamp)?;
         let now = (self.clock)();
-        let (shard, mut st) = self.lock_shard(group)?;
-        let st = &mut *st;
+        let mut st = self.lock_shard(group)?;
         match st.groups.get(group) {
             Some(g) if !g.members.is_empty() => {
                 return Err(CoordinatorError::GroupNotEmpty {
@@ -303,7 +302,7 @@ impl Coordinator {
             .iter()
             .map(|r| (r.tp.clone(), r.offset, String::new()))
             .collect();
-        self.write_offsets(shard, st, group, now, committed)?;
+        Self::write_offsets(&mut st, group, now, committed)?;
         tracing::info!(group, topic = %topic, partitions = results.len(), "group offsets reset");
         Ok(results)
     }
@@ -312,9 +311,10 @@ impl Coordinator {
     pub fn stats(&self) -> CoordinatorStats {
         let mut s = CoordinatorStats::default();
         for shard in &self.shards {
-            let st = shard.state.lock();
-            s.groups += st.groups.len();
-            s.members += st.groups.values().map(|g| g.members.len()).sum::<usize>();
+            shard.peek(|st| {
+                s.groups += st.groups.len();
+                s.members += st.groups.values().map(|g| g.members.len()).sum::<usize>();
+            });
         }
         s
     }

@@ -25,9 +25,7 @@ pub mod share;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
-
-use parking_lot::Mutex;
+use std::time::Duration;
 
 pub use admin::{
     CoordinatorStats, GroupDescription, GroupSummary, MemberDescription, PartitionLag, ResetResult,
@@ -39,9 +37,9 @@ pub use group::{
     Committed, GroupState, HeartbeatRequest, HeartbeatResponse, Limits, JOIN_EPOCH, LEAVE_EPOCH,
 };
 
+use crate::broker::journal::{Journal, JournalConfig, JournalGuard, Journaled};
 use crate::broker::{
-    is_internal_topic, murmur2, validate_topic_name, Acks, Broker, BrokerError, NewRecord,
-    ProduceRequest, TopicConfig,
+    is_internal_topic, murmur2, validate_topic_name, Broker, BrokerError, NewRecord, TopicConfig,
 };
 use crate::storage::Clock;
 use group::{Dirty, Group};
@@ -73,33 +71,7 @@ pub struct CoordinatorConfig {
     pub expiry_check_interval: Duration,
 }
 
-/// How long after a failed write a shard first tries to resume.
-pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
-
-/// After a failed write that may have left memory ahead of the log (`failed`
-/// holds why, and when to try again): `Ok(None)` when there was none,
-/// `Ok(Some(state))` replayed from the log once the retry time has come,
-/// `Err(reason)` while calls must still be refused.
-pub(crate) fn resume_after_failure<S>(
-    failed: &mut Option<(String, Instant)>,
-    replay: impl FnOnce() -> Result<S>,
-) -> std::result::Result<Option<S>, String> {
-    let Some((reason, retry_at)) = failed else {
-        return Ok(None);
-    };
-    if Instant::now() < *retry_at {
-        return Err(reason.clone());
-    }
-    match replay() {
-        Ok(fresh) => Ok(Some(fresh)),
-        Err(e) => {
-            tracing::error!(error = %e, "replaying the log after a failed append failed");
-            let reason = format!("{reason}; replaying the log failed too (see the server's log)");
-            *failed = Some((reason.clone(), Instant::now() + RETRY_AFTER_FAILURE));
-            Err(reason)
-        }
-    }
-}
+pub use crate::broker::journal::RETRY_AFTER_FAILURE;
 
 impl Default for CoordinatorConfig {
     fn default() -> Self {
@@ -143,28 +115,42 @@ impl std::fmt::Debug for Coordinator {
     }
 }
 
-/// The groups of one offsets-topic partition.
-struct Shard {
-    partition: i32,
-    /// Held for a call's state change *and* the append that records it, so
-    /// the partition's order is the order of the changes. Never held across
-    /// `.await`. Calls run on blocking threads (the gRPC layer and the
-    /// expiry task use `spawn_blocking`): an append may wait for the disk,
-    /// and a snapshot syncs the log.
-    state: Mutex<ShardState>,
-}
+/// The groups of one offsets-topic partition (a shard), kept in that
+/// partition by [`Journal`].
+type Shard = Journal<ShardState>;
 
-#[derive(Default)]
 struct ShardState {
     groups: BTreeMap<String, Group>,
-    /// Records written since the last snapshot (or replayed on start).
-    since_snapshot: u64,
-    /// Live keys at the last snapshot.
-    live_keys: u64,
-    /// Set when a write failed: memory may be ahead of the log, so the
-    /// shard refuses calls until it replays its log again (tried at most
-    /// once per [`RETRY_AFTER_FAILURE`], e.g. once a full disk has room).
-    failed: Option<(String, Instant)>,
+    /// Monotonic time of the replay (restored members' deadlines start
+    /// from it).
+    replayed_at: i64,
+}
+
+impl Journaled for ShardState {
+    fn replay(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> std::result::Result<(), String> {
+        let key = key.ok_or("a record without a key")?;
+        records::apply(&mut self.groups, key, value, self.replayed_at).map_err(|e| e.to_string())
+    }
+
+    fn snapshot(&self) -> Vec<NewRecord> {
+        let mut recs = Vec::new();
+        for g in self.groups.values() {
+            records::snapshot_of(g, &mut recs);
+        }
+        recs.into_iter().map(to_record).collect()
+    }
+}
+
+fn to_record((key, value): Encoded) -> NewRecord {
+    NewRecord {
+        key: Some(key),
+        value,
+        ..NewRecord::default()
+    }
 }
 
 fn validate_name(what: &str, s: &str) -> Result<()> {
@@ -216,15 +202,20 @@ impl Coordinator {
         let clock = broker.config().log.clock.clone();
         let timer = crate::storage::monotonic_clock();
         let mut shards = Vec::with_capacity(count as usize);
-        let now = timer();
         for partition in 0..count {
-            let state = Self::replay(&broker, partition, now)?;
-            shards.push(Shard {
+            let timer = timer.clone();
+            let journal = JournalConfig {
+                topic: OFFSETS_TOPIC,
                 partition,
-                state: Mutex::new(state),
-            });
+                snapshot_min_records: config.snapshot_min_records,
+                durable: false,
+            };
+            shards.push(Journal::open(&broker, journal, move || ShardState {
+                groups: BTreeMap::new(),
+                replayed_at: timer(),
+            })?);
         }
-        let groups: usize = shards.iter().map(|s| s.state.lock().groups.len()).sum();
+        let groups: usize = shards.iter().map(|s| s.peek(|st| st.groups.len())).sum();
         tracing::info!(groups, partitions = count, "group coordinator loaded");
         Ok(Arc::new(Self {
             broker,
@@ -233,32 +224,6 @@ impl Coordinator {
             timer,
             shards,
         }))
-    }
-
-    fn replay(broker: &Broker, partition: i32, now: i64) -> Result<ShardState> {
-        let mut state = ShardState::default();
-        let mut bad = 0u64;
-        broker.replay_internal(OFFSETS_TOPIC, partition, |r| {
-            let Some(key) = &r.key else {
-                bad += 1;
-                return;
-            };
-            match records::apply(&mut state.groups, key, r.value.as_deref(), now) {
-                Ok(()) => state.since_snapshot += 1,
-                Err(e) => {
-                    bad += 1;
-                    tracing::warn!(partition, offset = r.offset, error = %e, "skipping offsets-topic record");
-                }
-            }
-        })?;
-        if bad > 0 {
-            tracing::warn!(
-                partition,
-                skipped = bad,
-                "offsets-topic records skipped during replay"
-            );
-        }
-        Ok(state)
     }
 
     /// Runs session expiry every `expiry_check_interval` until the broker
@@ -299,140 +264,27 @@ impl Coordinator {
             .unwrap_or(0)
     }
 
-    /// Appends `records` to offsets-topic partition `partition`; the error
-    /// is the first failure's message.
-    fn append(
-        &self,
-        partition: i32,
-        records: impl IntoIterator<Item = Encoded>,
-    ) -> std::result::Result<(), String> {
-        let req = ProduceRequest {
-            topic: OFFSETS_TOPIC.to_string(),
-            partition: Some(partition),
-            records: records
-                .into_iter()
-                .map(|(key, value)| NewRecord {
-                    key: Some(key),
-                    value,
-                    ..NewRecord::default()
-                })
-                .collect(),
-            acks: Acks::Leader,
-            producer: None,
-        };
-        let result = self
-            .broker
-            .append_internal(req)
-            .map_err(|e| {
-                tracing::error!(error = %e, "offsets append failed");
-                e.client_message()
-            })?
-            .result();
-        match result.failures.first() {
-            Some(f) => {
-                tracing::error!(error = %f.error, "offsets append failed");
-                Err(f.error.client_message())
-            }
-            None => Ok(()),
-        }
-    }
-
     /// Appends `records` to the shard's partition. A failure stops the
     /// shard (its memory may now be ahead of its log).
-    fn persist(&self, shard: &Shard, st: &mut ShardState, records: Vec<Encoded>) -> Result<()> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let n = records.len() as u64;
-        if let Err(reason) = self.append(shard.partition, records) {
-            tracing::error!(partition = shard.partition, error = %reason, "group coordinator write failed; its groups are unavailable until the shard replays its log");
-            st.failed = Some((reason.clone(), Instant::now() + RETRY_AFTER_FAILURE));
-            return Err(CoordinatorError::Failed {
-                partition: shard.partition,
+    fn persist(st: &mut JournalGuard<'_, ShardState>, records: Vec<Encoded>) -> Result<()> {
+        st.append(records.into_iter().map(to_record).collect())
+            .map(|_| ())
+            .map_err(|reason| CoordinatorError::Failed {
+                partition: st.partition(),
                 reason,
-            });
-        }
-        st.since_snapshot += n;
-        if st.since_snapshot > self.config.snapshot_min_records.max(2 * st.live_keys) {
-            self.snapshot(shard, st);
-        }
-        Ok(())
+            })
     }
 
-    /// Rewrites every live key of the shard, then deletes the segments
-    /// wholly before the snapshot. A failure here leaves the log longer,
-    /// never wrong.
-    fn snapshot(&self, shard: &Shard, st: &mut ShardState) {
-        let mut recs = Vec::new();
-        for g in st.groups.values() {
-            records::snapshot_of(g, &mut recs);
-        }
-        let live = recs.len() as u64;
-        let start = match self
-            .broker
-            .list_offsets(OFFSETS_TOPIC, &[shard.partition], None)
-        {
-            Ok(o) => o.first().map_or(0, |o| o.latest),
-            Err(e) => {
-                tracing::warn!(partition = shard.partition, error = %e, "snapshot skipped");
-                return;
-            }
-        };
-        for chunk in recs.chunks(1000) {
-            if let Err(e) = self.append(shard.partition, chunk.iter().cloned()) {
-                tracing::warn!(partition = shard.partition, error = %e, "snapshot write failed");
-                return;
-            }
-        }
-        st.since_snapshot = 0;
-        st.live_keys = live;
-        match self
-            .broker
-            .delete_internal_before(OFFSETS_TOPIC, shard.partition, start)
-        {
-            Ok(new_start) => tracing::debug!(
-                partition = shard.partition,
-                live,
-                snapshot_at = start,
-                new_start,
-                "offsets snapshot written"
-            ),
-            Err(e) => {
-                tracing::warn!(partition = shard.partition, error = %e, "deleting segments before a snapshot failed")
-            }
-        }
-    }
-
-    fn lock_shard<'a>(
-        &'a self,
-        group: &str,
-    ) -> Result<(&'a Shard, parking_lot::MutexGuard<'a, ShardState>)> {
+    /// Locks `group`'s shard, failing while it cannot serve (see
+    /// [`Journal::lock`]).
+    fn lock_shard(&self, group: &str) -> Result<JournalGuard<'_, ShardState>> {
         let shard = self.shard(group);
-        let mut st = shard.state.lock();
-        self.check_shard(shard, &mut st)?;
-        Ok((shard, st))
-    }
-
-    /// Fails while a failed write has left the shard's memory possibly
-    /// ahead of its log; once the retry time has come, replays the log
-    /// (what it holds is the truth) and goes on.
-    fn check_shard(&self, shard: &Shard, st: &mut ShardState) -> Result<()> {
-        let replay = || Self::replay(&self.broker, shard.partition, (self.timer)());
-        match resume_after_failure(&mut st.failed, replay) {
-            Ok(None) => Ok(()),
-            Ok(Some(fresh)) => {
-                tracing::info!(
-                    partition = shard.partition,
-                    "group coordinator shard replayed its log after a failed write; it serves again"
-                );
-                *st = fresh;
-                Ok(())
-            }
-            Err(reason) => Err(CoordinatorError::Failed {
-                partition: shard.partition,
+        shard
+            .lock(&self.broker)
+            .map_err(|reason| CoordinatorError::Failed {
+                partition: shard.partition(),
                 reason,
-            }),
-        }
+            })
     }
 
     /// Records of what `dirty` names in `group` (or the group's deletion
@@ -501,8 +353,7 @@ impl Coordinator {
         }
         metrics::counter!("sluice_group_heartbeats_total").increment(1);
         let now = (self.timer)();
-        let (shard, mut st) = self.lock_shard(group)?;
-        let st = &mut *st;
+        let mut st = self.lock_shard(group)?;
         if !st.groups.contains_key(group) {
             match req.member_epoch {
                 JOIN_EPOCH => {
@@ -529,7 +380,7 @@ impl Coordinator {
         let count = |t: &str| self.partition_count(t);
         let result = g.heartbeat(req, now, &count, &self.config.limits, &mut dirty);
         let recs = Self::dirty_records(&mut st.groups, group, &dirty);
-        self.persist(shard, st, recs)?;
+        Self::persist(&mut st, recs)?;
         result
     }
 
@@ -575,8 +426,7 @@ impl Coordinator {
         }
         metrics::counter!("sluice_offset_commits_total").increment(offsets.len() as u64);
         let now = (self.clock)();
-        let (shard, mut st) = self.lock_shard(group)?;
-        let st = &mut *st;
+        let mut st = self.lock_shard(group)?;
         match st.groups.get(group) {
             Some(g) => g.check_commit(member_id, member_epoch, offsets.iter().map(|c| &c.tp))?,
             None if member_id.is_empty() => {}
@@ -594,15 +444,13 @@ impl Coordinator {
             .into_iter()
             .map(|c| (c.tp, c.offset, c.metadata))
             .collect();
-        self.write_offsets(shard, st, group, now, committed)
+        Self::write_offsets(&mut st, group, now, committed)
     }
 
     /// Appends committed offsets (`tp`, offset, metadata) of `group`, then
     /// applies them, creating the group if needed.
     fn write_offsets(
-        &self,
-        shard: &Shard,
-        st: &mut ShardState,
+        st: &mut JournalGuard<'_, ShardState>,
         group: &str,
         now: i64,
         offsets: Vec<(Tp, i64, String)>,
@@ -622,7 +470,7 @@ impl Coordinator {
             .iter()
             .map(|(tp, c)| records::offset_record(group, tp, c))
             .collect();
-        self.persist(shard, st, recs)?;
+        Self::persist(st, recs)?;
         st.groups
             .entry(group.to_string())
             .or_insert_with(|| Group::new(group))
@@ -635,7 +483,7 @@ impl Coordinator {
     /// A group that does not exist has none.
     pub fn fetch_offsets(&self, group: &str, topics: &[String]) -> Result<Vec<(Tp, Committed)>> {
         validate_name("group", group)?;
-        let (_, st) = self.lock_shard(group)?;
+        let st = self.lock_shard(group)?;
         let Some(g) = st.groups.get(group) else {
             return Ok(Vec::new());
         };
@@ -650,11 +498,9 @@ impl Coordinator {
     pub fn expire_all(&self) {
         let now = (self.timer)();
         for shard in &self.shards {
-            let mut st = shard.state.lock();
-            if self.check_shard(shard, &mut st).is_err() {
+            let Ok(mut st) = shard.lock(&self.broker) else {
                 continue;
-            }
-            let st = &mut *st;
+            };
             let mut recs = Vec::new();
             let names: Vec<String> = st
                 .groups
@@ -680,7 +526,7 @@ impl Coordinator {
                 }
             }
             // A failure marks the shard failed; nothing else to do here.
-            let _ = self.persist(shard, st, recs);
+            let _ = Self::persist(&mut st, recs);
         }
     }
 }

@@ -1,29 +1,29 @@
 //! Work queues: the shell around [`super::share`]. It reads records from
 //! the broker into each group's window, persists every change to the
 //! internal topic [`SHARE_STATE_TOPIC`] before answering, appends records
-//! given up on to dead-letter topics, expires locks and sessions on a
-//! timer, and wakes waiting workers when records arrive or come back.
+//! given up on to dead-letter topics, expires locks and sessions, and wakes
+//! waiting workers when records arrive or come back.
 //!
-//! State is replayed from the topic on start. After
-//! `SNAPSHOT_EVERY` records the shell rewrites every group's state and
-//! deletes the segments before it, so the topic stays bounded.
+//! Groups are spread over the partitions of [`SHARE_STATE_TOPIC`] by a hash
+//! of their name, as consumer groups are over `__consumer_offsets`: each
+//! partition is one shard (a [`Journal`]: its lock, its appends, its
+//! snapshots, its replay), so queues in different shards never wait for
+//! each other. Expiry visits a shard only when one of its locks, sessions
+//! or delays is due.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
-use prost::Message;
 
 use super::error::{CoordinatorError, Result};
-use super::share::{
-    AckKind, AckRefusal, Delivery, Effects, Finished, Partition, Settings, ShareGroup,
-};
-use super::{resume_after_failure, RETRY_AFTER_FAILURE};
+use super::share::{AckKind, AckRefusal, Delivery, Effects, Partition, Settings, ShareGroup};
+use super::RETRY_AFTER_FAILURE;
+use crate::broker::journal::{Journal, JournalConfig, JournalGuard};
 use crate::broker::{
-    is_internal_topic, Acks, Broker, Header, NewRecord, ProduceRequest, TopicConfig,
+    is_internal_topic, murmur2, Acks, Broker, Header, NewRecord, ProduceRequest, TopicConfig,
 };
 use crate::storage::Clock;
 
@@ -34,18 +34,37 @@ pub use admin::{
     MAX_METRIC_QUEUES,
 };
 use records::{
-    incarnation_record, key, partition_record, partition_value, settings_value, PartitionValue,
-    SettingsValue, StateKey,
+    group_records, group_tombstone, incarnation_record, partition_record, partition_value,
+    settings_record, PartitionValue, QueueShard,
 };
 
 /// Internal topic of work-queue state.
 pub const SHARE_STATE_TOPIC: &str = "__share_group_state";
-/// Records after which the state topic is rewritten and trimmed.
-const SNAPSHOT_EVERY: u64 = 200_000;
 /// Longest Pull wait, ms.
 pub const MAX_PULL_WAIT_MS: i32 = 300_000;
 /// Largest prefetch.
 pub const MAX_PREFETCH: i32 = 100_000;
+
+/// How work-queue state is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueStateConfig {
+    /// Partitions (shards) of [`SHARE_STATE_TOPIC`]. A topic created with
+    /// fewer (an older data directory) grows to this many at open, and its
+    /// groups move to their new shards.
+    pub partitions: i32,
+    /// A shard snapshots after this many records (and more than twice its
+    /// live keys).
+    pub snapshot_min_records: u64,
+}
+
+impl Default for QueueStateConfig {
+    fn default() -> Self {
+        Self {
+            partitions: 4,
+            snapshot_min_records: 100_000,
+        }
+    }
+}
 
 /// A settings change asked for (unset fields keep their value).
 #[derive(Debug, Clone, Default)]
@@ -84,16 +103,8 @@ pub struct AckOutcome {
     pub refused: Vec<(u64, AckRefusal)>,
 }
 
-#[derive(Default)]
-struct State {
-    groups: HashMap<String, ShareGroup>,
-    next_delivery_id: u64,
-    since_snapshot: u64,
-    /// A failed append: the in-memory state may be ahead of the log, so
-    /// calls fail until the state is replayed from the log again (tried at
-    /// most once per [`RETRY_AFTER_FAILURE`], e.g. once a full disk has room).
-    failed: Option<(String, Instant)>,
-}
+type Shard = Journal<QueueShard>;
+type Guard<'a> = JournalGuard<'a, QueueShard>;
 
 /// The work-queue coordinator.
 pub struct Queues {
@@ -104,12 +115,15 @@ pub struct Queues {
     /// Monotonic time for locks, sessions and delays, so that a step of
     /// the wall clock never expires every lock at once.
     timer: Clock,
-    /// All groups. Held for a change *and* the append that records it, so
-    /// the topic's order is the order of the changes; never across
-    /// `.await`. Calls run on blocking threads (`spawn_blocking`): an
-    /// append may wait for the disk, and a snapshot syncs the log.
-    state: Mutex<State>,
-    /// Woken when records come back (release, expiry) or prefetch frees up.
+    /// One per partition of [`SHARE_STATE_TOPIC`]; a group lives in the
+    /// shard its name hashes to. A shard's lock is held for a change *and*
+    /// the append that records it, never across `.await`: calls run on
+    /// blocking threads (`spawn_blocking`), as an append may wait for the
+    /// disk and a snapshot syncs the log.
+    shards: Vec<Shard>,
+    /// Receipt handles, unique across groups and restarts (they start
+    /// from the wall clock in µs-like units).
+    next_delivery_id: AtomicU64,
     /// Per group: woken when records come back or prefetch frees up, so
     /// only that group's workers wake. Locked only to look up or add one.
     wakers: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
@@ -118,7 +132,9 @@ pub struct Queues {
 
 impl std::fmt::Debug for Queues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queues").finish_non_exhaustive()
+        f.debug_struct("Queues")
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -139,122 +155,133 @@ impl Queues {
         self.broker.shutting_down().await
     }
 
-    /// Opens the coordinator: creates the state topic if needed and
-    /// replays it. Blocking.
+    /// Opens the coordinator with the default [`QueueStateConfig`].
+    /// Blocking.
     pub fn open(broker: Arc<Broker>, clock: Clock) -> Result<Arc<Self>> {
-        broker.ensure_internal_topic(
+        Self::open_with(broker, clock, QueueStateConfig::default())
+    }
+
+    /// Opens the coordinator: creates the state topic if needed (or grows
+    /// it to `config.partitions`) and replays each shard. Blocking.
+    pub fn open_with(
+        broker: Arc<Broker>,
+        clock: Clock,
+        config: QueueStateConfig,
+    ) -> Result<Arc<Self>> {
+        let topic = broker.ensure_internal_topic(
             SHARE_STATE_TOPIC,
-            1,
+            config.partitions,
             TopicConfig {
                 retention_ms: Some(-1),
+                retention_bytes: Some(-1),
                 segment_bytes: Some(64 * 1024 * 1024),
                 ..TopicConfig::default()
             },
         )?;
+        let mut count = topic.partitions().len() as i32;
+        if count < config.partitions {
+            broker.grow_internal_topic(SHARE_STATE_TOPIC, config.partitions)?;
+            tracing::info!(
+                from = count,
+                to = config.partitions,
+                "work-queue state topic grown; moving groups to their shards"
+            );
+            count = config.partitions;
+        } else if count > config.partitions {
+            tracing::info!(
+                partitions = count,
+                configured = config.partitions,
+                "work-queue state topic keeps the partition count it has"
+            );
+        }
+        let mut shards = Vec::with_capacity(count as usize);
+        for partition in 0..count {
+            let journal = JournalConfig {
+                topic: SHARE_STATE_TOPIC,
+                partition,
+                snapshot_min_records: config.snapshot_min_records,
+                durable: false,
+            };
+            shards.push(Journal::open(&broker, journal, QueueShard::default)?);
+        }
         // Unique across restarts: a worker's old receipt handle never
         // matches a new delivery.
-        let st = Self::load(&broker, (clock)().max(0) as u64 * 1_000_000)?;
-        Ok(Arc::new(Self {
+        let next_delivery_id = AtomicU64::new((clock)().max(0) as u64 * 1_000_000);
+        let q = Self {
             broker,
             clock,
             timer: crate::storage::monotonic_clock(),
-            state: Mutex::new(st),
+            shards,
+            next_delivery_id,
             wakers: Default::default(),
             members: AtomicU64::new(0),
-        }))
+        };
+        q.move_strays()?;
+        let groups: usize = q.shards.iter().map(|s| s.peek(|st| st.groups.len())).sum();
+        tracing::info!(groups, shards = count, "work-queue coordinator loaded");
+        Ok(Arc::new(q))
     }
 
-    /// The state as the log records it; delivery ids continue from
-    /// `next_delivery_id`.
-    fn load(broker: &Broker, next_delivery_id: u64) -> Result<State> {
-        let mut st = State {
-            next_delivery_id,
-            ..State::default()
-        };
-        let mut bad = 0u64;
-        broker.replay_internal(SHARE_STATE_TOPIC, 0, |r| {
-            st.since_snapshot += 1;
-            if Self::replay(&mut st, r.key.as_deref(), r.value.as_deref()).is_err() {
-                bad += 1;
-            }
-        })?;
-        if bad > 0 {
-            tracing::warn!(
-                skipped = bad,
-                "work-queue state records skipped during replay"
-            );
-        }
-        Ok(st)
-    }
-
-    fn replay(st: &mut State, k: Option<&[u8]>, v: Option<&[u8]>) -> std::result::Result<(), ()> {
-        let k = StateKey::decode(k.ok_or(())?).map_err(|_| ())?;
-        let Some(v) = v else {
-            // A settings key without a value: the group was deleted.
-            if k.kind == 1 {
-                st.groups.remove(&k.group);
-                return Ok(());
-            }
-            return Err(());
-        };
-        let g = st.groups.entry(k.group).or_default();
-        match k.kind {
-            1 => {
-                let s = SettingsValue::decode(v).map_err(|_| ())?;
-                g.settings = Settings {
-                    lock_timeout_ms: s.lock_timeout_ms,
-                    max_deliveries: s.max_deliveries,
-                    dead_letter_topic: s.dead_letter_topic,
-                    key_ordered: s.key_ordered,
-                    session_timeout_ms: s.session_timeout_ms,
-                    start_at_latest: s.start_at_latest,
+    /// Moves groups found in a shard that is not the one their name
+    /// hashes to (the topic has grown) to their shard: their state is
+    /// written there first, then deleted where it was, so a crash in
+    /// between leaves a complete copy in the right shard, which wins.
+    fn move_strays(&self) -> Result<()> {
+        for (i, shard) in self.shards.iter().enumerate() {
+            let strays: Vec<String> = shard.peek(|st| {
+                st.groups
+                    .keys()
+                    .filter(|g| self.shard_index(g) != i)
+                    .cloned()
+                    .collect()
+            });
+            for name in strays {
+                let mut from = self.lock_shard(shard)?;
+                let Some(g) = from.groups.remove(&name) else {
+                    continue;
                 };
-            }
-            2 => {
-                let p = PartitionValue::decode(v).map_err(|_| ())?;
-                let delivered: Vec<(i64, u32)> = p
-                    .delivered_offsets
-                    .iter()
-                    .copied()
-                    .zip(p.delivered_counts.iter().copied())
-                    .collect();
-                let finished: Vec<(i64, Finished)> = p
-                    .finished_offsets
-                    .iter()
-                    .copied()
-                    .zip(
-                        p.finished_kinds
-                            .iter()
-                            .filter_map(|&f| Finished::from_u32(f)),
-                    )
-                    .collect();
-                let tp = (Arc::<str>::from(k.topic), k.partition);
-                g.apply(tp.clone(), p.start, &delivered, &finished);
-                if p.snapshot {
-                    if let Some(part) = g.partitions.get_mut(&tp) {
-                        part.accepted = p.accepted;
-                        part.rejected = p.rejected;
-                        part.dead_lettered = p.dead_lettered;
-                    }
+                let home = &self.shards[self.shard_index(&name)];
+                let mut to = self.lock_shard(home)?;
+                if !to.groups.contains_key(&name) {
+                    let mut recs = Vec::new();
+                    group_records(&name, &g, &mut recs);
+                    Self::append(&mut to, recs)?;
+                    to.groups.insert(name.clone(), g);
                 }
+                drop(to);
+                Self::append(&mut from, vec![group_tombstone(&name)])?;
+                tracing::info!(group = %name, from = i, "work queue moved to its shard");
             }
-            3 => {
-                let inc = u64::from_be_bytes(<[u8; 8]>::try_from(v).map_err(|_| ())?);
-                let topic: Arc<str> = Arc::from(k.topic);
-                // A new incarnation: the state recorded before it is of
-                // the earlier topic of that name.
-                if g.incarnations.get(&topic).is_some_and(|&old| old != inc) {
-                    g.reset_topic(&topic);
-                }
-                g.incarnations.insert(topic, inc);
-            }
-            _ => return Err(()),
         }
         Ok(())
     }
 
+    fn shard_index(&self, group: &str) -> usize {
+        let h = murmur2(group.as_bytes()) & 0x7fff_ffff;
+        h as usize % self.shards.len()
+    }
+
+    fn shard(&self, group: &str) -> &Shard {
+        &self.shards[self.shard_index(group)]
+    }
+
+    /// Locks `group`'s shard for a change (see [`Journal::lock`]).
+    fn lock(&self, group: &str) -> Result<Guard<'_>> {
+        self.lock_shard(self.shard(group))
+    }
+
+    fn lock_shard<'a>(&'a self, shard: &'a Shard) -> Result<Guard<'a>> {
+        shard
+            .lock(&self.broker)
+            .map_err(|reason| CoordinatorError::Failed {
+                partition: shard.partition(),
+                reason,
+            })
+    }
+
     /// Runs lock and session expiry every 100 ms until the broker shuts
-    /// down. Call once, inside a tokio runtime.
+    /// down; a shard with nothing due is skipped at the cost of one
+    /// comparison. Call once, inside a tokio runtime.
     pub fn start(self: &Arc<Self>) {
         let weak: Weak<Self> = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -285,38 +312,48 @@ impl Queues {
         (self.clock)().saturating_add(deadline - self.now())
     }
 
-    /// Expires locks and sessions now.
+    /// Expires due locks, sessions and delays now.
     pub fn tick(&self) {
         let now = self.now();
-        let mut st = self.state.lock();
-        if self.check(&mut st).is_err() {
-            return;
-        }
-        let mut released = Vec::new();
-        let names: Vec<String> = st.groups.keys().cloned().collect();
-        for name in names {
-            let mut fx = Effects::default();
-            if let Some(g) = st.groups.get_mut(&name) {
-                g.tick(now, &mut fx);
+        for shard in &self.shards {
+            if shard.peek(|st| st.next_due > now) {
+                continue;
             }
-            for (topic, n) in std::mem::take(&mut fx.expired) {
-                metrics::counter!(
-                    "sluice_queue_lock_expiries_total",
-                    &metric_labels(&name, &topic)
-                )
-                .increment(n);
+            let Ok(mut st) = self.lock_shard(shard) else {
+                continue;
+            };
+            let mut woken = Vec::new();
+            let names: Vec<String> = st
+                .groups
+                .iter()
+                .filter(|(_, g)| g.due <= now)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in names {
+                let mut fx = Effects::default();
+                if let Some(g) = st.groups.get_mut(&name) {
+                    g.tick(now, &mut fx);
+                }
+                for (topic, n) in std::mem::take(&mut fx.expired) {
+                    metrics::counter!(
+                        "sluice_queue_lock_expiries_total",
+                        &metric_labels(&name, &topic)
+                    )
+                    .increment(n);
+                }
+                if fx.released || !fx.deltas.is_empty() {
+                    woken.push(name.clone());
+                }
+                if let Err(e) = self.effects(&mut st, &name, fx) {
+                    tracing::error!(error = %e, "work-queue expiry could not be recorded");
+                    break;
+                }
             }
-            if fx.released || !fx.deltas.is_empty() {
-                released.push(name.clone());
+            st.next_due = st.groups.values().map(|g| g.due).min().unwrap_or(i64::MAX);
+            drop(st);
+            for name in woken {
+                self.wake(&name);
             }
-            if let Err(e) = self.effects(&mut st, &name, fx) {
-                tracing::error!(error = %e, "work-queue expiry could not be recorded");
-                return;
-            }
-        }
-        drop(st);
-        for name in released {
-            self.wake(&name);
         }
     }
 
@@ -337,10 +374,10 @@ impl Queues {
         }
     }
 
-    /// Appends dead letters, then persists deltas (lock held). A record
+    /// Appends dead letters, then persists deltas (shard locked). A record
     /// whose dead letter could not be written is not finished: it waits
     /// and its dead letter is tried again (never delivered again).
-    fn effects(&self, st: &mut State, group: &str, mut fx: Effects) -> Result<()> {
+    fn effects(&self, st: &mut Guard<'_>, group: &str, mut fx: Effects) -> Result<()> {
         let dead_letters = std::mem::take(&mut fx.dead_letters);
         let retry_at = self.now() + RETRY_AFTER_FAILURE.as_millis() as i64;
         for d in &dead_letters {
@@ -394,6 +431,9 @@ impl Queues {
                 }
             }
         }
+        if let Some(due) = st.groups.get(group).map(|g| g.due) {
+            st.next_due = st.next_due.min(due);
+        }
         if fx.deltas.is_empty() {
             return Ok(());
         }
@@ -412,104 +452,17 @@ impl Queues {
                 )
             })
             .collect();
-        self.append(st, records)?;
-        if st.since_snapshot > SNAPSHOT_EVERY {
-            self.snapshot(st)?;
-        }
+        Self::append(st, records)?;
         Ok(())
     }
 
-    fn append(&self, st: &mut State, records: Vec<NewRecord>) -> Result<i64> {
-        let n = records.len() as u64;
-        let r = self
-            .broker
-            .append_internal(ProduceRequest {
-                topic: SHARE_STATE_TOPIC.into(),
-                partition: Some(0),
-                records,
-                acks: Acks::Leader,
-                producer: None,
-            })
-            .map(|a| a.result());
-        let failure = match r {
-            Ok(res) if res.failures.is_empty() => {
-                st.since_snapshot += n;
-                return Ok(res.partitions.first().map_or(-1, |p| p.base_offset));
-            }
-            Ok(res) => res.failures[0].error.client_message(),
-            Err(e) => e.client_message(),
-        };
-        tracing::error!(error = %failure, "work-queue state append failed; queues refuse calls until the state can be replayed from the log");
-        st.failed = Some((failure.clone(), Instant::now() + RETRY_AFTER_FAILURE));
-        Err(CoordinatorError::Failed {
-            partition: 0,
-            reason: failure,
-        })
-    }
-
-    /// Rewrites every group's state and deletes the segments before it.
-    fn snapshot(&self, st: &mut State) -> Result<()> {
-        let mut records = Vec::new();
-        for (name, g) in &st.groups {
-            records.push(NewRecord {
-                key: Some(key(1, name, "", 0)),
-                value: Some(Bytes::from(settings_value(&g.settings).encode_to_vec())),
-                ..NewRecord::default()
-            });
-            for (topic, inc) in &g.incarnations {
-                records.push(incarnation_record(name, topic, *inc));
-            }
-            for ((topic, partition), p) in &g.partitions {
-                let (start, delivered, finished) = ShareGroup::snapshot_of(p);
-                records.push(partition_record(
-                    name,
-                    topic,
-                    *partition,
-                    PartitionValue {
-                        start: Some(start),
-                        snapshot: true,
-                        accepted: p.accepted,
-                        rejected: p.rejected,
-                        dead_lettered: p.dead_lettered,
-                        ..partition_value(delivered, finished)
-                    },
-                ));
-            }
-        }
-        let mut first = None;
-        for chunk in records.chunks(1000) {
-            let base = self.append(st, chunk.to_vec())?;
-            first.get_or_insert(base);
-        }
-        st.since_snapshot = 0;
-        if let Some(first) = first {
-            self.broker
-                .delete_internal_before(SHARE_STATE_TOPIC, 0, first)?;
-        }
-        Ok(())
-    }
-
-    /// Fails while a failed append has left memory possibly ahead of the
-    /// log; once the retry time has come, replays the log (what it holds is
-    /// the truth) and goes on. Members and their locks are not in the log:
-    /// workers join again, and what they held is delivered again.
-    fn check(&self, st: &mut State) -> Result<()> {
-        let next_delivery_id = st.next_delivery_id;
-        let replay = || Self::load(&self.broker, next_delivery_id);
-        match resume_after_failure(&mut st.failed, replay) {
-            Ok(None) => Ok(()),
-            Ok(Some(fresh)) => {
-                tracing::info!(
-                    "work-queue state replayed from the log after a failed append; queues resume"
-                );
-                *st = fresh;
-                Ok(())
-            }
-            Err(reason) => Err(CoordinatorError::Failed {
-                partition: 0,
+    /// Appends records of changes to the shard (see [`JournalGuard::append`]).
+    fn append(st: &mut Guard<'_>, records: Vec<NewRecord>) -> Result<i64> {
+        st.append(records)
+            .map_err(|reason| CoordinatorError::Failed {
+                partition: st.partition(),
                 reason,
-            }),
-        }
+            })
     }
 
     /// Adds (or refreshes) a member of `group` consuming `topic`, applying
@@ -544,8 +497,7 @@ impl Queues {
             Arc::from(member)
         };
         let now = self.now();
-        let mut st = self.state.lock();
-        self.check(&mut st)?;
+        let mut st = self.lock(group)?;
         let g = st.groups.entry(group.to_string()).or_default();
         let mut changed = None;
         if let Some(u) = settings {
@@ -559,20 +511,13 @@ impl Queues {
         let topic_arc: Arc<str> = Arc::from(topic);
         let mut fx = Effects::default();
         if let Some(r) = Self::check_incarnation(g, group, &topic_arc, t.incarnation()) {
-            self.append(&mut st, vec![r])?;
+            Self::append(&mut st, vec![r])?;
         }
         let g = st.groups.entry(group.to_string()).or_default();
         self.place(g, &topic_arc, partitions, &mut fx)?;
         g.join(member.clone(), topic_arc, prefetch as u32, stream, now);
         if let Some(s) = changed {
-            self.append(
-                &mut st,
-                vec![NewRecord {
-                    key: Some(key(1, group, "", 0)),
-                    value: Some(Bytes::from(settings_value(&s).encode_to_vec())),
-                    ..NewRecord::default()
-                }],
-            )?;
+            Self::append(&mut st, vec![settings_record(group, &s)])?;
         }
         self.effects(&mut st, group, fx)?;
         Ok(member)
@@ -705,10 +650,8 @@ impl Queues {
         max_bytes: usize,
     ) -> Result<Vec<Delivery>> {
         let now = self.now();
-        let mut guard = self.state.lock();
-        let st = &mut *guard;
-        self.check(st)?;
-        let g = self.group_mut(st, group)?;
+        let mut st = self.lock(group)?;
+        let g = Self::group_mut(&mut st, group)?;
         let Some(m) = g.members.get_mut(member) else {
             return Err(CoordinatorError::UnknownMember {
                 group: group.into(),
@@ -725,9 +668,9 @@ impl Queues {
         let count = t.partitions().len();
         let mut fx = Effects::default();
         if let Some(r) = Self::check_incarnation(g, group, &topic, t.incarnation()) {
-            self.append(st, vec![r])?;
+            Self::append(&mut st, vec![r])?;
         }
-        let g = self.group_mut(st, group)?;
+        let g = Self::group_mut(&mut st, group)?;
         let known = g
             .partitions
             .range((topic.clone(), 0)..)
@@ -737,13 +680,12 @@ impl Queues {
             self.place(g, &topic, count as i32, &mut fx)?;
         }
         self.fill(g, &topic);
-        let mut id = st.next_delivery_id;
-        let out = match st.groups.get_mut(group) {
-            Some(g) => g.acquire(member, max, max_bytes, now, &mut id, &mut fx),
-            None => Vec::new(),
-        };
-        st.next_delivery_id = id;
-        self.effects(st, group, fx)?;
+        // Ids for up to `max` deliveries (those left unused are skipped).
+        let mut id = self
+            .next_delivery_id
+            .fetch_add(u64::from(max) + 1, Ordering::Relaxed);
+        let out = g.acquire(member, max, max_bytes, now, &mut id, &mut fx);
+        self.effects(&mut st, group, fx)?;
         if !out.is_empty() {
             metrics::counter!(
                 "sluice_queue_deliveries_total",
@@ -760,7 +702,7 @@ impl Queues {
             .collect())
     }
 
-    fn group_mut<'a>(&self, st: &'a mut State, group: &str) -> Result<&'a mut ShareGroup> {
+    fn group_mut<'a>(st: &'a mut QueueShard, group: &str) -> Result<&'a mut ShareGroup> {
         st.groups
             .get_mut(group)
             .ok_or_else(|| CoordinatorError::GroupNotFound {
@@ -771,9 +713,8 @@ impl Queues {
     /// Applies acknowledgements from `member`.
     pub fn ack(&self, group: &str, member: &str, acks: Vec<AckRequest>) -> Result<AckOutcome> {
         let now = self.now();
-        let mut st = self.state.lock();
-        self.check(&mut st)?;
-        let g = self.group_mut(&mut st, group)?;
+        let mut st = self.lock(group)?;
+        let g = Self::group_mut(&mut st, group)?;
         if let Some(m) = g.members.get_mut(member) {
             if let Some(d) = m.session_deadline.as_mut() {
                 *d = now + g.settings.session_timeout_ms;
@@ -823,10 +764,9 @@ impl Queues {
     /// Removes a member; what it holds goes back to the queue.
     pub fn leave(&self, group: &str, member: &str) {
         let now = self.now();
-        let mut st = self.state.lock();
-        if self.check(&mut st).is_err() {
+        let Ok(mut st) = self.lock(group) else {
             return;
-        }
+        };
         let mut fx = Effects::default();
         if let Some(g) = st.groups.get_mut(group) {
             g.leave(member, now, &mut fx);
@@ -892,3 +832,6 @@ fn fill_partition(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -224,6 +224,10 @@ pub struct ShareGroup {
     /// The incarnation of each topic the state refers to (see
     /// [`crate::broker::Topic::incarnation`]).
     pub incarnations: HashMap<Arc<str>, u64>,
+    /// No lock, Pull session or delay ends before this (monotonic ms):
+    /// [`ShareGroup::tick`] has nothing to do until then. Lowered whenever
+    /// one is set; may be early (a lock acked since), never late.
+    pub due: i64,
 }
 
 impl ShareGroup {
@@ -260,6 +264,9 @@ impl ShareGroup {
         m.topic = topic;
         m.prefetch = prefetch;
         m.session_deadline = deadline;
+        if let Some(d) = deadline {
+            self.due = self.due.min(d);
+        }
     }
 
     /// Forgets deliveries whose records left the window (see
@@ -304,6 +311,7 @@ impl ShareGroup {
         }
         let n = keys.len();
         self.rotate = (self.rotate + 1) % n;
+        self.due = self.due.min(now + self.settings.lock_timeout_ms);
         let max_deliveries = self.settings.max_deliveries;
         let mut exhausted = Vec::new();
         let mut bytes = 0usize;
@@ -544,6 +552,7 @@ impl ShareGroup {
             rec.state = State::Available;
             rec.not_before = retry_at;
             p.delayed.insert((retry_at, offset));
+            self.due = self.due.min(retry_at);
         }
     }
 
@@ -572,6 +581,7 @@ impl ShareGroup {
         if not_before > now {
             rec.not_before = not_before;
             p.delayed.insert((not_before, offset));
+            self.due = self.due.min(not_before);
         } else {
             rec.not_before = 0;
             p.ready.insert(offset);
@@ -622,8 +632,26 @@ impl ShareGroup {
         self.release(tp, offset, 0, now, fx);
     }
 
-    /// Expires locks and Pull sessions, and makes delayed records due.
+    /// The earliest time a lock, Pull session or delay ends (`i64::MAX`
+    /// if none).
+    pub fn next_due(&self) -> i64 {
+        let sessions = self.members.values().filter_map(|m| m.session_deadline);
+        let partitions = self.partitions.values().flat_map(|p| {
+            let lock = p.locks.first().map(|l| l.0);
+            let delay = p.delayed.first().map(|d| d.0);
+            lock.into_iter().chain(delay)
+        });
+        sessions.chain(partitions).min().unwrap_or(i64::MAX)
+    }
+
+    /// Expires locks and Pull sessions, and makes delayed records due;
+    /// then sets [`ShareGroup::due`] to when there is work again.
     pub fn tick(&mut self, now: i64, fx: &mut Effects) {
+        self.expire(now, fx);
+        self.due = self.next_due();
+    }
+
+    fn expire(&mut self, now: i64, fx: &mut Effects) {
         let gone: Vec<Arc<str>> = self
             .members
             .iter()

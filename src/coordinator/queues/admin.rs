@@ -4,12 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use bytes::Bytes;
-use prost::Message;
-
-use super::{key, settings_value, Queues};
-use crate::broker::NewRecord;
-use crate::coordinator::share::{Delta, Effects, Settings};
+use super::records::{group_tombstone, settings_record, QueueShard};
+use super::Queues;
+use crate::coordinator::share::{Delta, Effects, Settings, ShareGroup};
 use crate::coordinator::{CoordinatorError, ResetTo, Result};
 
 /// A partition as described.
@@ -118,7 +115,10 @@ pub fn metric_labels(group: &str, topic: &str) -> [(&'static str, String); 2] {
 impl Queues {
     /// Describes a group.
     pub fn describe(&self, group: &str) -> Result<QueueDescription> {
-        let st = self.state.lock();
+        self.shard(group).peek(|st| self.describe_in(st, group))
+    }
+
+    fn describe_in(&self, st: &QueueShard, group: &str) -> Result<QueueDescription> {
         let g = st
             .groups
             .get(group)
@@ -174,61 +174,69 @@ impl Queues {
 
     /// Groups and members, for metrics.
     pub fn stats(&self) -> (usize, usize) {
-        let st = self.state.lock();
-        (
-            st.groups.len(),
-            st.groups.values().map(|g| g.members.len()).sum(),
-        )
+        let (mut groups, mut members) = (0, 0);
+        for shard in &self.shards {
+            shard.peek(|st| {
+                groups += st.groups.len();
+                members += st.groups.values().map(|g| g.members.len()).sum::<usize>();
+            });
+        }
+        (groups, members)
     }
 
     /// Every queue with its totals, sorted by name. Blocking (reads each
     /// partition's end offset).
     pub fn list(&self) -> Vec<QueueListing> {
         let now_wall = (self.clock)();
-        let st = self.state.lock();
-        let mut out: Vec<QueueListing> = st
-            .groups
-            .iter()
-            .map(|(name, g)| {
-                let mut l = QueueListing {
-                    group: name.clone(),
-                    members: g.members.len(),
-                    ..Default::default()
-                };
-                let mut topics = BTreeSet::new();
-                let mut oldest: Option<i64> = None;
-                for ((t, p), part) in &g.partitions {
-                    let Ok(topic) = self.broker.topic(t) else {
-                        continue;
-                    };
-                    topics.insert(t.to_string());
-                    let hw = topic
-                        .partition(*p)
-                        .ok()
-                        .and_then(|_| self.broker.list_offsets(t, &[*p], None).ok())
-                        .and_then(|o| o.first().map(|o| o.latest))
-                        .unwrap_or(part.cursor);
-                    l.in_flight += part.in_flight() as i64;
-                    l.available += part.waiting() as i64 + (hw - part.cursor).max(0);
-                    l.dead_lettered += part.dead_lettered;
-                    if let Some(ts) = part.oldest_unfinished_timestamp() {
-                        oldest = Some(oldest.map_or(ts, |o| o.min(ts)));
-                    }
-                }
-                l.topics = topics.into_iter().collect();
-                l.oldest_unacked_age_ms = oldest.map_or(0, |ts| now_wall.saturating_sub(ts).max(0));
-                l
-            })
-            .collect();
+        let mut out: Vec<QueueListing> = Vec::new();
+        for shard in &self.shards {
+            shard.peek(|st| {
+                out.extend(
+                    st.groups
+                        .iter()
+                        .map(|(name, g)| self.listing(name, g, now_wall)),
+                )
+            });
+        }
         out.sort_by(|a, b| a.group.cmp(&b.group));
         out
     }
 
+    fn listing(&self, name: &str, g: &ShareGroup, now_wall: i64) -> QueueListing {
+        let mut l = QueueListing {
+            group: name.to_string(),
+            members: g.members.len(),
+            ..Default::default()
+        };
+        let mut topics = BTreeSet::new();
+        let mut oldest: Option<i64> = None;
+        for ((t, p), part) in &g.partitions {
+            let Ok(topic) = self.broker.topic(t) else {
+                continue;
+            };
+            topics.insert(t.to_string());
+            let hw = topic
+                .partition(*p)
+                .ok()
+                .and_then(|_| self.broker.list_offsets(t, &[*p], None).ok())
+                .and_then(|o| o.first().map(|o| o.latest))
+                .unwrap_or(part.cursor);
+            l.in_flight += part.in_flight() as i64;
+            l.available += part.waiting() as i64 + (hw - part.cursor).max(0);
+            l.dead_lettered += part.dead_lettered;
+            if let Some(ts) = part.oldest_unfinished_timestamp() {
+                oldest = Some(oldest.map_or(ts, |o| o.min(ts)));
+            }
+        }
+        l.topics = topics.into_iter().collect();
+        l.oldest_unacked_age_ms = oldest.map_or(0, |ts| now_wall.saturating_sub(ts).max(0));
+        l
+    }
+
     /// Deletes a queue's state; refused while workers are connected.
     pub fn delete(&self, group: &str) -> Result<()> {
-        let mut st = self.state.lock();
-        self.check(&mut st)?;
-        let g = self.group_mut(&mut st, group)?;
+        let mut st = self.lock(group)?;
+        let g = Self::group_mut(&mut st, group)?;
         if !g.members.is_empty() {
             return Err(CoordinatorError::GroupNotEmpty {
                 group: group.into(),
@@ -237,14 +245,7 @@ impl Queues {
             });
         }
         // A settings key without a value deletes the group on replay.
-        self.append(
-            &mut st,
-            vec![NewRecord {
-                key: Some(key(1, group, "", 0)),
-                value: None,
-                ..NewRecord::default()
-            }],
-        )?;
+        Self::append(&mut st, vec![group_tombstone(group)])?;
         st.groups.remove(group);
         tracing::info!(group, "work queue deleted");
         Ok(())
@@ -267,9 +268,8 @@ impl Queues {
         };
         let t = self.broker.topic(topic)?;
         let offsets = self.broker.list_offsets(topic, partitions, timestamp)?;
-        let mut st = self.state.lock();
-        self.check(&mut st)?;
-        let g = self.group_mut(&mut st, group)?;
+        let mut st = self.lock(group)?;
+        let g = Self::group_mut(&mut st, group)?;
         if !g.members.is_empty() {
             return Err(CoordinatorError::GroupNotEmpty {
                 group: group.into(),
@@ -308,7 +308,7 @@ impl Queues {
         }
         if !dry_run {
             if !records.is_empty() {
-                self.append(&mut st, records)?;
+                Self::append(&mut st, records)?;
             }
             self.effects(&mut st, group, fx)?;
             tracing::info!(group, topic, partitions = out.len(), "work queue reset");
@@ -318,21 +318,13 @@ impl Queues {
 
     /// Changes a queue's settings while it runs; returns those in force.
     pub fn alter(&self, group: &str, update: super::SettingsUpdate) -> Result<Settings> {
-        let mut st = self.state.lock();
-        self.check(&mut st)?;
-        let g = self.group_mut(&mut st, group)?;
+        let mut st = self.lock(group)?;
+        let g = Self::group_mut(&mut st, group)?;
         let mut s = g.settings.clone();
         self.apply_settings(&mut s, update)?;
         if s != g.settings {
             g.settings = s.clone();
-            self.append(
-                &mut st,
-                vec![NewRecord {
-                    key: Some(key(1, group, "", 0)),
-                    value: Some(Bytes::from(settings_value(&s).encode_to_vec())),
-                    ..NewRecord::default()
-                }],
-            )?;
+            Self::append(&mut st, vec![settings_record(group, &s)])?;
             tracing::info!(group, "work queue settings changed");
         }
         Ok(s)

@@ -1,11 +1,15 @@
 //! The records of `__share_group_state`: keys (settings, a partition's
 //! state, a topic's incarnation) and their prost-encoded values.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use bytes::Bytes;
 use prost::Message;
 
+use crate::broker::journal::Journaled;
 use crate::broker::NewRecord;
-use crate::coordinator::share::{Finished, Settings};
+use crate::coordinator::share::{Finished, Settings, ShareGroup};
 
 #[derive(Clone, PartialEq, Message)]
 pub(super) struct StateKey {
@@ -124,5 +128,134 @@ pub(super) fn incarnation_record(group: &str, topic: &str, incarnation: u64) -> 
         key: Some(key(3, group, topic, 0)),
         value: Some(Bytes::copy_from_slice(&incarnation.to_be_bytes())),
         ..NewRecord::default()
+    }
+}
+
+/// The record of the settings of `group`.
+pub(super) fn settings_record(group: &str, s: &Settings) -> NewRecord {
+    NewRecord {
+        key: Some(key(1, group, "", 0)),
+        value: Some(Bytes::from(settings_value(s).encode_to_vec())),
+        ..NewRecord::default()
+    }
+}
+
+/// The record deleting `group` (a settings key without a value).
+pub(super) fn group_tombstone(group: &str) -> NewRecord {
+    NewRecord {
+        key: Some(key(1, group, "", 0)),
+        value: None,
+        ..NewRecord::default()
+    }
+}
+
+/// Every record of `group`'s state (a snapshot of it).
+pub(super) fn group_records(name: &str, g: &ShareGroup, out: &mut Vec<NewRecord>) {
+    out.push(settings_record(name, &g.settings));
+    for (topic, inc) in &g.incarnations {
+        out.push(incarnation_record(name, topic, *inc));
+    }
+    for ((topic, partition), p) in &g.partitions {
+        let (start, delivered, finished) = ShareGroup::snapshot_of(p);
+        out.push(partition_record(
+            name,
+            topic,
+            *partition,
+            PartitionValue {
+                start: Some(start),
+                snapshot: true,
+                accepted: p.accepted,
+                rejected: p.rejected,
+                dead_lettered: p.dead_lettered,
+                ..partition_value(delivered, finished)
+            },
+        ));
+    }
+}
+
+/// The groups of one partition of `__share_group_state` (a shard).
+#[derive(Debug, Default)]
+pub(super) struct QueueShard {
+    pub(super) groups: HashMap<String, ShareGroup>,
+    /// No group's [`ShareGroup::due`] is before this: expiry skips the
+    /// shard until then.
+    pub(super) next_due: i64,
+}
+
+impl Journaled for QueueShard {
+    fn replay(&mut self, k: Option<&[u8]>, v: Option<&[u8]>) -> Result<(), String> {
+        let k = StateKey::decode(k.ok_or("a record without a key")?).map_err(|e| e.to_string())?;
+        let Some(v) = v else {
+            // A settings key without a value: the group was deleted.
+            if k.kind == 1 {
+                self.groups.remove(&k.group);
+                return Ok(());
+            }
+            return Err(format!("kind {} without a value", k.kind));
+        };
+        let g = self.groups.entry(k.group).or_default();
+        match k.kind {
+            1 => {
+                let s = SettingsValue::decode(v).map_err(|e| e.to_string())?;
+                g.settings = Settings {
+                    lock_timeout_ms: s.lock_timeout_ms,
+                    max_deliveries: s.max_deliveries,
+                    dead_letter_topic: s.dead_letter_topic,
+                    key_ordered: s.key_ordered,
+                    session_timeout_ms: s.session_timeout_ms,
+                    start_at_latest: s.start_at_latest,
+                };
+            }
+            2 => {
+                let p = PartitionValue::decode(v).map_err(|e| e.to_string())?;
+                let delivered: Vec<(i64, u32)> = p
+                    .delivered_offsets
+                    .iter()
+                    .copied()
+                    .zip(p.delivered_counts.iter().copied())
+                    .collect();
+                let finished: Vec<(i64, Finished)> = p
+                    .finished_offsets
+                    .iter()
+                    .copied()
+                    .zip(
+                        p.finished_kinds
+                            .iter()
+                            .filter_map(|&f| Finished::from_u32(f)),
+                    )
+                    .collect();
+                let tp = (Arc::<str>::from(k.topic), k.partition);
+                g.apply(tp.clone(), p.start, &delivered, &finished);
+                if p.snapshot {
+                    if let Some(part) = g.partitions.get_mut(&tp) {
+                        part.accepted = p.accepted;
+                        part.rejected = p.rejected;
+                        part.dead_lettered = p.dead_lettered;
+                    }
+                }
+            }
+            3 => {
+                let inc = u64::from_be_bytes(
+                    <[u8; 8]>::try_from(v).map_err(|_| "an incarnation is 8 bytes")?,
+                );
+                let topic: Arc<str> = Arc::from(k.topic);
+                // A new incarnation: the state recorded before it is of
+                // the earlier topic of that name.
+                if g.incarnations.get(&topic).is_some_and(|&old| old != inc) {
+                    g.reset_topic(&topic);
+                }
+                g.incarnations.insert(topic, inc);
+            }
+            kind => return Err(format!("unknown kind {kind}")),
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Vec<NewRecord> {
+        let mut out = Vec::new();
+        for (name, g) in &self.groups {
+            group_records(name, g, &mut out);
+        }
+        out
     }
 }

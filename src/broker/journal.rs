@@ -1,0 +1,306 @@
+//! State kept in an internal topic: the one mechanism behind consumer
+//! groups, work queues and producer ids.
+//!
+//! A [`Journal`] owns the state of one partition of an internal topic (a
+//! shard). Every change is appended before it is answered; on start (and
+//! after a failed append) the state is rebuilt by replaying the partition;
+//! once the shard has written more than `snapshot_min_records` records
+//! and more than twice its live keys, it appends every live key again (a
+//! snapshot) and deletes the segments wholly before it, so the topic stays
+//! bounded. The purge comes after the snapshot is on disk:
+//! [`crate::storage::Log::delete_before`] syncs the log before it unlinks.
+//!
+//! A failed append may leave memory ahead of the log, so the shard refuses
+//! calls until it has replayed its partition again (tried at most once per
+//! [`RETRY_AFTER_FAILURE`], e.g. once a full disk has room): what the log
+//! holds is the truth.
+
+use std::ops::{Deref, DerefMut};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, MutexGuard};
+
+use super::{Acks, Broker, NewRecord, ProduceRequest, Result};
+
+/// How long after a failed write a shard first tries to resume.
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// State that lives in one partition of an internal topic.
+pub(crate) trait Journaled: Send {
+    /// Applies one record read back from the log (replay). An error skips
+    /// the record (counted and logged).
+    fn replay(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> std::result::Result<(), String>;
+    /// Every live key of the state, as the records a snapshot writes.
+    fn snapshot(&self) -> Vec<NewRecord>;
+}
+
+/// Where a journal lives and how it is written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct JournalConfig {
+    /// The internal topic.
+    pub topic: &'static str,
+    /// Its partition (the shard).
+    pub partition: i32,
+    /// A snapshot is written after at least this many records (and more
+    /// than twice the live keys) since the last one; 0: never.
+    pub snapshot_min_records: u64,
+    /// Every append waits until it is on disk (acks ALL), for state whose
+    /// loss on power failure would be unsafe (producer ids).
+    pub durable: bool,
+}
+
+/// The bookkeeping beside the state.
+struct Inner<S> {
+    state: S,
+    /// Records written since the last snapshot (or replayed on start).
+    since_snapshot: u64,
+    /// Live keys at the last snapshot.
+    live_keys: u64,
+    /// Set when a write failed: why, and when to replay and try again.
+    failed: Option<(String, Instant)>,
+}
+
+/// The state of one internal partition and its writer.
+pub(crate) struct Journal<S> {
+    config: JournalConfig,
+    /// A new empty state (what replay starts from).
+    fresh: Box<dyn Fn() -> S + Send + Sync>,
+    /// Held for a change *and* the append that records it, so the
+    /// partition's order is the order of the changes. Never held across
+    /// `.await`: callers run on blocking threads (an append may wait for
+    /// the disk, and a snapshot syncs the log).
+    inner: Mutex<Inner<S>>,
+}
+
+impl<S> std::fmt::Debug for Journal<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("topic", &self.config.topic)
+            .field("partition", &self.config.partition)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A locked journal: the state (through `Deref`) and the means to record
+/// changes to it.
+pub(crate) struct JournalGuard<'a, S: Journaled> {
+    journal: &'a Journal<S>,
+    broker: &'a Broker,
+    inner: MutexGuard<'a, Inner<S>>,
+}
+
+impl<S: Journaled> Journal<S> {
+    /// Replays the partition into a fresh state. Blocking.
+    pub fn open(
+        broker: &Broker,
+        config: JournalConfig,
+        fresh: impl Fn() -> S + Send + Sync + 'static,
+    ) -> Result<Self> {
+        let fresh: Box<dyn Fn() -> S + Send + Sync> = Box::new(fresh);
+        let inner = Self::replay(broker, &config, &fresh)?;
+        Ok(Self {
+            config,
+            fresh,
+            inner: Mutex::new(inner),
+        })
+    }
+
+    fn replay(
+        broker: &Broker,
+        config: &JournalConfig,
+        fresh: &(dyn Fn() -> S + Send + Sync),
+    ) -> Result<Inner<S>> {
+        let mut inner = Inner {
+            state: fresh(),
+            since_snapshot: 0,
+            live_keys: 0,
+            failed: None,
+        };
+        let mut bad = 0u64;
+        broker.replay_internal(config.topic, config.partition, |r| {
+            inner.since_snapshot += 1;
+            if let Err(e) = inner.state.replay(r.key.as_deref(), r.value.as_deref()) {
+                bad += 1;
+                tracing::warn!(topic = config.topic, partition = config.partition, offset = r.offset, error = %e, "skipping internal record");
+            }
+        })?;
+        if bad > 0 {
+            tracing::warn!(
+                topic = config.topic,
+                partition = config.partition,
+                skipped = bad,
+                "internal records skipped during replay"
+            );
+        }
+        Ok(inner)
+    }
+
+    /// The partition this journal owns.
+    pub fn partition(&self) -> i32 {
+        self.config.partition
+    }
+
+    /// Locks the state for a change. Fails with the reason while a failed
+    /// write has left memory possibly ahead of the log; once the retry
+    /// time has come, replays the log first.
+    pub fn lock<'a>(
+        &'a self,
+        broker: &'a Broker,
+    ) -> std::result::Result<JournalGuard<'a, S>, String> {
+        let mut inner = self.inner.lock();
+        if let Some((reason, retry_at)) = &inner.failed {
+            if Instant::now() < *retry_at {
+                return Err(reason.clone());
+            }
+            match Self::replay(broker, &self.config, &*self.fresh) {
+                Ok(fresh) => {
+                    tracing::info!(
+                        topic = self.config.topic,
+                        partition = self.config.partition,
+                        "state replayed from the log after a failed write; serving again"
+                    );
+                    *inner = fresh;
+                }
+                Err(e) => {
+                    tracing::error!(topic = self.config.topic, partition = self.config.partition, error = %e, "replaying the log after a failed write failed");
+                    let reason =
+                        format!("{reason}; replaying the log failed too (see the server's log)");
+                    inner.failed = Some((reason.clone(), Instant::now() + RETRY_AFTER_FAILURE));
+                    return Err(reason);
+                }
+            }
+        }
+        Ok(JournalGuard {
+            journal: self,
+            broker,
+            inner,
+        })
+    }
+
+    /// Reads the state as it is in memory (even after a failed write):
+    /// for descriptions and metrics.
+    pub fn peek<T>(&self, f: impl FnOnce(&S) -> T) -> T {
+        f(&self.inner.lock().state)
+    }
+}
+
+impl<S: Journaled> Deref for JournalGuard<'_, S> {
+    type Target = S;
+    fn deref(&self) -> &S {
+        &self.inner.state
+    }
+}
+
+impl<S: Journaled> DerefMut for JournalGuard<'_, S> {
+    fn deref_mut(&mut self) -> &mut S {
+        &mut self.inner.state
+    }
+}
+
+impl<S: Journaled> JournalGuard<'_, S> {
+    /// The partition of the journal.
+    pub fn partition(&self) -> i32 {
+        self.journal.config.partition
+    }
+
+    /// Appends `records` (the changes just made); returns the offset of
+    /// the first. A failure stops the shard until it replays its log
+    /// (memory may now be ahead of it). Snapshots when due.
+    pub fn append(&mut self, records: Vec<NewRecord>) -> std::result::Result<i64, String> {
+        if records.is_empty() {
+            return Ok(-1);
+        }
+        let n = records.len() as u64;
+        let base = match self.write(records) {
+            Ok(base) => base,
+            Err(reason) => {
+                tracing::error!(topic = self.journal.config.topic, partition = self.journal.config.partition, error = %reason, "internal state write failed; the shard refuses calls until it has replayed its log");
+                self.inner.failed = Some((reason.clone(), Instant::now() + RETRY_AFTER_FAILURE));
+                return Err(reason);
+            }
+        };
+        self.inner.since_snapshot += n;
+        let min = self.journal.config.snapshot_min_records;
+        if min > 0 && self.inner.since_snapshot > min.max(2 * self.inner.live_keys) {
+            self.snapshot();
+        }
+        Ok(base)
+    }
+
+    /// One append; the error is the first failure's message.
+    fn write(&self, records: Vec<NewRecord>) -> std::result::Result<i64, String> {
+        let c = &self.journal.config;
+        let appended = self
+            .broker
+            .append_internal(ProduceRequest {
+                topic: c.topic.to_string(),
+                partition: Some(c.partition),
+                records,
+                acks: if c.durable { Acks::All } else { Acks::Leader },
+                producer: None,
+            })
+            .map_err(|e| e.client_message())?;
+        let result = if c.durable {
+            appended.durable_blocking()
+        } else {
+            appended.result()
+        };
+        match result.failures.first() {
+            Some(f) => Err(f.error.client_message()),
+            None => Ok(result.partitions.first().map_or(-1, |p| p.base_offset)),
+        }
+    }
+
+    /// Rewrites every live key, then deletes the segments wholly before
+    /// the snapshot (after syncing it). A failure here leaves the log
+    /// longer, never wrong: replay applies the old records and then the
+    /// snapshot's.
+    pub fn snapshot(&mut self) {
+        let c = self.journal.config;
+        let recs = self.inner.state.snapshot();
+        let live = recs.len() as u64;
+        let anchor = match self.broker.list_offsets(c.topic, &[c.partition], None) {
+            Ok(o) => o.first().map_or(0, |o| o.latest),
+            Err(e) => {
+                tracing::warn!(topic = c.topic, partition = c.partition, error = %e, "snapshot skipped");
+                return;
+            }
+        };
+        let mut chunk = Vec::with_capacity(1000);
+        for r in recs {
+            chunk.push(r);
+            if chunk.len() == 1000 {
+                if let Err(e) = self.write(std::mem::take(&mut chunk)) {
+                    tracing::warn!(topic = c.topic, partition = c.partition, error = %e, "snapshot write failed");
+                    return;
+                }
+            }
+        }
+        if let Err(e) = (!chunk.is_empty()).then(|| self.write(chunk)).transpose() {
+            tracing::warn!(topic = c.topic, partition = c.partition, error = %e, "snapshot write failed");
+            return;
+        }
+        self.inner.since_snapshot = 0;
+        self.inner.live_keys = live;
+        match self
+            .broker
+            .delete_internal_before(c.topic, c.partition, anchor)
+        {
+            Ok(new_start) => tracing::debug!(
+                topic = c.topic,
+                partition = c.partition,
+                live,
+                snapshot_at = anchor,
+                new_start,
+                "internal snapshot written"
+            ),
+            Err(e) => {
+                tracing::warn!(topic = c.topic, partition = c.partition, error = %e, "deleting segments before a snapshot failed")
+            }
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The shell over a real broker in a temporary directory: groups spread
+//! over the state topic's shards, survive a restart, and move to their
+//! shard when an older single-shard topic grows.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::broker::{BrokerConfig, TopicConfig};
+use crate::coordinator::share::AckKind;
+
+fn open(dir: &Path, partitions: i32) -> (Arc<Broker>, Arc<Queues>) {
+    let broker = Broker::open(BrokerConfig::new(dir)).expect("broker");
+    let config = QueueStateConfig {
+        partitions,
+        snapshot_min_records: 100_000,
+    };
+    let queues =
+        Queues::open_with(broker.clone(), crate::storage::system_clock(), config).expect("queues");
+    (broker, queues)
+}
+
+fn produce(broker: &Broker, n: usize) {
+    let records = (0..n)
+        .map(|i| NewRecord {
+            value: Some(Bytes::from(format!("job-{i}"))),
+            ..NewRecord::default()
+        })
+        .collect();
+    let r = broker
+        .append(ProduceRequest {
+            topic: "jobs".into(),
+            partition: Some(0),
+            records,
+            acks: Acks::Leader,
+            producer: None,
+        })
+        .expect("append")
+        .result();
+    assert!(r.failures.is_empty());
+}
+
+/// Group `g{i}` accepts `i % 3 + 1` records (so each group's state differs).
+fn work(q: &Queues, groups: usize) {
+    for i in 0..groups {
+        let group = format!("g{i}");
+        let settings = SettingsUpdate {
+            max_deliveries: Some(i as i32 % 7 + 2),
+            ..SettingsUpdate::default()
+        };
+        let member = q
+            .join(&group, "jobs", "", 100, Some(settings), false)
+            .expect("join");
+        let got = q
+            .acquire(&group, &member, i as u32 % 3 + 1, usize::MAX)
+            .expect("acquire");
+        let acks = got
+            .iter()
+            .map(|d| AckRequest {
+                delivery_id: d.delivery_id,
+                kind: AckKind::Accept,
+                reason: None,
+            })
+            .collect();
+        let out = q.ack(&group, &member, acks).expect("ack");
+        assert!(out.refused.is_empty(), "{:?}", out.refused);
+        q.leave(&group, &member);
+    }
+}
+
+fn check(q: &Queues, groups: usize) {
+    for i in 0..groups {
+        let group = format!("g{i}");
+        let d = q.describe(&group).expect("describe");
+        assert_eq!(d.settings.max_deliveries, i as u32 % 7 + 2, "{group}");
+        assert_eq!(d.partitions.len(), 1, "{group}");
+        let p = &d.partitions[0];
+        assert_eq!(p.accepted, i as i64 % 3 + 1, "{group}");
+        assert_eq!(p.start, p.accepted, "{group}");
+        // Every group is in the shard its name hashes to, and only there.
+        for (s, shard) in q.shards.iter().enumerate() {
+            let here = shard.peek(|st| st.groups.contains_key(&group));
+            assert_eq!(here, s == q.shard_index(&group), "{group} in shard {s}");
+        }
+    }
+}
+
+fn state_partition_ends(broker: &Broker) -> Vec<i64> {
+    let count = broker
+        .topic(SHARE_STATE_TOPIC)
+        .expect("state topic")
+        .partitions()
+        .len() as i32;
+    let all: Vec<i32> = (0..count).collect();
+    broker
+        .list_offsets(SHARE_STATE_TOPIC, &all, None)
+        .expect("offsets")
+        .iter()
+        .map(|o| o.latest)
+        .collect()
+}
+
+#[test]
+fn groups_spread_over_shards_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker, q) = open(dir.path(), 4);
+    broker
+        .create_topic("jobs", 1, TopicConfig::default())
+        .expect("topic");
+    produce(&broker, 10);
+    work(&q, 40);
+    check(&q, 40);
+    let ends = state_partition_ends(&broker);
+    assert_eq!(ends.len(), 4);
+    assert!(ends.iter().all(|&e| e > 0), "every shard written: {ends:?}");
+    drop(q);
+    broker.close();
+    drop(broker);
+    let (broker, q) = open(dir.path(), 4);
+    check(&q, 40);
+    drop(q);
+    broker.close();
+}
+
+#[test]
+fn a_single_shard_topic_grows_and_its_groups_move_to_their_shards() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker, q) = open(dir.path(), 1);
+    broker
+        .create_topic("jobs", 1, TopicConfig::default())
+        .expect("topic");
+    produce(&broker, 10);
+    work(&q, 40);
+    check(&q, 40);
+    assert_eq!(state_partition_ends(&broker).len(), 1);
+    drop(q);
+    broker.close();
+    drop(broker);
+    // The topic grows; groups are copied to their shards, then deleted
+    // from the old one.
+    let (broker, q) = open(dir.path(), 4);
+    assert_eq!(state_partition_ends(&broker).len(), 4);
+    check(&q, 40);
+    // Work goes on where it was.
+    let member = q.join("g0", "jobs", "", 100, None, false).expect("join");
+    let got = q.acquire("g0", &member, 100, usize::MAX).expect("acquire");
+    assert_eq!(got.first().map(|d| d.record.offset), Some(1));
+    q.leave("g0", &member);
+    drop(q);
+    broker.close();
+    drop(broker);
+    // Nothing moves twice, nothing is lost.
+    let (broker, q) = open(dir.path(), 4);
+    check(&q, 40);
+    drop(q);
+    broker.close();
+}
+
+#[test]
+fn expiry_visits_a_shard_only_when_something_is_due() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker, q) = open(dir.path(), 4);
+    broker
+        .create_topic("jobs", 1, TopicConfig::default())
+        .expect("topic");
+    produce(&broker, 10);
+    let settings = SettingsUpdate {
+        lock_timeout_ms: Some(60_000),
+        ..SettingsUpdate::default()
+    };
+    // A stream member (no session deadline) holding records for a minute.
+    let member = q
+        .join("g", "jobs", "", 100, Some(settings), true)
+        .expect("join");
+    let before = q.now();
+    let got = q.acquire("g", &member, 5, usize::MAX).expect("acquire");
+    assert_eq!(got.len(), 5);
+    q.tick();
+    let shard = q.shard("g");
+    let due = shard.peek(|st| st.next_due);
+    assert!(
+        due >= before + 60_000 && due <= q.now() + 60_000,
+        "the shard is next due when the locks end: {due}"
+    );
+    // The other shards have nothing to do, ever.
+    for (i, s) in q.shards.iter().enumerate() {
+        if i != q.shard_index("g") {
+            assert_eq!(s.peek(|st| st.next_due), i64::MAX, "shard {i}");
+        }
+    }
+    // A release with a delay makes the shard due earlier.
+    let out = q
+        .ack(
+            "g",
+            &member,
+            vec![AckRequest {
+                delivery_id: got[0].delivery_id,
+                kind: AckKind::Release { delay_ms: 1_000 },
+                reason: None,
+            }],
+        )
+        .expect("ack");
+    assert!(out.refused.is_empty());
+    let due = shard.peek(|st| st.next_due);
+    assert!(due <= q.now() + 1_000, "due with the delay: {due}");
+    drop(q);
+    broker.close();
+}
