@@ -145,6 +145,67 @@ async fn a_long_lived_worker_picks_up_added_partitions() {
     server.stop().await;
 }
 
+/// A Pull long-poll that starts on an empty queue is woken by the record
+/// appended while it waits, however the append and the Pull's first
+/// attempt interleave: the Pull registers for appends before it looks.
+/// A missed wake-up is a liveness failure, not a loss (the Pull looks
+/// again at the end of its 30 s wait and finds the record then), so what
+/// this asserts is that no Pull sleeps through an append. A round takes
+/// milliseconds; with registration after the first attempt, one of the
+/// 200 rounds slept the full 30 s in each of three runs.
+#[tokio::test]
+async fn a_pull_long_poll_never_misses_an_append() {
+    let (_dir, server, client) = start().await;
+    client
+        .create_topic("t", 1, pb::TopicConfig::default())
+        .await
+        .expect("create");
+    let member = pull(&client, "t", "", 1, vec![])
+        .await
+        .expect("join")
+        .member_id;
+    let mut acks = Vec::new();
+    for round in 0..200u64 {
+        let (c, m) = (client.clone(), member.clone());
+        // The previous round's record is accepted with this Pull.
+        let previous = std::mem::take(&mut acks);
+        let started = std::time::Instant::now();
+        let waiting = tokio::spawn(async move {
+            c.queues()
+                .pull(pb::PullRequest {
+                    group: "g".into(),
+                    topic: "t".into(),
+                    member_id: m,
+                    max_records: 1,
+                    max_wait_ms: 30_000,
+                    acks: previous,
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner())
+        });
+        // Spread the append over the Pull's first attempt.
+        tokio::time::sleep(Duration::from_micros(round * 10)).await;
+        client
+            .produce(pb::ProduceRequest {
+                topic: "t".into(),
+                records: vec![record(None, format!("task {round}"))],
+                ..Default::default()
+            })
+            .await
+            .expect("produce");
+        let r = waiting.await.expect("task").expect("pull");
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_secs(10),
+            "round {round}: the Pull slept through the append for {waited:?}"
+        );
+        assert_eq!(r.deliveries.len(), 1, "round {round}");
+        acks.push(QueueConfig::accept(r.deliveries[0].delivery_id));
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn one_bad_ack_does_not_fail_the_batch() {
     let (_dir, server, client) = start().await;

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use clap::Args;
 use parking_lot::Mutex;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 use crate::client::{pb, Client, ClientError, ProducerConfig, QueueConfig};
@@ -99,8 +99,8 @@ fn fails_once(id: u64) -> bool {
 }
 
 /// A worker process: takes tasks, accepts them (or releases the ones that
-/// fail once), and prints `D id count` per delivery, `A id` per confirmed
-/// ACCEPT and `R id` per confirmed RELEASE. Reconnects while the broker is
+/// fail once), and reports each delivery (`D`), confirmed ACCEPT (`A`) and
+/// confirmed RELEASE (`R`) with its task id on standard output. Reconnects while the broker is
 /// away.
 pub async fn worker(a: FanOutWorkerArgs) -> Result<(), ClientError> {
     let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
@@ -135,7 +135,7 @@ async fn work(
         .await?;
     // Delivery id → (task, accepted?) until confirmed.
     let mut pending: std::collections::HashMap<u64, (u64, bool)> = Default::default();
-    let mut line = String::new();
+    let mut line = Vec::new();
     while let Some(first) = worker.next().await? {
         let mut batch = vec![first];
         batch.extend(worker.ready());
@@ -144,7 +144,7 @@ async fn work(
         for d in &batch {
             let Some(id) = task_id(d) else { continue };
             let accept = !(fails_once(id) && d.delivery_count == 1);
-            line.push_str(&format!("D {id} {}\n", d.delivery_count));
+            event(&mut line, b'D', id);
             pending.insert(d.delivery_id, (id, accept));
             let t = if accept {
                 pb::AckType::Accept
@@ -160,7 +160,7 @@ async fn work(
         for r in worker.take_results() {
             for id in r.accepted {
                 if let Some((task, accept)) = pending.remove(&id) {
-                    line.push_str(&format!("{} {task}\n", if accept { 'A' } else { 'R' }));
+                    event(&mut line, if accept { b'A' } else { b'R' }, task);
                 }
             }
             for e in r.refused {
@@ -172,10 +172,18 @@ async fn work(
     Ok(())
 }
 
+/// One report of a worker: a kind byte and a task id (little-endian).
+const EVENT_LEN: usize = 9;
+
+fn event(out: &mut Vec<u8>, kind: u8, task: u64) {
+    out.push(kind);
+    out.extend_from_slice(&task.to_le_bytes());
+}
+
 /// Writes a worker's report; a worker whose bench is gone exits.
-async fn emit(out: &mut tokio::io::BufWriter<tokio::io::Stdout>, line: &str) {
+async fn emit(out: &mut tokio::io::BufWriter<tokio::io::Stdout>, line: &[u8]) {
     let written = async {
-        out.write_all(line.as_bytes()).await?;
+        out.write_all(line).await?;
         out.flush().await
     };
     if written.await.is_err() {
@@ -194,12 +202,12 @@ struct Books {
 }
 
 impl Books {
-    fn line(&mut self, slot: usize, l: &str) {
-        let mut it = l.split(' ');
-        let (Some(kind), Some(id)) = (it.next(), it.next().and_then(|v| v.parse::<u64>().ok()))
-        else {
-            return;
+    fn event(&mut self, slot: usize, e: &[u8]) {
+        let (&kind, id) = match e.split_first() {
+            Some((k, rest)) if rest.len() == 8 => (k, rest),
+            _ => return,
         };
+        let id = u64::from_le_bytes(id.try_into().unwrap_or_default());
         let Some(i) = usize::try_from(id)
             .ok()
             .filter(|&i| i < self.deliveries.len())
@@ -207,16 +215,16 @@ impl Books {
             return;
         };
         match kind {
-            "D" => {
+            b'D' => {
                 self.deliveries[i] = self.deliveries[i].saturating_add(1);
                 self.holding[slot].insert(id);
             }
-            "A" => {
+            b'A' => {
                 self.accepts[i] = self.accepts[i].saturating_add(1);
                 self.accepted += 1;
                 self.holding[slot].remove(&id);
             }
-            "R" => {
+            b'R' => {
                 self.releases[i] = self.releases[i].saturating_add(1);
                 self.holding[slot].remove(&id);
             }
@@ -321,9 +329,21 @@ fn start_worker(
     let stdout = child.stdout.take().ok_or_else(|| closed("worker stdout"))?;
     let books = books.clone();
     tokio::spawn(async move {
-        let mut lines = BufReader::new(stdout).lines();
-        while let Ok(Some(l)) = lines.next_line().await {
-            books.lock().line(slot, &l);
+        let mut stdout = stdout;
+        let mut buf = Vec::with_capacity(64 * 1024);
+        let mut chunk = vec![0u8; 64 * 1024];
+        while let Ok(n) = stdout.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let whole = buf.len() / EVENT_LEN * EVENT_LEN;
+            let mut b = books.lock();
+            for e in buf[..whole].chunks_exact(EVENT_LEN) {
+                b.event(slot, e);
+            }
+            drop(b);
+            buf.drain(..whole);
         }
     });
     Ok(child)
