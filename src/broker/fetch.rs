@@ -37,6 +37,52 @@ pub struct FetchedRecord {
     pub headers: Vec<Header>,
 }
 
+impl FetchedRecord {
+    /// Copies the keys, values and header values of `records` out of the
+    /// log's mappings into one buffer they then share, so that holding
+    /// them for long (a work queue's window) does not keep segment files
+    /// mapped, nor the disk space of segments deleted since.
+    pub fn detach_all(records: &mut [FetchedRecord]) {
+        let fields = |r: &FetchedRecord| {
+            let headers = r.headers.iter().filter_map(|h| h.value.as_ref());
+            r.key
+                .iter()
+                .chain(r.value.iter())
+                .chain(headers)
+                .map(Bytes::len)
+                .sum::<usize>()
+        };
+        let total: usize = records.iter().map(fields).sum();
+        let mut buf = Vec::with_capacity(total);
+        for r in records.iter() {
+            let headers = r.headers.iter().filter_map(|h| h.value.as_ref());
+            for b in r.key.iter().chain(r.value.iter()).chain(headers) {
+                buf.extend_from_slice(b);
+            }
+        }
+        let buf = Bytes::from(buf);
+        let mut at = 0;
+        let mut take = |b: &mut Bytes| {
+            let n = b.len();
+            *b = buf.slice(at..at + n);
+            at += n;
+        };
+        for r in records.iter_mut() {
+            if let Some(k) = r.key.as_mut() {
+                take(k);
+            }
+            if let Some(v) = r.value.as_mut() {
+                take(v);
+            }
+            for h in r.headers.iter_mut() {
+                if let Some(v) = h.value.as_mut() {
+                    take(v);
+                }
+            }
+        }
+    }
+}
+
 /// Records read from one partition.
 #[derive(Debug, Clone, Default)]
 pub struct FetchResult {

@@ -801,7 +801,10 @@ fn fill_partition(
         return Vec::new();
     }
     match broker.read_records(topic, partition, part.cursor, room as usize, 1 << 20) {
-        Ok(r) => {
+        Ok(mut r) => {
+            // The window may hold records for long: not from the log's
+            // mappings, which would keep deleted segments on disk.
+            crate::broker::FetchedRecord::detach_all(&mut r.records);
             part.load(r.records, r.next_offset);
             Vec::new()
         }

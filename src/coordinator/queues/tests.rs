@@ -208,3 +208,77 @@ fn expiry_visits_a_shard_only_when_something_is_due() {
     drop(q);
     broker.close();
 }
+
+/// Mappings of files under `dir` that were deleted, from /proc/self/maps.
+fn deleted_mappings(dir: &Path) -> Vec<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let dir = dir.to_string_lossy();
+    maps.lines()
+        .filter(|l| l.contains(&*dir) && l.ends_with("(deleted)"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_window_does_not_keep_deleted_segments_mapped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = BrokerConfig::new(dir.path());
+    config.retention_check_interval = std::time::Duration::from_millis(20);
+    let broker = Broker::open(config).expect("broker");
+    let q = Queues::open(broker.clone(), crate::storage::system_clock()).expect("queues");
+    let topic = TopicConfig {
+        segment_bytes: Some(4096),
+        retention_bytes: Some(8192),
+        ..TopicConfig::default()
+    };
+    broker.create_topic("jobs", 1, topic).expect("topic");
+    let append = |i: usize| {
+        let r = broker
+            .append(ProduceRequest {
+                topic: "jobs".into(),
+                partition: Some(0),
+                records: vec![NewRecord {
+                    value: Some(Bytes::from(format!("{i:04}{}", "x".repeat(900)))),
+                    ..NewRecord::default()
+                }],
+                acks: Acks::Leader,
+                producer: None,
+            })
+            .expect("append")
+            .result();
+        assert!(r.failures.is_empty());
+    };
+    for i in 0..3 {
+        append(i);
+    }
+    // The window reads the first segment's records; one stays locked.
+    let member = q.join("g", "jobs", "", 10, None, true).expect("join");
+    let got = q.acquire("g", &member, 1, usize::MAX).expect("acquire");
+    assert_eq!(got.len(), 1);
+    // Many more segments: retention deletes the first ones.
+    for i in 3..60 {
+        append(i);
+    }
+    let mut waited = 0;
+    while broker.list_offsets("jobs", &[0], None).expect("offsets")[0].earliest == 0 {
+        assert!(waited < 1000, "retention never ran");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        waited += 1;
+    }
+    // Segments being deleted right now may be mapped for a moment; a
+    // window holding records keeps its segment mapped for good.
+    let mut held = deleted_mappings(dir.path());
+    for _ in 0..200 {
+        if held.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        held = deleted_mappings(dir.path());
+    }
+    assert!(held.is_empty(), "deleted segments still mapped: {held:?}");
+    // The locked record is still what it was.
+    let value = got[0].record.value.clone().unwrap_or_default();
+    assert!(value.starts_with(b"0000"));
+    drop((got, q));
+    broker.close();
+}
