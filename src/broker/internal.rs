@@ -64,6 +64,17 @@ impl Broker {
         self.read(&topic, &part, offset, max_records, max_bytes)
     }
 
+    /// A partition's high watermark as last published, without opening
+    /// its log (`None` if unknown): lets a reader skip a read that would
+    /// find nothing.
+    pub(crate) fn known_end(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.topic(topic)
+            .ok()?
+            .partition(partition)
+            .ok()?
+            .known_end()
+    }
+
     /// Deletes an internal partition's sealed segments wholly below
     /// `offset` (compaction by snapshot). Returns the new start offset.
     pub(crate) fn delete_internal_before(

@@ -234,6 +234,13 @@ impl Partition {
         });
     }
 
+    /// The high watermark as last published (`None` before the log was
+    /// first opened).
+    pub(crate) fn known_end(&self) -> Option<i64> {
+        let end = *self.end.borrow();
+        (end >= 0).then_some(end)
+    }
+
     /// A receiver of high-watermark changes.
     pub(crate) fn watch_end(&self) -> watch::Receiver<i64> {
         self.end.subscribe()

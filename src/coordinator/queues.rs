@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::error::{CoordinatorError, Result};
-use super::share::{AckKind, AckRefusal, Delivery, Effects, Partition, Settings, ShareGroup};
+use super::share::{AckKind, AckRefusal, Delivery, Effects, Settings, ShareGroup};
 use super::RETRY_AFTER_FAILURE;
 use crate::broker::journal::{Journal, JournalConfig, JournalGuard};
 use crate::broker::{
@@ -496,6 +496,20 @@ impl Queues {
             check_name("member_id", member)?;
             Arc::from(member)
         };
+        let topic_arc: Arc<str> = Arc::from(topic);
+        // Log ends for `start_at_latest` placement, looked up before the
+        // shard is locked.
+        let at_latest = settings.as_ref().and_then(|u| u.start_at_latest);
+        let unplaced = self.shard(group).peek(|st| {
+            let g = st.groups.get(group);
+            let latest = at_latest.unwrap_or_else(|| g.is_some_and(|g| g.settings.start_at_latest));
+            match g {
+                _ if !latest => Vec::new(),
+                Some(g) => Self::unplaced(g, &topic_arc, partitions),
+                None => (0..partitions).collect(),
+            }
+        });
+        let ends = self.log_ends(topic, &unplaced);
         let now = self.now();
         let mut st = self.lock(group)?;
         let g = st.groups.entry(group.to_string()).or_default();
@@ -508,13 +522,12 @@ impl Queues {
                 changed = Some(s);
             }
         }
-        let topic_arc: Arc<str> = Arc::from(topic);
         let mut fx = Effects::default();
         if let Some(r) = Self::check_incarnation(g, group, &topic_arc, t.incarnation()) {
             Self::append(&mut st, vec![r])?;
         }
         let g = st.groups.entry(group.to_string()).or_default();
-        self.place(g, &topic_arc, partitions, &mut fx)?;
+        Self::place(g, &topic_arc, partitions, &ends, &mut fx);
         g.join(member.clone(), topic_arc, prefetch as u32, stream, now);
         if let Some(s) = changed {
             Self::append(&mut st, vec![settings_record(group, &s)])?;
@@ -552,29 +565,32 @@ impl Queues {
         Some(incarnation_record(group, topic, incarnation))
     }
 
-    /// Places the group in partitions of `topic` it has not read before
-    /// (at their start, or their end with `start_at_latest`): at join, and
-    /// when partitions are added while members consume.
+    /// Places the group in partitions of `topic` it has not read before:
+    /// at offset 0 (the first read moves up to where the log starts), or,
+    /// with `start_at_latest`, at the log end given in `ends` (looked up
+    /// outside the shard lock; a partition without one stays unplaced until
+    /// the next call). No I/O: a topic with many partitions costs no
+    /// offset lookups under the lock.
     fn place(
-        &self,
         g: &mut ShareGroup,
         topic: &Arc<str>,
         partitions: i32,
+        ends: &HashMap<i32, i64>,
         fx: &mut Effects,
-    ) -> Result<()> {
+    ) {
         for p in 0..partitions {
             let tp = (topic.clone(), p);
             if g.partitions.get(&tp).is_some_and(|p| p.placed) {
                 continue;
             }
-            let offsets = self.broker.list_offsets(topic, &[p], None)?;
-            let o = offsets.first().map_or(0, |o| {
-                if g.settings.start_at_latest {
-                    o.latest
-                } else {
-                    o.earliest
+            let o = if g.settings.start_at_latest {
+                match ends.get(&p) {
+                    Some(&end) => end,
+                    None => continue,
                 }
-            });
+            } else {
+                0
+            };
             g.apply(tp, Some(o), &[], &[]);
             fx.deltas.push(super::share::Delta {
                 topic: topic.to_string(),
@@ -583,7 +599,31 @@ impl Queues {
                 ..Default::default()
             });
         }
-        Ok(())
+    }
+
+    /// Partitions of `topic` (of `count`) the group has not placed.
+    fn unplaced(g: &ShareGroup, topic: &Arc<str>, count: i32) -> Vec<i32> {
+        (0..count)
+            .filter(|&p| {
+                !g.partitions
+                    .get(&(topic.clone(), p))
+                    .is_some_and(|p| p.placed)
+            })
+            .collect()
+    }
+
+    /// The log ends of `partitions` (empty on failure: they stay unplaced).
+    fn log_ends(&self, topic: &str, partitions: &[i32]) -> HashMap<i32, i64> {
+        if partitions.is_empty() {
+            return HashMap::new();
+        }
+        match self.broker.list_offsets(topic, partitions, None) {
+            Ok(o) => o.iter().map(|o| (o.partition, o.latest)).collect(),
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "work-queue placement lookup failed");
+                HashMap::new()
+            }
+        }
     }
 
     fn apply_settings(&self, s: &mut Settings, u: SettingsUpdate) -> Result<()> {
@@ -627,21 +667,14 @@ impl Queues {
         Ok(())
     }
 
-    /// Reads records into the windows of `group`'s partitions of `topic`.
-    fn fill(&self, g: &mut ShareGroup, topic: &Arc<str>) {
-        let mut dropped = Vec::new();
-        for ((t, p), part) in g.partitions.iter_mut() {
-            if t != topic {
-                continue;
-            }
-            dropped.extend(fill_partition(&self.broker, t, *p, part));
-        }
-        g.forget_deliveries(dropped);
-    }
-
     /// Up to `max` deliveries, and about `max_bytes` of record data
     /// (always at least one record), for `member` (fewer if its prefetch is
     /// nearly used up); none if nothing is available now.
+    ///
+    /// Records are read from the log outside the shard lock: the first
+    /// hold plans the reads (each window with room, from its cursor), the
+    /// reads run unlocked, and the second hold loads each one whose window
+    /// still ends where its read began, then hands records out.
     pub fn acquire(
         &self,
         group: &str,
@@ -651,41 +684,49 @@ impl Queues {
     ) -> Result<Vec<Delivery>> {
         let now = self.now();
         let mut st = self.lock(group)?;
+        let (topic, count) = self.refresh(&mut st, group, member, now)?;
         let g = Self::group_mut(&mut st, group)?;
-        let Some(m) = g.members.get_mut(member) else {
-            return Err(CoordinatorError::UnknownMember {
-                group: group.into(),
-                member: member.to_string(),
-            });
+        let incarnation = g.incarnations.get(&topic).copied();
+        let reads = plan_reads(g, &topic);
+        let unplaced = if g.settings.start_at_latest {
+            Self::unplaced(g, &topic, count)
+        } else {
+            Vec::new()
         };
-        if let Some(d) = m.session_deadline.as_mut() {
-            *d = now + g.settings.session_timeout_ms;
-        }
-        let topic = m.topic.clone();
-        // A deleted topic ends its workers (NOT_FOUND); partitions added
-        // since the last call are picked up.
-        let t = self.broker.topic(&topic)?;
-        let count = t.partitions().len();
         let mut fx = Effects::default();
-        if let Some(r) = Self::check_incarnation(g, group, &topic, t.incarnation()) {
-            Self::append(&mut st, vec![r])?;
+        if !reads.is_empty() || !unplaced.is_empty() {
+            drop(st);
+            let ends = self.log_ends(&topic, &unplaced);
+            let done: Vec<(Read, ReadOutcome)> = reads
+                .into_iter()
+                .map(|r| {
+                    let outcome = read_partition(&self.broker, &topic, &r);
+                    (r, outcome)
+                })
+                .collect();
+            st = self.lock(group)?;
+            let g = Self::group_mut(&mut st, group)?;
+            if !g.members.contains_key(member) {
+                return Err(CoordinatorError::UnknownMember {
+                    group: group.into(),
+                    member: member.to_string(),
+                });
+            }
+            // Reads of an earlier incarnation of the topic are dropped.
+            if g.incarnations.get(&topic).copied() == incarnation {
+                Self::place(g, &topic, count, &ends, &mut fx);
+                let dropped = load_reads(g, &topic, done);
+                g.forget_deliveries(dropped);
+            }
         }
         let g = Self::group_mut(&mut st, group)?;
-        let known = g
-            .partitions
-            .range((topic.clone(), 0)..)
-            .take_while(|((t, _), _)| *t == topic)
-            .count();
-        if known < count {
-            self.place(g, &topic, count as i32, &mut fx)?;
-        }
-        self.fill(g, &topic);
         // Ids for up to `max` deliveries (those left unused are skipped).
         let mut id = self
             .next_delivery_id
             .fetch_add(u64::from(max) + 1, Ordering::Relaxed);
         let out = g.acquire(member, max, max_bytes, now, &mut id, &mut fx);
         self.effects(&mut st, group, fx)?;
+        drop(st);
         if !out.is_empty() {
             metrics::counter!(
                 "sluice_queue_deliveries_total",
@@ -700,6 +741,47 @@ impl Queues {
                 d
             })
             .collect())
+    }
+
+    /// The first part of an acquire (shard locked): the member's session
+    /// is refreshed, a deleted topic ends its workers (NOT_FOUND), a topic
+    /// created again starts afresh, and partitions added since the last
+    /// call are placed. Returns the topic and its partition count.
+    fn refresh(
+        &self,
+        st: &mut Guard<'_>,
+        group: &str,
+        member: &Arc<str>,
+        now: i64,
+    ) -> Result<(Arc<str>, i32)> {
+        let g = Self::group_mut(st, group)?;
+        let Some(m) = g.members.get_mut(member) else {
+            return Err(CoordinatorError::UnknownMember {
+                group: group.into(),
+                member: member.to_string(),
+            });
+        };
+        if let Some(d) = m.session_deadline.as_mut() {
+            *d = now + g.settings.session_timeout_ms;
+        }
+        let topic = m.topic.clone();
+        let t = self.broker.topic(&topic)?;
+        let count = t.partitions().len() as i32;
+        if let Some(r) = Self::check_incarnation(g, group, &topic, t.incarnation()) {
+            Self::append(st, vec![r])?;
+        }
+        let g = Self::group_mut(st, group)?;
+        let known = g
+            .partitions
+            .range((topic.clone(), 0)..)
+            .take_while(|((t, _), _)| *t == topic)
+            .count();
+        if known < count as usize {
+            let mut fx = Effects::default();
+            Self::place(g, &topic, count, &HashMap::new(), &mut fx);
+            self.effects(st, group, fx)?;
+        }
+        Ok((topic, count))
     }
 
     fn group_mut<'a>(st: &'a mut QueueShard, group: &str) -> Result<&'a mut ShareGroup> {
@@ -788,52 +870,105 @@ impl Queues {
     }
 }
 
-/// Reads the next records of one partition into its window. Returns the
-/// locks of records that left the log (retention, or a lost tail).
-fn fill_partition(
-    broker: &Broker,
-    topic: &str,
+/// A read of one partition's next records, planned under the shard lock.
+struct Read {
     partition: i32,
-    part: &mut Partition,
-) -> Vec<(u64, Arc<str>)> {
-    let room = part.room();
-    if room == 0 {
-        return Vec::new();
+    /// The window's cursor when planned.
+    from: i64,
+    room: usize,
+}
+
+enum ReadOutcome {
+    Records(crate::broker::FetchResult),
+    /// The log is `[start, end)` and the cursor is outside it.
+    OutOfRange {
+        start: i64,
+        end: i64,
+    },
+    Failed,
+}
+
+/// A read for each placed window of `topic` with room, unless its cursor
+/// is known to be at the log end already.
+fn plan_reads(g: &ShareGroup, topic: &Arc<str>) -> Vec<Read> {
+    g.partitions
+        .range((topic.clone(), 0)..)
+        .take_while(|((t, _), _)| t == topic)
+        .filter(|(_, part)| part.placed && part.room() > 0)
+        .map(|((_, p), part)| Read {
+            partition: *p,
+            from: part.cursor,
+            room: part.room() as usize,
+        })
+        .collect()
+}
+
+/// Reads one partition (no lock held); the records are copied out of the
+/// log's mappings (see [`crate::broker::FetchedRecord::detach_all`]).
+fn read_partition(broker: &Broker, topic: &str, r: &Read) -> ReadOutcome {
+    if broker.known_end(topic, r.partition) == Some(r.from) {
+        return ReadOutcome::Records(crate::broker::FetchResult {
+            next_offset: r.from,
+            ..Default::default()
+        });
     }
-    match broker.read_records(topic, partition, part.cursor, room as usize, 1 << 20) {
-        Ok(mut r) => {
+    match broker.read_records(topic, r.partition, r.from, r.room, 1 << 20) {
+        Ok(mut read) => {
             // The window may hold records for long: not from the log's
             // mappings, which would keep deleted segments on disk.
-            crate::broker::FetchedRecord::detach_all(&mut r.records);
-            part.load(r.records, r.next_offset);
-            Vec::new()
+            crate::broker::FetchedRecord::detach_all(&mut read.records);
+            ReadOutcome::Records(read)
         }
         Err(crate::broker::BrokerError::Storage(
             crate::storage::StorageError::OffsetOutOfRange { start, end, .. },
-        )) => {
-            if part.cursor > end {
+        )) => ReadOutcome::OutOfRange { start, end },
+        Err(e) => {
+            tracing::warn!(topic, partition = r.partition, error = %e, "work-queue read failed");
+            ReadOutcome::Failed
+        }
+    }
+}
+
+/// Loads reads into their windows (shard locked), each only if its window
+/// still ends where the read began (another call may have loaded, or an
+/// operator reset the cursor, meanwhile). Returns the locks of records
+/// that left the log (retention, or a lost tail).
+fn load_reads(
+    g: &mut ShareGroup,
+    topic: &Arc<str>,
+    reads: Vec<(Read, ReadOutcome)>,
+) -> Vec<(u64, Arc<str>)> {
+    let mut dropped = Vec::new();
+    for (r, outcome) in reads {
+        let Some(part) = g.partitions.get_mut(&(topic.clone(), r.partition)) else {
+            continue;
+        };
+        if !part.placed || part.cursor != r.from {
+            continue;
+        }
+        match outcome {
+            ReadOutcome::Records(read) => part.load(read.records, read.next_offset),
+            ReadOutcome::OutOfRange { start, end } if part.cursor > end => {
                 // The log is shorter than the queue's cursor (a tail lost
                 // to a power failure): records appended from here on would
                 // never be delivered. Go back to the log's end.
                 tracing::warn!(
-                    topic,
-                    partition,
+                    topic = %topic,
+                    partition = r.partition,
                     cursor = part.cursor,
                     log_end = end,
+                    log_start = start,
                     "work-queue cursor is past the end of the log; moving it back"
                 );
                 metrics::counter!("sluice_queue_cursor_resets_total", "topic" => topic.to_string())
                     .increment(1);
-                part.truncate_to(end)
-            } else {
-                part.skip_to(start)
+                dropped.extend(part.truncate_to(end));
             }
-        }
-        Err(e) => {
-            tracing::warn!(topic, partition, error = %e, "work-queue read failed");
-            Vec::new()
+            ReadOutcome::OutOfRange { start, .. } => dropped.extend(part.skip_to(start)),
+            ReadOutcome::Failed => {}
         }
     }
+    dropped
 }
 
 #[cfg(test)]

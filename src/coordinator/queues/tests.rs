@@ -282,3 +282,77 @@ fn the_window_does_not_keep_deleted_segments_mapped() {
     drop((got, q));
     broker.close();
 }
+
+/// Reads run outside the shard lock, so the window can move between a
+/// read's plan and its load: a read is loaded only where the window still
+/// ends where it began. Here an operator moves the cursor back while a
+/// read from the old cursor is in flight; the stale read must not carry
+/// the cursor past the records the reset brought back.
+#[test]
+fn a_read_planned_before_a_cursor_reset_is_not_loaded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker, q) = open(dir.path(), 4);
+    broker
+        .create_topic("jobs", 1, TopicConfig::default())
+        .expect("topic");
+    produce(&broker, 10);
+    let member = q.join("g", "jobs", "", 100, None, false).expect("join");
+    let got = q.acquire("g", &member, 100, usize::MAX).expect("acquire");
+    assert_eq!(got.len(), 10);
+    let acks = got
+        .iter()
+        .map(|d| AckRequest {
+            delivery_id: d.delivery_id,
+            kind: AckKind::Accept,
+            reason: None,
+        })
+        .collect();
+    assert!(q.ack("g", &member, acks).expect("ack").refused.is_empty());
+    produce(&broker, 5);
+    let topic: Arc<str> = Arc::from("jobs");
+    // A read planned at the cursor (10) and done outside the lock ...
+    let reads = {
+        let mut st = q.lock("g").expect("lock");
+        plan_reads(Queues::group_mut(&mut st, "g").expect("group"), &topic)
+    };
+    assert_eq!(reads.iter().map(|r| r.from).collect::<Vec<_>>(), vec![10]);
+    let done: Vec<_> = reads
+        .into_iter()
+        .map(|r| {
+            let o = read_partition(&broker, "jobs", &r);
+            (r, o)
+        })
+        .collect();
+    // ... while the cursor moves back to 2.
+    let mut st = q.lock("g").expect("lock");
+    let g = Queues::group_mut(&mut st, "g").expect("group");
+    g.apply((topic.clone(), 0), Some(2), &[], &[]);
+    assert!(load_reads(g, &topic, done).is_empty());
+    drop(st);
+    let got = q.acquire("g", &member, 100, usize::MAX).expect("acquire");
+    let offsets: Vec<i64> = got.iter().map(|d| d.record.offset).collect();
+    assert_eq!(offsets, (2..15).collect::<Vec<i64>>());
+    drop(q);
+    broker.close();
+}
+
+/// Joining places a group in every partition without opening a single
+/// log (no offset lookups under the shard lock); the first reads do.
+#[test]
+fn joining_a_topic_of_many_partitions_opens_no_logs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker, q) = open(dir.path(), 4);
+    broker
+        .create_topic("wide", 200, TopicConfig::default())
+        .expect("topic");
+    let opened = |b: &Broker| b.stats().open_logs;
+    let before = opened(&broker);
+    let member = q.join("g", "wide", "", 10, None, false).expect("join");
+    assert_eq!(opened(&broker), before, "join opened partition logs");
+    let d = q.describe("g").expect("describe");
+    assert_eq!(d.partitions.len(), 200, "every partition placed");
+    drop(d);
+    q.acquire("g", &member, 10, usize::MAX).expect("acquire");
+    drop(q);
+    broker.close();
+}
