@@ -3,7 +3,10 @@
 //! Ids are handed out from blocks: the broker appends the end of each new
 //! block to the internal topic `__producer_ids` (flushed before any id of
 //! the block is used), so ids are never reused across restarts, and one
-//! durable write serves [`PRODUCER_ID_BLOCK`] producers.
+//! durable write serves [`PRODUCER_ID_BLOCK`] producers. Epoch bumps are
+//! recorded there too. The topic is a [`Journal`] like the coordinators'
+//! state: replayed at open, compacted by snapshot (the newest block end
+//! and every bumped epoch).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -11,7 +14,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use bytes::Bytes;
 use parking_lot::RwLock;
 
-use super::{Acks, Broker, BrokerError, NewRecord, ProduceRequest, Result, TopicConfig};
+use super::journal::{Journal, JournalConfig, Journaled};
+use super::{Broker, BrokerError, NewRecord, Result, TopicConfig};
 use crate::storage::StorageError;
 
 /// Internal topic holding the allocated producer-id blocks.
@@ -24,7 +28,64 @@ pub const PRODUCER_ID_BLOCK: i64 = 1000;
 pub(crate) struct IdBlock {
     next: i64,
     limit: i64,
-    loaded: bool,
+    /// `__producer_ids`, once loaded.
+    journal: Option<Journal<IdLog>>,
+}
+
+/// What `__producer_ids` records: the end of the newest block, and the
+/// epoch of every id whose epoch was bumped.
+#[derive(Debug, Default)]
+pub(crate) struct IdLog {
+    end: i64,
+    epochs: HashMap<i64, i16>,
+    /// Records replayed.
+    records: u64,
+    /// The first record that is not a producer-id record (the log is
+    /// damaged: allocation then also looks at the partition logs).
+    bad: Option<String>,
+}
+
+impl Journaled for IdLog {
+    fn replay(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> std::result::Result<(), String> {
+        self.records += 1;
+        let value = value.unwrap_or_default();
+        match (key, value.len()) {
+            (None, 8) => {
+                let v = i64::from_be_bytes(value.try_into().unwrap_or_default());
+                self.end = self.end.max(v);
+            }
+            (Some(k), 2) if k.len() == 8 => {
+                let id = i64::from_be_bytes(k.try_into().unwrap_or_default());
+                let epoch = i16::from_be_bytes(value.try_into().unwrap_or_default());
+                let e = self.epochs.entry(id).or_insert(epoch);
+                *e = (*e).max(epoch);
+            }
+            _ => {
+                let reason = "not a producer-id record".to_string();
+                self.bad.get_or_insert(reason.clone());
+                return Err(reason);
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Vec<NewRecord> {
+        let mut out = vec![block_record(self.end)];
+        out.extend(self.epochs.iter().map(|(&id, &e)| bump_record(id, e)));
+        out
+    }
+}
+
+/// A block record: no key, the block's end as an 8-byte value.
+fn block_record(end: i64) -> NewRecord {
+    NewRecord {
+        value: Some(Bytes::copy_from_slice(&end.to_be_bytes())),
+        ..Default::default()
+    }
 }
 
 /// What the broker handed out, read on every idempotent produce: which
@@ -71,7 +132,9 @@ impl Broker {
         if let Some((id, epoch)) = bump {
             let current = self.check_producer_id(id, epoch)?;
             if current < i16::MAX {
-                self.durable_internal(bump_record(id, current + 1))?;
+                self.record_ids(&ids, bump_record(id, current + 1), |l| {
+                    l.epochs.insert(id, current + 1);
+                })?;
                 self.producers.epochs.write().insert(id, current + 1);
                 return Ok((id, current + 1));
             }
@@ -82,10 +145,7 @@ impl Broker {
         }
         if ids.next == ids.limit {
             let limit = ids.limit + PRODUCER_ID_BLOCK;
-            self.durable_internal(NewRecord {
-                value: Some(Bytes::copy_from_slice(&limit.to_be_bytes())),
-                ..Default::default()
-            })?;
+            self.record_ids(&ids, block_record(limit), |l| l.end = limit)?;
             ids.limit = limit;
         }
         let id = ids.next;
@@ -119,59 +179,107 @@ impl Broker {
         Ok(current)
     }
 
-    /// Appends one record to `__producer_ids` and waits until it is on disk.
-    fn durable_internal(&self, record: NewRecord) -> Result<()> {
-        let appended = self.append_internal(ProduceRequest {
-            topic: PRODUCER_IDS_TOPIC.to_string(),
-            partition: Some(0),
-            records: vec![record],
-            acks: Acks::All,
-            producer: None,
-        })?;
-        let result = appended.durable_blocking();
-        if let Some(f) = result.failures.first() {
-            tracing::error!(error = %f.error, "recording producer ids failed");
-            return Err(BrokerError::Storage(StorageError::Io {
+    /// Appends one record to `__producer_ids`, waits until it is on disk,
+    /// then applies it to the journal's state with `apply`.
+    fn record_ids(
+        &self,
+        ids: &IdBlock,
+        record: NewRecord,
+        apply: impl FnOnce(&mut IdLog),
+    ) -> Result<()> {
+        let failed = |reason: String| {
+            tracing::error!(error = %reason, "recording producer ids failed");
+            BrokerError::Storage(StorageError::Io {
                 op: "recording producer ids in",
                 path: PRODUCER_IDS_TOPIC.into(),
-                source: std::io::Error::other(f.error.client_message()),
-            }));
-        }
+                source: std::io::Error::other(reason),
+            })
+        };
+        let journal = ids
+            .journal
+            .as_ref()
+            .ok_or_else(|| failed("producer ids are not loaded".into()))?;
+        let mut log = journal.lock(self).map_err(failed)?;
+        log.append(vec![record]).map_err(failed)?;
+        apply(&mut log);
         Ok(())
     }
 
     /// Loads what was handed out, once: at open, or at the first
     /// `InitProducer` if that failed.
     pub(super) fn load_producer_ids(&self, ids: &mut IdBlock) -> Result<()> {
-        if ids.loaded {
+        if ids.journal.is_some() {
             return Ok(());
         }
-        let (end, epochs) = self.first_free_producer_id()?;
+        self.ensure_internal_topic(
+            PRODUCER_IDS_TOPIC,
+            1,
+            TopicConfig {
+                retention_ms: Some(-1),
+                retention_bytes: Some(-1),
+                segment_bytes: Some(64 * 1024 * 1024),
+                ..TopicConfig::default()
+            },
+        )?;
+        let config = JournalConfig {
+            topic: PRODUCER_IDS_TOPIC,
+            partition: 0,
+            snapshot_min_records: 10_000,
+            durable: true,
+        };
+        let journal = Journal::open(self, config, IdLog::default)?;
+        let (end, epochs, trusted) =
+            journal.peek(|l| (l.end, l.epochs.clone(), l.bad.is_none() && l.records > 0));
+        let (end, epochs) = if trusted {
+            (end, epochs)
+        } else {
+            let found = self.producer_ids_in_logs(end, epochs)?;
+            // Recorded, so that later starts trust the topic again instead
+            // of opening every partition log.
+            let mut log = journal.lock(self).map_err(|reason| {
+                BrokerError::Storage(StorageError::Io {
+                    op: "recording producer ids in",
+                    path: PRODUCER_IDS_TOPIC.into(),
+                    source: std::io::Error::other(reason),
+                })
+            })?;
+            let mut recs = vec![block_record(found.0)];
+            recs.extend(found.1.iter().map(|(&id, &e)| bump_record(id, e)));
+            if let Err(reason) = log.append(recs) {
+                tracing::warn!(error = %reason, "recording the producer ids found in the partition logs failed; the next start looks again");
+            } else {
+                log.end = found.0;
+                log.epochs.clone_from(&found.1);
+            }
+            found
+        };
         ids.next = end;
         ids.limit = end;
-        ids.loaded = true;
+        ids.journal = Some(journal);
         self.producers.handed_out.store(end, Ordering::Release);
         *self.producers.epochs.write() = epochs;
         Ok(())
     }
 
-    /// Where allocation goes on after a start, and each bumped id's
-    /// epoch: from `__producer_ids`. If that topic is empty or unreadable
-    /// (lost or damaged), the partition logs' producer state says which
-    /// ids and epochs live producers hold, and allocation goes on past the
-    /// largest id, so no id is handed out twice.
-    fn first_free_producer_id(&self) -> Result<(i64, HashMap<i64, i16>)> {
-        let logged = self.read_producer_ids();
-        if let Ok((end, epochs)) = &logged {
-            if *end > 0 {
-                return Ok((*end, epochs.clone()));
-            }
-        }
+    /// Where allocation goes on when `__producer_ids` is empty or damaged
+    /// (lost, or from before it existed), and each bumped id's epoch: the
+    /// partition logs' producer state says which ids and epochs live
+    /// producers hold, and allocation goes on past the largest id (and past
+    /// `logged_end`), so no id is handed out twice. Opens every partition
+    /// log, once: the outcome is recorded.
+    fn producer_ids_in_logs(
+        &self,
+        logged_end: i64,
+        logged: HashMap<i64, i16>,
+    ) -> Result<(i64, HashMap<i64, i16>)> {
         let mut max_seen: Option<i64> = None;
-        let mut epochs: HashMap<i64, i16> = HashMap::new();
+        let mut epochs = logged;
         let topics: Vec<_> = self.topics.read().values().cloned().collect();
         for topic in topics.iter().filter(|t| !super::is_internal_topic(&t.name)) {
             for part in topic.partitions().iter() {
+                // An unreadable log fails the load (idempotent produces are
+                // refused until it succeeds): an id it holds could be
+                // handed out again otherwise.
                 let log = self.log_of(topic, part)?;
                 max_seen = max_seen.max(log.max_producer_id());
                 for (id, epoch) in log.producer_epochs() {
@@ -182,63 +290,77 @@ impl Broker {
         }
         epochs.retain(|_, e| *e > 0);
         let Some(max) = max_seen else {
-            return logged;
+            return Ok((logged_end, epochs));
         };
         // The block after the one holding the largest id in use.
-        let next = (max / PRODUCER_ID_BLOCK + 1) * PRODUCER_ID_BLOCK;
-        match &logged {
-            Ok(_) => tracing::warn!(next, "__producer_ids is empty but partition logs hold producer ids; allocating after the largest"),
-            Err(e) => tracing::warn!(next, error = %e, "__producer_ids is unreadable; allocating after the largest producer id in the partition logs"),
-        }
+        let next = ((max / PRODUCER_ID_BLOCK + 1) * PRODUCER_ID_BLOCK).max(logged_end);
+        tracing::warn!(
+            next,
+            "__producer_ids is empty or damaged but partition logs hold producer ids; allocating after the largest"
+        );
         Ok((next, epochs))
-    }
-
-    /// The end of the newest allocated block (0 if none), and the epochs
-    /// of bumped ids, from `__producer_ids`.
-    fn read_producer_ids(&self) -> Result<(i64, HashMap<i64, i16>)> {
-        let topic = self.ensure_internal_topic(
-            PRODUCER_IDS_TOPIC,
-            1,
-            TopicConfig {
-                // Bumps are kept for as long as the ids they name.
-                retention_ms: Some(-1),
-                retention_bytes: Some(-1),
-                segment_bytes: Some(64 * 1024 * 1024),
-                ..TopicConfig::default()
-            },
-        )?;
-        let mut end = 0i64;
-        let mut epochs = HashMap::new();
-        let mut bad: Option<i64> = None;
-        self.replay_internal(&topic.name, 0, |r| {
-            let value = r.value.as_deref().unwrap_or_default();
-            match (r.key.as_deref(), value.len()) {
-                (None, 8) => {
-                    let v = i64::from_be_bytes(value.try_into().unwrap_or_default());
-                    end = end.max(v);
-                }
-                (Some(k), 2) if k.len() == 8 => {
-                    let id = i64::from_be_bytes(k.try_into().unwrap_or_default());
-                    let epoch = i16::from_be_bytes(value.try_into().unwrap_or_default());
-                    let e = epochs.entry(id).or_insert(epoch);
-                    *e = (*e).max(epoch);
-                }
-                _ => bad = bad.or(Some(r.offset)),
-            }
-        })?;
-        if let Some(offset) = bad {
-            return Err(BrokerError::Metadata {
-                path: PRODUCER_IDS_TOPIC.into(),
-                reason: format!("the record at offset {offset} is not a producer-id record"),
-            });
-        }
-        Ok((end, epochs))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A broker that never had an idempotent producer records that, so a
+    /// restart does not open every partition log to look for producer ids.
+    #[test]
+    fn a_start_does_not_open_every_partition_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = Broker::open(super::super::BrokerConfig::new(dir.path())).expect("open");
+        broker
+            .create_topic("wide", 50, TopicConfig::default())
+            .expect("topic");
+        broker.close();
+        drop(broker);
+        let broker = Broker::open(super::super::BrokerConfig::new(dir.path())).expect("open");
+        let wide = broker.topic("wide").expect("topic");
+        let open = wide
+            .partitions()
+            .iter()
+            .filter(|p| p.open_log().is_some())
+            .count();
+        assert_eq!(open, 0, "partition logs opened at start");
+        // Ids still continue past what was handed out.
+        let (id, _) = broker.init_producer(None).expect("init");
+        broker.close();
+        drop(broker);
+        let broker = Broker::open(super::super::BrokerConfig::new(dir.path())).expect("open");
+        let (next, _) = broker.init_producer(None).expect("init");
+        assert!(next > id, "{next} after {id}");
+        broker.close();
+    }
+
+    /// Bumps past the snapshot threshold: `__producer_ids` is compacted
+    /// and a restart still knows every epoch.
+    #[test]
+    fn epochs_survive_snapshots_and_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = Broker::open(super::super::BrokerConfig::new(dir.path())).expect("open");
+        let (a, _) = broker.init_producer(None).expect("init");
+        let (b, _) = broker.init_producer(None).expect("init");
+        let mut epoch = 0;
+        for _ in 0..10_050 {
+            epoch = broker.init_producer(Some((a, epoch))).expect("bump").1;
+        }
+        broker.init_producer(Some((b, 0))).expect("bump");
+        broker.close();
+        drop(broker);
+        let broker = Broker::open(super::super::BrokerConfig::new(dir.path())).expect("open");
+        assert_eq!(broker.check_producer_id(a, epoch).expect("a"), epoch);
+        assert!(broker.check_producer_id(a, epoch - 1).is_err(), "fenced");
+        assert_eq!(broker.check_producer_id(b, 1).expect("b"), 1);
+        let records = broker
+            .list_offsets(PRODUCER_IDS_TOPIC, &[0], None)
+            .expect("offsets")[0]
+            .latest;
+        assert!(records > 10_000, "every bump was recorded: {records}");
+        broker.close();
+    }
 
     #[test]
     fn an_exhausted_epoch_hands_out_a_new_id() {

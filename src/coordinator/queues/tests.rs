@@ -12,10 +12,14 @@ use crate::broker::{BrokerConfig, TopicConfig};
 use crate::coordinator::share::AckKind;
 
 fn open(dir: &Path, partitions: i32) -> (Arc<Broker>, Arc<Queues>) {
+    open_with(dir, partitions, 100_000)
+}
+
+fn open_with(dir: &Path, partitions: i32, snapshot_min_records: u64) -> (Arc<Broker>, Arc<Queues>) {
     let broker = Broker::open(BrokerConfig::new(dir)).expect("broker");
     let config = QueueStateConfig {
         partitions,
-        snapshot_min_records: 100_000,
+        snapshot_min_records,
     };
     let queues =
         Queues::open_with(broker.clone(), crate::storage::system_clock(), config).expect("queues");
@@ -353,6 +357,41 @@ fn joining_a_topic_of_many_partitions_opens_no_logs() {
     assert_eq!(d.partitions.len(), 200, "every partition placed");
     drop(d);
     q.acquire("g", &member, 10, usize::MAX).expect("acquire");
+    drop(q);
+    broker.close();
+}
+
+/// Shards snapshot their groups once they have written far more records
+/// than live keys; a restart replays snapshot and later changes to the
+/// same state.
+#[test]
+fn shards_snapshot_and_replay_to_the_same_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker, q) = open_with(dir.path(), 2, 20);
+    broker
+        .create_topic("jobs", 1, TopicConfig::default())
+        .expect("topic");
+    produce(&broker, 500);
+    for _ in 0..30 {
+        work(&q, 10);
+    }
+    let state = |q: &Queues| -> Vec<(u32, i64, i64)> {
+        (0..10)
+            .map(|i| {
+                let d = q.describe(&format!("g{i}")).expect("describe");
+                let p = &d.partitions[0];
+                (d.settings.max_deliveries, p.start, p.accepted)
+            })
+            .collect()
+    };
+    let before = state(&q);
+    assert_eq!(before[0].2, 30, "g0 accepted one a round");
+    assert_eq!(before[2].2, 90, "g2 accepted three a round");
+    drop(q);
+    broker.close();
+    drop(broker);
+    let (broker, q) = open_with(dir.path(), 2, 20);
+    assert_eq!(state(&q), before);
     drop(q);
     broker.close();
 }
