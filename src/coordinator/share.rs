@@ -11,10 +11,8 @@
 //! behind the group is: a record locked for long holds the window at its
 //! offset, as in Kafka's share groups.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-
-use bytes::Bytes;
 
 use crate::broker::FetchedRecord;
 
@@ -338,7 +336,9 @@ impl ShareGroup {
                     continue;
                 };
                 if rec.deliveries >= max_deliveries || rec.dead_letter.is_some() {
+                    // (`unmark_ready`, with `rec` borrowed)
                     p.ready.remove(&offset);
+                    p.eligible.remove(&offset);
                     let how = rec.dead_letter.unwrap_or(Finished::DeadLettered);
                     exhausted.push((tp.clone(), offset, how));
                     continue;
@@ -349,6 +349,7 @@ impl ShareGroup {
                 }
                 bytes += size;
                 p.ready.remove(&offset);
+                p.eligible.remove(&offset);
                 *next_id += 1;
                 let id = *next_id;
                 rec.deliveries += 1;
@@ -511,6 +512,10 @@ impl ShareGroup {
         let Some(p) = self.partitions.get_mut(tp) else {
             return;
         };
+        if p.recs.contains_key(&offset) {
+            p.unmark_ready(offset);
+            p.untrack(offset);
+        }
         let Some(rec) = p.recs.get_mut(&offset) else {
             return;
         };
@@ -584,7 +589,7 @@ impl ShareGroup {
             self.due = self.due.min(not_before);
         } else {
             rec.not_before = 0;
-            p.ready.insert(offset);
+            p.mark_ready(offset);
         }
         fx.released = true;
     }
@@ -680,7 +685,7 @@ impl ShareGroup {
                 p.delayed.remove(&(t, o));
                 if let Some(r) = p.recs.get_mut(&o) {
                     r.not_before = 0;
-                    p.ready.insert(o);
+                    p.mark_ready(o);
                     fx.released = true;
                 }
             }
@@ -712,10 +717,7 @@ impl ShareGroup {
         if let Some(s) = start {
             p.start = s;
             p.cursor = s;
-            p.recs.clear();
-            p.ready.clear();
-            p.delayed.clear();
-            p.locks.clear();
+            p.clear();
             p.placed = true;
         }
         for &(o, n) in delivered {
@@ -725,6 +727,8 @@ impl ShareGroup {
         }
         for &(o, how) in finished {
             if o >= p.start {
+                p.unmark_ready(o);
+                p.untrack(o);
                 p.recs.entry(o).or_insert_with(Rec::new).state = State::Finished(how);
                 match how {
                     Finished::Accepted => p.accepted += 1,
@@ -752,8 +756,6 @@ impl ShareGroup {
     }
 }
 
-/// Key-ordered choice: in offset order, a record whose key has no earlier
-/// unfinished record and none locked.
 /// Bytes a delivery of `r` carries (key, value, headers, framing).
 fn record_bytes(r: &FetchedRecord) -> usize {
     32 + r.key.as_ref().map_or(0, |k| k.len())
@@ -764,33 +766,11 @@ fn record_bytes(r: &FetchedRecord) -> usize {
             .sum::<usize>()
 }
 
+/// Key-ordered choice: in offset order, ready records without a key or at
+/// their key's head (no earlier unfinished record of the key, which would
+/// be locked or delayed). Kept as an index, so this is O(want).
 fn key_ordered_pick(p: &Partition, want: usize) -> Vec<i64> {
-    let mut blocked: HashSet<Option<&Bytes>> = HashSet::new();
-    let mut out = Vec::new();
-    for (&o, r) in &p.recs {
-        if out.len() >= want || o >= p.cursor {
-            break;
-        }
-        let key = r.record.as_ref().and_then(|x| x.key.as_ref());
-        match &r.state {
-            State::Finished(_) => continue,
-            State::Locked { .. } => {
-                blocked.insert(key);
-            }
-            State::Available => {
-                // Null keys are independent of each other.
-                if key.is_some() && !blocked.insert(key) {
-                    continue;
-                }
-                if p.ready.contains(&o) {
-                    out.push(o);
-                } else if key.is_some() {
-                    // Delayed: it still holds back later records of its key.
-                }
-            }
-        }
-    }
-    out
+    p.eligible.iter().take(want).copied().collect()
 }
 
 #[cfg(test)]

@@ -2,8 +2,10 @@
 //! locked or finished, and the indexes that keep acquire and expiry
 //! proportional to the work.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use super::{Finished, MAX_WINDOW};
 use crate::broker::FetchedRecord;
@@ -60,6 +62,14 @@ pub struct Partition {
     pub(super) delayed: BTreeSet<(i64, i64)>,
     /// Locked: (deadline, offset).
     pub(super) locks: BTreeSet<(i64, i64)>,
+    /// Unfinished read records by key (records with a key only): the first
+    /// of each is its key's head, the only one key-ordered delivery may
+    /// hand out.
+    keys: HashMap<Bytes, BTreeSet<i64>>,
+    /// Ready records a key-ordered acquire may hand out: those without a
+    /// key, and those at their key's head. Acquire takes from the front,
+    /// never scanning past the records it hands out.
+    pub(super) eligible: BTreeSet<i64>,
     /// Totals since the group began.
     pub accepted: i64,
     /// Totals since the group began.
@@ -102,25 +112,88 @@ impl Partition {
                 continue;
             }
             let offset = r.offset;
+            let key = r.key.clone();
             let rec = self.recs.entry(offset).or_insert_with(Rec::new);
             rec.record = Some(r);
-            if rec.state == State::Available {
-                self.ready.insert(offset);
+            let available = rec.state == State::Available;
+            let finished = matches!(rec.state, State::Finished(_));
+            if let (Some(k), false) = (key, finished) {
+                self.keys.entry(k).or_default().insert(offset);
+            }
+            if available {
+                self.mark_ready(offset);
             }
         }
         self.cursor = self.cursor.max(next_offset);
         self.advance();
     }
 
+    fn key_of(&self, offset: i64) -> Option<&Bytes> {
+        self.recs.get(&offset)?.record.as_ref()?.key.as_ref()
+    }
+
+    /// `offset` is ready to be handed out.
+    pub(super) fn mark_ready(&mut self, offset: i64) {
+        self.ready.insert(offset);
+        let head = match self.key_of(offset) {
+            None => true,
+            Some(k) => self.keys.get(k).and_then(|s| s.first()) == Some(&offset),
+        };
+        if head {
+            self.eligible.insert(offset);
+        }
+    }
+
+    /// `offset` is no longer ready (handed out, or gone).
+    pub(super) fn unmark_ready(&mut self, offset: i64) {
+        self.ready.remove(&offset);
+        self.eligible.remove(&offset);
+    }
+
+    /// `offset` is finished or gone: its key's next record may become the
+    /// head. Call before its record is dropped.
+    pub(super) fn untrack(&mut self, offset: i64) {
+        let Some(k) = self.key_of(offset).cloned() else {
+            return;
+        };
+        let Some(set) = self.keys.get_mut(&k) else {
+            return;
+        };
+        let was_head = set.first() == Some(&offset);
+        set.remove(&offset);
+        let next = set.first().copied();
+        if set.is_empty() {
+            self.keys.remove(&k);
+        }
+        if let (true, Some(n)) = (was_head, next) {
+            if self.ready.contains(&n) {
+                self.eligible.insert(n);
+            }
+        }
+    }
+
+    /// Forgets every record (the window restarts at a new start).
+    pub(super) fn clear(&mut self) {
+        self.recs.clear();
+        self.ready.clear();
+        self.delayed.clear();
+        self.locks.clear();
+        self.keys.clear();
+        self.eligible.clear();
+    }
+
     /// Moves `start` past finished records (and past offsets the log no
     /// longer has, when `log_start` is above it).
     pub(super) fn advance(&mut self) {
         while let Some(e) = self.recs.first_entry() {
-            if *e.key() < self.start {
-                e.remove();
+            let o = *e.key();
+            if o < self.start {
+                self.unmark_ready(o);
+                self.untrack(o);
+                self.recs.remove(&o);
                 continue;
             }
-            if *e.key() != self.start || !matches!(e.get().state, State::Finished(_)) {
+            if o != self.start || !matches!(e.get().state, State::Finished(_)) {
                 break;
             }
             e.remove();
@@ -170,7 +243,8 @@ impl Partition {
         let mut dropped = Vec::new();
         let gone: Vec<i64> = self.recs.range(offsets).map(|(&o, _)| o).collect();
         for o in gone {
-            self.ready.remove(&o);
+            self.unmark_ready(o);
+            self.untrack(o);
             let Some(r) = self.recs.remove(&o) else {
                 continue;
             };

@@ -1,4 +1,9 @@
 //! Unit tests of the share-group state machine.
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
 use super::*;
 
 fn rec(offset: i64, key: Option<&str>) -> FetchedRecord {
@@ -337,4 +342,117 @@ fn a_lost_tail_moves_the_cursor_back() {
     let d = g.acquire(&a, 10, usize::MAX, 0, &mut id, &mut fx);
     let offsets: Vec<i64> = d.iter().map(|d| d.record.offset).collect();
     assert_eq!(offsets, [3, 4, 5, 6, 7]);
+}
+
+/// The key-ordered choice by scanning the whole window (what the index
+/// replaced), as the oracle: in offset order, a ready record whose key has
+/// no earlier unfinished record.
+fn key_ordered_by_scan(p: &Partition) -> Vec<i64> {
+    let mut blocked: HashSet<Option<&Bytes>> = HashSet::new();
+    let mut out = Vec::new();
+    for (&o, r) in &p.recs {
+        let key = r.record.as_ref().and_then(|x| x.key.as_ref());
+        match &r.state {
+            State::Finished(_) => {}
+            State::Locked { .. } => {
+                blocked.insert(key);
+            }
+            State::Available => {
+                if key.is_some() && !blocked.insert(key) {
+                    continue;
+                }
+                if p.ready.contains(&o) {
+                    out.push(o);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Acquire(u32),
+    /// Acknowledge the n-th live delivery: 0 accept, 1 release, 2 release
+    /// with a delay, 3 reject.
+    Ack(usize, u8),
+    /// Time passes (ms): locks expire, delays end.
+    Wait(i64),
+    /// More records arrive.
+    Load(Vec<Option<u8>>),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (1u32..6).prop_map(Op::Acquire),
+        (0usize..8, 0u8..4).prop_map(|(i, k)| Op::Ack(i, k)),
+        (1i64..2_000).prop_map(Op::Wait),
+        proptest::collection::vec(proptest::option::of(0u8..4), 1..6).prop_map(Op::Load),
+    ]
+}
+
+proptest! {
+    /// Whatever happens to the window, the key-ordered index offers
+    /// exactly what a scan of the window would.
+    #[test]
+    fn key_ordered_index_matches_a_scan(
+        first in proptest::collection::vec(proptest::option::of(0u8..4), 0..12),
+        ops in proptest::collection::vec(op(), 1..60),
+    ) {
+        let settings = Settings {
+            key_ordered: true,
+            lock_timeout_ms: 1_000,
+            max_deliveries: 3,
+            ..Settings::default()
+        };
+        let names: Vec<String> = first.iter().map(|k| k.map_or(String::new(), |k| format!("k{k}"))).collect();
+        let keys: Vec<Option<&str>> = first
+            .iter()
+            .zip(&names)
+            .map(|(k, n)| k.map(|_| n.as_str()))
+            .collect();
+        let (mut g, tp) = group(first.len() as i64, settings, &keys);
+        let m: Arc<str> = Arc::from("m");
+        g.join(m.clone(), tp.0.clone(), 1_000, true, 0);
+        let (mut now, mut id, mut next) = (0i64, 0u64, first.len() as i64);
+        let mut live: Vec<u64> = Vec::new();
+        for op in ops {
+            let mut fx = Effects::default();
+            match op {
+                Op::Acquire(n) => {
+                    let got = g.acquire(&m, n, usize::MAX, now, &mut id, &mut fx);
+                    live.extend(got.iter().map(|d| d.delivery_id));
+                }
+                Op::Ack(i, kind) if !live.is_empty() => {
+                    let d = live.remove(i % live.len());
+                    let kind = match kind {
+                        0 => AckKind::Accept,
+                        1 => AckKind::Release { delay_ms: 0 },
+                        2 => AckKind::Release { delay_ms: 500 },
+                        _ => AckKind::Reject,
+                    };
+                    let _ = g.ack("m", d, kind, None, now, &mut fx);
+                }
+                Op::Ack(..) => {}
+                Op::Wait(ms) => {
+                    now += ms;
+                    g.tick(now, &mut fx);
+                }
+                Op::Load(ks) => {
+                    let recs: Vec<FetchedRecord> = ks
+                        .iter()
+                        .enumerate()
+                        .map(|(i, k)| rec(next + i as i64, k.map(|k| format!("k{k}")).as_deref()))
+                        .collect();
+                    let end = next + recs.len() as i64;
+                    if let Some(p) = g.partitions.get_mut(&tp) {
+                        p.load(recs, end);
+                    }
+                    next = end;
+                }
+            }
+            let p = &g.partitions[&tp];
+            prop_assert_eq!(key_ordered_pick(p, usize::MAX), key_ordered_by_scan(p));
+        }
+    }
 }
