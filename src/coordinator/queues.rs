@@ -682,6 +682,22 @@ impl Queues {
         max: u32,
         max_bytes: usize,
     ) -> Result<Vec<Delivery>> {
+        self.acquire_more(group, member, max, max_bytes)
+            .map(|(out, _)| out)
+    }
+
+    /// [`Queues::acquire`], and whether another call could hand out more
+    /// right away (records left ready, or not yet read from the log, and
+    /// prefetch room). When it says no, only an ack, a release, an expiry
+    /// or an append (all of which wake the group or the topic) can change
+    /// that, so a stream waits for one of those instead of asking again.
+    pub fn acquire_more(
+        &self,
+        group: &str,
+        member: &Arc<str>,
+        max: u32,
+        max_bytes: usize,
+    ) -> Result<(Vec<Delivery>, bool)> {
         let now = self.now();
         let mut st = self.lock(group)?;
         let (topic, count) = self.refresh(&mut st, group, member, now)?;
@@ -725,6 +741,8 @@ impl Queues {
             .next_delivery_id
             .fetch_add(u64::from(max) + 1, Ordering::Relaxed);
         let out = g.acquire(member, max, max_bytes, now, &mut id, &mut fx);
+        let behind = |p: i32, cursor: i64| self.broker.known_end(&topic, p) != Some(cursor);
+        let more = g.could_deliver(member, behind);
         self.effects(&mut st, group, fx)?;
         drop(st);
         if !out.is_empty() {
@@ -734,13 +752,14 @@ impl Queues {
             )
             .increment(out.len() as u64);
         }
-        Ok(out
+        let out = out
             .into_iter()
             .map(|mut d| {
                 d.deadline = self.wall_deadline(d.deadline);
                 d
             })
-            .collect())
+            .collect();
+        Ok((out, more))
     }
 
     /// The first part of an acquire (shard locked): the member's session

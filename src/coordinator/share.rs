@@ -637,6 +637,32 @@ impl ShareGroup {
         self.release(tp, offset, 0, now, fx);
     }
 
+    /// Whether `member` could be handed a record now: it has prefetch room
+    /// and a partition of its topic has one ready (key-ordered: at its
+    /// key's head). Partitions whose windows end at `cursor_behind` (a
+    /// predicate on topic partition and cursor: the log has records past
+    /// it) count too.
+    pub fn could_deliver(&self, member: &str, cursor_behind: impl Fn(i32, i64) -> bool) -> bool {
+        let Some(m) = self.members.get(member) else {
+            return false;
+        };
+        if m.held >= m.prefetch {
+            return false;
+        }
+        let key_ordered = self.settings.key_ordered;
+        self.partitions
+            .range((m.topic.clone(), 0)..)
+            .take_while(|((t, _), _)| *t == m.topic)
+            .any(|((_, p), part)| {
+                let ready = if key_ordered {
+                    !part.eligible.is_empty()
+                } else {
+                    !part.ready.is_empty()
+                };
+                ready || (part.room() > 0 && cursor_behind(*p, part.cursor))
+            })
+    }
+
     /// The earliest time a lock, Pull session or delay ends (`i64::MAX`
     /// if none).
     pub fn next_due(&self) -> i64 {

@@ -475,8 +475,8 @@ async fn serve_stream(
             a.enable();
         }
         let (g, m) = (group.to_string(), member.clone());
-        let got = blocking(queues, move |q| {
-            q.acquire(&g, &m, STREAM_BATCH, MAX_DELIVERY_BYTES)
+        let (got, more) = blocking(queues, move |q| {
+            q.acquire_more(&g, &m, STREAM_BATCH, MAX_DELIVERY_BYTES)
         })
         .await?;
         if !got.is_empty() {
@@ -487,10 +487,15 @@ async fn serve_stream(
             if tx.send(Ok(msg)).await.is_err() {
                 return Ok(());
             }
-            continue;
+            // Ask again at once only if more could come now (an empty
+            // attempt never loops, so a failing read cannot spin).
+            if more {
+                continue;
+            }
         }
-        // Nothing to deliver (or prefetch used up): wait for an
-        // acknowledgement, a release, or new records.
+        // Nothing more to deliver now (or prefetch used up): wait for an
+        // acknowledgement, a release, or new records (registered before
+        // the attempt, so none since is missed).
         tokio::select! {
             msg = inbound.next() => {
                 if !handle(queues, group, member, msg, tx).await? {
