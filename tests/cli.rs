@@ -287,6 +287,39 @@ fn bench_prints_machine_readable_results() {
     assert!(text.contains("records/s") && text.contains("p99"), "{text}");
 }
 
+/// The work-queue scenario end to end, small: real worker processes and
+/// a real broker, SIGKILLed mid-run and replaced; every task accepted once
+/// by the broker's count, none twice by the workers', none lost.
+#[test]
+fn bench_fan_out_accounts_for_every_task_through_kills() {
+    let mut c = Command::cargo_bin("sluice").unwrap();
+    let out = stdout(c.args([
+        "bench",
+        "fan-out",
+        "--tasks",
+        "5000",
+        "--workers",
+        "4",
+        "--partitions",
+        "2",
+        "--prefetch",
+        "50",
+        "--kill-workers",
+        "2",
+        "--kill-broker",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["broker_accepted"], 5000, "{v}");
+    assert_eq!(v["lost"], 0, "{v}");
+    assert_eq!(v["confirmed_twice"], 0, "{v}");
+    assert_eq!(v["worker_kills"].as_array().map(Vec::len), Some(2), "{v}");
+    assert!(v["broker_kill"].is_object(), "{v}");
+    // Tasks that fail once were released once each (one in ten), unless
+    // a kill took their first delivery.
+    assert!(v["released_once"].as_u64().unwrap() <= 500, "{v}");
+}
+
 #[test]
 fn queue_admin_commands() {
     let dir = tempfile::tempdir().unwrap();
