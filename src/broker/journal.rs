@@ -20,10 +20,22 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
 
-use super::{Acks, Broker, NewRecord, ProduceRequest, Result};
+use super::{Acks, Broker, NewRecord, ProduceRequest, Result, TopicConfig};
 
 /// How long after a failed write a shard first tries to resume.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// The settings of an internal topic holding journals: nothing is ever
+/// deleted by retention (snapshots compact it), in segments of
+/// `segment_bytes`.
+pub(crate) fn journal_topic_config(segment_bytes: i64) -> TopicConfig {
+    TopicConfig {
+        retention_ms: Some(-1),
+        retention_bytes: Some(-1),
+        segment_bytes: Some(segment_bytes),
+        ..TopicConfig::default()
+    }
+}
 
 /// State that lives in one partition of an internal topic.
 pub(crate) trait Journaled: Send {

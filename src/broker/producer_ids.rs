@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use bytes::Bytes;
 use parking_lot::RwLock;
 
-use super::journal::{Journal, JournalConfig, Journaled};
-use super::{Broker, BrokerError, NewRecord, Result, TopicConfig};
+use super::journal::{journal_topic_config, Journal, JournalConfig, Journaled};
+use super::{Broker, BrokerError, NewRecord, Result};
 use crate::storage::StorageError;
 
 /// Internal topic holding the allocated producer-id blocks.
@@ -214,12 +214,7 @@ impl Broker {
         self.ensure_internal_topic(
             PRODUCER_IDS_TOPIC,
             1,
-            TopicConfig {
-                retention_ms: Some(-1),
-                retention_bytes: Some(-1),
-                segment_bytes: Some(64 * 1024 * 1024),
-                ..TopicConfig::default()
-            },
+            journal_topic_config(64 * 1024 * 1024),
         )?;
         let config = JournalConfig {
             topic: PRODUCER_IDS_TOPIC,
@@ -305,6 +300,7 @@ impl Broker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::TopicConfig;
 
     /// A broker that never had an idempotent producer records that, so a
     /// restart does not open every partition log to look for producer ids.

@@ -37,9 +37,11 @@ pub use group::{
     Committed, GroupState, HeartbeatRequest, HeartbeatResponse, Limits, JOIN_EPOCH, LEAVE_EPOCH,
 };
 
-use crate::broker::journal::{Journal, JournalConfig, JournalGuard, Journaled};
+use crate::broker::journal::{
+    journal_topic_config, Journal, JournalConfig, JournalGuard, Journaled,
+};
 use crate::broker::{
-    is_internal_topic, murmur2, validate_topic_name, Broker, BrokerError, NewRecord, TopicConfig,
+    is_internal_topic, murmur2, validate_topic_name, Broker, BrokerError, NewRecord,
 };
 use crate::storage::Clock;
 use group::{Dirty, Group};
@@ -183,12 +185,7 @@ impl Coordinator {
     /// Opens the coordinator on `broker`: creates the offsets topic if
     /// needed and replays it. Blocking.
     pub fn open(broker: Arc<Broker>, config: CoordinatorConfig) -> Result<Arc<Self>> {
-        let topic_config = TopicConfig {
-            retention_ms: Some(-1),
-            retention_bytes: Some(-1),
-            segment_bytes: Some(config.offsets_segment_bytes),
-            ..TopicConfig::default()
-        };
+        let topic_config = journal_topic_config(config.offsets_segment_bytes);
         let topic =
             broker.ensure_internal_topic(OFFSETS_TOPIC, config.offsets_partitions, topic_config)?;
         let count = topic.partitions().len() as i32;

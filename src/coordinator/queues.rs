@@ -21,10 +21,8 @@ use bytes::Bytes;
 use super::error::{CoordinatorError, Result};
 use super::share::{AckKind, AckRefusal, Delivery, Effects, Settings, ShareGroup};
 use super::RETRY_AFTER_FAILURE;
-use crate::broker::journal::{Journal, JournalConfig, JournalGuard};
-use crate::broker::{
-    is_internal_topic, murmur2, Acks, Broker, Header, NewRecord, ProduceRequest, TopicConfig,
-};
+use crate::broker::journal::{journal_topic_config, Journal, JournalConfig, JournalGuard};
+use crate::broker::{is_internal_topic, murmur2, Acks, Broker, Header, NewRecord, ProduceRequest};
 use crate::storage::Clock;
 
 mod admin;
@@ -171,12 +169,7 @@ impl Queues {
         let topic = broker.ensure_internal_topic(
             SHARE_STATE_TOPIC,
             config.partitions,
-            TopicConfig {
-                retention_ms: Some(-1),
-                retention_bytes: Some(-1),
-                segment_bytes: Some(64 * 1024 * 1024),
-                ..TopicConfig::default()
-            },
+            journal_topic_config(64 * 1024 * 1024),
         )?;
         let mut count = topic.partitions().len() as i32;
         if count < config.partitions {

@@ -26,6 +26,45 @@ fn open_with(dir: &Path, partitions: i32, snapshot_min_records: u64) -> (Arc<Bro
     (broker, queues)
 }
 
+/// A broker in a new directory with `shards` queue shards, and a topic
+/// "jobs" (one partition) holding `records` records.
+fn started(shards: i32, records: usize) -> (tempfile::TempDir, Arc<Broker>, Arc<Queues>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker, q) = open(dir.path(), shards);
+    broker
+        .create_topic("jobs", 1, TopicConfig::default())
+        .expect("topic");
+    produce(&broker, records);
+    (dir, broker, q)
+}
+
+/// An ACCEPT of each delivery.
+fn accept_all(got: &[Delivery]) -> Vec<AckRequest> {
+    got.iter()
+        .map(|d| AckRequest {
+            delivery_id: d.delivery_id,
+            kind: AckKind::Accept,
+            reason: None,
+        })
+        .collect()
+}
+
+/// Stops the broker and its queues.
+fn close((broker, q): (Arc<Broker>, Arc<Queues>)) {
+    drop(q);
+    broker.close();
+}
+
+/// Stops, then opens again with `partitions` shards.
+fn restart(
+    dir: &Path,
+    partitions: i32,
+    old: (Arc<Broker>, Arc<Queues>),
+) -> (Arc<Broker>, Arc<Queues>) {
+    close(old);
+    open(dir, partitions)
+}
+
 fn produce(broker: &Broker, n: usize) {
     let records = (0..n)
         .map(|i| NewRecord {
@@ -60,14 +99,7 @@ fn work(q: &Queues, groups: usize) {
         let got = q
             .acquire(&group, &member, i as u32 % 3 + 1, usize::MAX)
             .expect("acquire");
-        let acks = got
-            .iter()
-            .map(|d| AckRequest {
-                delivery_id: d.delivery_id,
-                kind: AckKind::Accept,
-                reason: None,
-            })
-            .collect();
+        let acks = accept_all(&got);
         let out = q.ack(&group, &member, acks).expect("ack");
         assert!(out.refused.is_empty(), "{:?}", out.refused);
         q.leave(&group, &member);
@@ -108,43 +140,25 @@ fn state_partition_ends(broker: &Broker) -> Vec<i64> {
 
 #[test]
 fn groups_spread_over_shards_and_survive_a_restart() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (broker, q) = open(dir.path(), 4);
-    broker
-        .create_topic("jobs", 1, TopicConfig::default())
-        .expect("topic");
-    produce(&broker, 10);
+    let (dir, broker, q) = started(4, 10);
     work(&q, 40);
     check(&q, 40);
     let ends = state_partition_ends(&broker);
     assert_eq!(ends.len(), 4);
     assert!(ends.iter().all(|&e| e > 0), "every shard written: {ends:?}");
-    drop(q);
-    broker.close();
-    drop(broker);
-    let (broker, q) = open(dir.path(), 4);
+    let (_broker, q) = restart(dir.path(), 4, (broker, q));
     check(&q, 40);
-    drop(q);
-    broker.close();
 }
 
 #[test]
 fn a_single_shard_topic_grows_and_its_groups_move_to_their_shards() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (broker, q) = open(dir.path(), 1);
-    broker
-        .create_topic("jobs", 1, TopicConfig::default())
-        .expect("topic");
-    produce(&broker, 10);
+    let (dir, broker, q) = started(1, 10);
     work(&q, 40);
     check(&q, 40);
     assert_eq!(state_partition_ends(&broker).len(), 1);
-    drop(q);
-    broker.close();
-    drop(broker);
     // The topic grows; groups are copied to their shards, then deleted
     // from the old one.
-    let (broker, q) = open(dir.path(), 4);
+    let (broker, q) = restart(dir.path(), 4, (broker, q));
     assert_eq!(state_partition_ends(&broker).len(), 4);
     check(&q, 40);
     // Work goes on where it was.
@@ -152,24 +166,15 @@ fn a_single_shard_topic_grows_and_its_groups_move_to_their_shards() {
     let got = q.acquire("g0", &member, 100, usize::MAX).expect("acquire");
     assert_eq!(got.first().map(|d| d.record.offset), Some(1));
     q.leave("g0", &member);
-    drop(q);
-    broker.close();
-    drop(broker);
     // Nothing moves twice, nothing is lost.
-    let (broker, q) = open(dir.path(), 4);
+    let (broker, q) = restart(dir.path(), 4, (broker, q));
     check(&q, 40);
-    drop(q);
-    broker.close();
+    close((broker, q));
 }
 
 #[test]
 fn expiry_visits_a_shard_only_when_something_is_due() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (broker, q) = open(dir.path(), 4);
-    broker
-        .create_topic("jobs", 1, TopicConfig::default())
-        .expect("topic");
-    produce(&broker, 10);
+    let (_dir, broker, q) = started(4, 10);
     let settings = SettingsUpdate {
         lock_timeout_ms: Some(60_000),
         ..SettingsUpdate::default()
@@ -294,23 +299,11 @@ fn the_window_does_not_keep_deleted_segments_mapped() {
 /// the cursor past the records the reset brought back.
 #[test]
 fn a_read_planned_before_a_cursor_reset_is_not_loaded() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (broker, q) = open(dir.path(), 4);
-    broker
-        .create_topic("jobs", 1, TopicConfig::default())
-        .expect("topic");
-    produce(&broker, 10);
+    let (_dir, broker, q) = started(4, 10);
     let member = q.join("g", "jobs", "", 100, None, false).expect("join");
     let got = q.acquire("g", &member, 100, usize::MAX).expect("acquire");
     assert_eq!(got.len(), 10);
-    let acks = got
-        .iter()
-        .map(|d| AckRequest {
-            delivery_id: d.delivery_id,
-            kind: AckKind::Accept,
-            reason: None,
-        })
-        .collect();
+    let acks = accept_all(&got);
     assert!(q.ack("g", &member, acks).expect("ack").refused.is_empty());
     produce(&broker, 5);
     let topic: Arc<str> = Arc::from("jobs");
