@@ -734,7 +734,14 @@ impl Queues {
             .next_delivery_id
             .fetch_add(u64::from(max) + 1, Ordering::Relaxed);
         let out = g.acquire(member, max, max_bytes, now, &mut id, &mut fx);
-        let behind = |p: i32, cursor: i64| self.broker.known_end(&topic, p) != Some(cursor);
+        // Published log ends, from one look at the topic's partitions.
+        let parts = self.broker.topic(&topic).map(|t| t.partitions()).ok();
+        let behind = |p: i32, cursor: i64| {
+            let end = parts
+                .as_ref()
+                .and_then(|ps| ps.get(usize::try_from(p).ok()?)?.known_end());
+            end != Some(cursor)
+        };
         let more = g.could_deliver(member, behind);
         self.effects(&mut st, group, fx)?;
         drop(st);
