@@ -26,14 +26,17 @@ use crate::broker::{is_internal_topic, murmur2, Acks, Broker, Header, NewRecord,
 use crate::storage::Clock;
 
 mod admin;
+mod placement;
+mod reads;
 mod records;
 pub use admin::{
     metric_labels, QueueDescription, QueueListing, QueueMemberInfo, QueuePartitionInfo, QueueReset,
     MAX_METRIC_QUEUES,
 };
+use reads::{load_reads, plan_reads, read_partition, Read, ReadOutcome};
 use records::{
-    group_records, group_tombstone, incarnation_record, partition_record, partition_value,
-    settings_record, PartitionValue, QueueShard,
+    group_records, group_tombstone, partition_record, partition_value, settings_record,
+    PartitionValue, QueueShard,
 };
 
 /// Internal topic of work-queue state.
@@ -529,96 +532,6 @@ impl Queues {
         Ok(member)
     }
 
-    /// Compares the incarnation of `topic` the group's state refers to
-    /// with the topic's: a topic deleted and created again under the same
-    /// name starts afresh (its offsets are other records now). Returns the
-    /// record to persist, if anything changed.
-    fn check_incarnation(
-        g: &mut ShareGroup,
-        group: &str,
-        topic: &Arc<str>,
-        incarnation: u64,
-    ) -> Option<NewRecord> {
-        match g.incarnations.get(topic) {
-            Some(&known) if known == incarnation => return None,
-            Some(_) => {
-                tracing::warn!(
-                    group,
-                    topic = %topic,
-                    "the topic was deleted and created again: the queue starts afresh on it"
-                );
-                metrics::counter!("sluice_queue_topic_resets_total", "topic" => topic.to_string())
-                    .increment(1);
-                g.reset_topic(topic);
-            }
-            // State from before incarnations were recorded: adopt.
-            None => {}
-        }
-        g.incarnations.insert(topic.clone(), incarnation);
-        Some(incarnation_record(group, topic, incarnation))
-    }
-
-    /// Places the group in partitions of `topic` it has not read before:
-    /// at offset 0 (the first read moves up to where the log starts), or,
-    /// with `start_at_latest`, at the log end given in `ends` (looked up
-    /// outside the shard lock; a partition without one stays unplaced until
-    /// the next call). No I/O: a topic with many partitions costs no
-    /// offset lookups under the lock.
-    fn place(
-        g: &mut ShareGroup,
-        topic: &Arc<str>,
-        partitions: i32,
-        ends: &HashMap<i32, i64>,
-        fx: &mut Effects,
-    ) {
-        for p in 0..partitions {
-            let tp = (topic.clone(), p);
-            if g.partitions.get(&tp).is_some_and(|p| p.placed) {
-                continue;
-            }
-            let o = if g.settings.start_at_latest {
-                match ends.get(&p) {
-                    Some(&end) => end,
-                    None => continue,
-                }
-            } else {
-                0
-            };
-            g.apply(tp, Some(o), &[], &[]);
-            fx.deltas.push(super::share::Delta {
-                topic: topic.to_string(),
-                partition: p,
-                start: Some(o),
-                ..Default::default()
-            });
-        }
-    }
-
-    /// Partitions of `topic` (of `count`) the group has not placed.
-    fn unplaced(g: &ShareGroup, topic: &Arc<str>, count: i32) -> Vec<i32> {
-        (0..count)
-            .filter(|&p| {
-                !g.partitions
-                    .get(&(topic.clone(), p))
-                    .is_some_and(|p| p.placed)
-            })
-            .collect()
-    }
-
-    /// The log ends of `partitions` (empty on failure: they stay unplaced).
-    fn log_ends(&self, topic: &str, partitions: &[i32]) -> HashMap<i32, i64> {
-        if partitions.is_empty() {
-            return HashMap::new();
-        }
-        match self.broker.list_offsets(topic, partitions, None) {
-            Ok(o) => o.iter().map(|o| (o.partition, o.latest)).collect(),
-            Err(e) => {
-                tracing::warn!(topic, error = %e, "work-queue placement lookup failed");
-                HashMap::new()
-            }
-        }
-    }
-
     fn apply_settings(&self, s: &mut Settings, u: SettingsUpdate) -> Result<()> {
         let range = |what: &str, v: i32, lo: i32, hi: i32| {
             if (lo..=hi).contains(&v) {
@@ -887,107 +800,6 @@ impl Queues {
     pub fn topic_handle(&self, topic: &str) -> Option<Arc<crate::broker::Topic>> {
         self.broker.topic(topic).ok()
     }
-}
-
-/// A read of one partition's next records, planned under the shard lock.
-struct Read {
-    partition: i32,
-    /// The window's cursor when planned.
-    from: i64,
-    room: usize,
-}
-
-enum ReadOutcome {
-    Records(crate::broker::FetchResult),
-    /// The log is `[start, end)` and the cursor is outside it.
-    OutOfRange {
-        start: i64,
-        end: i64,
-    },
-    Failed,
-}
-
-/// A read for each placed window of `topic` with room, unless its cursor
-/// is known to be at the log end already.
-fn plan_reads(g: &ShareGroup, topic: &Arc<str>) -> Vec<Read> {
-    g.partitions
-        .range((topic.clone(), 0)..)
-        .take_while(|((t, _), _)| t == topic)
-        .filter(|(_, part)| part.placed && part.room() > 0)
-        .map(|((_, p), part)| Read {
-            partition: *p,
-            from: part.cursor,
-            room: part.room() as usize,
-        })
-        .collect()
-}
-
-/// Reads one partition (no lock held); the records are copied out of the
-/// log's mappings (see [`crate::broker::FetchedRecord::detach_all`]).
-fn read_partition(broker: &Broker, topic: &str, r: &Read) -> ReadOutcome {
-    if broker.known_end(topic, r.partition) == Some(r.from) {
-        return ReadOutcome::Records(crate::broker::FetchResult {
-            next_offset: r.from,
-            ..Default::default()
-        });
-    }
-    match broker.read_records(topic, r.partition, r.from, r.room, 1 << 20) {
-        Ok(mut read) => {
-            // The window may hold records for long: not from the log's
-            // mappings, which would keep deleted segments on disk.
-            crate::broker::FetchedRecord::detach_all(&mut read.records);
-            ReadOutcome::Records(read)
-        }
-        Err(crate::broker::BrokerError::Storage(
-            crate::storage::StorageError::OffsetOutOfRange { start, end, .. },
-        )) => ReadOutcome::OutOfRange { start, end },
-        Err(e) => {
-            tracing::warn!(topic, partition = r.partition, error = %e, "work-queue read failed");
-            ReadOutcome::Failed
-        }
-    }
-}
-
-/// Loads reads into their windows (shard locked), each only if its window
-/// still ends where the read began (another call may have loaded, or an
-/// operator reset the cursor, meanwhile). Returns the locks of records
-/// that left the log (retention, or a lost tail).
-fn load_reads(
-    g: &mut ShareGroup,
-    topic: &Arc<str>,
-    reads: Vec<(Read, ReadOutcome)>,
-) -> Vec<(u64, Arc<str>)> {
-    let mut dropped = Vec::new();
-    for (r, outcome) in reads {
-        let Some(part) = g.partitions.get_mut(&(topic.clone(), r.partition)) else {
-            continue;
-        };
-        if !part.placed || part.cursor != r.from {
-            continue;
-        }
-        match outcome {
-            ReadOutcome::Records(read) => part.load(read.records, read.next_offset),
-            ReadOutcome::OutOfRange { start, end } if part.cursor > end => {
-                // The log is shorter than the queue's cursor (a tail lost
-                // to a power failure): records appended from here on would
-                // never be delivered. Go back to the log's end.
-                tracing::warn!(
-                    topic = %topic,
-                    partition = r.partition,
-                    cursor = part.cursor,
-                    log_end = end,
-                    log_start = start,
-                    "work-queue cursor is past the end of the log; moving it back"
-                );
-                metrics::counter!("sluice_queue_cursor_resets_total", "topic" => topic.to_string())
-                    .increment(1);
-                dropped.extend(part.truncate_to(end));
-            }
-            ReadOutcome::OutOfRange { start, .. } => dropped.extend(part.skip_to(start)),
-            ReadOutcome::Failed => {}
-        }
-    }
-    dropped
 }
 
 #[cfg(test)]
