@@ -22,7 +22,9 @@
 //!
 //! Files: `produce.rs` (requests, batching, appends, durability),
 //! `fetch.rs` (reads, long polls, subscriptions, offsets), `admin.rs`
-//! (topics), `internal.rs` (the coordinators' internal topics), `logs.rs`
+//! (topics), `internal.rs` (the coordinators' internal topics),
+//! `journal.rs` (state kept in an internal topic: append, replay, snapshot
+//! and purge, shared by the coordinators and producer ids), `logs.rs`
 //! (opening, eviction, maintenance), `partition.rs`, `topic.rs`,
 //! `producer_ids.rs`, `partitioner.rs`, `error.rs`.
 
