@@ -98,11 +98,16 @@ impl<S> std::fmt::Debug for Journal<S> {
 }
 
 /// A locked journal: the state (through `Deref`) and the means to record
-/// changes to it.
+/// changes to it. A snapshot that came due is written when the guard is
+/// dropped, after the caller has applied every change it appended (a
+/// caller may append first and change its state after, e.g. delete a
+/// group once its tombstone is written; a snapshot in between would write
+/// the old state after the tombstone).
 pub(crate) struct JournalGuard<'a, S: Journaled> {
     journal: &'a Journal<S>,
     broker: &'a Broker,
     inner: MutexGuard<'a, Inner<S>>,
+    snapshot_due: bool,
 }
 
 impl<S: Journaled> Journal<S> {
@@ -190,6 +195,7 @@ impl<S: Journaled> Journal<S> {
             journal: self,
             broker,
             inner,
+            snapshot_due: false,
         })
     }
 
@@ -197,6 +203,14 @@ impl<S: Journaled> Journal<S> {
     /// for descriptions and metrics.
     pub fn peek<T>(&self, f: impl FnOnce(&S) -> T) -> T {
         f(&self.inner.lock().state)
+    }
+}
+
+impl<S: Journaled> Drop for JournalGuard<'_, S> {
+    fn drop(&mut self) {
+        if self.snapshot_due && self.inner.failed.is_none() {
+            self.snapshot();
+        }
     }
 }
 
@@ -219,9 +233,10 @@ impl<S: Journaled> JournalGuard<'_, S> {
         self.journal.config.partition
     }
 
-    /// Appends `records` (the changes just made); returns the offset of
-    /// the first. A failure stops the shard until it replays its log
-    /// (memory may now be ahead of it). Snapshots when due.
+    /// Appends `records` (the changes just made, or about to be made
+    /// before the guard is dropped); returns the offset of the first. A
+    /// failure stops the shard until it replays its log (memory may now be
+    /// ahead of it). A snapshot that comes due is written at drop.
     pub fn append(&mut self, records: Vec<NewRecord>) -> std::result::Result<i64, String> {
         if records.is_empty() {
             return Ok(-1);
@@ -238,7 +253,7 @@ impl<S: Journaled> JournalGuard<'_, S> {
         self.inner.since_snapshot += n;
         let min = self.journal.config.snapshot_min_records;
         if min > 0 && self.inner.since_snapshot > min.max(2 * self.inner.live_keys) {
-            self.snapshot();
+            self.snapshot_due = true;
         }
         Ok(base)
     }
@@ -271,7 +286,7 @@ impl<S: Journaled> JournalGuard<'_, S> {
     /// the snapshot (after syncing it). A failure here leaves the log
     /// longer, never wrong: replay applies the old records and then the
     /// snapshot's.
-    pub fn snapshot(&mut self) {
+    fn snapshot(&mut self) {
         let c = self.journal.config;
         let recs = self.inner.state.snapshot();
         let live = recs.len() as u64;
@@ -314,5 +329,107 @@ impl<S: Journaled> JournalGuard<'_, S> {
                 tracing::warn!(topic = c.topic, partition = c.partition, error = %e, "deleting segments before a snapshot failed")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::broker::BrokerConfig;
+
+    /// Keys and values; a record without a value deletes its key.
+    #[derive(Default)]
+    struct Kv(BTreeMap<Vec<u8>, Vec<u8>>);
+
+    impl Journaled for Kv {
+        fn replay(
+            &mut self,
+            key: Option<&[u8]>,
+            value: Option<&[u8]>,
+        ) -> std::result::Result<(), String> {
+            let key = key.ok_or("no key")?.to_vec();
+            match value {
+                Some(v) => self.0.insert(key, v.to_vec()),
+                None => self.0.remove(&key),
+            };
+            Ok(())
+        }
+
+        fn snapshot(&self) -> Vec<NewRecord> {
+            self.0.iter().map(|(k, v)| record(k, Some(v))).collect()
+        }
+    }
+
+    fn record(k: &[u8], v: Option<&[u8]>) -> NewRecord {
+        NewRecord {
+            key: Some(Bytes::copy_from_slice(k)),
+            value: v.map(Bytes::copy_from_slice),
+            ..NewRecord::default()
+        }
+    }
+
+    const TOPIC: &str = "__journal_test";
+
+    const CONFIG: JournalConfig = JournalConfig {
+        topic: TOPIC,
+        partition: 0,
+        snapshot_min_records: 4,
+        durable: false,
+    };
+
+    fn open(broker: &Broker) -> Journal<Kv> {
+        broker
+            .ensure_internal_topic(TOPIC, 1, journal_topic_config(64 * 1024))
+            .expect("topic");
+        Journal::open(broker, CONFIG, Kv::default).expect("journal")
+    }
+
+    /// What a replay of the log gives now.
+    fn replayed(broker: &Broker) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let fresh: &(dyn Fn() -> Kv + Send + Sync) = &Kv::default;
+        Journal::replay(broker, &CONFIG, fresh)
+            .expect("replay")
+            .state
+            .0
+    }
+
+    /// Callers append a change and then apply it (a deletion most of
+    /// all). A snapshot between the two would write the deleted key again
+    /// after its tombstone; snapshots wait for the guard's drop.
+    #[test]
+    fn a_snapshot_never_resurrects_what_the_same_call_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = Broker::open(BrokerConfig::new(dir.path())).expect("broker");
+        let journal = open(&broker);
+        for round in 0..3000u32 {
+            let key = format!("k{}", round % 7).into_bytes();
+            let mut g = journal.lock(&broker).expect("lock");
+            if round % 3 == 2 {
+                g.append(vec![record(&key, None)]).expect("append");
+                g.0.remove(&key);
+            } else {
+                let v = round.to_be_bytes();
+                g.append(vec![record(&key, Some(&v))]).expect("append");
+                g.0.insert(key, v.to_vec());
+            }
+            drop(g);
+            let live = journal.peek(|s| s.0.clone());
+            assert_eq!(replayed(&broker), live, "after round {round}");
+        }
+        let live: BTreeMap<Vec<u8>, Vec<u8>> = journal.peek(|s| s.0.clone());
+        let start = broker.list_offsets(TOPIC, &[0], None).expect("offsets")[0].earliest;
+        drop(journal);
+        broker.close();
+        drop(broker);
+        let broker = Broker::open(BrokerConfig::new(dir.path())).expect("broker");
+        let journal = open(&broker);
+        assert_eq!(journal.peek(|s| s.0.clone()), live);
+        assert!(start > 0, "snapshots purged the history before them");
+        drop(journal);
+        broker.close();
     }
 }
