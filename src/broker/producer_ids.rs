@@ -80,6 +80,15 @@ impl Journaled for IdLog {
     }
 }
 
+/// A failure to write `__producer_ids` (memory may be ahead of it).
+fn ids_error(reason: String) -> BrokerError {
+    BrokerError::Storage(StorageError::Io {
+        op: "recording producer ids in",
+        path: PRODUCER_IDS_TOPIC.into(),
+        source: std::io::Error::other(reason),
+    })
+}
+
 /// A block record: no key, the block's end as an 8-byte value.
 fn block_record(end: i64) -> NewRecord {
     NewRecord {
@@ -189,11 +198,7 @@ impl Broker {
     ) -> Result<()> {
         let failed = |reason: String| {
             tracing::error!(error = %reason, "recording producer ids failed");
-            BrokerError::Storage(StorageError::Io {
-                op: "recording producer ids in",
-                path: PRODUCER_IDS_TOPIC.into(),
-                source: std::io::Error::other(reason),
-            })
+            ids_error(reason)
         };
         let journal = ids
             .journal
@@ -231,13 +236,7 @@ impl Broker {
             let found = self.producer_ids_in_logs(end, epochs)?;
             // Recorded, so that later starts trust the topic again instead
             // of opening every partition log.
-            let mut log = journal.lock(self).map_err(|reason| {
-                BrokerError::Storage(StorageError::Io {
-                    op: "recording producer ids in",
-                    path: PRODUCER_IDS_TOPIC.into(),
-                    source: std::io::Error::other(reason),
-                })
-            })?;
+            let mut log = journal.lock(self).map_err(ids_error)?;
             let mut recs = vec![block_record(found.0)];
             recs.extend(found.1.iter().map(|(&id, &e)| bump_record(id, e)));
             if let Err(reason) = log.append(recs) {
