@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/sluice/v1/broker.proto",
         "proto/sluice/v1/groups.proto",
         "proto/sluice/v1/queues.proto",
+        "proto/sluice/v1/cluster.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     for p in protos {
@@ -30,6 +31,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".")
         // prost plus a check of request sizes before decoding.
         .codec_path("crate::api::grpc::codec::LimitedCodec")
+        .compile_fds(compiler.file_descriptor_set())?;
+
+    // The nodes' internal service: generated apart, so reflection on the
+    // client listener never lists it.
+    let internal = "proto/sluice/internal/v1/cluster.proto";
+    println!("cargo:rerun-if-changed={internal}");
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler.open_files([internal])?;
+    tonic_prost_build::configure()
+        .bytes(".")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

@@ -47,6 +47,20 @@
 //! idle_timeout_ms = 600000            # close connections without calls; 0: never
 //! consume_open_timeout_ms = 10000     # a Consume stream must open within this
 //! drain_timeout_ms = 10000            # shutdown waits this long for calls
+//!
+//! [cluster]                           # absent: a single node, no quorum
+//! node_id = 1                         # --node-id
+//! controller_voters = "1@n1:9500,2@n2:9500,3@n3:9500"  # --controller-voters
+//! internal_listen = "0.0.0.0:9500"    # --internal-listen (Raft and forwarding)
+//! internal_advertise = "n1:9500"      # default: this node's voter address
+//! advertise = "n1:9400"               # --advertise (client address); default: listen
+//! rack = "eu-1a"                      # --rack
+//! default_replication_factor = 3      # default: min(3, live brokers)
+//! session_timeout_ms = 6000           # a broker silent this long is fenced
+//! broker_heartbeat_ms = 500
+//! election_timeout_ms = 500           # Raft: elections after 500-1000 ms
+//! raft_heartbeat_ms = 100
+//! snapshot_every = 5000               # metadata entries between snapshots
 //! ```
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -83,6 +97,164 @@ pub struct ServerConfig {
     pub groups: GroupSettings,
     /// Connection and request limits.
     pub limits: LimitSettings,
+    /// Cluster membership (off unless `controller_voters` is set).
+    pub cluster: ClusterSettings,
+}
+
+/// How a node joins a cluster; see README ("Cluster").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// This node's id, in [0, 1023].
+    pub node_id: Option<u64>,
+    /// The controller voters: `id@host:port,...` (their internal
+    /// addresses). Set: cluster mode.
+    pub controller_voters: Option<String>,
+    /// Where the internal service listens.
+    pub internal_listen: Option<SocketAddr>,
+    /// The internal address other nodes dial (default: this node's entry
+    /// in `controller_voters`, else `internal_listen`).
+    pub internal_advertise: Option<String>,
+    /// The client address handed to clients (default: `listen`).
+    pub advertise: Option<String>,
+    /// This broker's rack.
+    pub rack: Option<String>,
+    /// Replicas per partition when a create names none (default: min(3,
+    /// live brokers)).
+    pub default_replication_factor: Option<i32>,
+    /// A broker that does not heartbeat for this long is fenced, ms.
+    pub session_timeout_ms: u64,
+    /// Broker heartbeat interval, ms.
+    pub broker_heartbeat_ms: u64,
+    /// Raft election timeout (the range is this to twice this), ms.
+    pub election_timeout_ms: u64,
+    /// Raft leader heartbeat, ms.
+    pub raft_heartbeat_ms: u64,
+    /// Metadata entries between snapshots.
+    pub snapshot_every: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            node_id: None,
+            controller_voters: None,
+            internal_listen: None,
+            internal_advertise: None,
+            advertise: None,
+            rack: None,
+            default_replication_factor: None,
+            session_timeout_ms: 6000,
+            broker_heartbeat_ms: 500,
+            election_timeout_ms: 500,
+            raft_heartbeat_ms: 100,
+            snapshot_every: 5000,
+        }
+    }
+}
+
+/// Largest node id in a cluster: producer ids are striped by node id.
+pub const MAX_CLUSTER_NODE_ID: u64 = 1023;
+
+/// Parses `--controller-voters`: `id@host:port` entries separated by commas.
+pub fn parse_voters(s: &str) -> Result<std::collections::BTreeMap<u64, String>, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, addr) = entry.split_once('@').ok_or_else(|| {
+            format!("controller voter '{entry}' must be id@host:port (e.g. 1@node-1:9500)")
+        })?;
+        let id: u64 = id
+            .parse()
+            .map_err(|_| format!("controller voter '{entry}': id '{id}' is not a number in [0, {MAX_CLUSTER_NODE_ID}]"))?;
+        if id > MAX_CLUSTER_NODE_ID {
+            return Err(format!(
+                "controller voter '{entry}': id {id} must be in [0, {MAX_CLUSTER_NODE_ID}]"
+            ));
+        }
+        let port_ok = addr
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !port_ok {
+            return Err(format!(
+                "controller voter '{entry}': '{addr}' must be host:port"
+            ));
+        }
+        if out.insert(id, addr.to_string()).is_some() {
+            return Err(format!("controller voter id {id} is listed twice"));
+        }
+    }
+    if out.is_empty() {
+        return Err("--controller-voters lists no voter".into());
+    }
+    Ok(out)
+}
+
+impl ServerConfig {
+    /// The cluster settings of this node, or `None` for a single node.
+    pub fn cluster_config(&self) -> Result<Option<crate::cluster::ClusterConfig>, Error> {
+        let c = &self.cluster;
+        let Some(voters) = &c.controller_voters else {
+            return Ok(None);
+        };
+        let voters = parse_voters(voters).map_err(Error::Config)?;
+        let node_id = c.node_id.ok_or_else(|| {
+            Error::Config("--node-id is required with --controller-voters".into())
+        })?;
+        if node_id > MAX_CLUSTER_NODE_ID {
+            return Err(Error::Config(format!(
+                "--node-id {node_id} must be in [0, {MAX_CLUSTER_NODE_ID}]"
+            )));
+        }
+        let internal_listen = c.internal_listen.ok_or_else(|| {
+            Error::Config("--internal-listen is required with --controller-voters".into())
+        })?;
+        let internal_address = c
+            .internal_advertise
+            .clone()
+            .or_else(|| voters.get(&node_id).cloned())
+            .unwrap_or_else(|| internal_listen.to_string());
+        let advertise = c
+            .advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string());
+        if c.session_timeout_ms < 2 * c.broker_heartbeat_ms.max(1) {
+            return Err(Error::Config(format!(
+                "cluster session_timeout_ms {} must be at least twice broker_heartbeat_ms {}",
+                c.session_timeout_ms, c.broker_heartbeat_ms
+            )));
+        }
+        if c.election_timeout_ms <= c.raft_heartbeat_ms {
+            return Err(Error::Config(format!(
+                "cluster election_timeout_ms {} must be above raft_heartbeat_ms {}",
+                c.election_timeout_ms, c.raft_heartbeat_ms
+            )));
+        }
+        if let Some(rf) = c.default_replication_factor {
+            if rf < 1 {
+                return Err(Error::Config(format!(
+                    "default_replication_factor {rf} must be at least 1"
+                )));
+            }
+        }
+        let mut cc = crate::cluster::ClusterConfig::new(
+            node_id,
+            self.data_dir.join("__cluster_metadata"),
+            voters,
+            internal_address,
+            advertise,
+        );
+        cc.rack = c.rack.clone();
+        cc.default_replication_factor = c.default_replication_factor;
+        cc.session_timeout = Duration::from_millis(c.session_timeout_ms);
+        cc.broker_heartbeat = Duration::from_millis(c.broker_heartbeat_ms.max(1));
+        cc.raft_heartbeat = Duration::from_millis(c.raft_heartbeat_ms.max(1));
+        cc.election_timeout = (
+            Duration::from_millis(c.election_timeout_ms),
+            Duration::from_millis(c.election_timeout_ms * 2),
+        );
+        cc.snapshot_every = c.snapshot_every.max(1);
+        Ok(Some(cc))
+    }
 }
 
 /// What one client may take from the server; see README ("Limits").
@@ -351,6 +523,7 @@ impl Default for ServerConfig {
             storage: StorageSettings::default(),
             groups: GroupSettings::default(),
             limits: LimitSettings::default(),
+            cluster: ClusterSettings::default(),
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod api;
 pub mod broker;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod coordinator;
 pub mod error;

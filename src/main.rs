@@ -32,6 +32,9 @@ enum Command {
     /// List, describe and delete consumer groups; reset their offsets.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Cluster status: nodes, controller, liveness.
+    #[command(subcommand)]
+    Cluster(cli::cluster::ClusterCommand),
     /// Work queues: run a command per record, describe queues.
     #[command(subcommand)]
     Queue(QueueCommand),
@@ -114,6 +117,8 @@ struct ServeArgs {
     producer_expiration_ms: Option<u64>,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long)]
     log_json: bool,
@@ -152,6 +157,38 @@ struct LimitArgs {
     /// On shutdown, wait this long for open calls, then exit anyway, ms [default: 10000].
     #[arg(long)]
     drain_timeout_ms: Option<u64>,
+}
+
+/// Cluster membership flags (all unset: a single node with no quorum).
+#[derive(Debug, clap::Args)]
+struct ClusterArgs {
+    /// This node's id, in [0, 1023] (required in a cluster).
+    #[arg(long, env = "SLUICE_NODE_ID")]
+    node_id: Option<u64>,
+    /// The metadata quorum's voters and their internal addresses:
+    /// 1@host:port,2@host:port,3@host:port. Setting it makes this node a
+    /// cluster member (a voter if its id is listed, else a broker only).
+    #[arg(long, env = "SLUICE_CONTROLLER_VOTERS")]
+    controller_voters: Option<String>,
+    /// Address of the internal listener (Raft, forwarding between brokers).
+    #[arg(long, env = "SLUICE_INTERNAL_LISTEN")]
+    internal_listen: Option<std::net::SocketAddr>,
+    /// Internal address other nodes dial [default: this node's voter
+    /// address, else --internal-listen].
+    #[arg(long, env = "SLUICE_INTERNAL_ADVERTISE")]
+    internal_advertise: Option<String>,
+    /// Client address other brokers hand out for this one [default: --listen].
+    #[arg(long, env = "SLUICE_ADVERTISE")]
+    advertise: Option<String>,
+    /// This broker's rack (replicas spread over racks first).
+    #[arg(long, env = "SLUICE_RACK")]
+    rack: Option<String>,
+    /// Replicas per partition when a create names none [default: min(3, live brokers)].
+    #[arg(long, env = "SLUICE_DEFAULT_REPLICATION_FACTOR")]
+    default_replication_factor: Option<i32>,
+    /// A broker that sends no heartbeat for this long is fenced, ms [default: 6000].
+    #[arg(long)]
+    broker_session_timeout_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -242,14 +279,42 @@ impl ServeArgs {
         if let Some(v) = self.group_heartbeat_interval_ms {
             g.heartbeat_interval_ms = v;
         }
+        let k = &mut c.cluster;
+        let a = &self.cluster;
+        if a.node_id.is_some() {
+            k.node_id = a.node_id;
+        }
+        if a.controller_voters.is_some() {
+            k.controller_voters = a.controller_voters.clone();
+        }
+        if a.internal_listen.is_some() {
+            k.internal_listen = a.internal_listen;
+        }
+        if a.internal_advertise.is_some() {
+            k.internal_advertise = a.internal_advertise.clone();
+        }
+        if a.advertise.is_some() {
+            k.advertise = a.advertise.clone();
+        }
+        if a.rack.is_some() {
+            k.rack = a.rack.clone();
+        }
+        if a.default_replication_factor.is_some() {
+            k.default_replication_factor = a.default_replication_factor;
+        }
+        if let Some(v) = a.broker_session_timeout_ms {
+            k.session_timeout_ms = v;
+        }
         c.broker_config()?;
         c.coordinator_config()?;
+        c.cluster_config()?;
         Ok(c)
     }
 }
 
 fn init_tracing(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -286,6 +351,7 @@ fn main() -> ExitCode {
             Command::Serve(_) => Ok(()),
             Command::Topic(c) => cli::topic(c).await,
             Command::Group(c) => cli::group(c).await,
+            Command::Cluster(c) => cli::cluster::cluster(c).await,
             Command::Queue(c) => cli::queue::queue(c).await,
             Command::Produce(a) => cli::produce(a).await,
             Command::Consume(a) => cli::consume(a).await,
@@ -325,7 +391,19 @@ fn serve(config: ServerConfig) -> Result<(), sluice::error::Error> {
             Some(a) => Some(tokio::net::TcpListener::bind(a).await?),
             None => None,
         };
-        sluice::server::run(config, listener, metrics, shutdown_signal()).await
+        let internal = match (
+            &config.cluster.controller_voters,
+            config.cluster.internal_listen,
+        ) {
+            (Some(_), Some(a)) => Some(tokio::net::TcpListener::bind(a).await?),
+            _ => None,
+        };
+        let listeners = sluice::server::Listeners {
+            client: listener,
+            metrics,
+            internal,
+        };
+        sluice::server::run_node(config, listeners, shutdown_signal()).await
     })
 }
 

@@ -23,7 +23,9 @@ use crate::api::grpc::{
     FILE_DESCRIPTOR_SET, HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, MAX_HEADER_LIST_BYTES,
     MAX_MESSAGE_BYTES, SMALL_REQUEST_BYTES,
 };
+use crate::api::grpc::{pb::cluster_server::ClusterServer, ClusterLink, ClusterService};
 use crate::broker::Broker;
+use crate::cluster::{transport::InternalService, Cluster};
 use crate::config::{LimitSettings, ServerConfig};
 use crate::coordinator::{queues::Queues, Coordinator};
 use crate::error::Error;
@@ -51,6 +53,16 @@ fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
+/// The bound listeners of one node.
+pub struct Listeners {
+    /// The public gRPC API.
+    pub client: TcpListener,
+    /// Prometheus `/metrics`, `/healthz`, `/readyz`.
+    pub metrics: Option<TcpListener>,
+    /// The internal service (cluster mode only).
+    pub internal: Option<TcpListener>,
+}
+
 /// Serves the gRPC API on `listener` (and metrics on `metrics`, if given)
 /// until `shutdown` completes; then drains and closes the broker.
 ///
@@ -62,12 +74,90 @@ pub async fn run(
     metrics: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    let listeners = Listeners {
+        client: listener,
+        metrics,
+        internal: None,
+    };
+    run_node(config, listeners, shutdown).await
+}
+
+/// Follows the committed metadata: applies each new image to the broker's
+/// topics (on the blocking pool) and reports how far it got.
+async fn follow_metadata(cluster: Arc<Cluster>, broker: Arc<Broker>) {
+    let mut rx = cluster.subscribe();
+    loop {
+        let applied = rx.borrow_and_update().clone();
+        let index = applied.last.map_or(0, |l| l.index);
+        let b = broker.clone();
+        let image = applied.image.clone();
+        match tokio::task::spawn_blocking(move || b.apply_metadata(&image)).await {
+            Ok(Ok(())) => cluster.mark_synced(index),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, index, "metadata not applied yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => tracing::error!(error = %e, "metadata follower task failed"),
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Like [`run`], with every listener a node may have; in cluster mode
+/// (`config.cluster.controller_voters` set) the internal listener is
+/// required.
+pub async fn run_node(
+    config: ServerConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let handle = prometheus();
-    let broker_config = config.broker_config()?;
+    let mut broker_config = config.broker_config()?;
     let coordinator_config = config.coordinator_config()?;
+    let cluster_config = config.cluster_config()?;
+    if let Some(cc) = &cluster_config {
+        broker_config.producer_id_stripe = Some(crate::broker::ProducerIdStripe {
+            node: cc.node_id as i64,
+            stride: crate::config::MAX_CLUSTER_NODE_ID as i64 + 1,
+        });
+    }
+    if cluster_config.is_some() && listeners.internal.is_none() {
+        return Err(Error::Config(
+            "a cluster node needs an internal listener (--internal-listen)".into(),
+        ));
+    }
     let broker = tokio::task::spawn_blocking(move || Broker::open(broker_config))
         .await
         .map_err(|e| Error::Config(format!("opening broker: {e}")))??;
+    let cluster = match cluster_config {
+        None => None,
+        Some(cc) => {
+            let fresh = !cc.dir.exists();
+            if fresh && broker.has_user_topics() {
+                let b = broker.clone();
+                let _ = tokio::task::spawn_blocking(move || b.close()).await;
+                return Err(Error::Config(format!(
+                    "{} holds topics created by a single-node server; a cluster node keeps its topics in the cluster metadata and starts from an empty data directory (start this one without --controller-voters, or move its topics out)",
+                    config.data_dir.display()
+                )));
+            }
+            match Cluster::open(cc).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    let b = broker.clone();
+                    let _ = tokio::task::spawn_blocking(move || b.close()).await;
+                    return Err(Error::Config(format!("joining the cluster: {e}")));
+                }
+            }
+        }
+    };
+    let follower = cluster.as_ref().map(|c| {
+        c.start_tasks();
+        tokio::spawn(follow_metadata(c.clone(), broker.clone()))
+    });
     let opened = {
         let broker = broker.clone();
         tokio::task::spawn_blocking(move || Coordinator::open(broker, coordinator_config))
@@ -100,12 +190,26 @@ pub async fn run(
         }
     };
     queues.start();
+    let advertised = config.cluster.advertise.clone().unwrap_or_else(|| {
+        listeners
+            .client
+            .local_addr()
+            .map_or_else(|_| config.listen.to_string(), |a| a.to_string())
+    });
     let domain = Domain {
         broker: broker.clone(),
         coordinator,
         queues,
+        link: cluster.clone().map(ClusterLink::new),
+        advertised,
     };
-    let result = serve(&config.limits, domain, handle, listener, metrics, shutdown).await;
+    let result = serve(&config.limits, domain, handle, listeners, shutdown).await;
+    if let Some(c) = &cluster {
+        c.shutdown().await;
+    }
+    if let Some(f) = follower {
+        f.abort();
+    }
     tokio::task::spawn_blocking(move || broker.close())
         .await
         .map_err(|e| Error::Config(format!("closing broker: {e}")))?;
@@ -118,21 +222,50 @@ struct Domain {
     broker: Arc<Broker>,
     coordinator: Arc<Coordinator>,
     queues: Arc<Queues>,
+    /// In a cluster.
+    link: Option<ClusterLink>,
+    /// The client address handed out in metadata.
+    advertised: String,
+}
+
+/// Consumer groups and work queues keep their state in this broker's own
+/// internal topics: across brokers that state would split, so in a cluster
+/// of several brokers they are refused until it is replicated.
+fn coordinator_gate(
+    link: Option<ClusterLink>,
+) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    move |req| {
+        if let Some(link) = &link {
+            let brokers = link.cluster.image().brokers.len();
+            if brokers > 1 {
+                return Err(tonic::Status::failed_precondition(format!(
+                    "consumer groups and work queues need their coordinator state replicated, which arrives with partition replication; this cluster has {brokers} brokers, so they are served only by single-broker deployments for now (streams: Fetch/Subscribe with your own offsets)"
+                )));
+            }
+        }
+        Ok(req)
+    }
 }
 
 async fn serve(
     config_limits: &LimitSettings,
     domain: Domain,
     prometheus: &'static PrometheusHandle,
-    listener: TcpListener,
-    metrics: Option<TcpListener>,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let Domain {
         broker,
         coordinator,
         queues,
+        link,
+        advertised,
     } = domain;
+    let Listeners {
+        client: listener,
+        metrics,
+        internal,
+    } = listeners;
     let addr = listener.local_addr()?;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -173,6 +306,7 @@ async fn serve(
                 broker.clone(),
                 coordinator.clone(),
                 queues.clone(),
+                link.as_ref().map(|l| l.cluster.clone()),
                 prometheus,
             );
             Some(tokio::spawn(async move {
@@ -188,6 +322,7 @@ async fn serve(
     };
 
     let limits = config_limits.clone();
+    let replies = conn::ReplyBudget::new(limits.max_reply_bytes_in_flight);
     // Set when shutdown begins, so the drain can be timed.
     let (draining_tx, mut draining_rx) = tokio::sync::watch::channel(false);
     let shutting_down = {
@@ -208,50 +343,86 @@ async fn serve(
     // Requests are decoded whole: each service takes what its largest
     // valid request needs, and no more.
     let small = SMALL_REQUEST_BYTES;
-    let served = Server::builder()
-        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
-        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .concurrency_limit_per_connection(limits.max_calls_per_connection)
-        .http2_keepalive_interval(LimitSettings::optional(limits.keepalive_interval_ms))
-        .http2_keepalive_timeout(Some(Duration::from_millis(limits.keepalive_timeout_ms)))
-        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-        .layer(conn::TrackCallsLayer)
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(reflection_alpha)
-        .add_service(ServerInfoServer::new(InfoService))
-        .add_service(
-            AdminServer::new(AdminService::new(broker.clone()))
+    let gate = coordinator_gate(link.clone());
+    let routes = || {
+        Server::builder()
+            .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .concurrency_limit_per_connection(limits.max_calls_per_connection)
+            .http2_keepalive_interval(LimitSettings::optional(limits.keepalive_interval_ms))
+            .http2_keepalive_timeout(Some(Duration::from_millis(limits.keepalive_timeout_ms)))
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+            .layer(conn::TrackCallsLayer)
+            .add_service(health_service.clone())
+            .add_service(reflection.clone())
+            .add_service(reflection_alpha.clone())
+            .add_service(ServerInfoServer::new(InfoService))
+            .add_service(
+                AdminServer::new(AdminService::new(broker.clone(), link.clone()))
+                    .max_decoding_message_size(small)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                BrokerServer::new(BrokerService::new(
+                    broker.clone(),
+                    replies.clone(),
+                    link.clone(),
+                ))
+                .max_decoding_message_size(limits.max_request_bytes)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                ClusterServer::new(ClusterService::new(
+                    broker.clone(),
+                    link.clone(),
+                    advertised.clone(),
+                ))
                 .max_decoding_message_size(small)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
-            BrokerServer::new(BrokerService::new(
-                broker.clone(),
-                conn::ReplyBudget::new(limits.max_reply_bytes_in_flight),
+            )
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                GroupsServer::new(GroupsService::new(coordinator.clone()))
+                    .max_decoding_message_size(small),
+                gate.clone(),
             ))
-            .max_decoding_message_size(limits.max_request_bytes)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
-            GroupsServer::new(GroupsService::new(coordinator.clone()))
-                .max_decoding_message_size(small),
-        )
-        .add_service(
-            GroupAdminServer::new(GroupAdminService::new(coordinator))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                GroupAdminServer::new(GroupAdminService::new(coordinator.clone()))
+                    .max_decoding_message_size(small)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                gate.clone(),
+            ))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                QueuesServer::new(QueuesService::new(
+                    queues.clone(),
+                    Duration::from_millis(limits.consume_open_timeout_ms),
+                ))
                 .max_decoding_message_size(small)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
-            QueuesServer::new(QueuesService::new(
-                queues,
-                Duration::from_millis(limits.consume_open_timeout_ms),
+                gate.clone(),
             ))
-            .max_decoding_message_size(small)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .serve_with_incoming_shutdown(incoming, shutting_down);
+    };
+    // The internal listener serves the public services too (forwarded
+    // requests arrive there) plus the nodes' own service. It stops after
+    // the client listener has drained.
+    let (stop_internal, mut internal_stopped) = tokio::sync::watch::channel(false);
+    let internal_task = match (internal, &link) {
+        (Some(l), Some(link)) => {
+            info!(addr = %l.local_addr()?, node = link.cluster.node_id(), "internal listener up");
+            let router = routes().add_service(InternalService::server(link.cluster.clone()));
+            let stop = async move {
+                let _ = internal_stopped.wait_for(|s| *s).await;
+            };
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+            Some(tokio::spawn(async move {
+                if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
+                    tracing::error!(error = %e, "internal listener failed");
+                }
+            }))
+        }
+        _ => None,
+    };
+    let served = routes().serve_with_incoming_shutdown(incoming, shutting_down);
     // After the signal, calls get the drain timeout to finish; then the
     // logs are closed cleanly and the process exits anyway.
     let drain = Duration::from_millis(limits.drain_timeout_ms);
@@ -270,6 +441,12 @@ async fn serve(
     if let Some(t) = metrics_task {
         let _ = t.await;
     }
+    let _ = stop_internal.send(true);
+    if let Some(t) = internal_task {
+        if tokio::time::timeout(drain, t).await.is_err() {
+            tracing::warn!("internal listener still busy after the drain timeout");
+        }
+    }
     served?;
     Ok(())
 }
@@ -278,6 +455,7 @@ fn metrics_router(
     broker: Arc<Broker>,
     coordinator: Arc<Coordinator>,
     queues: Arc<Queues>,
+    cluster: Option<Arc<Cluster>>,
     prometheus: &'static PrometheusHandle,
 ) -> axum::Router {
     use axum::routing::get;
@@ -329,4 +507,22 @@ fn metrics_router(
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                // Ready once this node has applied the committed metadata
+                // (a single node always is).
+                let ready = cluster.as_ref().is_none_or(|c| c.ready());
+                async move {
+                    if ready {
+                        (axum::http::StatusCode::OK, "ready\n")
+                    } else {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "catching up with the cluster metadata\n",
+                        )
+                    }
+                }
+            }),
+        )
 }

@@ -647,11 +647,11 @@ async fn retention_by_size_and_time_advances_the_start_offset() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         waited += 1;
     }
-    let size = c.describe_topic("by-size").await.unwrap().partitions[0];
+    let size = &c.describe_topic("by-size").await.unwrap().partitions[0];
     assert!(size.log_start_offset > 0, "{size:?}");
     assert!(size.size_bytes <= 8192 + 4096, "{size:?}");
     // Everything older than a minute goes, except the active segment.
-    let time = c.describe_topic("by-time").await.unwrap().partitions[0];
+    let time = &c.describe_topic("by-time").await.unwrap().partitions[0];
     assert!(time.log_start_offset >= 90, "{time:?}");
     assert_eq!(
         start("kept").await,

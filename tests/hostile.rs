@@ -403,6 +403,7 @@ fn extreme_values_in_every_numeric_field() {
                                 timestamp_before_max_ms: Some(l[3]),
                                 timestamp_after_max_ms: Some(l[4]),
                             }),
+                            replication_factor: (i[3] % 3 != 0).then_some(i[3]),
                         })
                         .await
                         .map(drop),

@@ -8,6 +8,9 @@ use super::*;
 pub struct TopicInfo {
     /// Name.
     pub name: String,
+    /// This creation of the name (see [`Topic::incarnation`]); in a
+    /// cluster, the metadata's topic id.
+    pub topic_id: u64,
     /// Settings in force.
     pub config: TopicConfig,
     /// Per partition.
@@ -63,7 +66,42 @@ impl Broker {
                 "topic name '{name}' starts with '{INTERNAL_TOPIC_PREFIX}', which is reserved for the broker's internal topics"
             )));
         }
-        self.create_topic_unchecked(name, partitions, config)
+        self.create_topic_unchecked(name, partitions, config, None)
+    }
+
+    /// Checks what [`Broker::create_topic`] checks, creating nothing: a
+    /// cluster validates a request before proposing it to the quorum.
+    pub fn validate_new_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        config: &TopicConfig,
+    ) -> Result<()> {
+        validate_topic_name(name)?;
+        if is_internal_topic(name) {
+            return Err(BrokerError::invalid(format!(
+                "topic name '{name}' starts with '{INTERNAL_TOPIC_PREFIX}', which is reserved for the broker's internal topics"
+            )));
+        }
+        if !(1..=MAX_PARTITIONS).contains(&partitions) {
+            return Err(BrokerError::invalid(format!(
+                "partition count {partitions} must be in [1, {MAX_PARTITIONS}]"
+            )));
+        }
+        config.validate(&self.config.log, self.config.max_message_limit)
+    }
+
+    /// Creates a topic the cluster metadata committed, under its id.
+    /// Blocking.
+    pub(crate) fn create_topic_as(
+        &self,
+        name: &str,
+        partitions: i32,
+        config: TopicConfig,
+        id: u64,
+    ) -> Result<TopicInfo> {
+        validate_topic_name(name)?;
+        self.create_topic_unchecked(name, partitions, config, Some(id))
     }
 
     /// Creates the internal topic `name` unless it exists; returns it.
@@ -78,7 +116,7 @@ impl Broker {
         if let Ok(t) = self.topic(name) {
             return Ok(t);
         }
-        self.create_topic_unchecked(name, partitions, config)?;
+        self.create_topic_unchecked(name, partitions, config, None)?;
         self.topic(name)
     }
 
@@ -87,6 +125,7 @@ impl Broker {
         name: &str,
         partitions: i32,
         config: TopicConfig,
+        id: Option<u64>,
     ) -> Result<TopicInfo> {
         if !(1..=MAX_PARTITIONS).contains(&partitions) {
             return Err(BrokerError::invalid(format!(
@@ -116,8 +155,9 @@ impl Broker {
             partitions,
             config,
             created_ms: now_ms(&self.config.log),
-            incarnation: uuid::Uuid::new_v4().as_u64_pair().0 | 1,
+            incarnation: id.unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0 | 1),
         };
+        let meta_id = meta.incarnation;
         meta.write(self.fs(), &dir)?;
         crate::storage::sync_dir(self.fs(), &self.topics_dir)?;
         let topic = Arc::new(self.topic_from_meta(meta, dir));
@@ -125,6 +165,7 @@ impl Broker {
         tracing::info!(topic = name, partitions, "topic created");
         Ok(TopicInfo {
             name: name.to_string(),
+            topic_id: meta_id,
             config: config.effective(&self.config.log, &self.config.timestamps),
             partitions: (0..partitions)
                 .map(|partition| PartitionInfo {
@@ -208,6 +249,7 @@ impl Broker {
         }
         Ok(TopicInfo {
             name: topic.name.to_string(),
+            topic_id: topic.incarnation(),
             config: topic
                 .config
                 .effective(&self.config.log, &self.config.timestamps),
@@ -229,7 +271,7 @@ impl Broker {
         self.add_partitions(name, total)
     }
 
-    fn add_partitions(&self, name: &str, total: i32) -> Result<()> {
+    pub(super) fn add_partitions(&self, name: &str, total: i32) -> Result<()> {
         {
             let _admin = self.admin.lock();
             let topic = self.topic(name)?;

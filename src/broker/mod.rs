@@ -29,6 +29,7 @@
 //! `producer_ids.rs`, `partitioner.rs`, `error.rs`.
 
 mod admin;
+mod cluster_sync;
 mod error;
 mod fetch;
 mod internal;
@@ -122,6 +123,27 @@ pub struct BrokerConfig {
     pub max_message_limit: usize,
     /// How topics that set nothing stamp records.
     pub timestamps: TimestampPolicy,
+    /// In a cluster: this broker hands out only producer ids `n * stride +
+    /// node`, so brokers never hand out the same id, and it accepts ids of
+    /// other brokers (each partition's own producer state fences stale
+    /// epochs).
+    pub producer_id_stripe: Option<ProducerIdStripe>,
+}
+
+/// Which producer ids a broker of a cluster hands out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerIdStripe {
+    /// This broker's node id, below `stride`.
+    pub node: i64,
+    /// Ids per round (the largest node id + 1).
+    pub stride: i64,
+}
+
+impl ProducerIdStripe {
+    /// The broker that handed out `id`.
+    pub fn owner(&self, id: i64) -> i64 {
+        id.rem_euclid(self.stride)
+    }
 }
 
 impl BrokerConfig {
@@ -140,6 +162,7 @@ impl BrokerConfig {
             io_threads: 4,
             max_message_limit: 4 * 1024 * 1024 - 64 * 1024,
             timestamps: TimestampPolicy::default(),
+            producer_id_stripe: None,
         }
     }
 }

@@ -139,6 +139,14 @@ impl Broker {
         let mut ids = self.producer_ids.lock();
         self.load_producer_ids(&mut ids)?;
         if let Some((id, epoch)) = bump {
+            if let Some(s) = self.config.producer_id_stripe {
+                if id < 0 || s.owner(id) != s.node {
+                    return Err(BrokerError::invalid(format!(
+                        "producer id {id} was handed out by broker {}: bump its epoch there",
+                        s.owner(id)
+                    )));
+                }
+            }
             let current = self.check_producer_id(id, epoch)?;
             if current < i16::MAX {
                 self.record_ids(&ids, bump_record(id, current + 1), |l| {
@@ -160,14 +168,27 @@ impl Broker {
         let id = ids.next;
         ids.next += 1;
         self.producers.handed_out.store(ids.next, Ordering::Release);
-        Ok((id, 0))
+        Ok((
+            self.config
+                .producer_id_stripe
+                .map_or(id, |s| id * s.stride + s.node),
+            0,
+        ))
     }
 
     /// Checks an idempotent producer's id and epoch against what was
     /// handed out; returns the id's current epoch.
     pub(super) fn check_producer_id(&self, id: i64, epoch: i16) -> Result<i16> {
         let handed_out = self.producers.handed_out.load(Ordering::Acquire);
-        if id < 0 || id >= handed_out {
+        let local = match self.config.producer_id_stripe {
+            None => id,
+            Some(s) if id >= 0 && s.owner(id) == s.node => id / s.stride,
+            // Another broker's id: that broker checked it when it handed
+            // it out; the partition's producer state fences older epochs.
+            Some(_) if id >= 0 => return Ok(epoch),
+            Some(_) => -1,
+        };
+        if local < 0 || local >= handed_out {
             return Err(BrokerError::invalid(format!(
                 "producer id {id} was never handed out by this broker (ids so far are in [0, {handed_out})): call InitProducer"
             )));

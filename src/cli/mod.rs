@@ -6,6 +6,7 @@ mod bench_groups;
 mod bench_hostile;
 mod bench_queue;
 mod bench_scenario;
+pub mod cluster;
 pub mod queue;
 
 use std::{
@@ -41,6 +42,9 @@ pub enum TopicCommand {
         /// Number of partitions.
         #[arg(long, short = 'p', default_value_t = 1)]
         partitions: i32,
+        /// Replicas per partition [default: the cluster's, min(3, live brokers)].
+        #[arg(long, short = 'r')]
+        replication_factor: Option<i32>,
         /// Delete data older than this (ms); -1 keeps it forever.
         #[arg(long, allow_hyphen_values = true)]
         retention_ms: Option<i64>,
@@ -277,6 +281,7 @@ pub async fn topic(cmd: TopicCommand) -> Result<(), ClientError> {
         TopicCommand::Create {
             name,
             partitions,
+            replication_factor,
             retention_ms,
             retention_bytes,
             segment_bytes,
@@ -286,9 +291,10 @@ pub async fn topic(cmd: TopicCommand) -> Result<(), ClientError> {
         } => {
             let client = Client::connect(&conn.broker).await?;
             let t = client
-                .create_topic(
+                .create_replicated_topic(
                     &name,
                     partitions,
+                    replication_factor,
                     pb::TopicConfig {
                         retention_ms,
                         retention_bytes,
@@ -302,9 +308,10 @@ pub async fn topic(cmd: TopicCommand) -> Result<(), ClientError> {
                 println!("{}", topic_json(&t));
             } else {
                 println!(
-                    "created topic {} with {} partitions",
+                    "created topic {} with {} partitions, replication factor {}",
                     t.name,
-                    t.partitions.len()
+                    t.partitions.len(),
+                    t.partitions.first().map_or(0, |p| p.replicas.len())
                 );
             }
         }
@@ -351,6 +358,7 @@ fn topic_json(t: &pb::TopicDescription) -> serde_json::Value {
     let c = t.config.unwrap_or_default();
     json!({
         "name": t.name,
+        "topic_id": t.topic_id,
         "config": {
             "retention_ms": c.retention_ms,
             "retention_bytes": c.retention_bytes,
@@ -363,6 +371,10 @@ fn topic_json(t: &pb::TopicDescription) -> serde_json::Value {
             "high_watermark": p.high_watermark,
             "size_bytes": p.size_bytes,
             "segments": p.segments,
+            "leader": p.leader,
+            "leader_epoch": p.leader_epoch,
+            "replicas": p.replicas,
+            "isr": p.isr,
         })).collect::<Vec<_>>(),
     })
 }
@@ -381,11 +393,26 @@ fn print_topic(t: &pb::TopicDescription, json: bool) {
         c.segment_bytes.unwrap_or(-1),
         c.max_message_bytes.unwrap_or(-1)
     );
-    println!("  partition\tstart\thigh_watermark\tsize_bytes\tsegments");
+    println!(
+        "  partition\tstart\thigh_watermark\tsize_bytes\tsegments\tleader\tepoch\treplicas\tisr"
+    );
+    let ids = |v: &[i32]| v.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
     for p in &t.partitions {
         println!(
-            "  {}\t{}\t{}\t{}\t{}",
-            p.partition, p.log_start_offset, p.high_watermark, p.size_bytes, p.segments
+            "  {}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            p.partition,
+            p.log_start_offset,
+            p.high_watermark,
+            p.size_bytes,
+            p.segments,
+            if p.leader < 0 {
+                "none".to_string()
+            } else {
+                p.leader.to_string()
+            },
+            p.leader_epoch,
+            ids(&p.replicas),
+            ids(&p.isr)
         );
     }
 }

@@ -29,8 +29,8 @@ pub use crate::api::grpc::pb;
 use crate::api::grpc::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, MAX_MESSAGE_BYTES};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset};
 use pb::{
-    admin_client::AdminClient, broker_client::BrokerClient, group_admin_client::GroupAdminClient,
-    groups_client::GroupsClient, queues_client::QueuesClient,
+    admin_client::AdminClient, broker_client::BrokerClient, cluster_client::ClusterClient,
+    group_admin_client::GroupAdminClient, groups_client::GroupsClient, queues_client::QueuesClient,
 };
 pub use producer::{Pipeline, Producer, ProducerConfig, ProducerStats, Reply};
 pub use queue::{QueueConfig, Worker};
@@ -63,6 +63,7 @@ pub struct Client {
     groups: GroupsClient<Channel>,
     group_admin: GroupAdminClient<Channel>,
     queues: QueuesClient<Channel>,
+    cluster: ClusterClient<Channel>,
 }
 
 /// A record with an optional UTF-8 key and a value.
@@ -105,6 +106,8 @@ impl Client {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             groups: GroupsClient::new(channel.clone()),
+            cluster: ClusterClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
             group_admin: GroupAdminClient::new(channel.clone()),
             queues: QueuesClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -233,16 +236,54 @@ impl Client {
         self.admin.clone()
     }
 
+    /// The generated cluster client (metadata, cluster status).
+    pub fn cluster(&self) -> ClusterClient<Channel> {
+        self.cluster.clone()
+    }
+
+    /// Brokers and, per partition, leader and replicas.
+    pub async fn metadata(&self, topics: &[&str]) -> Result<pb::MetadataResponse, ClientError> {
+        Ok(self
+            .cluster()
+            .metadata(pb::MetadataRequest {
+                topics: topics.iter().map(|t| t.to_string()).collect(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Nodes, roles, the controller and liveness.
+    pub async fn describe_cluster(&self) -> Result<pb::DescribeClusterResponse, ClientError> {
+        Ok(self
+            .cluster()
+            .describe_cluster(pb::DescribeClusterRequest {})
+            .await?
+            .into_inner())
+    }
+
     /// The generated broker client.
     pub fn broker(&self) -> BrokerClient<Channel> {
         self.broker.clone()
     }
 
-    /// Creates a topic.
+    /// Creates a topic (replication factor: the cluster's default).
     pub async fn create_topic(
         &self,
         name: &str,
         partitions: i32,
+        config: pb::TopicConfig,
+    ) -> Result<pb::TopicDescription, ClientError> {
+        self.create_replicated_topic(name, partitions, None, config)
+            .await
+    }
+
+    /// Creates a topic with `replication_factor` replicas per partition
+    /// (None: the cluster's default).
+    pub async fn create_replicated_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: Option<i32>,
         config: pb::TopicConfig,
     ) -> Result<pb::TopicDescription, ClientError> {
         let r = self
@@ -251,6 +292,7 @@ impl Client {
                 name: name.into(),
                 partitions,
                 config: Some(config),
+                replication_factor,
             })
             .await?;
         Ok(r.into_inner().topic.unwrap_or_default())

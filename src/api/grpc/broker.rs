@@ -6,9 +6,12 @@ use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::pb::{self, broker_server::Broker as BrokerApi};
+use super::cluster::{forwarded, is_forwarded, ClusterLink};
+use super::pb::{self, broker_client::BrokerClient, broker_server::Broker as BrokerApi};
+use super::routing::{self, Target};
 use super::{convert, status, timed};
 use crate::broker::{Acks, Broker, FetchRequest, ProduceResult, RecordFailure};
+use crate::cluster::Route;
 
 /// Replies of one `ProduceStream` queued for the client at most: when the
 /// client does not read them, the server stops reading its requests
@@ -27,13 +30,96 @@ const SUBSCRIBE_BUFFER: usize = 1;
 pub struct BrokerService {
     broker: Arc<Broker>,
     replies: super::conn::ReplyBudget,
+    /// In a cluster: routes each partition's requests to its leader.
+    link: Option<ClusterLink>,
 }
 
 impl BrokerService {
-    /// A service over `broker`; fetch replies share `replies`.
-    pub fn new(broker: Arc<Broker>, replies: super::conn::ReplyBudget) -> Self {
-        Self { broker, replies }
+    /// A service over `broker`; fetch replies share `replies`; in a
+    /// cluster when `link` is given.
+    pub fn new(
+        broker: Arc<Broker>,
+        replies: super::conn::ReplyBudget,
+        link: Option<ClusterLink>,
+    ) -> Self {
+        Self {
+            broker,
+            replies,
+            link,
+        }
     }
+
+    fn remote_client(
+        link: &ClusterLink,
+        internal: &str,
+        method: &'static str,
+    ) -> Result<BrokerClient<tonic::transport::Channel>, Status> {
+        ClusterLink::count_forward(method);
+        Ok(BrokerClient::new(link.channel(internal)?)
+            .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(super::MAX_MESSAGE_BYTES))
+    }
+}
+
+/// Appends a request whose partitions this broker leads.
+async fn produce_local(
+    broker: &Broker,
+    r: pb::ProduceRequest,
+) -> Result<pb::ProduceResponse, Status> {
+    let sequence = r.sequence;
+    let req = convert::produce_request(r)?;
+    let acks = req.acks;
+    let appended = broker.append(req)?;
+    let result = match acks {
+        Acks::None => {
+            // Starts any flush the policy wants; nobody waits for it.
+            let _ = appended.result();
+            ProduceResult::default()
+        }
+        // acks=LEADER waits only for a flush the policy wants (e.g.
+        // flush every append); acks=ALL always waits for one.
+        Acks::Leader | Acks::All => appended.durable().await,
+    };
+    Ok(convert::produce_response(sequence, result))
+}
+
+/// Serves the parts of a split produce request: the local part here, the
+/// others at their leaders (concurrently), and merges the replies.
+async fn produce_parts(
+    broker: &Broker,
+    link: &ClusterLink,
+    sequence: u64,
+    parts: Vec<routing::ProducePart>,
+    timeout: Option<std::time::Duration>,
+) -> pb::ProduceResponse {
+    let mut remote = Vec::new();
+    let mut replies = Vec::new();
+    for part in parts {
+        match part.target {
+            Target::Remote { internal, .. } => {
+                let link = link.clone();
+                let request = part.request;
+                remote.push((
+                    part.indices,
+                    tokio::spawn(async move {
+                        routing::forward_produce(&link, &internal, request, timeout).await
+                    }),
+                ));
+            }
+            Target::Local => {
+                let reply = produce_local(broker, part.request).await;
+                replies.push((part.indices, reply));
+            }
+            Target::Failed(s) => replies.push((part.indices, Err(s))),
+        }
+    }
+    for (indices, task) in remote {
+        let reply = task
+            .await
+            .unwrap_or_else(|e| Err(Status::internal(format!("forwarding failed: {e}"))));
+        replies.push((indices, reply));
+    }
+    routing::merge_produce(sequence, replies)
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -67,22 +153,23 @@ impl BrokerApi for BrokerService {
         request: Request<pb::ProduceRequest>,
     ) -> Result<Response<pb::ProduceResponse>, Status> {
         let _t = timed("Produce");
+        let from_peer = is_forwarded(&request);
+        let timeout = super::wait_budget(&request);
         let r = request.into_inner();
-        let sequence = r.sequence;
-        let req = convert::produce_request(r)?;
-        let acks = req.acks;
-        let appended = self.broker.append(req)?;
-        let result = match acks {
-            Acks::None => {
-                // Starts any flush the policy wants; nobody waits for it.
-                let _ = appended.result();
-                ProduceResult::default()
-            }
-            // acks=LEADER waits only for a flush the policy wants (e.g.
-            // flush every append); acks=ALL always waits for one.
-            Acks::Leader | Acks::All => appended.durable().await,
+        let Some(link) = &self.link else {
+            return Ok(Response::new(produce_local(&self.broker, r).await?));
         };
-        Ok(Response::new(convert::produce_response(sequence, result)))
+        let sequence = r.sequence;
+        let mut parts = routing::split_produce(link, r, from_peer)?;
+        if parts.len() == 1 && matches!(parts[0].target, Target::Local) {
+            let part = parts.remove(0);
+            return Ok(Response::new(
+                produce_local(&self.broker, part.request).await?,
+            ));
+        }
+        Ok(Response::new(
+            produce_parts(&self.broker, link, sequence, parts, timeout).await,
+        ))
     }
 
     async fn init_producer(
@@ -90,6 +177,24 @@ impl BrokerApi for BrokerService {
         request: Request<pb::InitProducerRequest>,
     ) -> Result<Response<pb::InitProducerResponse>, Status> {
         let _t = timed("InitProducer");
+        // In a cluster an epoch bump goes to the broker that handed the id
+        // out (ids are striped by node id).
+        if let (Some(link), Some(id)) = (&self.link, request.get_ref().producer_id) {
+            let stride = crate::config::MAX_CLUSTER_NODE_ID as i64 + 1;
+            let owner = id.rem_euclid(stride) as u64;
+            if id >= 0 && owner != link.cluster.node_id() && !is_forwarded(&request) {
+                let image = link.cluster.image();
+                let Some(b) = image.brokers.get(&owner) else {
+                    return Err(Status::failed_precondition(format!(
+                        "producer id {id} was handed out by broker {owner}, which is not registered; call InitProducer without an id for a new one"
+                    )));
+                };
+                let mut client = Self::remote_client(link, &b.internal, "InitProducer")?;
+                return client
+                    .init_producer(forwarded(request.into_inner(), None))
+                    .await;
+            }
+        }
         let r = request.into_inner();
         let bump = match r.producer_id {
             None => None,
@@ -120,9 +225,11 @@ impl BrokerApi for BrokerService {
         &self,
         request: Request<Streaming<pb::ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let from_peer = is_forwarded(&request);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(PRODUCE_STREAM_BUFFER);
         let broker = self.broker.clone();
+        let link = self.link.clone();
         let durable_slots = Arc::new(tokio::sync::Semaphore::new(
             PRODUCE_STREAM_DURABLE_IN_FLIGHT,
         ));
@@ -145,6 +252,33 @@ impl BrokerApi for BrokerService {
                 let t = timed("ProduceStream");
                 let sequence = r.sequence;
                 let records = r.records.len();
+                // In a cluster, records for partitions led elsewhere are
+                // forwarded; such a message is answered in turn (its
+                // local part too), so replies keep the stream's order.
+                let r = match &link {
+                    None => r,
+                    Some(link) => match routing::split_produce(link, r, from_peer) {
+                        Err(s) => {
+                            if tx.send(Err(s)).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                        Ok(mut parts) => {
+                            if parts.len() == 1 && matches!(parts[0].target, Target::Local) {
+                                parts.remove(0).request
+                            } else {
+                                let reply =
+                                    produce_parts(&broker, link, sequence, parts, None).await;
+                                drop(t);
+                                if tx.send(Ok(reply)).await.is_err() {
+                                    break;
+                                }
+                                continue;
+                            }
+                        }
+                    },
+                };
                 let req = match convert::produce_request(r) {
                     Ok(req) => req,
                     Err(s) => {
@@ -199,6 +333,16 @@ impl BrokerApi for BrokerService {
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<pb::FetchResponse>, Status> {
         let _t = timed("Fetch");
+        if let Some(link) = &self.link {
+            let r = request.get_ref();
+            if let Route::Remote { internal, .. } =
+                link.route(&r.topic, r.partition, is_forwarded(&request))?
+            {
+                let timeout = super::wait_budget(&request);
+                let mut client = Self::remote_client(link, &internal, "Fetch")?;
+                return client.fetch(forwarded(request.into_inner(), timeout)).await;
+            }
+        }
         let max_wait_ms = super::capped_wait(&request, request.get_ref().max_wait_ms);
         let r = request.into_inner();
         let result = self
@@ -239,6 +383,19 @@ impl BrokerApi for BrokerService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        if let Some(link) = &self.link {
+            let r = request.get_ref();
+            if let Route::Remote { internal, .. } =
+                link.route(&r.topic, r.partition, is_forwarded(&request))?
+            {
+                let mut client = Self::remote_client(link, &internal, "Subscribe")?;
+                let stream = client
+                    .subscribe(forwarded(request.into_inner(), None))
+                    .await?
+                    .into_inner();
+                return Ok(Response::new(Box::pin(stream)));
+            }
+        }
         let r = request.into_inner();
         let mut sub = self.broker.subscribe(
             &r.topic,
@@ -271,12 +428,45 @@ impl BrokerApi for BrokerService {
         request: Request<pb::ListOffsetsRequest>,
     ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
         let _t = timed("ListOffsets");
+        let from_peer = is_forwarded(&request);
         let r = request.into_inner();
-        let offsets = self
-            .broker
-            .list_offsets(&r.topic, &r.partitions, r.timestamp_ms)?;
-        Ok(Response::new(pb::ListOffsetsResponse {
-            partitions: offsets.into_iter().map(convert::offsets_out).collect(),
-        }))
+        let split = match &self.link {
+            Some(link) => routing::split_partitions(link, &r.topic, &r.partitions, from_peer)?
+                .map(|s| (link, s)),
+            None => None,
+        };
+        let Some((link, split)) = split else {
+            let offsets = self
+                .broker
+                .list_offsets(&r.topic, &r.partitions, r.timestamp_ms)?;
+            return Ok(Response::new(pb::ListOffsetsResponse {
+                partitions: offsets.into_iter().map(convert::offsets_out).collect(),
+            }));
+        };
+        let mut partitions = Vec::new();
+        for (target, parts) in split {
+            match target {
+                None => {
+                    let offsets = self.broker.list_offsets(&r.topic, &parts, r.timestamp_ms)?;
+                    partitions.extend(offsets.into_iter().map(convert::offsets_out));
+                }
+                Some((_, internal)) => {
+                    let mut client = Self::remote_client(link, &internal, "ListOffsets")?;
+                    let reply = client
+                        .list_offsets(forwarded(
+                            pb::ListOffsetsRequest {
+                                topic: r.topic.clone(),
+                                partitions: parts,
+                                timestamp_ms: r.timestamp_ms,
+                            },
+                            None,
+                        ))
+                        .await?;
+                    partitions.extend(reply.into_inner().partitions);
+                }
+            }
+        }
+        partitions.sort_by_key(|p| p.partition);
+        Ok(Response::new(pb::ListOffsetsResponse { partitions }))
     }
 }

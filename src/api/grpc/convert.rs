@@ -193,12 +193,17 @@ fn partition_out(p: PartitionInfo) -> pb::PartitionDescription {
         high_watermark: p.high_watermark,
         size_bytes: p.size_bytes.min(i64::MAX as u64) as i64,
         segments: p.segments.min(i32::MAX as usize) as i32,
+        leader: -1,
+        replicas: Vec::new(),
+        isr: Vec::new(),
+        leader_epoch: 0,
     }
 }
 
 pub fn topic_out(t: TopicInfo) -> pb::TopicDescription {
     pb::TopicDescription {
         name: t.name,
+        topic_id: t.topic_id,
         config: Some(topic_config_out(t.config)),
         partitions: t.partitions.into_iter().map(partition_out).collect(),
     }

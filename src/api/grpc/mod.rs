@@ -31,16 +31,19 @@ pub const HTTP2_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 
 mod admin;
 mod broker;
+pub mod cluster;
 pub mod codec;
 pub mod conn;
 pub mod convert;
 mod groups;
 mod info;
 mod queues;
+mod routing;
 pub mod status;
 
 pub use admin::AdminService;
 pub use broker::BrokerService;
+pub use cluster::{ClusterLink, ClusterService};
 pub use groups::{GroupAdminService, GroupsService};
 pub use info::InfoService;
 pub use queues::QueuesService;

@@ -83,3 +83,25 @@ impl From<CoordinatorError> for Status {
         Status::new(coordinator_code(&e), message)
     }
 }
+
+/// The status code for a cluster error.
+pub fn cluster_code(e: &crate::cluster::ClusterError) -> Code {
+    use crate::cluster::{ClusterError as E, Refusal as R};
+    match e {
+        E::Refused(r) => match r {
+            R::TopicExists(_) => Code::AlreadyExists,
+            R::TopicNotFound(_) | R::UnknownBroker(_) => Code::NotFound,
+            R::ReplicationFactor { .. } | R::PartitionCount { .. } => Code::InvalidArgument,
+            R::BrokerHasReplicas { .. } => Code::FailedPrecondition,
+            R::StaleBrokerEpoch { .. } => Code::Aborted,
+            R::ProducerIdsExhausted => Code::ResourceExhausted,
+        },
+        E::NoController(_)
+        | E::NotCaughtUp(_)
+        | E::NotLeader { .. }
+        | E::NoLeader { .. }
+        | E::Unreachable { .. } => Code::Unavailable,
+        E::Unsupported(_) => Code::FailedPrecondition,
+        E::Fatal(_) => Code::Internal,
+    }
+}

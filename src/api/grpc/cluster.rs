@@ -1,0 +1,326 @@
+//! `sluice.v1.Cluster` (metadata for smart clients, cluster status,
+//! decommissioning) and [`ClusterLink`]: what the other services use to
+//! route a request to the broker that leads its partition, or to the
+//! active controller.
+//!
+//! Forwarding goes over the internal listener, which serves the public
+//! services too. A forwarded request carries the `sluice-forwarded`
+//! header; the broker that gets it serves it locally or answers
+//! UNAVAILABLE with the leader it knows (never forwards again), so stale
+//! metadata can cost a retry but never a loop.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use parking_lot::Mutex;
+use tonic::{metadata::MetadataValue, transport::Channel, Request, Response, Status};
+
+use super::pb::{self, cluster_server::Cluster as ClusterApi};
+use super::{status, timed};
+use crate::broker::Broker;
+use crate::cluster::{Cluster, ClusterError, NodeId, Route};
+
+/// Header that marks a request forwarded by another broker.
+pub const FORWARDED_HEADER: &str = "sluice-forwarded";
+/// Trailer naming the leader a NOT_LEADER reply points to (`id@address`).
+pub const LEADER_HEADER: &str = "sluice-leader";
+
+/// Node id a single-node server reports.
+pub const STANDALONE_NODE_ID: NodeId = 1;
+
+/// The services' handle on the cluster.
+#[derive(Clone)]
+pub struct ClusterLink {
+    /// This node's cluster membership.
+    pub cluster: Arc<Cluster>,
+    /// Channels to the other nodes' internal listeners, by address. Held
+    /// only to look up or insert.
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Spreads keyless records over partitions, request by request.
+    keyless: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for ClusterLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterLink")
+            .field("node", &self.cluster.node_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterLink {
+    /// A link for `cluster`.
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        Self {
+            cluster,
+            channels: Arc::default(),
+            keyless: Arc::default(),
+        }
+    }
+
+    /// The next keyless-record spin.
+    pub fn next_keyless(&self) -> u64 {
+        self.keyless
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A (lazily connected) channel to a node's internal listener.
+    pub fn channel(&self, address: &str) -> Result<Channel, Status> {
+        if let Some(c) = self.channels.lock().get(address) {
+            return Ok(c.clone());
+        }
+        let c = Channel::from_shared(format!("http://{address}"))
+            .map_err(|e| Status::internal(format!("bad internal address {address}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .initial_stream_window_size(super::HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(super::HTTP2_CONNECTION_WINDOW)
+            .connect_lazy();
+        self.channels.lock().insert(address.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Where a partition's requests go; NOT_LEADER when `forwarded` and
+    /// the leader is elsewhere (a forwarded request is never forwarded
+    /// again).
+    pub fn route(&self, topic: &str, partition: i32, forwarded: bool) -> Result<Route, Status> {
+        let route = self
+            .cluster
+            .route(topic, partition)
+            .map_err(cluster_status)?;
+        match route {
+            Route::Remote { id, advertised, .. } if forwarded => {
+                Err(cluster_status(ClusterError::NotLeader {
+                    here: self.cluster.node_id(),
+                    topic: topic.to_string(),
+                    partition,
+                    leader: Some((id, advertised)),
+                }))
+            }
+            r => Ok(r),
+        }
+    }
+
+    /// Counts a request forwarded to another broker.
+    pub fn count_forward(method: &'static str) {
+        metrics::counter!("sluice_forwarded_requests_total", "method" => method).increment(1);
+    }
+}
+
+/// Whether `request` was forwarded by another broker.
+pub fn is_forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED_HEADER)
+}
+
+/// `msg` as a forwarded request, keeping the caller's deadline.
+pub fn forwarded<T>(msg: T, timeout: Option<Duration>) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert(FORWARDED_HEADER, MetadataValue::from_static("1"));
+    if let Some(t) = timeout {
+        r.set_timeout(t);
+    }
+    r
+}
+
+/// The status for a cluster error (see `status.rs` for the codes).
+pub fn cluster_status(e: ClusterError) -> Status {
+    let mut s = Status::new(status::cluster_code(&e), e.to_string());
+    if let ClusterError::NotLeader {
+        leader: Some((id, addr)),
+        ..
+    } = &e
+    {
+        if let Ok(v) = format!("{id}@{addr}").parse() {
+            s.metadata_mut().insert(LEADER_HEADER, v);
+        }
+    }
+    s
+}
+
+/// Serves `sluice.v1.Cluster`.
+#[derive(Debug, Clone)]
+pub struct ClusterService {
+    broker: Arc<Broker>,
+    link: Option<ClusterLink>,
+    /// Client address of a single-node server (what `Metadata` hands out).
+    advertised: String,
+}
+
+impl ClusterService {
+    /// A service over `broker`, in a cluster when `link` is given.
+    pub fn new(broker: Arc<Broker>, link: Option<ClusterLink>, advertised: String) -> Self {
+        Self {
+            broker,
+            link,
+            advertised,
+        }
+    }
+}
+
+fn id32(id: NodeId) -> i32 {
+    i32::try_from(id).unwrap_or(i32::MAX)
+}
+
+#[tonic::async_trait]
+impl ClusterApi for ClusterService {
+    async fn metadata(
+        &self,
+        request: Request<pb::MetadataRequest>,
+    ) -> Result<Response<pb::MetadataResponse>, Status> {
+        let _t = timed("Metadata");
+        let wanted = request.into_inner().topics;
+        let Some(link) = &self.link else {
+            // A single node leads everything.
+            let me = id32(STANDALONE_NODE_ID);
+            let mut topics = Vec::new();
+            for (name, n) in self.broker.list_topics() {
+                if !wanted.is_empty() && !wanted.contains(&name) {
+                    continue;
+                }
+                let id = self.broker.topic(&name).map_or(0, |t| t.incarnation());
+                topics.push(pb::TopicMetadata {
+                    name,
+                    topic_id: id,
+                    partitions: (0..n)
+                        .map(|partition| pb::PartitionMetadata {
+                            partition,
+                            leader: me,
+                            leader_epoch: 0,
+                            replicas: vec![me],
+                            isr: vec![me],
+                        })
+                        .collect(),
+                });
+            }
+            return Ok(Response::new(pb::MetadataResponse {
+                brokers: vec![pb::BrokerAddress {
+                    id: me,
+                    address: self.advertised.clone(),
+                    rack: None,
+                }],
+                topics,
+                answered_by: me,
+                controller: me,
+            }));
+        };
+        let image = link.cluster.image();
+        for name in &wanted {
+            if !image.topics.contains_key(name) {
+                return Err(Status::not_found(format!("topic '{name}' does not exist")));
+            }
+        }
+        Ok(Response::new(pb::MetadataResponse {
+            brokers: image
+                .brokers
+                .values()
+                .filter(|b| !b.fenced)
+                .map(|b| pb::BrokerAddress {
+                    id: id32(b.id),
+                    address: b.advertised.clone(),
+                    rack: b.rack.clone(),
+                })
+                .collect(),
+            topics: image
+                .topics
+                .values()
+                .filter(|t| wanted.is_empty() || wanted.contains(&t.name))
+                .map(|t| pb::TopicMetadata {
+                    name: t.name.clone(),
+                    topic_id: t.id,
+                    partitions: t
+                        .partitions
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| pb::PartitionMetadata {
+                            partition: i as i32,
+                            leader: p.leader.map_or(-1, id32),
+                            leader_epoch: p.leader_epoch,
+                            replicas: p.replicas.iter().copied().map(id32).collect(),
+                            isr: p.isr.iter().copied().map(id32).collect(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            answered_by: id32(link.cluster.node_id()),
+            controller: link.cluster.controller().map_or(-1, id32),
+        }))
+    }
+
+    async fn describe_cluster(
+        &self,
+        _request: Request<pb::DescribeClusterRequest>,
+    ) -> Result<Response<pb::DescribeClusterResponse>, Status> {
+        let _t = timed("DescribeCluster");
+        let Some(link) = &self.link else {
+            let me = id32(STANDALONE_NODE_ID);
+            let partitions: i32 = self.broker.list_topics().iter().map(|(_, n)| *n).sum();
+            return Ok(Response::new(pb::DescribeClusterResponse {
+                nodes: vec![pb::NodeStatus {
+                    id: me,
+                    address: self.advertised.clone(),
+                    internal_address: String::new(),
+                    rack: None,
+                    role: "standalone".into(),
+                    live: true,
+                    leader_partitions: partitions,
+                    replica_partitions: partitions,
+                    broker_epoch: 0,
+                    matched_index: -1,
+                }],
+                controller: me,
+                term: 0,
+                committed_index: -1,
+                applied_index: -1,
+                answered_by: me,
+                mode: "standalone".into(),
+            }));
+        };
+        let c = &link.cluster;
+        let (term, applied) = c.raft_position();
+        let nodes = c
+            .nodes()
+            .into_iter()
+            .map(|n| pb::NodeStatus {
+                id: id32(n.id),
+                address: n.advertised,
+                internal_address: n.internal,
+                rack: n.rack,
+                role: n.role.into(),
+                live: n.live,
+                leader_partitions: n.leader_partitions.min(i32::MAX as usize) as i32,
+                replica_partitions: n.replica_partitions.min(i32::MAX as usize) as i32,
+                broker_epoch: n.epoch,
+                matched_index: n.matched.map_or(-1, |m| m as i64),
+            })
+            .collect();
+        Ok(Response::new(pb::DescribeClusterResponse {
+            nodes,
+            controller: c.controller().map_or(-1, id32),
+            term,
+            committed_index: applied.map_or(-1, |a| a as i64),
+            applied_index: applied.map_or(-1, |a| a as i64),
+            answered_by: id32(c.node_id()),
+            mode: "cluster".into(),
+        }))
+    }
+
+    async fn decommission_broker(
+        &self,
+        request: Request<pb::DecommissionBrokerRequest>,
+    ) -> Result<Response<pb::DecommissionBrokerResponse>, Status> {
+        let _t = timed("DecommissionBroker");
+        let id = request.into_inner().id;
+        let Some(link) = &self.link else {
+            return Err(Status::failed_precondition(
+                "a single-node server has no other broker to move data to",
+            ));
+        };
+        let id = NodeId::try_from(id)
+            .map_err(|_| Status::invalid_argument(format!("broker id {id} must be >= 0")))?;
+        link.cluster
+            .decommission(id)
+            .await
+            .map_err(cluster_status)?;
+        Ok(Response::new(pb::DecommissionBrokerResponse {}))
+    }
+}

@@ -1,0 +1,101 @@
+//! `sluice cluster`: the cluster's nodes, controller and liveness.
+
+use clap::Subcommand;
+use serde_json::json;
+
+use super::Conn;
+use crate::client::{pb, Client, ClientError};
+
+/// Cluster status and membership.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Nodes, roles, the metadata quorum's leader and term, liveness and
+    /// each broker's partition counts.
+    Status {
+        #[command(flatten)]
+        conn: Conn,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a broker that holds no replicas.
+    Decommission {
+        /// Broker (node) id.
+        id: i32,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+fn status_json(s: &pb::DescribeClusterResponse) -> serde_json::Value {
+    json!({
+        "mode": s.mode,
+        "answered_by": s.answered_by,
+        "controller": s.controller,
+        "term": s.term,
+        "applied_index": s.applied_index,
+        "nodes": s.nodes.iter().map(|n| json!({
+            "id": n.id,
+            "address": n.address,
+            "internal_address": n.internal_address,
+            "rack": n.rack,
+            "role": n.role,
+            "live": n.live,
+            "broker_epoch": n.broker_epoch,
+            "leader_partitions": n.leader_partitions,
+            "replica_partitions": n.replica_partitions,
+            "matched_index": n.matched_index,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Runs a `sluice cluster` command.
+pub async fn cluster(cmd: ClusterCommand) -> Result<(), ClientError> {
+    match cmd {
+        ClusterCommand::Status { conn, json } => {
+            let client = Client::connect(&conn.broker).await?;
+            let s = client.describe_cluster().await?;
+            if json {
+                println!("{}", status_json(&s));
+                return Ok(());
+            }
+            let controller = if s.controller < 0 {
+                "none".to_string()
+            } else {
+                s.controller.to_string()
+            };
+            println!(
+                "mode {}  controller {}  term {}  applied {}  (answered by node {})",
+                s.mode, controller, s.term, s.applied_index, s.answered_by
+            );
+            println!("  id\trole\tlive\tleaders\treplicas\tepoch\taddress\tinternal\track");
+            for n in &s.nodes {
+                println!(
+                    "  {}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    n.id,
+                    if n.id == s.controller {
+                        format!("{}*", n.role)
+                    } else {
+                        n.role.clone()
+                    },
+                    if n.live { "yes" } else { "no" },
+                    n.leader_partitions,
+                    n.replica_partitions,
+                    n.broker_epoch,
+                    n.address,
+                    n.internal_address,
+                    n.rack.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        ClusterCommand::Decommission { id, conn } => {
+            let client = Client::connect(&conn.broker).await?;
+            client
+                .cluster()
+                .decommission_broker(pb::DecommissionBrokerRequest { id })
+                .await?;
+            println!("broker {id} removed from the cluster");
+        }
+    }
+    Ok(())
+}

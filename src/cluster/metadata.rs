@@ -1,0 +1,619 @@
+//! The cluster's metadata image and the commands that change it: a pure
+//! state machine. The Raft glue ([`super::raft`]) applies committed
+//! commands in log order on every node, so every node holds the same image;
+//! nothing here does I/O or reads a clock.
+//!
+//! Placement (which brokers hold a partition's replicas, and which of them
+//! is the preferred leader) is computed inside `apply` from the image alone,
+//! so it is the same on every node.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A node's id (`--node-id`): a voter, a broker, or both.
+pub type NodeId = u64;
+
+/// Largest node id: ids travel as `int32` in the public API.
+pub const MAX_NODE_ID: NodeId = i32::MAX as NodeId;
+
+/// Most partitions a topic may have (as the broker allows).
+pub const MAX_PARTITIONS: i32 = 100_000;
+
+/// A broker as registered with the controller.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BrokerRegistration {
+    /// Node id.
+    pub id: NodeId,
+    /// Address clients are given (`--advertise`).
+    pub advertised: String,
+    /// Address of the internal listener (`--internal-listen`).
+    pub internal: String,
+    /// Failure domain; replicas of a partition go to different racks first.
+    pub rack: Option<String>,
+    /// Raised by every registration (the log index that made it): a
+    /// heartbeat or fence that names an older epoch is stale.
+    pub epoch: u64,
+    /// Missed its session: leads nothing and gets no new replicas.
+    pub fenced: bool,
+}
+
+/// One partition's replica set and leadership.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartitionAssignment {
+    /// Brokers holding a replica; the first is the preferred leader.
+    pub replicas: Vec<NodeId>,
+    /// The broker serving the partition, `None` while no in-sync replica
+    /// is live.
+    pub leader: Option<NodeId>,
+    /// Raised on every leader change.
+    pub leader_epoch: i32,
+    /// In-sync replicas: those with every committed record. Until data
+    /// replication exists this is the leader alone.
+    pub isr: Vec<NodeId>,
+}
+
+/// A topic as the cluster knows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TopicMetadata {
+    /// Unique per creation: a topic deleted and created again under the
+    /// same name gets a new id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// The topic's settings, as the broker layer encodes them (opaque here).
+    pub config: serde_json::Value,
+    /// Per partition, indexed by partition number.
+    pub partitions: Vec<PartitionAssignment>,
+}
+
+/// Everything the quorum agrees on.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct MetadataImage {
+    /// Registered brokers by id.
+    pub brokers: BTreeMap<NodeId, BrokerRegistration>,
+    /// Topics by name.
+    pub topics: BTreeMap<String, TopicMetadata>,
+    /// Next idempotent-producer id not yet handed to any broker.
+    pub next_producer_id: i64,
+}
+
+/// A change to the image, proposed to the quorum.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub enum Command {
+    /// A broker (re)starts: registers its addresses, gets a new epoch and
+    /// is unfenced; partitions whose only in-sync replica it is get it back
+    /// as leader.
+    RegisterBroker {
+        /// Node id.
+        id: NodeId,
+        /// Client address.
+        advertised: String,
+        /// Internal address.
+        internal: String,
+        /// Rack.
+        rack: Option<String>,
+    },
+    /// The controller saw no heartbeat for a session: the broker leads
+    /// nothing until it registers again.
+    FenceBroker {
+        /// Node id.
+        id: NodeId,
+        /// The epoch the controller saw; a newer registration wins.
+        epoch: u64,
+    },
+    /// Removes a broker that holds no replicas.
+    UnregisterBroker {
+        /// Node id.
+        id: NodeId,
+    },
+    /// Creates a topic and places its replicas.
+    CreateTopic {
+        /// Name.
+        name: String,
+        /// New unique id (chosen by the proposer).
+        id: u64,
+        /// Partition count.
+        partitions: i32,
+        /// Replicas per partition.
+        replication_factor: i32,
+        /// Settings (opaque).
+        config: serde_json::Value,
+    },
+    /// Deletes a topic.
+    DeleteTopic {
+        /// Name.
+        name: String,
+    },
+    /// Raises a topic's partition count.
+    CreatePartitions {
+        /// Name.
+        name: String,
+        /// New total.
+        total: i32,
+    },
+    /// Hands a block of producer ids to a broker.
+    AllocateProducerIds {
+        /// Ids in the block.
+        count: i64,
+    },
+}
+
+/// What applying a command did.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub enum Outcome {
+    /// Applied.
+    Done,
+    /// The broker's new epoch.
+    Registered {
+        /// Epoch.
+        epoch: u64,
+    },
+    /// The first id of the block handed out.
+    ProducerIds {
+        /// First id.
+        first: i64,
+    },
+    /// Not applied: the rule it breaks.
+    Refused(Refusal),
+}
+
+/// Why a command was not applied. Deterministic, so every node refuses
+/// the same commands.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Name taken.
+    #[error("topic '{0}' already exists")]
+    TopicExists(String),
+    /// No such topic.
+    #[error("topic '{0}' does not exist")]
+    TopicNotFound(String),
+    /// Too few live brokers for the replication factor.
+    #[error("replication factor {asked} must be in [1, {live}]: the cluster has {live} live (unfenced) brokers")]
+    ReplicationFactor {
+        /// Asked for.
+        asked: i32,
+        /// Live brokers.
+        live: usize,
+    },
+    /// Partition count out of range.
+    #[error("partition count {asked} must be in [{min}, {MAX_PARTITIONS}]")]
+    PartitionCount {
+        /// Asked for.
+        asked: i32,
+        /// Smallest allowed.
+        min: i32,
+    },
+    /// No such broker.
+    #[error("broker {0} is not registered")]
+    UnknownBroker(NodeId),
+    /// The broker still holds replicas.
+    #[error("broker {id} still holds {replicas} partition replicas; they must be moved away before it is removed (reassignment arrives with replication)")]
+    BrokerHasReplicas {
+        /// Broker.
+        id: NodeId,
+        /// Replicas it holds.
+        replicas: usize,
+    },
+    /// A request from a broker's older incarnation.
+    #[error("broker {id} epoch {asked} is stale (current {current})")]
+    StaleBrokerEpoch {
+        /// Broker.
+        id: NodeId,
+        /// Epoch named.
+        asked: u64,
+        /// Epoch registered.
+        current: u64,
+    },
+    /// The producer-id space is used up.
+    #[error("producer ids are exhausted")]
+    ProducerIdsExhausted,
+}
+
+impl MetadataImage {
+    /// Applies `cmd`, committed at log `index`.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Outcome {
+        match self.try_apply(index, cmd) {
+            Ok(o) => o,
+            Err(r) => Outcome::Refused(r),
+        }
+    }
+
+    fn try_apply(&mut self, index: u64, cmd: &Command) -> Result<Outcome, Refusal> {
+        match cmd {
+            Command::RegisterBroker {
+                id,
+                advertised,
+                internal,
+                rack,
+            } => {
+                let epoch = index.max(1);
+                self.brokers.insert(
+                    *id,
+                    BrokerRegistration {
+                        id: *id,
+                        advertised: advertised.clone(),
+                        internal: internal.clone(),
+                        rack: rack.clone(),
+                        epoch,
+                        fenced: false,
+                    },
+                );
+                // Partitions left leaderless whose in-sync replicas include
+                // this broker get it as leader again.
+                for t in self.topics.values_mut() {
+                    for p in &mut t.partitions {
+                        if p.leader.is_none() && p.isr.contains(id) {
+                            p.leader = Some(*id);
+                            p.leader_epoch += 1;
+                        }
+                    }
+                }
+                Ok(Outcome::Registered { epoch })
+            }
+            Command::FenceBroker { id, epoch } => {
+                let b = self
+                    .brokers
+                    .get_mut(id)
+                    .ok_or(Refusal::UnknownBroker(*id))?;
+                if b.epoch != *epoch {
+                    return Err(Refusal::StaleBrokerEpoch {
+                        id: *id,
+                        asked: *epoch,
+                        current: b.epoch,
+                    });
+                }
+                b.fenced = true;
+                let live = self.live_set();
+                for t in self.topics.values_mut() {
+                    for p in &mut t.partitions {
+                        if p.leader == Some(*id) {
+                            p.leader = p.isr.iter().copied().find(|r| live.contains(r));
+                            p.leader_epoch += 1;
+                        }
+                    }
+                }
+                Ok(Outcome::Done)
+            }
+            Command::UnregisterBroker { id } => {
+                if !self.brokers.contains_key(id) {
+                    return Err(Refusal::UnknownBroker(*id));
+                }
+                let replicas = self.replica_count(*id);
+                if replicas > 0 {
+                    return Err(Refusal::BrokerHasReplicas { id: *id, replicas });
+                }
+                self.brokers.remove(id);
+                Ok(Outcome::Done)
+            }
+            Command::CreateTopic {
+                name,
+                id,
+                partitions,
+                replication_factor,
+                config,
+            } => {
+                if self.topics.contains_key(name) {
+                    return Err(Refusal::TopicExists(name.clone()));
+                }
+                if !(1..=MAX_PARTITIONS).contains(partitions) {
+                    return Err(Refusal::PartitionCount {
+                        asked: *partitions,
+                        min: 1,
+                    });
+                }
+                let order = self.placement_order();
+                if *replication_factor < 1 || *replication_factor as usize > order.len() {
+                    return Err(Refusal::ReplicationFactor {
+                        asked: *replication_factor,
+                        live: order.len(),
+                    });
+                }
+                let start = (*id % order.len() as u64) as usize;
+                let assignments = (0..*partitions)
+                    .map(|p| place(&order, start, p as usize, *replication_factor as usize))
+                    .collect();
+                self.topics.insert(
+                    name.clone(),
+                    TopicMetadata {
+                        id: *id,
+                        name: name.clone(),
+                        config: config.clone(),
+                        partitions: assignments,
+                    },
+                );
+                Ok(Outcome::Done)
+            }
+            Command::DeleteTopic { name } => {
+                self.topics
+                    .remove(name)
+                    .ok_or_else(|| Refusal::TopicNotFound(name.clone()))?;
+                Ok(Outcome::Done)
+            }
+            Command::CreatePartitions { name, total } => {
+                let order = self.placement_order();
+                let t = self
+                    .topics
+                    .get_mut(name)
+                    .ok_or_else(|| Refusal::TopicNotFound(name.clone()))?;
+                let count = t.partitions.len() as i32;
+                if *total <= count || *total > MAX_PARTITIONS {
+                    return Err(Refusal::PartitionCount {
+                        asked: *total,
+                        min: count + 1,
+                    });
+                }
+                let rf = t.partitions.first().map_or(1, |p| p.replicas.len());
+                if rf > order.len() {
+                    return Err(Refusal::ReplicationFactor {
+                        asked: rf as i32,
+                        live: order.len(),
+                    });
+                }
+                let start = (t.id % order.len() as u64) as usize;
+                for p in count..*total {
+                    t.partitions.push(place(&order, start, p as usize, rf));
+                }
+                Ok(Outcome::Done)
+            }
+            Command::AllocateProducerIds { count } => {
+                let first = self.next_producer_id;
+                self.next_producer_id = first
+                    .checked_add((*count).max(1))
+                    .ok_or(Refusal::ProducerIdsExhausted)?;
+                Ok(Outcome::ProducerIds { first })
+            }
+        }
+    }
+
+    fn live_set(&self) -> Vec<NodeId> {
+        self.brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| b.id)
+            .collect()
+    }
+
+    /// Live brokers in placement order: racks interleaved (one broker of
+    /// each rack in turn, racks and brokers by id), as Kafka's rack-aware
+    /// assignment orders them, so consecutive replicas land in different
+    /// racks whenever there are several.
+    fn placement_order(&self) -> Vec<NodeId> {
+        let mut racks: BTreeMap<Option<&str>, Vec<NodeId>> = BTreeMap::new();
+        for b in self.brokers.values().filter(|b| !b.fenced) {
+            racks.entry(b.rack.as_deref()).or_default().push(b.id);
+        }
+        let mut order = Vec::new();
+        let mut i = 0;
+        loop {
+            let before = order.len();
+            for ids in racks.values() {
+                if let Some(id) = ids.get(i) {
+                    order.push(*id);
+                }
+            }
+            if order.len() == before {
+                return order;
+            }
+            i += 1;
+        }
+    }
+
+    /// Replicas `id` holds, over all topics.
+    pub fn replica_count(&self, id: NodeId) -> usize {
+        self.topics
+            .values()
+            .flat_map(|t| &t.partitions)
+            .filter(|p| p.replicas.contains(&id))
+            .count()
+    }
+
+    /// Partitions `id` leads, over all topics.
+    pub fn leader_count(&self, id: NodeId) -> usize {
+        self.topics
+            .values()
+            .flat_map(|t| &t.partitions)
+            .filter(|p| p.leader == Some(id))
+            .count()
+    }
+}
+
+/// Kafka's round-robin assignment: partition `p`'s first replica (the
+/// preferred leader) walks the order from `start`, so leaders are spread
+/// evenly; the followers follow at a shift that changes every full round,
+/// so followers are spread too.
+fn place(order: &[NodeId], start: usize, p: usize, rf: usize) -> PartitionAssignment {
+    let n = order.len();
+    let first = (start + p) % n;
+    let mut replicas = vec![order[first]];
+    if n > 1 {
+        let shift_base = p / n;
+        for j in 0..rf - 1 {
+            let shift = 1 + (shift_base + j) % (n - 1);
+            replicas.push(order[(first + shift) % n]);
+        }
+    }
+    PartitionAssignment {
+        leader: Some(replicas[0]),
+        leader_epoch: 0,
+        isr: vec![replicas[0]],
+        replicas,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(img: &mut MetadataImage, index: u64, id: NodeId, rack: Option<&str>) -> u64 {
+        match img.apply(
+            index,
+            &Command::RegisterBroker {
+                id,
+                advertised: format!("client-{id}:9400"),
+                internal: format!("node-{id}:9500"),
+                rack: rack.map(str::to_string),
+            },
+        ) {
+            Outcome::Registered { epoch } => epoch,
+            o => panic!("unexpected {o:?}"),
+        }
+    }
+
+    fn create(img: &mut MetadataImage, name: &str, id: u64, partitions: i32, rf: i32) -> Outcome {
+        img.apply(
+            100,
+            &Command::CreateTopic {
+                name: name.into(),
+                id,
+                partitions,
+                replication_factor: rf,
+                config: serde_json::Value::Null,
+            },
+        )
+    }
+
+    #[test]
+    fn replicas_are_distinct_and_leaders_balanced() {
+        let mut img = MetadataImage::default();
+        for id in 1..=5 {
+            register(&mut img, id, id, None);
+        }
+        assert_eq!(create(&mut img, "t", 7, 50, 3), Outcome::Done);
+        let t = &img.topics["t"];
+        let mut leaders = BTreeMap::<NodeId, usize>::new();
+        let mut replicas = BTreeMap::<NodeId, usize>::new();
+        for p in &t.partitions {
+            let mut r = p.replicas.clone();
+            r.sort_unstable();
+            r.dedup();
+            assert_eq!(r.len(), 3, "replicas must be distinct: {:?}", p.replicas);
+            assert_eq!(p.leader, Some(p.replicas[0]));
+            assert_eq!(p.isr, vec![p.replicas[0]]);
+            *leaders.entry(p.replicas[0]).or_default() += 1;
+            for b in &p.replicas {
+                *replicas.entry(*b).or_default() += 1;
+            }
+        }
+        assert!(leaders.values().all(|&n| n == 10), "{leaders:?}");
+        assert!(replicas.values().all(|&n| n == 30), "{replicas:?}");
+    }
+
+    #[test]
+    fn replicas_span_racks_first() {
+        let mut img = MetadataImage::default();
+        register(&mut img, 1, 1, Some("a"));
+        register(&mut img, 2, 2, Some("a"));
+        register(&mut img, 3, 3, Some("b"));
+        register(&mut img, 4, 4, Some("b"));
+        assert_eq!(create(&mut img, "t", 1, 8, 2), Outcome::Done);
+        let rack = |id: &NodeId| img.brokers[id].rack.clone();
+        for p in &img.topics["t"].partitions {
+            assert_ne!(rack(&p.replicas[0]), rack(&p.replicas[1]), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn refusals_name_the_rule() {
+        let mut img = MetadataImage::default();
+        register(&mut img, 1, 1, None);
+        register(&mut img, 2, 2, None);
+        let Outcome::Refused(r) = create(&mut img, "t", 1, 3, 3) else {
+            panic!("rf 3 on 2 brokers must be refused")
+        };
+        assert_eq!(
+            r.to_string(),
+            "replication factor 3 must be in [1, 2]: the cluster has 2 live (unfenced) brokers"
+        );
+        assert_eq!(create(&mut img, "t", 1, 3, 2), Outcome::Done);
+        assert_eq!(
+            create(&mut img, "t", 2, 3, 2),
+            Outcome::Refused(Refusal::TopicExists("t".into()))
+        );
+        assert!(matches!(
+            img.apply(
+                5,
+                &Command::CreatePartitions {
+                    name: "t".into(),
+                    total: 3
+                }
+            ),
+            Outcome::Refused(Refusal::PartitionCount { min: 4, .. })
+        ));
+        assert!(matches!(
+            img.apply(6, &Command::UnregisterBroker { id: 1 }),
+            Outcome::Refused(Refusal::BrokerHasReplicas { id: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn fencing_moves_leadership_and_registration_restores_it() {
+        let mut img = MetadataImage::default();
+        let e1 = register(&mut img, 1, 1, None);
+        register(&mut img, 2, 2, None);
+        assert_eq!(create(&mut img, "t", 0, 4, 2), Outcome::Done);
+        let led_by_1: Vec<usize> = (0..4)
+            .filter(|&p| img.topics["t"].partitions[p].leader == Some(1))
+            .collect();
+        assert_eq!(led_by_1.len(), 2);
+        // A stale fence (older epoch) changes nothing.
+        assert!(matches!(
+            img.apply(
+                9,
+                &Command::FenceBroker {
+                    id: 1,
+                    epoch: e1 + 1
+                }
+            ),
+            Outcome::Refused(Refusal::StaleBrokerEpoch { .. })
+        ));
+        assert_eq!(
+            img.apply(10, &Command::FenceBroker { id: 1, epoch: e1 }),
+            Outcome::Done
+        );
+        for &p in &led_by_1 {
+            let a = &img.topics["t"].partitions[p];
+            // The only in-sync replica is gone: no leader, never a
+            // replica without the data.
+            assert_eq!(a.leader, None);
+            assert_eq!(a.leader_epoch, 1);
+        }
+        // New partitions go to live brokers only.
+        assert_eq!(
+            img.apply(
+                11,
+                &Command::CreatePartitions {
+                    name: "t".into(),
+                    total: 5
+                }
+            ),
+            Outcome::Refused(Refusal::ReplicationFactor { asked: 2, live: 1 })
+        );
+        let e2 = register(&mut img, 12, 1, None);
+        assert!(e2 > e1);
+        for &p in &led_by_1 {
+            let a = &img.topics["t"].partitions[p];
+            assert_eq!(a.leader, Some(1));
+            assert_eq!(a.leader_epoch, 2);
+        }
+    }
+
+    #[test]
+    fn producer_id_blocks_never_overlap() {
+        let mut img = MetadataImage::default();
+        let a = img.apply(1, &Command::AllocateProducerIds { count: 1000 });
+        let b = img.apply(2, &Command::AllocateProducerIds { count: 1000 });
+        assert_eq!(a, Outcome::ProducerIds { first: 0 });
+        assert_eq!(b, Outcome::ProducerIds { first: 1000 });
+    }
+
+    #[test]
+    fn image_round_trips_through_json() {
+        let mut img = MetadataImage::default();
+        register(&mut img, 1, 1, Some("r"));
+        create(&mut img, "t", 3, 2, 1);
+        let bytes = serde_json::to_vec(&img).unwrap();
+        let back: MetadataImage = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(back, img);
+    }
+}

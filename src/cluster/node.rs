@@ -1,0 +1,674 @@
+//! One node of the cluster: its Raft instance, static-voter bootstrap,
+//! proposals (forwarded to the active controller), the broker's
+//! registration and heartbeats, and the controller's session checks.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use openraft::{
+    error::{ClientWriteError, InitializeError, RaftError},
+    BasicNode, Raft, ServerState, SnapshotPolicy,
+};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::store::{Applied, LogStore, StateMachine};
+use super::transport::{
+    Declined, Heartbeat, JoinAsLearner, Method, Network, Peers, ProposeReply, UnitReply,
+};
+use super::{ClusterError, Command, MetadataImage, NodeId, Outcome, TypeConfig};
+
+/// How long a proposal keeps looking for an active controller.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(15);
+/// One controller request's timeout.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the controller checks broker sessions.
+const SESSION_CHECK: Duration = Duration::from_millis(200);
+
+/// How one node takes part in the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// Where the metadata log and snapshot live.
+    pub dir: PathBuf,
+    /// The voters (controllers) and their internal addresses.
+    pub voters: BTreeMap<NodeId, String>,
+    /// The address other nodes dial for this node's internal service.
+    pub internal_address: String,
+    /// The client address other brokers hand out for this one.
+    pub advertise: String,
+    /// This broker's rack.
+    pub rack: Option<String>,
+    /// A broker that does not heartbeat for this long is fenced.
+    pub session_timeout: Duration,
+    /// How often a broker heartbeats.
+    pub broker_heartbeat: Duration,
+    /// Raft leader heartbeat.
+    pub raft_heartbeat: Duration,
+    /// Raft election timeout range.
+    pub election_timeout: (Duration, Duration),
+    /// A snapshot is taken after this many entries since the last one.
+    pub snapshot_every: u64,
+    /// Replication factor of topics created without one (None: min(3,
+    /// live brokers)).
+    pub default_replication_factor: Option<i32>,
+}
+
+impl ClusterConfig {
+    /// Defaults for everything but identity and addresses.
+    pub fn new(
+        node_id: NodeId,
+        dir: PathBuf,
+        voters: BTreeMap<NodeId, String>,
+        internal_address: String,
+        advertise: String,
+    ) -> Self {
+        Self {
+            node_id,
+            dir,
+            voters,
+            internal_address,
+            advertise,
+            rack: None,
+            session_timeout: Duration::from_secs(6),
+            broker_heartbeat: Duration::from_millis(500),
+            raft_heartbeat: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+            snapshot_every: 5000,
+            default_replication_factor: None,
+        }
+    }
+}
+
+/// Where a partition's requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// This broker leads it (or the topic is unknown to the metadata, so
+    /// the local broker answers with its usual error).
+    Local,
+    /// Another broker leads it.
+    Remote {
+        /// Its id.
+        id: NodeId,
+        /// Its internal address (forwarding).
+        internal: String,
+        /// Its client address (smart clients).
+        advertised: String,
+    },
+}
+
+/// One node as `DescribeCluster` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Id.
+    pub id: NodeId,
+    /// Client address ("" if never registered as a broker).
+    pub advertised: String,
+    /// Internal address.
+    pub internal: String,
+    /// Rack.
+    pub rack: Option<String>,
+    /// "voter" or "learner".
+    pub role: &'static str,
+    /// Registered and not fenced.
+    pub live: bool,
+    /// Partitions led.
+    pub leader_partitions: usize,
+    /// Replicas held.
+    pub replica_partitions: usize,
+    /// Registration epoch.
+    pub epoch: u64,
+    /// Last metadata index it is known to hold (the leader's view).
+    pub matched: Option<u64>,
+}
+
+/// What the controller knows of broker sessions (on the Raft leader).
+#[derive(Default)]
+struct Sessions {
+    /// The term this node became leader in, and when it noticed.
+    leader_since: Option<(u64, Instant)>,
+    /// Last heartbeat per broker.
+    seen: HashMap<NodeId, Instant>,
+    /// Fences proposed and not yet applied (never proposed twice).
+    fencing: HashMap<NodeId, u64>,
+}
+
+/// A running cluster node.
+pub struct Cluster {
+    config: ClusterConfig,
+    raft: Raft<TypeConfig>,
+    sm: StateMachine,
+    logs: LogStore,
+    peers: Peers,
+    /// Broker sessions; held only to read or update the maps, never across
+    /// an await.
+    sessions: Mutex<Sessions>,
+    /// This broker's registration epoch (0 until registered).
+    epoch: AtomicU64,
+    /// Metadata index the local broker has applied.
+    synced: watch::Sender<u64>,
+    /// Set when the node stops; background tasks end.
+    stopping: watch::Sender<bool>,
+}
+
+impl Cluster {
+    /// Opens the metadata storage (on the blocking pool), starts Raft and,
+    /// on a voter with an empty log, bootstraps the static voter set.
+    /// Background tasks (heartbeats, session checks, learner join) start
+    /// with [`Cluster::start_tasks`].
+    pub async fn open(config: ClusterConfig) -> Result<Arc<Self>, ClusterError> {
+        let fatal = |e: String| ClusterError::Fatal(e);
+        if config.node_id > super::metadata::MAX_NODE_ID {
+            return Err(ClusterError::Unsupported(format!(
+                "node id {} must be in [0, {}]",
+                config.node_id,
+                super::metadata::MAX_NODE_ID
+            )));
+        }
+        let dir = config.dir.clone();
+        let (logs, sm) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::storage::StorageError>((
+                LogStore::open(&dir)?,
+                StateMachine::open(&dir)?,
+            ))
+        })
+        .await
+        .map_err(|e| fatal(e.to_string()))?
+        .map_err(|e| fatal(format!("opening the metadata log: {e}")))?;
+        let raft_config = openraft::Config {
+            cluster_name: "sluice".into(),
+            heartbeat_interval: config.raft_heartbeat.as_millis() as u64,
+            election_timeout_min: config.election_timeout.0.as_millis() as u64,
+            election_timeout_max: config.election_timeout.1.as_millis() as u64,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: 1000,
+            snapshot_max_chunk_size: 4 << 20,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Unsupported(format!("raft settings: {e}")))?;
+        let peers = Peers::default();
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            Network::new(peers.clone()),
+            logs.clone(),
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| fatal(format!("starting raft: {e}")))?;
+        if config.voters.contains_key(&config.node_id)
+            && !raft
+                .is_initialized()
+                .await
+                .map_err(|e| fatal(e.to_string()))?
+        {
+            // Every voter proposes the same initial membership; the log
+            // entry is identical on each, so whichever wins the first
+            // election, there is one history.
+            let members: BTreeMap<NodeId, BasicNode> = config
+                .voters
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => info!(voters = ?config.voters, "bootstrapped the metadata quorum"),
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(fatal(format!("bootstrapping: {e}"))),
+            }
+        }
+        Ok(Arc::new(Self {
+            config,
+            raft,
+            sm,
+            logs,
+            peers,
+            sessions: Mutex::new(Sessions::default()),
+            epoch: AtomicU64::new(0),
+            synced: watch::Sender::new(0),
+            stopping: watch::Sender::new(false),
+        }))
+    }
+
+    /// Starts the broker's registration and heartbeats, the controller's
+    /// session checks and, on a node that is not a voter, the request to
+    /// follow the metadata log as a learner.
+    pub fn start_tasks(self: &Arc<Self>) {
+        if !self.config.voters.contains_key(&self.config.node_id) {
+            let me = self.clone();
+            tokio::spawn(async move { me.join_as_learner().await });
+        }
+        let me = self.clone();
+        tokio::spawn(async move { me.broker_loop().await });
+        let me = self.clone();
+        tokio::spawn(async move { me.controller_loop().await });
+    }
+
+    /// Stops Raft and closes the metadata log.
+    pub async fn shutdown(&self) {
+        self.stopping.send_replace(true);
+        if let Err(e) = self.raft.shutdown().await {
+            warn!(error = %e, "raft did not stop cleanly");
+        }
+        let logs = self.logs.clone();
+        let _ = tokio::task::spawn_blocking(move || logs.close()).await;
+    }
+
+    /// The Raft instance (the internal service hands it messages).
+    pub(crate) fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    /// The settings this node runs with.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// The newest applied metadata image.
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.sm.current().image
+    }
+
+    /// Follows the applied metadata.
+    pub fn subscribe(&self) -> watch::Receiver<Applied> {
+        self.sm.subscribe()
+    }
+
+    /// Records that the local broker has applied the image up to `index`.
+    pub fn mark_synced(&self, index: u64) {
+        self.synced.send_if_modified(|s| {
+            let raised = index > *s;
+            *s = (*s).max(index);
+            raised
+        });
+    }
+
+    /// Waits until the local broker has applied the metadata up to
+    /// `index`.
+    pub async fn wait_synced(&self, index: u64, timeout: Duration) -> Result<(), ClusterError> {
+        let mut rx = self.synced.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|s| *s >= index))
+            .await
+            .map_err(|_| ClusterError::NotCaughtUp(timeout.as_millis() as u64))?
+            .map_err(|_| ClusterError::Fatal("the metadata follower stopped".into()))?;
+        Ok(())
+    }
+
+    /// Ready to serve: a controller is known and the local broker has
+    /// applied everything this node knows to be committed.
+    pub fn ready(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let applied = m.last_applied.map(|l| l.index);
+        m.current_leader.is_some() && applied.is_some_and(|a| *self.synced.borrow() >= a)
+    }
+
+    /// The active controller (the Raft leader), if known.
+    pub fn controller(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Raft term, last applied index as this node sees them.
+    pub fn raft_position(&self) -> (u64, Option<u64>) {
+        let m = self.raft.metrics().borrow().clone();
+        (m.current_term, m.last_applied.map(|l| l.index))
+    }
+
+    /// The internal address of node `id`.
+    fn address_of(&self, id: NodeId) -> Option<String> {
+        if let Some(a) = self.config.voters.get(&id) {
+            return Some(a.clone());
+        }
+        let m = self.raft.metrics().borrow().clone();
+        if let Some(n) = m.membership_config.membership().get_node(&id) {
+            return Some(n.addr.clone());
+        }
+        self.image().brokers.get(&id).map(|b| b.internal.clone())
+    }
+
+    /// Proposes `cmd` to the quorum, forwarding it to the active controller
+    /// and waiting out elections; returns its outcome and log index.
+    pub async fn propose(&self, cmd: Command) -> Result<(Outcome, u64), ClusterError> {
+        let deadline = Instant::now() + PROPOSE_TIMEOUT;
+        let mut target = self.controller();
+        let mut last_problem = String::from("no leader elected yet");
+        loop {
+            let reply: ProposeReply = match target {
+                None => Err(Declined::NotLeader(None)),
+                Some(id) if id == self.config.node_id => self.propose_here(cmd.clone()).await,
+                Some(id) => match self.address_of(id) {
+                    None => Err(Declined::Failed(format!("no address known for node {id}"))),
+                    Some(addr) => self
+                        .peers
+                        .call(id, &addr, Method::Propose, &cmd, CALL_TIMEOUT)
+                        .await
+                        .unwrap_or_else(|e| Err(Declined::Failed(e.to_string()))),
+                },
+            };
+            match reply {
+                Ok((Outcome::Refused(r), _)) => return Err(r.into()),
+                Ok((outcome, index)) => return Ok((outcome, index)),
+                Err(Declined::NotLeader(Some(l))) if Some(l) != target => {
+                    target = Some(l);
+                    continue;
+                }
+                Err(Declined::NotLeader(_)) => {}
+                Err(Declined::Failed(why)) => last_problem = why,
+            }
+            if Instant::now() >= deadline {
+                return Err(ClusterError::NoController(last_problem));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            target = self.controller();
+        }
+    }
+
+    /// Proposes `cmd` through this node's Raft (only the leader accepts).
+    pub(crate) async fn propose_here(&self, cmd: Command) -> ProposeReply {
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => Ok((resp.data, resp.log_id.index)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(Declined::NotLeader(f.leader_id))
+            }
+            Err(e) => Err(Declined::Failed(e.to_string())),
+        }
+    }
+
+    fn is_leader(&self) -> Result<(), Declined> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.state == ServerState::Leader {
+            Ok(())
+        } else {
+            Err(Declined::NotLeader(m.current_leader))
+        }
+    }
+
+    /// A broker's heartbeat, on the controller.
+    pub(crate) fn heartbeat_here(&self, hb: Heartbeat) -> UnitReply {
+        self.is_leader()?;
+        self.sessions.lock().seen.insert(hb.id, Instant::now());
+        Ok(())
+    }
+
+    /// A broker-only node joins as a learner, on the controller.
+    pub(crate) async fn add_learner_here(&self, join: JoinAsLearner) -> UnitReply {
+        self.is_leader()?;
+        match self
+            .raft
+            .add_learner(join.id, BasicNode::new(&join.internal), false)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(Declined::NotLeader(f.leader_id))
+            }
+            Err(e) => Err(Declined::Failed(e.to_string())),
+        }
+    }
+
+    async fn stopped(&self) {
+        let mut rx = self.stopping.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Until the membership lists this node, asks the controller to add it
+    /// as a learner.
+    async fn join_as_learner(self: Arc<Self>) {
+        let me = self.config.node_id;
+        let join = JoinAsLearner {
+            id: me,
+            internal: self.config.internal_address.clone(),
+        };
+        let voters: Vec<(NodeId, String)> = self
+            .config
+            .voters
+            .iter()
+            .map(|(i, a)| (*i, a.clone()))
+            .collect();
+        let mut i = 0usize;
+        loop {
+            let known = self
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(&me)
+                .is_some();
+            if known {
+                info!(node = me, "following the metadata log as a learner");
+                return;
+            }
+            let (id, addr) = &voters[i % voters.len().max(1)];
+            i += 1;
+            let reply: Result<UnitReply, ClusterError> = self
+                .peers
+                .call(*id, addr, Method::AddLearner, &join, CALL_TIMEOUT)
+                .await;
+            if let Ok(Err(Declined::Failed(why))) = &reply {
+                warn!(error = %why, "joining as a learner failed; retrying");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                _ = self.stopped() => return,
+            }
+        }
+    }
+
+    /// Registers this broker (again after a restart or a fence) and
+    /// heartbeats to the controller.
+    async fn broker_loop(self: Arc<Self>) {
+        let me = self.config.node_id;
+        loop {
+            let image = self.image();
+            let mine = self.epoch.load(Ordering::Acquire);
+            let registered = image.brokers.get(&me).is_some_and(|b| {
+                !b.fenced
+                    && b.epoch == mine
+                    && b.advertised == self.config.advertise
+                    && b.internal == self.config.internal_address
+                    && b.rack == self.config.rack
+            });
+            if !registered && self.controller().is_some() {
+                let cmd = Command::RegisterBroker {
+                    id: me,
+                    advertised: self.config.advertise.clone(),
+                    internal: self.config.internal_address.clone(),
+                    rack: self.config.rack.clone(),
+                };
+                match self.propose(cmd).await {
+                    Ok((Outcome::Registered { epoch }, _)) => {
+                        self.epoch.store(epoch, Ordering::Release);
+                        info!(node = me, epoch, "broker registered");
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "broker registration failed; retrying"),
+                }
+            }
+            if let Some(leader) = self.controller() {
+                let hb = Heartbeat {
+                    id: me,
+                    epoch: self.epoch.load(Ordering::Acquire),
+                };
+                if leader == me {
+                    let _ = self.heartbeat_here(hb);
+                } else if let Some(addr) = self.address_of(leader) {
+                    let _: Result<UnitReply, _> = self
+                        .peers
+                        .call(leader, &addr, Method::Heartbeat, &hb, CALL_TIMEOUT)
+                        .await;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.broker_heartbeat) => {}
+                _ = self.stopped() => return,
+            }
+        }
+    }
+
+    /// On the controller: fences brokers whose session lapsed.
+    async fn controller_loop(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SESSION_CHECK) => {}
+                _ = self.stopped() => return,
+            }
+            let m = self.raft.metrics().borrow().clone();
+            let now = Instant::now();
+            let due: Vec<(NodeId, u64)> = {
+                let mut s = self.sessions.lock();
+                if m.state != ServerState::Leader {
+                    s.leader_since = None;
+                    s.fencing.clear();
+                    continue;
+                }
+                // A new controller gives every broker a full session
+                // before judging it.
+                let since = match s.leader_since {
+                    Some((term, at)) if term == m.current_term => at,
+                    _ => {
+                        s.leader_since = Some((m.current_term, now));
+                        s.seen.clear();
+                        s.fencing.clear();
+                        now
+                    }
+                };
+                let image = self.image();
+                let mut due = Vec::new();
+                for b in image.brokers.values().filter(|b| !b.fenced) {
+                    let last = s.seen.get(&b.id).copied().unwrap_or(since).max(since);
+                    if now.duration_since(last) > self.config.session_timeout
+                        && s.fencing.get(&b.id) != Some(&b.epoch)
+                    {
+                        s.fencing.insert(b.id, b.epoch);
+                        due.push((b.id, b.epoch));
+                    }
+                }
+                due
+            };
+            for (id, epoch) in due {
+                warn!(broker = id, epoch, "broker session expired; fencing it");
+                if let Err(e) = self.propose_here(Command::FenceBroker { id, epoch }).await {
+                    warn!(broker = id, error = ?e, "fencing failed");
+                    self.sessions.lock().fencing.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Where requests for `topic`'s `partition` go, by the applied image.
+    pub fn route(&self, topic: &str, partition: i32) -> Result<Route, ClusterError> {
+        let image = self.image();
+        let Some(t) = image.topics.get(topic) else {
+            return Ok(Route::Local);
+        };
+        let Some(p) = usize::try_from(partition)
+            .ok()
+            .and_then(|i| t.partitions.get(i))
+        else {
+            return Ok(Route::Local);
+        };
+        match p.leader {
+            Some(l) if l == self.config.node_id => Ok(Route::Local),
+            Some(l) => {
+                let b = image.brokers.get(&l);
+                Ok(Route::Remote {
+                    id: l,
+                    internal: b
+                        .map(|b| b.internal.clone())
+                        .or_else(|| self.address_of(l))
+                        .unwrap_or_default(),
+                    advertised: b.map(|b| b.advertised.clone()).unwrap_or_default(),
+                })
+            }
+            None => Err(ClusterError::NoLeader {
+                topic: topic.to_string(),
+                partition,
+                isr: p.isr.clone(),
+            }),
+        }
+    }
+
+    /// The internal address of the active controller.
+    pub fn controller_address(&self) -> Option<(NodeId, String)> {
+        let id = self.controller()?;
+        Some((id, self.address_of(id)?))
+    }
+
+    /// Every node: voters and learners from the Raft membership, brokers
+    /// from the image.
+    pub fn nodes(&self) -> Vec<NodeStatus> {
+        let m = self.raft.metrics().borrow().clone();
+        let image = self.image();
+        let membership = m.membership_config.membership().clone();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let mut ids: std::collections::BTreeSet<NodeId> =
+            membership.nodes().map(|(id, _)| *id).collect();
+        ids.extend(image.brokers.keys().copied());
+        ids.into_iter()
+            .map(|id| {
+                let b = image.brokers.get(&id);
+                NodeStatus {
+                    id,
+                    advertised: b.map(|b| b.advertised.clone()).unwrap_or_default(),
+                    internal: b
+                        .map(|b| b.internal.clone())
+                        .or_else(|| membership.get_node(&id).map(|n| n.addr.clone()))
+                        .unwrap_or_default(),
+                    rack: b.and_then(|b| b.rack.clone()),
+                    role: if voters.contains(&id) {
+                        "voter"
+                    } else {
+                        "learner"
+                    },
+                    live: b.is_some_and(|b| !b.fenced),
+                    leader_partitions: image.leader_count(id),
+                    replica_partitions: image.replica_count(id),
+                    epoch: b.map_or(0, |b| b.epoch),
+                    matched: m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).cloned())
+                        .flatten()
+                        .map(|l| l.index)
+                        .or_else(|| {
+                            (id == self.config.node_id)
+                                .then_some(m.last_log_index)
+                                .flatten()
+                        }),
+                }
+            })
+            .collect()
+    }
+
+    /// Live brokers now (registered and not fenced).
+    pub fn live_brokers(&self) -> usize {
+        self.image().brokers.values().filter(|b| !b.fenced).count()
+    }
+
+    /// Removes broker `id` from the metadata (refused while it holds
+    /// replicas) and, if it is a learner, from the Raft membership.
+    pub async fn decommission(&self, id: NodeId) -> Result<(), ClusterError> {
+        if self.config.voters.contains_key(&id) {
+            return Err(ClusterError::Unsupported(format!(
+                "node {id} is a controller voter; voters are fixed by --controller-voters"
+            )));
+        }
+        self.propose(Command::UnregisterBroker { id }).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,310 @@
+//! The nodes' internal channel: a gRPC service on the internal listener
+//! carrying Raft messages, proposals forwarded to the active controller,
+//! broker heartbeats and learner joins, and openraft's network built on
+//! its client. Payloads are the JSON of openraft's (serde) messages: both
+//! ends run the same build, and the volume is small (metadata only).
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use openraft::{
+    error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable},
+    network::{RPCOption, RaftNetwork, RaftNetworkFactory},
+    raft::{
+        AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
+        InstallSnapshotResponse, VoteRequest, VoteResponse,
+    },
+    BasicNode,
+};
+use parking_lot::Mutex;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tonic::{transport::Channel, Request, Response, Status};
+
+use super::{Cluster, ClusterError, Command, NodeId, Outcome, TypeConfig};
+
+/// Code generated from `proto/sluice/internal/v1/cluster.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("sluice.internal.v1");
+}
+
+use pb::cluster_internal_client::ClusterInternalClient;
+use pb::cluster_internal_server::{ClusterInternal, ClusterInternalServer};
+
+/// Largest internal message (a snapshot chunk, a batch of entries).
+const MAX_INTERNAL_MESSAGE: usize = 64 << 20;
+
+/// Why a controller-side request was not served here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Declined {
+    /// This node is not the active controller; the one it knows of.
+    NotLeader(Option<NodeId>),
+    /// It failed; the message says why.
+    Failed(String),
+}
+
+/// A broker's heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Heartbeat {
+    pub id: NodeId,
+    pub epoch: u64,
+}
+
+/// A broker-only node asking to follow the metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct JoinAsLearner {
+    pub id: NodeId,
+    pub internal: String,
+}
+
+pub(crate) type ProposeReply = Result<(Outcome, u64), Declined>;
+pub(crate) type UnitReply = Result<(), Declined>;
+
+fn encode<T: Serialize>(v: &T) -> Result<pb::Payload, Status> {
+    serde_json::to_vec(v)
+        .map(|json| pb::Payload { json: json.into() })
+        .map_err(|e| Status::internal(format!("encoding: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(p: &pb::Payload) -> Result<T, Status> {
+    serde_json::from_slice(&p.json)
+        .map_err(|e| Status::invalid_argument(format!("undecodable internal message: {e}")))
+}
+
+/// Serves the internal service for one node.
+pub struct InternalService {
+    node: Arc<Cluster>,
+}
+
+impl InternalService {
+    /// The tonic service.
+    pub fn server(node: Arc<Cluster>) -> ClusterInternalServer<Self> {
+        ClusterInternalServer::new(Self { node })
+            .max_decoding_message_size(MAX_INTERNAL_MESSAGE)
+            .max_encoding_message_size(MAX_INTERNAL_MESSAGE)
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterInternal for InternalService {
+    async fn append_entries(
+        &self,
+        request: Request<pb::Payload>,
+    ) -> Result<Response<pb::Payload>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(request.get_ref())?;
+        let reply = self.node.raft().append_entries(rpc).await;
+        Ok(Response::new(encode(&reply)?))
+    }
+
+    async fn vote(&self, request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
+        let rpc: VoteRequest<NodeId> = decode(request.get_ref())?;
+        let reply = self.node.raft().vote(rpc).await;
+        Ok(Response::new(encode(&reply)?))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<pb::Payload>,
+    ) -> Result<Response<pb::Payload>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(request.get_ref())?;
+        let reply = self.node.raft().install_snapshot(rpc).await;
+        Ok(Response::new(encode(&reply)?))
+    }
+
+    async fn propose(
+        &self,
+        request: Request<pb::Payload>,
+    ) -> Result<Response<pb::Payload>, Status> {
+        let cmd: Command = decode(request.get_ref())?;
+        let reply: ProposeReply = self.node.propose_here(cmd).await;
+        Ok(Response::new(encode(&reply)?))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::Payload>,
+    ) -> Result<Response<pb::Payload>, Status> {
+        let hb: Heartbeat = decode(request.get_ref())?;
+        let reply: UnitReply = self.node.heartbeat_here(hb);
+        Ok(Response::new(encode(&reply)?))
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<pb::Payload>,
+    ) -> Result<Response<pb::Payload>, Status> {
+        let join: JoinAsLearner = decode(request.get_ref())?;
+        let reply: UnitReply = self.node.add_learner_here(join).await;
+        Ok(Response::new(encode(&reply)?))
+    }
+}
+
+/// Clients of the other nodes' internal services, one lazily connected
+/// channel per address (tonic multiplexes calls over it).
+#[derive(Clone, Default)]
+pub struct Peers {
+    /// Address → client. Held only to look up or insert.
+    clients: Arc<Mutex<HashMap<String, ClusterInternalClient<Channel>>>>,
+}
+
+impl Peers {
+    /// The client for `address`.
+    pub fn client(&self, address: &str) -> Result<ClusterInternalClient<Channel>, String> {
+        if let Some(c) = self.clients.lock().get(address) {
+            return Ok(c.clone());
+        }
+        let channel = Channel::from_shared(format!("http://{address}"))
+            .map_err(|e| format!("bad address {address}: {e}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        let client = ClusterInternalClient::new(channel)
+            .max_decoding_message_size(MAX_INTERNAL_MESSAGE)
+            .max_encoding_message_size(MAX_INTERNAL_MESSAGE);
+        self.clients
+            .lock()
+            .insert(address.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Sends a controller request (`Propose`, `Heartbeat`, `AddLearner`)
+    /// to `address` and decodes the reply.
+    pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        node: NodeId,
+        address: &str,
+        method: Method,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, ClusterError> {
+        let unreachable = |reason: String| ClusterError::Unreachable {
+            node,
+            address: address.to_string(),
+            reason,
+        };
+        let mut client = self.client(address).map_err(unreachable)?;
+        let mut request = Request::new(encode(req).map_err(|s| unreachable(s.to_string()))?);
+        request.set_timeout(timeout);
+        let reply = match method {
+            Method::Propose => client.propose(request).await,
+            Method::Heartbeat => client.heartbeat(request).await,
+            Method::AddLearner => client.add_learner(request).await,
+        }
+        .map_err(|s| unreachable(s.message().to_string()))?;
+        decode(reply.get_ref()).map_err(|s| unreachable(s.message().to_string()))
+    }
+}
+
+/// The controller requests [`Peers::call`] sends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Method {
+    Propose,
+    Heartbeat,
+    AddLearner,
+}
+
+/// openraft's network: one [`Connection`] per target node.
+#[derive(Clone)]
+pub struct Network {
+    peers: Peers,
+}
+
+impl Network {
+    /// A network over `peers`.
+    pub fn new(peers: Peers) -> Self {
+        Self { peers }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        Connection {
+            target,
+            address: node.addr.clone(),
+            peers: self.peers.clone(),
+        }
+    }
+}
+
+/// openraft's connection to one node.
+pub struct Connection {
+    target: NodeId,
+    address: String,
+    peers: Peers,
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+impl Connection {
+    async fn send<Req, Resp, E>(
+        &mut self,
+        which: RaftMethod,
+        req: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let mut client = self
+            .peers
+            .client(&self.address)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
+        let mut request =
+            Request::new(encode(req).map_err(|s| RPCError::Network(NetworkError::new(&s)))?);
+        request.set_timeout(option.hard_ttl());
+        let reply = match which {
+            RaftMethod::Append => client.append_entries(request).await,
+            RaftMethod::Vote => client.vote(request).await,
+            RaftMethod::Snapshot => client.install_snapshot(request).await,
+        };
+        let reply = reply.map_err(|s| match s.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                RPCError::Unreachable(Unreachable::new(&s))
+            }
+            _ => RPCError::Network(NetworkError::new(&s)),
+        })?;
+        let decoded: Result<Resp, RaftError<NodeId, E>> =
+            serde_json::from_slice(&reply.get_ref().json)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum RaftMethod {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        self.send(RaftMethod::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.send(RaftMethod::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        self.send(RaftMethod::Vote, &rpc, &option).await
+    }
+}
