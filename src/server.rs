@@ -134,7 +134,13 @@ pub async fn run_node(
         .map_err(|e| Error::Config(format!("opening broker: {e}")))??;
     let cluster = match cluster_config {
         None => None,
-        Some(cc) => {
+        Some(mut cc) => {
+            if config.cluster.advertise.is_none() {
+                // The bound address (the configured one may name port 0).
+                if let Ok(a) = listeners.client.local_addr() {
+                    cc.advertise = a.to_string();
+                }
+            }
             let fresh = !cc.dir.exists();
             if fresh && broker.has_user_topics() {
                 let b = broker.clone();

@@ -310,8 +310,17 @@ impl MetadataImage {
                     });
                 }
                 let start = (*id % order.len() as u64) as usize;
+                let racks = self.racks();
                 let assignments = (0..*partitions)
-                    .map(|p| place(&order, start, p as usize, *replication_factor as usize))
+                    .map(|p| {
+                        place(
+                            &order,
+                            &racks,
+                            start,
+                            p as usize,
+                            *replication_factor as usize,
+                        )
+                    })
                     .collect();
                 self.topics.insert(
                     name.clone(),
@@ -332,6 +341,7 @@ impl MetadataImage {
             }
             Command::CreatePartitions { name, total } => {
                 let order = self.placement_order();
+                let racks = self.racks();
                 let t = self
                     .topics
                     .get_mut(name)
@@ -352,7 +362,8 @@ impl MetadataImage {
                 }
                 let start = (t.id % order.len() as u64) as usize;
                 for p in count..*total {
-                    t.partitions.push(place(&order, start, p as usize, rf));
+                    t.partitions
+                        .push(place(&order, &racks, start, p as usize, rf));
                 }
                 Ok(Outcome::Done)
             }
@@ -364,6 +375,13 @@ impl MetadataImage {
                 Ok(Outcome::ProducerIds { first })
             }
         }
+    }
+
+    fn racks(&self) -> BTreeMap<NodeId, Option<String>> {
+        self.brokers
+            .values()
+            .map(|b| (b.id, b.rack.clone()))
+            .collect()
     }
 
     fn live_set(&self) -> Vec<NodeId> {
@@ -420,17 +438,43 @@ impl MetadataImage {
 
 /// Kafka's round-robin assignment: partition `p`'s first replica (the
 /// preferred leader) walks the order from `start`, so leaders are spread
-/// evenly; the followers follow at a shift that changes every full round,
-/// so followers are spread too.
-fn place(order: &[NodeId], start: usize, p: usize, rf: usize) -> PartitionAssignment {
+/// evenly; each follower starts from a shift that changes every full
+/// round, so followers are spread too, and takes the next broker of a rack
+/// the partition does not use yet (while there is one).
+fn place(
+    order: &[NodeId],
+    racks: &BTreeMap<NodeId, Option<String>>,
+    start: usize,
+    p: usize,
+    rf: usize,
+) -> PartitionAssignment {
     let n = order.len();
+    let rack = |id: &NodeId| racks.get(id).cloned().flatten();
+    let rack_count = order
+        .iter()
+        .map(rack)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     let first = (start + p) % n;
     let mut replicas = vec![order[first]];
+    let mut used = std::collections::BTreeSet::from([rack(&order[first])]);
     if n > 1 {
         let shift_base = p / n;
-        for j in 0..rf - 1 {
+        for j in 0..rf.saturating_sub(1) {
             let shift = 1 + (shift_base + j) % (n - 1);
-            replicas.push(order[(first + shift) % n]);
+            let from = (first + shift) % n;
+            let candidates: Vec<NodeId> = (0..n)
+                .map(|k| order[(from + k) % n])
+                .filter(|b| !replicas.contains(b))
+                .collect();
+            let pick = candidates
+                .iter()
+                .find(|b| used.len() >= rack_count || !used.contains(&rack(b)))
+                .or(candidates.first());
+            if let Some(&b) = pick {
+                used.insert(rack(&b));
+                replicas.push(b);
+            }
         }
     }
     PartitionAssignment {

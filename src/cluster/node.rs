@@ -379,7 +379,17 @@ impl Cluster {
 
     /// Proposes `cmd` through this node's Raft (only the leader accepts).
     pub(crate) async fn propose_here(&self, cmd: Command) -> ProposeReply {
-        match self.raft.client_write(cmd).await {
+        // Without a quorum the write never commits: give up rather than
+        // wait forever (the entry is dropped when a new leader's log
+        // replaces it).
+        let written = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(cmd)).await;
+        let Ok(written) = written else {
+            return Err(Declined::Failed(format!(
+                "not committed within {} s: no quorum reachable",
+                PROPOSE_TIMEOUT.as_secs()
+            )));
+        };
+        match written {
             Ok(resp) => Ok((resp.data, resp.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(Declined::NotLeader(f.leader_id))

@@ -1,0 +1,410 @@
+//! Clusters of real `sluice serve` processes on loopback: formation from a
+//! static voter list, topic operations and data requests through any node,
+//! controller kills (SIGKILL), restarts, a partitioned old leader, a
+//! broker-only node, and what a single node reports.
+
+mod common;
+
+use std::{collections::BTreeSet, time::Duration};
+
+use bytes::Bytes;
+use common::cluster::TestCluster;
+use sluice::client::{pb, Client};
+
+fn keyed(topic: &str, n: usize, tag: &str) -> pb::ProduceRequest {
+    pb::ProduceRequest {
+        topic: topic.into(),
+        records: (0..n)
+            .map(|i| pb::ProduceRecord {
+                key: Some(Bytes::from(format!("{tag}-key-{i}"))),
+                value: Some(Bytes::from(format!("{tag}-value-{i}"))),
+                ..Default::default()
+            })
+            .collect(),
+        acks: pb::Acks::All as i32,
+        ..Default::default()
+    }
+}
+
+/// Every value in every partition of `topic`, read through `c`.
+async fn read_all(c: &Client, topic: &str) -> BTreeSet<String> {
+    let n = c.partition_count(topic).await.expect("partitions");
+    let mut out = BTreeSet::new();
+    for partition in 0..n {
+        let mut offset = 0;
+        loop {
+            let r = c
+                .fetch(pb::FetchRequest {
+                    topic: topic.into(),
+                    partition,
+                    offset,
+                    max_records: 1000,
+                    ..Default::default()
+                })
+                .await
+                .expect("fetch");
+            if r.records.is_empty() {
+                break;
+            }
+            for rec in &r.records {
+                out.insert(
+                    String::from_utf8_lossy(rec.value.as_deref().unwrap_or_default()).into(),
+                );
+            }
+            offset = r.next_offset;
+        }
+    }
+    out
+}
+
+async fn formation_and_routing(n: u64) {
+    let cluster = TestCluster::start(n, 0, &[]).await;
+    // Topic operations through different nodes.
+    let rf = 3.min(n as i32);
+    let created = cluster
+        .client(2)
+        .await
+        .create_replicated_topic("orders", 2 * n as i32, Some(rf), Default::default())
+        .await
+        .expect("create through node 2");
+    assert_eq!(created.partitions.len(), 2 * n as usize);
+    cluster
+        .client(n)
+        .await
+        .create_topic("audit", 3, Default::default())
+        .await
+        .expect("create through the last node");
+    cluster
+        .client(1)
+        .await
+        .create_partitions("audit", 5)
+        .await
+        .expect("add partitions through node 1");
+
+    let meta = cluster.converged_metadata(Duration::from_secs(20)).await;
+    assert_eq!(meta.brokers.len(), n as usize);
+    let orders = meta
+        .topics
+        .iter()
+        .find(|t| t.name == "orders")
+        .expect("orders");
+    let audit = meta
+        .topics
+        .iter()
+        .find(|t| t.name == "audit")
+        .expect("audit");
+    assert_eq!(audit.partitions.len(), 5);
+    assert_ne!(orders.topic_id, audit.topic_id);
+    let mut leaders = std::collections::BTreeMap::<i32, usize>::new();
+    for p in &orders.partitions {
+        let distinct: BTreeSet<i32> = p.replicas.iter().copied().collect();
+        assert_eq!(distinct.len(), rf as usize, "replicas distinct: {p:?}");
+        assert_eq!(p.leader, p.replicas[0], "preferred leader leads");
+        assert_eq!(p.isr, vec![p.leader]);
+        *leaders.entry(p.leader).or_default() += 1;
+    }
+    // Leaders balanced: two partitions per broker.
+    assert!(leaders.values().all(|&c| c == 2), "{leaders:?}");
+
+    // Data through any node: each node produces, every node reads it all.
+    let mut expected = BTreeSet::new();
+    for id in 1..=n {
+        let c = cluster.client(id).await;
+        let reply = c
+            .produce(keyed("orders", 40, &format!("via-{id}")))
+            .await
+            .expect("produce");
+        assert!(reply.record_errors.is_empty(), "{:?}", reply.record_errors);
+        let total: i32 = reply.partitions.iter().map(|p| p.record_count).sum();
+        assert_eq!(total, 40);
+        for i in 0..40 {
+            expected.insert(format!("via-{id}-value-{i}"));
+        }
+    }
+    for id in 1..=n {
+        let got = read_all(&cluster.client(id).await, "orders").await;
+        assert_eq!(got, expected, "node {id} reads every record");
+    }
+    // Describe from any node shows each partition's real high watermark.
+    let sums: Vec<i64> = {
+        let mut v = Vec::new();
+        for id in 1..=n {
+            let d = cluster
+                .client(id)
+                .await
+                .describe_topic("orders")
+                .await
+                .expect("describe");
+            v.push(d.partitions.iter().map(|p| p.high_watermark).sum());
+        }
+        v
+    };
+    assert!(sums.iter().all(|s| *s == 40 * n as i64), "{sums:?}");
+
+    // Delete through one node: gone everywhere; the name can be reused
+    // under a new id.
+    cluster
+        .client(1)
+        .await
+        .delete_topic("audit")
+        .await
+        .expect("delete");
+    cluster
+        .client(2)
+        .await
+        .create_topic("audit", 1, Default::default())
+        .await
+        .expect("recreate");
+    let meta = cluster.converged_metadata(Duration::from_secs(20)).await;
+    let again = meta
+        .topics
+        .iter()
+        .find(|t| t.name == "audit")
+        .expect("audit");
+    assert_eq!(again.partitions.len(), 1);
+    assert_ne!(
+        again.topic_id, audit.topic_id,
+        "a recreated topic has a new id"
+    );
+
+    // Refusals name the rule, from any node.
+    let err = cluster
+        .client(n)
+        .await
+        .create_replicated_topic("too-many", 1, Some(n as i32 + 1), Default::default())
+        .await
+        .expect_err("rf above the broker count");
+    assert!(
+        err.to_string().contains(&format!("must be in [1, {n}]")),
+        "{err}"
+    );
+    let err = cluster
+        .client(1)
+        .await
+        .create_topic("orders", 1, Default::default())
+        .await
+        .expect_err("exists");
+    assert!(err.to_string().contains("already exists"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_three_node_cluster_forms_places_and_routes_from_any_node() {
+    formation_and_routing(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_five_node_cluster_forms_from_the_same_voter_list() {
+    formation_and_routing(5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_controller_elects_another_and_restarts_catch_up() {
+    let mut cluster = TestCluster::start(3, 0, &[]).await;
+    let c = cluster.client(1).await;
+    c.create_topic("before", 3, Default::default())
+        .await
+        .expect("create");
+    let old = cluster.wait_stable(3, Duration::from_secs(20)).await;
+    cluster.node(old).kill();
+    let survivor = if old == 1 { 2 } else { 1 };
+    // Topic operations continue through a survivor (the proposal waits
+    // out the election).
+    cluster
+        .client(survivor)
+        .await
+        .create_topic("after", 2, Default::default())
+        .await
+        .expect("create after the controller died");
+    let statuses = cluster.statuses().await;
+    for (_, s) in &statuses {
+        let s = s.as_ref().expect("status");
+        assert_ne!(s.controller, old as i32, "a new controller");
+        assert!(s.controller >= 0);
+    }
+    // The old controller restarts and catches up.
+    cluster.node(old).start();
+    let meta = cluster.converged_metadata(Duration::from_secs(30)).await;
+    let names: BTreeSet<&str> = meta.topics.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, BTreeSet::from(["before", "after"]));
+    cluster.wait_stable(3, Duration::from_secs(30)).await;
+
+    // The whole cluster SIGKILLed and restarted: the metadata is intact.
+    let before_restart = meta.topics.clone();
+    for id in 1..=3 {
+        cluster.node(id).kill();
+    }
+    for id in 1..=3 {
+        cluster.node(id).start();
+    }
+    cluster.wait_stable(3, Duration::from_secs(60)).await;
+    let meta = cluster.converged_metadata(Duration::from_secs(30)).await;
+    let ids = |ts: &[pb::TopicMetadata]| -> Vec<(String, u64, usize)> {
+        ts.iter()
+            .map(|t| (t.name.clone(), t.topic_id, t.partitions.len()))
+            .collect()
+    };
+    assert_eq!(ids(&meta.topics), ids(&before_restart));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_old_leader_cannot_commit_and_heals_to_one_history() {
+    let cluster = TestCluster::start(3, 0, &[]).await;
+    let old = cluster.wait_stable(3, Duration::from_secs(20)).await;
+    cluster.isolate(old, true);
+    // The cut-off leader cannot commit: its proposal fails (the client
+    // gives up; the server abandons it with the call).
+    let lonely = cluster.client(old).await;
+    let mut admin = lonely.admin();
+    let mut req = tonic::Request::new(pb::CreateTopicRequest {
+        name: "minority".into(),
+        partitions: 1,
+        ..Default::default()
+    });
+    req.set_timeout(Duration::from_secs(3));
+    assert!(
+        admin.create_topic(req).await.is_err(),
+        "a leader without a quorum must not commit"
+    );
+    // The majority elects a new controller and commits.
+    let other = (1..=3).find(|&i| i != old).expect("another node");
+    cluster
+        .client(other)
+        .await
+        .create_topic("majority", 1, Default::default())
+        .await
+        .expect("the majority commits");
+    let mv = cluster
+        .client(other)
+        .await
+        .metadata(&[])
+        .await
+        .expect("metadata");
+    assert!(mv.controller >= 0 && mv.controller != old as i32);
+    // Heal: one history, with the majority's topic and never the
+    // minority's.
+    cluster.isolate(old, false);
+    let meta = cluster.converged_metadata(Duration::from_secs(30)).await;
+    let names: Vec<&str> = meta.topics.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, vec!["majority"]);
+    cluster.wait_stable(3, Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_only_node_joins_takes_partitions_and_is_not_removed_while_it_holds_them() {
+    let cluster = TestCluster::start(3, 1, &[]).await;
+    let statuses = cluster.statuses().await;
+    let view = statuses[0].1.as_ref().expect("status");
+    let learner = view
+        .nodes
+        .iter()
+        .find(|n| n.id == 4)
+        .expect("node 4 listed");
+    assert_eq!(learner.role, "learner");
+    assert!(learner.live);
+    assert_eq!(view.nodes.iter().filter(|n| n.role == "voter").count(), 3);
+    // New partitions go to it too (8 partitions over 4 brokers).
+    cluster
+        .client(4)
+        .await
+        .create_replicated_topic("spread", 8, Some(1), Default::default())
+        .await
+        .expect("create through the broker-only node");
+    let meta = cluster.converged_metadata(Duration::from_secs(20)).await;
+    let spread = &meta.topics[0];
+    assert_eq!(
+        spread.partitions.iter().filter(|p| p.leader == 4).count(),
+        2
+    );
+    // Data through a voter lands on node 4's partitions and reads back
+    // through node 4.
+    let c1 = cluster.client(1).await;
+    let r = c1.produce(keyed("spread", 50, "x")).await.expect("produce");
+    assert!(r.record_errors.is_empty());
+    assert_eq!(read_all(&cluster.client(4).await, "spread").await.len(), 50);
+    // Removing it while it holds replicas is refused with the rule.
+    let err = cluster
+        .client(1)
+        .await
+        .cluster()
+        .decommission_broker(pb::DecommissionBrokerRequest { id: 4 })
+        .await
+        .expect_err("holds replicas");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        err.message().contains("still holds 2 partition replicas"),
+        "{}",
+        err.message()
+    );
+    // Consumer groups and work queues are refused in a multi-broker
+    // cluster until their state is replicated, with the reason.
+    let err = c1
+        .groups()
+        .heartbeat(pb::HeartbeatRequest::default())
+        .await
+        .expect_err("groups refused");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("replicated"), "{}", err.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_answers_as_a_one_broker_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = common::server::TestServer::start(dir.path()).await;
+    let c = server.client().await;
+    c.create_topic("t", 2, Default::default())
+        .await
+        .expect("create");
+    let meta = c.metadata(&[]).await.expect("metadata");
+    assert_eq!(meta.brokers.len(), 1);
+    assert_eq!(meta.brokers[0].address, server.addr.to_string());
+    let p = &meta.topics[0].partitions;
+    assert_eq!(p.len(), 2);
+    assert!(p
+        .iter()
+        .all(|p| p.leader == 1 && p.replicas == vec![1] && p.isr == vec![1]));
+    let d = c.describe_topic("t").await.expect("describe");
+    assert!(d
+        .partitions
+        .iter()
+        .all(|p| p.leader == 1 && p.replicas == vec![1]));
+    assert_eq!(d.topic_id, meta.topics[0].topic_id);
+    let s = c.describe_cluster().await.expect("describe cluster");
+    assert_eq!(s.mode, "standalone");
+    let err = c
+        .create_replicated_topic("t2", 1, Some(2), Default::default())
+        .await
+        .expect_err("rf 2 on one node");
+    assert!(err.to_string().contains("[1, 1]"), "{err}");
+    server.stop().await;
+
+    // A data directory with a single node's topics is not silently
+    // emptied by joining a cluster: the start is refused.
+    let internal = common::cluster::free_port().to_string();
+    let voters = format!("1@{internal}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .args([
+            "--node-id",
+            "1",
+            "--internal-listen",
+            &internal,
+            "--controller-voters",
+            &voters,
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("holds topics created by a single-node server"),
+        "{err}"
+    );
+}

@@ -1,0 +1,303 @@
+//! A cluster of real `sluice serve` processes on loopback, each with its
+//! own data directory and ports, and a fault-injecting TCP proxy between
+//! every pair of nodes (each node's `--controller-voters` names the proxies
+//! in front of its peers), so a test can cut one node off and heal it.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use sluice::client::{pb, Client};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::server::ChildServer;
+
+/// A TCP proxy that can drop every connection and refuse new ones.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    blocked: Arc<AtomicBool>,
+    /// Bumped on every block: open connections see it and close.
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Proxy {
+    /// Listens on an ephemeral port and forwards to `target`.
+    pub async fn start(target: SocketAddr) -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = l.local_addr().expect("addr");
+        let blocked = Arc::new(AtomicBool::new(false));
+        let generation = Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let (b, g) = (blocked.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = l.accept().await else {
+                    return;
+                };
+                if b.load(Ordering::Acquire) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut cut = g.subscribe();
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut ri, mut wi) = inbound.into_split();
+                    let (mut ro, mut wo) = outbound.into_split();
+                    let a = tokio::io::copy(&mut ri, &mut wo);
+                    let b = tokio::io::copy(&mut ro, &mut wi);
+                    tokio::select! {
+                        _ = a => {}
+                        _ = b => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            blocked,
+            generation,
+        }
+    }
+
+    /// Cuts (or restores) the link.
+    pub fn set_blocked(&self, blocked: bool) {
+        self.blocked.store(blocked, Ordering::Release);
+        if blocked {
+            self.generation.send_modify(|g| *g += 1);
+        }
+    }
+}
+
+/// Reserves a free loopback port (bound, then released for the child).
+pub fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// One node of a [`TestCluster`].
+pub struct Node {
+    pub id: u64,
+    pub dir: PathBuf,
+    pub internal: SocketAddr,
+    /// Its `--controller-voters` value.
+    pub voters: String,
+    /// Client address of the first start (kept across restarts).
+    pub client: String,
+    pub server: Option<ChildServer>,
+    pub extra: Vec<String>,
+}
+
+impl Node {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.client)
+    }
+
+    fn args(&self) -> Vec<String> {
+        let mut a = vec![
+            "--node-id".to_string(),
+            self.id.to_string(),
+            "--internal-listen".into(),
+            self.internal.to_string(),
+            "--controller-voters".into(),
+            self.voters.clone(),
+        ];
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+
+    /// Starts (or restarts) the process.
+    pub fn start(&mut self) {
+        let args = self.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let s = ChildServer::start_at(&self.dir, &self.client, &args);
+        self.client = s.addr().to_string();
+        self.server = Some(s);
+    }
+
+    /// SIGKILLs the process.
+    pub fn kill(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            s.signal(9);
+            s.wait(Duration::from_secs(10));
+        }
+    }
+
+    pub fn running(&self) -> bool {
+        self.server.is_some()
+    }
+
+    pub fn log(&self) -> String {
+        self.server.as_ref().map(|s| s.log()).unwrap_or_default()
+    }
+}
+
+/// Nodes `1..=n`, all voters, each with a proxy in front of every peer.
+pub struct TestCluster {
+    pub nodes: Vec<Node>,
+    /// `(from, to)` → the proxy `from` dials to reach `to`.
+    pub proxies: BTreeMap<(u64, u64), Proxy>,
+    _dirs: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Starts `n` voters (and `brokers_only` more nodes that are not
+    /// voters) and waits until every node reports the same controller and
+    /// all brokers are live.
+    pub async fn start(n: u64, brokers_only: u64, extra: &[&str]) -> Self {
+        let dirs = tempfile::tempdir().expect("tempdir");
+        let total = n + brokers_only;
+        let internal: BTreeMap<u64, SocketAddr> = (1..=total).map(|i| (i, free_port())).collect();
+        let mut proxies = BTreeMap::new();
+        for from in 1..=total {
+            for to in 1..=n {
+                if from != to {
+                    proxies.insert((from, to), Proxy::start(internal[&to]).await);
+                }
+            }
+        }
+        let mut nodes = Vec::new();
+        for id in 1..=total {
+            let voters = (1..=n)
+                .map(|to| {
+                    let addr = if to == id {
+                        internal[&to]
+                    } else {
+                        proxies[&(id, to)].addr
+                    };
+                    format!("{to}@{addr}")
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut node = Node {
+                id,
+                dir: dirs.path().join(format!("node-{id}")),
+                internal: internal[&id],
+                voters,
+                client: "127.0.0.1:0".into(),
+                server: None,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+            };
+            if id > n {
+                // A broker-only node is dialed at its own address.
+                node.extra
+                    .extend(["--internal-advertise".into(), internal[&id].to_string()]);
+            }
+            nodes.push(node);
+        }
+        for node in &mut nodes {
+            node.start();
+        }
+        let c = Self {
+            nodes,
+            proxies,
+            _dirs: dirs,
+        };
+        c.wait_stable(total as usize, Duration::from_secs(60)).await;
+        c
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut Node {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    pub async fn client(&self, id: u64) -> Client {
+        Client::connect(&self.nodes[(id - 1) as usize].url())
+            .await
+            .expect("connect")
+    }
+
+    /// Every running node's view of the cluster.
+    pub async fn statuses(&self) -> Vec<(u64, Option<pb::DescribeClusterResponse>)> {
+        let mut out = Vec::new();
+        for n in self.nodes.iter().filter(|n| n.running()) {
+            let s = match Client::connect(&n.url()).await {
+                Ok(c) => c.describe_cluster().await.ok(),
+                Err(_) => None,
+            };
+            out.push((n.id, s));
+        }
+        out
+    }
+
+    /// Waits until every running node names the same controller and sees
+    /// `live` live brokers; returns the controller.
+    pub async fn wait_stable(&self, live: usize, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let statuses = self.statuses().await;
+            let controllers: Vec<i32> = statuses
+                .iter()
+                .map(|(_, s)| s.as_ref().map_or(-2, |s| s.controller))
+                .collect();
+            let lives: Vec<usize> = statuses
+                .iter()
+                .map(|(_, s)| {
+                    s.as_ref()
+                        .map_or(0, |s| s.nodes.iter().filter(|n| n.live).count())
+                })
+                .collect();
+            if controllers[0] >= 0
+                && controllers.iter().all(|c| *c == controllers[0])
+                && lives.iter().all(|l| *l == live)
+            {
+                return controllers[0] as u64;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| format!("--- node {} ---\n{}", n.id, n.log()))
+                    .collect();
+                panic!(
+                    "cluster not stable: controllers {controllers:?}, live {lives:?}\n{}",
+                    logs.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every running node's metadata (topics with ids and
+    /// placement) is the same; returns it.
+    pub async fn converged_metadata(&self, timeout: Duration) -> pb::MetadataResponse {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut views = Vec::new();
+            for n in self.nodes.iter().filter(|n| n.running()) {
+                let v = match Client::connect(&n.url()).await {
+                    Ok(c) => c.metadata(&[]).await.ok(),
+                    Err(_) => None,
+                };
+                views.push(v.map(|mut m| {
+                    m.answered_by = 0;
+                    m
+                }));
+            }
+            if views.iter().all(|v| v.is_some() && *v == views[0]) {
+                return views[0].clone().expect("some");
+            }
+            if Instant::now() > deadline {
+                panic!("metadata did not converge: {views:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Cuts node `id` off from every other node (both ways).
+    pub fn isolate(&self, id: u64, cut: bool) {
+        for ((from, to), p) in &self.proxies {
+            if *from == id || *to == id {
+                p.set_blocked(cut);
+            }
+        }
+    }
+}
