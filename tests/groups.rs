@@ -987,3 +987,46 @@ async fn offsets_topic_stays_bounded_under_many_commits_and_replays() {
         assert_eq!(&committed(&client, g).await, offsets, "{g} after restart");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_of_a_deleted_topic_never_apply_to_a_new_topic_of_that_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = common::server::TestServer::start(dir.path()).await;
+    let c = server.client().await;
+    c.create_topic("reborn", 1, Default::default())
+        .await
+        .expect("create");
+    let values: Vec<String> = (0..10).map(|i| format!("old-{i}")).collect();
+    produce_to(&c, "reborn", 0, &values).await;
+    c.reset_offsets(
+        "g",
+        "reborn",
+        vec![],
+        pb::reset_offsets_request::To::Latest(()),
+        false,
+        true,
+    )
+    .await
+    .expect("commit the end");
+    assert_eq!(committed(&c, "g").await, BTreeMap::from([(0, 10)]));
+    c.delete_topic("reborn").await.expect("delete");
+    c.create_topic("reborn", 1, Default::default())
+        .await
+        .expect("create again");
+    let values: Vec<String> = (0..3).map(|i| format!("new-{i}")).collect();
+    produce_to(&c, "reborn", 0, &values).await;
+    // The old offset (10) would skip the new topic's records (and point
+    // past its end): it is not served, so a resuming consumer starts from
+    // its reset policy.
+    assert_eq!(committed(&c, "g").await, BTreeMap::new());
+    let d = c.describe_group("g").await.expect("describe");
+    let lags: Vec<&pb::PartitionLag> = d
+        .partitions
+        .iter()
+        .filter(|p| p.topic == "reborn")
+        .collect();
+    assert_eq!(lags.len(), 1, "{:?}", d.partitions);
+    assert_eq!(lags[0].committed_offset, -1);
+    assert_eq!(lags[0].lag, 3);
+    server.stop().await;
+}

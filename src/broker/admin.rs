@@ -257,6 +257,29 @@ impl Broker {
         })
     }
 
+    /// A topic just created: its settings, and empty partitions, without
+    /// opening any log (a create of thousands of partitions opens none).
+    pub fn new_topic_info(&self, name: &str) -> Result<TopicInfo> {
+        let topic = self.topic(name)?;
+        let partitions = topic.partitions().len() as i32;
+        Ok(TopicInfo {
+            name: topic.name.to_string(),
+            topic_id: topic.incarnation(),
+            config: topic
+                .config
+                .effective(&self.config.log, &self.config.timestamps),
+            partitions: (0..partitions)
+                .map(|partition| PartitionInfo {
+                    partition,
+                    log_start_offset: 0,
+                    high_watermark: 0,
+                    size_bytes: 0,
+                    segments: 1,
+                })
+                .collect(),
+        })
+    }
+
     /// Raises a topic's partition count to `total`. Blocking.
     pub fn create_partitions(&self, name: &str, total: i32) -> Result<TopicInfo> {
         Self::refuse_internal(name)?;

@@ -43,6 +43,9 @@ pub enum BenchCommand {
     /// One worker process of `fan-out` (started by it).
     #[command(hide = true)]
     FanOutWorker(super::bench_scenario::FanOutWorkerArgs),
+    /// A loopback cluster: topic-create latency, controller failover over
+    /// SIGKILLs, and catch-up of an empty node on a large image.
+    Cluster(super::bench_cluster::ClusterBenchArgs),
     /// Well-behaved producers and fetchers measure latency while hostile
     /// (and idle) connections run beside them.
     Hostile(super::bench_hostile::HostileArgs),
@@ -154,6 +157,7 @@ pub async fn run(cmd: BenchCommand) -> Result<(), ClientError> {
         BenchCommand::Queue(a) => return super::bench_queue::queue(a).await,
         BenchCommand::Hostile(a) => return super::bench_hostile::hostile_bench(a).await,
         BenchCommand::FanOut(a) => return super::bench_scenario::fan_out(a).await,
+        BenchCommand::Cluster(a) => return super::bench_cluster::cluster_bench(a).await,
         BenchCommand::FanOutWorker(a) => return super::bench_scenario::worker(a).await,
     };
     if args.batch == 0 || args.concurrency == 0 || args.records == 0 {

@@ -2,6 +2,7 @@
 //! `topic`, `group`, `produce`, `consume` and `bench`.
 
 pub mod bench;
+mod bench_cluster;
 mod bench_groups;
 mod bench_hostile;
 mod bench_queue;

@@ -191,7 +191,7 @@ impl Cluster {
             election_timeout_max: config.election_timeout.1.as_millis() as u64,
             install_snapshot_timeout: 10_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: config.snapshot_every.min(1000),
             snapshot_max_chunk_size: 4 << 20,
             ..Default::default()
         }

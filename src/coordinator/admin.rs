@@ -178,7 +178,11 @@ impl Coordinator {
             for o in offsets {
                 let tp = Tp::new(topic.clone(), o.partition);
                 seen.insert(o.partition);
-                let committed = g.offsets.get(&tp).cloned();
+                let committed = g
+                    .offsets
+                    .get(&tp)
+                    .filter(|c| c.topic_id == 0 || c.topic_id == self.topic_id(&topic))
+                    .cloned();
                 let from = committed.as_ref().map_or(o.earliest, |c| c.offset);
                 partitions.push(PartitionLag {
                     owner: g
@@ -302,7 +306,8 @@ impl Coordinator {
             .iter()
             .map(|r| (r.tp.clone(), r.offset, String::new()))
             .collect();
-        Self::write_offsets(&mut st, group, now, committed)?;
+        let ids = |t: &str| self.topic_id(t);
+        Self::write_offsets(&mut st, group, now, committed, &ids)?;
         tracing::info!(group, topic = %topic, partitions = results.len(), "group offsets reset");
         Ok(results)
     }

@@ -71,6 +71,10 @@ pub struct Committed {
     pub metadata: String,
     /// When it was committed (ms).
     pub commit_ms: i64,
+    /// The topic's id (incarnation) when it was committed: an offset of a
+    /// deleted topic never applies to a new topic of the same name. 0 in
+    /// offsets committed before ids were recorded.
+    pub topic_id: u64,
 }
 
 /// An assignment sent to a member and not yet confirmed.

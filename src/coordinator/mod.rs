@@ -441,7 +441,13 @@ impl Coordinator {
             .into_iter()
             .map(|c| (c.tp, c.offset, c.metadata))
             .collect();
-        Self::write_offsets(&mut st, group, now, committed)
+        let ids = |t: &str| self.topic_id(t);
+        Self::write_offsets(&mut st, group, now, committed, &ids)
+    }
+
+    /// The current id (incarnation) of `topic`, 0 if it does not exist.
+    pub(crate) fn topic_id(&self, topic: &str) -> u64 {
+        self.broker.topic(topic).map_or(0, |t| t.incarnation())
     }
 
     /// Appends committed offsets (`tp`, offset, metadata) of `group`, then
@@ -451,6 +457,7 @@ impl Coordinator {
         group: &str,
         now: i64,
         offsets: Vec<(Tp, i64, String)>,
+        topic_id: &dyn Fn(&str) -> u64,
     ) -> Result<()> {
         let committed: Vec<(Tp, Committed)> = offsets
             .into_iter()
@@ -459,6 +466,7 @@ impl Coordinator {
                     offset,
                     metadata,
                     commit_ms: now,
+                    topic_id: topic_id(&tp.topic),
                 };
                 (tp, c)
             })
@@ -487,6 +495,9 @@ impl Coordinator {
         Ok(g.offsets
             .iter()
             .filter(|(tp, _)| topics.is_empty() || topics.iter().any(|t| **t == *tp.topic))
+            // An offset committed for an earlier topic of the same name
+            // (deleted, then created again) does not apply.
+            .filter(|(tp, c)| c.topic_id == 0 || c.topic_id == self.topic_id(&tp.topic))
             .map(|(tp, c)| (tp.clone(), c.clone()))
             .collect())
     }

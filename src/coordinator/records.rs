@@ -120,6 +120,9 @@ pub struct OffsetValue {
     /// When committed (ms).
     #[prost(int64, tag = "3")]
     pub commit_ms: i64,
+    /// The topic's id when committed (0: not recorded).
+    #[prost(uint64, tag = "4")]
+    pub topic_id: u64,
 }
 
 /// An encoded record: key and value (`None`: delete).
@@ -216,6 +219,7 @@ pub fn offset_record(group: &str, tp: &Tp, c: &Committed) -> Encoded {
         offset: c.offset,
         metadata: c.metadata.clone(),
         commit_ms: c.commit_ms,
+        topic_id: c.topic_id,
     };
     (
         key(Kind::Offset, group, "", &tp.topic, tp.partition),
@@ -315,6 +319,7 @@ pub fn apply(
                     offset: v.offset,
                     metadata: v.metadata,
                     commit_ms: v.commit_ms,
+                    topic_id: v.topic_id,
                 },
             );
         }
@@ -358,6 +363,7 @@ mod tests {
                 offset: 42,
                 metadata: "meta".into(),
                 commit_ms: 5,
+                topic_id: 7,
             },
         );
         g

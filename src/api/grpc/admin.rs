@@ -1,6 +1,6 @@
 //! `sluice.v1.Admin`: topic administration.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use tonic::{Request, Response, Status};
 
@@ -50,8 +50,43 @@ impl AdminService {
             .map_err(cluster_status)
     }
 
+    /// Fills in placement: from the metadata, or this node alone.
+    /// Returns the leaders elsewhere and the partitions each leads.
+    fn annotate(&self, out: &mut pb::TopicDescription) -> BTreeMap<NodeId, Vec<usize>> {
+        let mut remote: BTreeMap<NodeId, Vec<usize>> = BTreeMap::new();
+        let Some(link) = &self.link else {
+            let me = id32(STANDALONE_NODE_ID);
+            for p in &mut out.partitions {
+                p.leader = me;
+                p.replicas = vec![me];
+                p.isr = vec![me];
+            }
+            return remote;
+        };
+        let image = link.cluster.image();
+        let Some(t) = image.topics.get(&out.name) else {
+            return remote;
+        };
+        let me = link.cluster.node_id();
+        for (i, p) in out.partitions.iter_mut().enumerate() {
+            let Some(a) = t.partitions.get(i) else {
+                continue;
+            };
+            p.leader = a.leader.map_or(-1, id32);
+            p.leader_epoch = a.leader_epoch;
+            p.replicas = a.replicas.iter().copied().map(id32).collect();
+            p.isr = a.isr.iter().copied().map(id32).collect();
+            match a.leader {
+                Some(l) if l != me => remote.entry(l).or_default().push(i),
+                _ => {}
+            }
+        }
+        remote
+    }
+
     /// A topic's description: partition state from each partition's
-    /// leader, placement from the metadata (or this node alone).
+    /// leader (this node's only, if `local_only`), placement from the
+    /// metadata.
     async fn describe(
         &self,
         name: String,
@@ -64,34 +99,14 @@ impl AdminService {
             })
             .await?;
         let mut out = convert::topic_out(info);
+        let remote = self.annotate(&mut out);
         let Some(link) = &self.link else {
-            let me = id32(STANDALONE_NODE_ID);
-            for p in &mut out.partitions {
-                p.leader = me;
-                p.replicas = vec![me];
-                p.isr = vec![me];
-            }
             return Ok(out);
         };
-        let image = link.cluster.image();
-        let Some(t) = image.topics.get(&name) else {
+        if local_only {
             return Ok(out);
-        };
-        let me = link.cluster.node_id();
-        let mut remote: std::collections::BTreeMap<NodeId, Vec<usize>> = Default::default();
-        for (i, p) in out.partitions.iter_mut().enumerate() {
-            let Some(a) = t.partitions.get(i) else {
-                continue;
-            };
-            p.leader = a.leader.map_or(-1, id32);
-            p.leader_epoch = a.leader_epoch;
-            p.replicas = a.replicas.iter().copied().map(id32).collect();
-            p.isr = a.isr.iter().copied().map(id32).collect();
-            match a.leader {
-                Some(l) if l != me && !local_only => remote.entry(l).or_default().push(i),
-                _ => {}
-            }
         }
+        let image = link.cluster.image();
         // The leaders hold the partitions' data: ask each for its share.
         for (leader, indices) in remote {
             let Some(b) = image.brokers.get(&leader) else {
@@ -158,12 +173,12 @@ impl Admin for AdminService {
                     )));
                 }
             }
-            let name = r.name.clone();
-            self.blocking(move |b| b.create_topic(&r.name, r.partitions, config))
+            let info = self
+                .blocking(move |b| b.create_topic(&r.name, r.partitions, config))
                 .await?;
-            return Ok(Response::new(pb::CreateTopicResponse {
-                topic: Some(self.describe(name, false).await?),
-            }));
+            let mut out = convert::topic_out(info);
+            self.annotate(&mut out);
+            return Ok(Response::new(pb::CreateTopicResponse { topic: Some(out) }));
         };
         self.broker
             .validate_new_topic(&r.name, r.partitions, &config)?;
@@ -200,9 +215,10 @@ impl Admin for AdminService {
             }
             Err(s) => return Err(s),
         }
-        Ok(Response::new(pb::CreateTopicResponse {
-            topic: Some(self.describe(r.name, false).await?),
-        }))
+        let info = self.blocking(move |b| b.new_topic_info(&r.name)).await?;
+        let mut out = convert::topic_out(info);
+        self.annotate(&mut out);
+        Ok(Response::new(pb::CreateTopicResponse { topic: Some(out) }))
     }
 
     async fn delete_topic(
