@@ -58,8 +58,8 @@
 //! default_replication_factor = 3      # default: min(3, live brokers)
 //! session_timeout_ms = 6000           # a broker silent this long is fenced
 //! broker_heartbeat_ms = 500
-//! election_timeout_ms = 500           # Raft: elections after 500-1000 ms
-//! raft_heartbeat_ms = 100
+//! election_timeout_ms = 300           # Raft: elections after 300-600 ms
+//! raft_heartbeat_ms = 50
 //! snapshot_every = 5000               # metadata entries between snapshots
 //! ```
 
@@ -146,8 +146,8 @@ impl Default for ClusterSettings {
             default_replication_factor: None,
             session_timeout_ms: 6000,
             broker_heartbeat_ms: 500,
-            election_timeout_ms: 500,
-            raft_heartbeat_ms: 100,
+            election_timeout_ms: 300,
+            raft_heartbeat_ms: 50,
             snapshot_every: 5000,
         }
     }

@@ -77,6 +77,12 @@ impl BenchNode {
             format!("[cluster]\nsnapshot_every = {snapshot_every}\n"),
         )
         .map_err(closed)?;
+        // Each node's log, kept beside its data (appended across restarts).
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.with_extension("log"))
+            .map_err(closed)?;
         let child = Command::new(exe)
             .args(["serve", "--metrics-listen", "off", "--listen"])
             .arg(format!("127.0.0.1:{}", self.client_port))
@@ -88,9 +94,9 @@ impl BenchNode {
             .arg("--internal-listen")
             .arg(format!("127.0.0.1:{}", self.internal_port))
             .args(["--controller-voters", voters])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .map_err(closed)?;
@@ -119,23 +125,30 @@ async fn connect(url: &str) -> Result<Client, ClientError> {
     }
 }
 
-/// Waits until every running node names one controller and all `live`
-/// brokers are live; returns the controller.
+/// Waits until every running node names one controller, all `live`
+/// brokers are live and every node has applied the same metadata (a
+/// restarted node has caught up); returns the controller.
 async fn settle(nodes: &[BenchNode], live: usize) -> Result<u64, ClientError> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut controllers = Vec::new();
+        let mut applied = Vec::new();
         let mut ok = true;
         for n in nodes.iter().filter(|n| n.child.is_some()) {
             match connect(&n.url()).await?.describe_cluster().await {
                 Ok(s) => {
                     ok &= s.nodes.iter().filter(|n| n.live).count() == live;
                     controllers.push(s.controller);
+                    applied.push(s.applied_index);
                 }
                 Err(_) => ok = false,
             }
         }
-        if ok && controllers[0] >= 0 && controllers.iter().all(|c| *c == controllers[0]) {
+        if ok
+            && controllers[0] >= 0
+            && controllers.iter().all(|c| *c == controllers[0])
+            && applied.iter().all(|a| *a == applied[0])
+        {
             return Ok(controllers[0] as u64);
         }
         if Instant::now() > deadline {

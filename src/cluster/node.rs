@@ -81,8 +81,8 @@ impl ClusterConfig {
             rack: None,
             session_timeout: Duration::from_secs(6),
             broker_heartbeat: Duration::from_millis(500),
-            raft_heartbeat: Duration::from_millis(100),
-            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+            raft_heartbeat: Duration::from_millis(50),
+            election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
             snapshot_every: 5000,
             default_replication_factor: None,
         }

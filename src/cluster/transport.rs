@@ -307,4 +307,11 @@ impl RaftNetwork<TypeConfig> for Connection {
     ) -> RpcResult<VoteResponse<NodeId>> {
         self.send(RaftMethod::Vote, &rpc, &option).await
     }
+
+    /// After a failed send, retry soon: a restarted node must hear from
+    /// the leader before its own election timer fires (openraft's default
+    /// pause is 500 ms, longer than the election timeout).
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(100)))
+    }
 }
