@@ -295,14 +295,15 @@ pub async fn cluster_bench(a: ClusterBenchArgs) -> Result<(), ClientError> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let catch_up = t.elapsed();
-    let snapshot_bytes = std::fs::metadata(
-        nodes[i]
-            .dir
-            .join("__cluster_metadata")
-            .join("snapshot.json"),
-    )
-    .map(|m| m.len())
-    .unwrap_or(0);
+    // The largest snapshot any node holds (the newest image's size).
+    let snapshot_bytes = nodes
+        .iter()
+        .filter_map(|n| {
+            std::fs::metadata(n.dir.join("__cluster_metadata").join("snapshot.json")).ok()
+        })
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0);
     for n in &mut nodes {
         n.kill().await;
     }
