@@ -408,3 +408,53 @@ async fn a_single_node_answers_as_a_one_broker_cluster() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_rust_client_sends_each_partition_to_its_leader() {
+    let cluster = TestCluster::start(3, 0, &[]).await;
+    let c = cluster.client(1).await;
+    c.create_replicated_topic("routed", 6, Some(1), Default::default())
+        .await
+        .expect("create");
+    cluster.converged_metadata(Duration::from_secs(20)).await;
+    // A thin client (generated stubs, one address) is forwarded.
+    let raw = c.broker();
+    let mut raw = raw;
+    raw.produce(keyed("routed", 60, "thin"))
+        .await
+        .expect("thin produce");
+    let thin = cluster.forwarded(1, "Produce").await;
+    assert!(thin >= 1, "a thin client's produce is forwarded");
+    // The batching producer and fetches go straight to each leader.
+    let producer = c.producer(
+        "routed",
+        sluice::client::ProducerConfig {
+            acks: pb::Acks::All,
+            ..Default::default()
+        },
+    );
+    for i in 0..300 {
+        producer
+            .send(pb::ProduceRecord {
+                key: Some(Bytes::from(format!("smart-key-{i}"))),
+                value: Some(Bytes::from(format!("smart-value-{i}"))),
+                ..Default::default()
+            })
+            .await
+            .expect("send");
+    }
+    let stats = producer.close().await.expect("close");
+    assert_eq!(stats.acked, 300, "{stats:?}");
+    let got = read_all(&c, "routed").await;
+    assert_eq!(got.len(), 360);
+    assert_eq!(
+        cluster.forwarded(1, "Produce").await,
+        thin,
+        "the producer was not forwarded"
+    );
+    assert_eq!(
+        cluster.forwarded(1, "Fetch").await,
+        0,
+        "fetches were not forwarded"
+    );
+}

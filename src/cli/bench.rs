@@ -282,7 +282,11 @@ async fn produce(
             bar.clone(),
         );
         workers.push(tokio::spawn(async move {
-            let mut pipeline = client.pipeline(args.in_flight).await?;
+            // Straight to the partition's leader (in a cluster).
+            let partition = (w as i32) % partitions.max(1);
+            let (mut pipeline, _) = client
+                .pipeline_for(&args.topic, partition, args.in_flight)
+                .await?;
             let (tx, mut rx) =
                 tokio::sync::mpsc::unbounded_channel::<(Instant, usize, crate::client::Reply)>();
             let collector = tokio::spawn(async move {
@@ -307,7 +311,6 @@ async fn produce(
                 Ok::<u64, ClientError>(acked)
             });
             let mut pace = pacing(&args);
-            let partition = (w as i32) % partitions.max(1);
             let producer = if args.idempotent {
                 Some(
                     client

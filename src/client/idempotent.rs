@@ -86,7 +86,9 @@ struct State {
     producer_id: i64,
     epoch: i32,
     partitions: i32,
-    pipeline: Option<Pipeline>,
+    /// One pipeline per partition leader (`None`: the broker the client
+    /// was given), opened on first use.
+    pipelines: HashMap<Option<String>, Pipeline>,
     next_seq: HashMap<i32, i32>,
     in_flight: VecDeque<Sent>,
     stats: ProducerStats,
@@ -109,14 +111,13 @@ pub(crate) async fn run(
         .await?
         .into_inner();
     let partitions = client.partition_count(&topic).await?;
-    let pipeline = client.pipeline(config.max_in_flight).await?;
     let mut st = State {
         client,
         topic,
         producer_id: init.producer_id,
         epoch: init.producer_epoch,
         partitions,
-        pipeline: Some(pipeline),
+        pipelines: HashMap::new(),
         next_seq: HashMap::new(),
         in_flight: VecDeque::new(),
         stats: ProducerStats::default(),
@@ -124,6 +125,8 @@ pub(crate) async fn run(
         broken: false,
         config,
     };
+    // Fails fast when no broker answers.
+    st.pipeline_for(0).await?;
     let mut buffers: HashMap<i32, Buffer> = HashMap::new();
     let mut open = true;
     while open || !buffers.is_empty() {
@@ -183,6 +186,27 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 impl State {
+    /// The pipeline to `partition`'s leader, opened if needed; returns the
+    /// key it is kept under. A leader that cannot be reached is skipped
+    /// (the bootstrap broker forwards) until the routes are refreshed.
+    async fn pipeline_for(&mut self, partition: i32) -> Result<Option<String>, ClientError> {
+        let (broker, key) = self.client.broker_for(&self.topic, partition).await;
+        if !self.pipelines.contains_key(&key) {
+            match Pipeline::open(broker, self.config.max_in_flight).await {
+                Ok(p) => {
+                    self.pipelines.insert(key.clone(), p);
+                }
+                Err(e) => {
+                    if let Some(addr) = &key {
+                        self.client.mark_unreachable(addr);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(key)
+    }
+
     fn route(&mut self, r: &pb::ProduceRecord) -> i32 {
         if let Some(p) = r.partition.or(self.config.partition) {
             return p;
@@ -224,13 +248,19 @@ impl State {
             base_sequence,
         };
         self.stats.requests += 1;
-        let reply = match self.pipeline.as_mut() {
-            Some(p) => p.send(req.clone()).await.ok(),
-            None => None,
+        let reply = match self.pipeline_for(partition).await {
+            Ok(key) => {
+                let sent = match self.pipelines.get_mut(&key) {
+                    Some(p) => p.send(req.clone()).await.ok(),
+                    None => None,
+                };
+                if sent.is_none() {
+                    self.pipelines.remove(&key);
+                }
+                sent
+            }
+            Err(_) => None,
         };
-        if reply.is_none() {
-            self.pipeline = None;
-        }
         self.in_flight.push_back(Sent {
             req,
             records: n,
@@ -373,6 +403,8 @@ impl State {
         let deadline = Instant::now() + self.config.delivery_timeout;
         let mut backoff = Duration::from_millis(50);
         let mut queue: VecDeque<Sent> = requests.into();
+        // A leader may have moved: look again before resending.
+        self.client.refresh_routes(&self.topic).await;
         while let Some(s) = queue.front() {
             if Instant::now() >= deadline {
                 let message = format!(
@@ -384,17 +416,18 @@ impl State {
                 }
                 return;
             }
-            let mut pipeline = match self.pipeline.take() {
-                Some(p) => p,
-                None => match self.client.pipeline(self.config.max_in_flight).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        why = e.to_string();
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
-                        continue;
-                    }
-                },
+            let partition = s.req.partition.unwrap_or(0);
+            let key = match self.pipeline_for(partition).await {
+                Ok(k) => k,
+                Err(e) => {
+                    why = e.to_string();
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let Some(mut pipeline) = self.pipelines.remove(&key) else {
+                continue;
             };
             self.stats.retries += 1;
             let o = match pipeline.send(s.req.clone()).await {
@@ -404,6 +437,7 @@ impl State {
             match o {
                 Outcome::Retry(w) => {
                     why = w;
+                    self.client.refresh_routes(&self.topic).await;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
@@ -416,7 +450,7 @@ impl State {
                         }
                     }
                     backoff = Duration::from_millis(50);
-                    self.pipeline = Some(pipeline);
+                    self.pipelines.insert(key, pipeline);
                 }
             }
         }

@@ -19,6 +19,7 @@ mod idempotent;
 mod producer;
 mod queue;
 pub mod raw;
+mod routes;
 
 use std::time::Duration;
 
@@ -64,6 +65,8 @@ pub struct Client {
     group_admin: GroupAdminClient<Channel>,
     queues: QueuesClient<Channel>,
     cluster: ClusterClient<Channel>,
+    /// Partition leaders from `Metadata` (shared by clones).
+    routes: std::sync::Arc<routes::Routes>,
 }
 
 /// A record with an optional UTF-8 key and a value.
@@ -108,6 +111,7 @@ impl Client {
             groups: GroupsClient::new(channel.clone()),
             cluster: ClusterClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            routes: Default::default(),
             group_admin: GroupAdminClient::new(channel.clone()),
             queues: QueuesClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -369,9 +373,92 @@ impl Client {
         Ok(self.broker().produce(req).await?.into_inner())
     }
 
-    /// One fetch.
+    /// Looks up the leaders of `topic`'s partitions again (at most every
+    /// 100 ms). A server without the `Cluster` service, or one broker, means
+    /// no routing: everything goes to the broker this client was given.
+    pub async fn refresh_routes(&self, topic: &str) {
+        if self.routes.fresh(topic) {
+            return;
+        }
+        self.routes.clear_unreachable();
+        let m = self
+            .cluster()
+            .metadata(pb::MetadataRequest {
+                topics: vec![topic.to_string()],
+            })
+            .await;
+        match m {
+            Ok(m) => self.routes.update(topic, &m.into_inner()),
+            // An unknown topic, or a server without the service: its
+            // requests go to the broker this client was given.
+            Err(_) => self.routes.mark_refreshed(topic),
+        }
+    }
+
+    /// The broker client for a partition's leader (the leader's address,
+    /// if it is not the broker this client was given).
+    pub(crate) async fn broker_for(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> (BrokerClient<Channel>, Option<String>) {
+        if !self.routes.known(topic) {
+            self.refresh_routes(topic).await;
+        }
+        let routed = self
+            .routes
+            .leader_address(topic, partition)
+            .and_then(|a| self.routes.channel(&a).map(|c| (a, c)));
+        match routed {
+            Some((a, c)) => (
+                BrokerClient::new(c)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                Some(a),
+            ),
+            None => (self.broker(), None),
+        }
+    }
+
+    /// Routes `address`'s partitions through the broker this client was
+    /// given until the next refresh (it did not answer).
+    pub(crate) fn mark_unreachable(&self, address: &str) {
+        self.routes.mark_unreachable(address);
+    }
+
+    /// After a call routed to `address` failed with `s`: a broker that does
+    /// not answer is skipped until the next refresh; any UNAVAILABLE
+    /// refreshes the routes. Returns whether a retry may go elsewhere.
+    pub(crate) async fn route_failed(
+        &self,
+        topic: &str,
+        address: Option<&str>,
+        s: &tonic::Status,
+    ) -> bool {
+        if !routes::is_stale_route(s) {
+            return false;
+        }
+        let not_leader = s
+            .metadata()
+            .contains_key(crate::api::grpc::cluster::LEADER_HEADER);
+        self.refresh_routes(topic).await;
+        if let (Some(a), false) = (address, not_leader) {
+            self.routes.mark_unreachable(a);
+        }
+        true
+    }
+
+    /// One fetch, from the partition's leader.
     pub async fn fetch(&self, req: pb::FetchRequest) -> Result<pb::FetchResponse, ClientError> {
-        Ok(self.broker().fetch(req).await?.into_inner())
+        let (mut b, addr) = self.broker_for(&req.topic, req.partition).await;
+        match b.fetch(req.clone()).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) if self.route_failed(&req.topic, addr.as_deref(), &s).await => {
+                let (mut b, _) = self.broker_for(&req.topic, req.partition).await;
+                Ok(b.fetch(req).await?.into_inner())
+            }
+            Err(s) => Err(s.into()),
+        }
     }
 
     /// Subscribes to one partition.
@@ -381,16 +468,21 @@ impl Client {
         partition: i32,
         start: pb::position::Position,
     ) -> Result<tonic::Streaming<pb::SubscribeResponse>, ClientError> {
-        Ok(self
-            .broker()
-            .subscribe(pb::SubscribeRequest {
-                topic: topic.into(),
-                partition,
-                start: position(start),
-                ..Default::default()
-            })
-            .await?
-            .into_inner())
+        let req = pb::SubscribeRequest {
+            topic: topic.into(),
+            partition,
+            start: position(start),
+            ..Default::default()
+        };
+        let (mut b, addr) = self.broker_for(topic, partition).await;
+        match b.subscribe(req.clone()).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) if self.route_failed(topic, addr.as_deref(), &s).await => {
+                let (mut b, _) = self.broker_for(topic, partition).await;
+                Ok(b.subscribe(req).await?.into_inner())
+            }
+            Err(s) => Err(s.into()),
+        }
     }
 
     /// Earliest/latest offsets (and the offset for `timestamp_ms`).
@@ -415,6 +507,18 @@ impl Client {
     /// requests.
     pub async fn pipeline(&self, max_in_flight: usize) -> Result<Pipeline, ClientError> {
         Pipeline::open(self.broker(), max_in_flight).await
+    }
+
+    /// A pipeline to the leader of `topic`'s `partition` (or to the broker
+    /// this client was given); returns the leader's address too.
+    pub async fn pipeline_for(
+        &self,
+        topic: &str,
+        partition: i32,
+        max_in_flight: usize,
+    ) -> Result<(Pipeline, Option<String>), ClientError> {
+        let (b, addr) = self.broker_for(topic, partition).await;
+        Ok((Pipeline::open(b, max_in_flight).await?, addr))
     }
 
     /// A batching producer for `topic`.

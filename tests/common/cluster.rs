@@ -88,6 +88,8 @@ pub struct Node {
     pub id: u64,
     pub dir: PathBuf,
     pub internal: SocketAddr,
+    /// Its `/metrics` address.
+    pub metrics: SocketAddr,
     /// Its `--controller-voters` value.
     pub voters: String,
     /// Client address of the first start (kept across restarts).
@@ -118,7 +120,7 @@ impl Node {
     pub fn start(&mut self) {
         let args = self.args();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let s = ChildServer::start_at(&self.dir, &self.client, &args);
+        let s = ChildServer::start_full(&self.dir, &self.client, &self.metrics.to_string(), &args);
         self.client = s.addr().to_string();
         self.server = Some(s);
     }
@@ -181,6 +183,7 @@ impl TestCluster {
                 id,
                 dir: dirs.path().join(format!("node-{id}")),
                 internal: internal[&id],
+                metrics: free_port(),
                 voters,
                 client: "127.0.0.1:0".into(),
                 server: None,
@@ -290,6 +293,19 @@ impl TestCluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Requests node `id` forwarded to other brokers, by method.
+    pub async fn forwarded(&self, id: u64, method: &str) -> u64 {
+        let (_, body) =
+            super::server::http_get(self.nodes[(id - 1) as usize].metrics, "/metrics").await;
+        body.lines()
+            .filter(|l| {
+                l.starts_with("sluice_forwarded_requests_total")
+                    && l.contains(&format!("method=\"{method}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
     }
 
     /// Cuts node `id` off from every other node (both ways).

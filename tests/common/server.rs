@@ -117,13 +117,19 @@ impl ChildServer {
     /// Starts `sluice serve` on `dir` listening on `listen` (a restart
     /// passes the address the first run printed).
     pub fn start_at(dir: &Path, listen: &str, extra: &[&str]) -> Self {
+        Self::start_full(dir, listen, "off", extra)
+    }
+
+    /// Starts `sluice serve` on `dir` listening on `listen`, with metrics
+    /// on `metrics` (an address or "off").
+    pub fn start_full(dir: &Path, listen: &str, metrics: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args([
                 "serve",
                 "--listen",
                 listen,
                 "--metrics-listen",
-                "off",
+                metrics,
                 "--data-dir",
             ])
             .arg(dir)
