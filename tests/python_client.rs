@@ -129,3 +129,25 @@ async fn python_queue_worker() {
     run_script(&py, "queue_worker.py", &server).await;
     server.stop().await;
 }
+
+/// A thin Python client of a three-node cluster: plain stubs and one
+/// address; its requests for partitions led elsewhere are forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_thin_client_of_a_cluster() {
+    let py = python();
+    let cluster = common::cluster::TestCluster::start(3, 0, &[]).await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = Command::new(&py);
+    cmd.arg(root.join("tests/python/thin_cluster_client.py"))
+        .args(["--broker", &cluster.nodes[1].client, "--proto-dir"])
+        .arg(root.join("proto"));
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "failed:\n{stdout}\n{stderr}");
+    assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
+    assert!(cluster.forwarded(2, "Produce").await >= 1);
+}

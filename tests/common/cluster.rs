@@ -116,13 +116,38 @@ impl Node {
         a
     }
 
-    /// Starts (or restarts) the process.
+    /// Starts (or restarts) the process. Ports are reserved by binding
+    /// and released for the child, so another process may take one in
+    /// between: a start that fails on a taken port tries again with a new
+    /// metrics port (the internal port is in every voter list, and a
+    /// restart keeps its client address).
     pub fn start(&mut self) {
         let args = self.args();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let s = ChildServer::start_full(&self.dir, &self.client, &self.metrics.to_string(), &args);
-        self.client = s.addr().to_string();
-        self.server = Some(s);
+        let mut last = String::new();
+        for _ in 0..5 {
+            match ChildServer::try_start_full(
+                &self.dir,
+                &self.client,
+                &self.metrics.to_string(),
+                &args,
+            ) {
+                Ok(s) => {
+                    self.client = s.addr().to_string();
+                    self.server = Some(s);
+                    return;
+                }
+                Err(log) => {
+                    let taken = log.contains("in use");
+                    last = log;
+                    if !taken {
+                        break;
+                    }
+                    self.metrics = free_port();
+                }
+            }
+        }
+        panic!("node {} did not start; its log:\n{last}", self.id);
     }
 
     /// SIGKILLs the process.
@@ -157,7 +182,16 @@ impl TestCluster {
     pub async fn start(n: u64, brokers_only: u64, extra: &[&str]) -> Self {
         let dirs = tempfile::tempdir().expect("tempdir");
         let total = n + brokers_only;
-        let internal: BTreeMap<u64, SocketAddr> = (1..=total).map(|i| (i, free_port())).collect();
+        // The internal ports stay bound while the proxies take theirs, so
+        // no proxy lands on a node's port; they are released just before
+        // the nodes start.
+        let held: BTreeMap<u64, std::net::TcpListener> = (1..=total)
+            .map(|i| (i, std::net::TcpListener::bind("127.0.0.1:0").expect("bind")))
+            .collect();
+        let internal: BTreeMap<u64, SocketAddr> = held
+            .iter()
+            .map(|(i, l)| (*i, l.local_addr().expect("addr")))
+            .collect();
         let mut proxies = BTreeMap::new();
         for from in 1..=total {
             for to in 1..=n {
@@ -196,6 +230,7 @@ impl TestCluster {
             }
             nodes.push(node);
         }
+        drop(held);
         for node in &mut nodes {
             node.start();
         }

@@ -123,6 +123,18 @@ impl ChildServer {
     /// Starts `sluice serve` on `dir` listening on `listen`, with metrics
     /// on `metrics` (an address or "off").
     pub fn start_full(dir: &Path, listen: &str, metrics: &str, extra: &[&str]) -> Self {
+        Self::try_start_full(dir, listen, metrics, extra)
+            .unwrap_or_else(|log| panic!("server did not print its address; its log:\n{log}"))
+    }
+
+    /// As [`ChildServer::start_full`]; a server that exits (or stays
+    /// silent for 30 s) before listening gives its log.
+    pub fn try_start_full(
+        dir: &Path,
+        listen: &str,
+        metrics: &str,
+        extra: &[&str],
+    ) -> Result<Self, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args([
                 "serve",
@@ -155,14 +167,21 @@ impl ChildServer {
                 keep.lock().expect("lock").push(line);
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("server printed its address");
-        Self {
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                // The reader thread ends with the process: wait for it.
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(lines.lock().expect("lock").join("\n"));
+            }
+        };
+        Ok(Self {
             child,
             url: format!("http://{addr}"),
             stderr: lines,
-        }
+        })
     }
 
     /// Sends a signal (by number) to the child.
