@@ -31,27 +31,8 @@ async fn read_all(c: &Client, topic: &str) -> BTreeSet<String> {
     let n = c.partition_count(topic).await.expect("partitions");
     let mut out = BTreeSet::new();
     for partition in 0..n {
-        let mut offset = 0;
-        loop {
-            let r = c
-                .fetch(pb::FetchRequest {
-                    topic: topic.into(),
-                    partition,
-                    offset,
-                    max_records: 1000,
-                    ..Default::default()
-                })
-                .await
-                .expect("fetch");
-            if r.records.is_empty() {
-                break;
-            }
-            for rec in &r.records {
-                out.insert(
-                    String::from_utf8_lossy(rec.value.as_deref().unwrap_or_default()).into(),
-                );
-            }
-            offset = r.next_offset;
+        for rec in common::api::fetch_all(c, topic, partition).await {
+            out.insert(String::from_utf8_lossy(rec.value.as_deref().unwrap_or_default()).into());
         }
     }
     out

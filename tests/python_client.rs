@@ -45,10 +45,15 @@ fn python() -> PathBuf {
 /// Runs `tests/python/<script>` against `server` and returns its output;
 /// it must succeed and end with "ok".
 async fn run_script(py: &Path, script: &str, server: &TestServer) -> String {
+    run_script_at(py, script, &server.addr.to_string()).await
+}
+
+/// Runs `tests/python/<script>` against the broker at `broker`.
+async fn run_script_at(py: &Path, script: &str, broker: &str) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut cmd = Command::new(py);
     cmd.arg(root.join("tests/python").join(script))
-        .args(["--broker", &server.addr.to_string(), "--proto-dir"])
+        .args(["--broker", broker, "--proto-dir"])
         .arg(root.join("proto"));
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
@@ -136,18 +141,6 @@ async fn python_queue_worker() {
 async fn python_thin_client_of_a_cluster() {
     let py = python();
     let cluster = common::cluster::TestCluster::start(3, 0, &[]).await;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut cmd = Command::new(&py);
-    cmd.arg(root.join("tests/python/thin_cluster_client.py"))
-        .args(["--broker", &cluster.nodes[1].client, "--proto-dir"])
-        .arg(root.join("proto"));
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "failed:\n{stdout}\n{stderr}");
-    assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
+    run_script_at(&py, "thin_cluster_client.py", &cluster.nodes[1].client).await;
     assert!(cluster.forwarded(2, "Produce").await >= 1);
 }

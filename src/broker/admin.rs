@@ -157,26 +157,12 @@ impl Broker {
             created_ms: now_ms(&self.config.log),
             incarnation: id.unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0 | 1),
         };
-        let meta_id = meta.incarnation;
         meta.write(self.fs(), &dir)?;
         crate::storage::sync_dir(self.fs(), &self.topics_dir)?;
         let topic = Arc::new(self.topic_from_meta(meta, dir));
         self.topics.write().insert(name.to_string(), topic.clone());
         tracing::info!(topic = name, partitions, "topic created");
-        Ok(TopicInfo {
-            name: name.to_string(),
-            topic_id: meta_id,
-            config: config.effective(&self.config.log, &self.config.timestamps),
-            partitions: (0..partitions)
-                .map(|partition| PartitionInfo {
-                    partition,
-                    log_start_offset: 0,
-                    high_watermark: 0,
-                    size_bytes: 0,
-                    segments: 1,
-                })
-                .collect(),
-        })
+        self.new_topic_info(name)
     }
 
     /// Deletes a topic and its data. Blocking.

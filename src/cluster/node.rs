@@ -298,6 +298,11 @@ impl Cluster {
         });
     }
 
+    /// Metadata index the local broker has applied.
+    pub fn synced_index(&self) -> u64 {
+        *self.synced.borrow()
+    }
+
     /// Waits until the local broker has applied the metadata up to
     /// `index`.
     pub async fn wait_synced(&self, index: u64, timeout: Duration) -> Result<(), ClusterError> {

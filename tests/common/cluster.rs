@@ -79,8 +79,12 @@ impl Proxy {
 
 /// Reserves a free loopback port (bound, then released for the child).
 pub fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    reserve().local_addr().expect("addr")
+}
+
+/// A bound loopback listener on a free port, held until a child needs it.
+pub fn reserve() -> std::net::TcpListener {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind")
 }
 
 /// One node of a [`TestCluster`].
@@ -96,6 +100,8 @@ pub struct Node {
     pub client: String,
     pub server: Option<ChildServer>,
     pub extra: Vec<String>,
+    /// Its ports, bound until its first start.
+    reserved: Vec<std::net::TcpListener>,
 }
 
 impl Node {
@@ -124,6 +130,7 @@ impl Node {
     pub fn start(&mut self) {
         let args = self.args();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.reserved.clear();
         let mut last = String::new();
         for _ in 0..5 {
             match ChildServer::try_start_full(
@@ -182,16 +189,17 @@ impl TestCluster {
     pub async fn start(n: u64, brokers_only: u64, extra: &[&str]) -> Self {
         let dirs = tempfile::tempdir().expect("tempdir");
         let total = n + brokers_only;
-        // The internal ports stay bound while the proxies take theirs, so
-        // no proxy lands on a node's port; they are released just before
-        // the nodes start.
-        let held: BTreeMap<u64, std::net::TcpListener> = (1..=total)
-            .map(|i| (i, std::net::TcpListener::bind("127.0.0.1:0").expect("bind")))
+        // Every node's ports (internal, client, metrics) stay bound until
+        // just before that node starts, so neither a proxy nor another
+        // node lands on them.
+        let mut held: BTreeMap<u64, Vec<std::net::TcpListener>> = (1..=total)
+            .map(|i| (i, (0..3).map(|_| reserve()).collect()))
             .collect();
-        let internal: BTreeMap<u64, SocketAddr> = held
-            .iter()
-            .map(|(i, l)| (*i, l.local_addr().expect("addr")))
-            .collect();
+        let port = |held: &BTreeMap<u64, Vec<std::net::TcpListener>>, i: u64, k: usize| {
+            held[&i][k].local_addr().expect("addr")
+        };
+        let internal: BTreeMap<u64, SocketAddr> =
+            (1..=total).map(|i| (i, port(&held, i, 0))).collect();
         let mut proxies = BTreeMap::new();
         for from in 1..=total {
             for to in 1..=n {
@@ -217,11 +225,12 @@ impl TestCluster {
                 id,
                 dir: dirs.path().join(format!("node-{id}")),
                 internal: internal[&id],
-                metrics: free_port(),
+                metrics: port(&held, id, 2),
                 voters,
-                client: "127.0.0.1:0".into(),
+                client: port(&held, id, 1).to_string(),
                 server: None,
                 extra: extra.iter().map(|s| s.to_string()).collect(),
+                reserved: held.remove(&id).unwrap_or_default(),
             };
             if id > n {
                 // A broker-only node is dialed at its own address.
@@ -230,7 +239,6 @@ impl TestCluster {
             }
             nodes.push(node);
         }
-        drop(held);
         for node in &mut nodes {
             node.start();
         }

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use tonic::{Request, Response, Status};
 
-use super::cluster::{cluster_status, forwarded, is_forwarded, ClusterLink, STANDALONE_NODE_ID};
+use super::cluster::{cluster_status, is_forwarded, ClusterLink, STANDALONE_NODE_ID};
 use super::pb::{self, admin_client::AdminClient, admin_server::Admin};
 use super::{convert, timed};
 use crate::broker::{is_internal_topic, Broker, BrokerError, INTERNAL_TOPIC_PREFIX};
@@ -116,7 +116,7 @@ impl AdminService {
             let reply = async {
                 let mut client = AdminClient::new(link.channel(&b.internal)?);
                 client
-                    .describe_topic(forwarded(
+                    .describe_topic(link.forwarded(
                         pb::DescribeTopicRequest { name: name.clone() },
                         Some(Duration::from_secs(5)),
                     ))
@@ -269,6 +269,9 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
         let _t = timed("DescribeTopic");
         let local_only = is_forwarded(&request);
+        if let (Some(link), true) = (&self.link, local_only) {
+            link.catch_up(&request).await?;
+        }
         let name = request.into_inner().name;
         Ok(Response::new(pb::DescribeTopicResponse {
             topic: Some(self.describe(name, local_only).await?),

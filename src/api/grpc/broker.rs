@@ -6,7 +6,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::cluster::{forwarded, is_forwarded, ClusterLink};
+use super::cluster::{is_forwarded, ClusterLink};
 use super::pb::{self, broker_client::BrokerClient, broker_server::Broker as BrokerApi};
 use super::routing::{self, Target};
 use super::{convert, status, timed};
@@ -154,6 +154,9 @@ impl BrokerApi for BrokerService {
     ) -> Result<Response<pb::ProduceResponse>, Status> {
         let _t = timed("Produce");
         let from_peer = is_forwarded(&request);
+        if let (Some(link), true) = (&self.link, from_peer) {
+            link.catch_up(&request).await?;
+        }
         let timeout = super::wait_budget(&request);
         let r = request.into_inner();
         let Some(link) = &self.link else {
@@ -177,6 +180,9 @@ impl BrokerApi for BrokerService {
         request: Request<pb::InitProducerRequest>,
     ) -> Result<Response<pb::InitProducerResponse>, Status> {
         let _t = timed("InitProducer");
+        if let (Some(link), true) = (&self.link, is_forwarded(&request)) {
+            link.catch_up(&request).await?;
+        }
         // In a cluster an epoch bump goes to the broker that handed the id
         // out (ids are striped by node id).
         if let (Some(link), Some(id)) = (&self.link, request.get_ref().producer_id) {
@@ -191,7 +197,7 @@ impl BrokerApi for BrokerService {
                 };
                 let mut client = Self::remote_client(link, &b.internal, "InitProducer")?;
                 return client
-                    .init_producer(forwarded(request.into_inner(), None))
+                    .init_producer(link.forwarded(request.into_inner(), None))
                     .await;
             }
         }
@@ -334,13 +340,18 @@ impl BrokerApi for BrokerService {
     ) -> Result<Response<pb::FetchResponse>, Status> {
         let _t = timed("Fetch");
         if let Some(link) = &self.link {
+            if is_forwarded(&request) {
+                link.catch_up(&request).await?;
+            }
             let r = request.get_ref();
             if let Route::Remote { internal, .. } =
                 link.route(&r.topic, r.partition, is_forwarded(&request))?
             {
                 let timeout = super::wait_budget(&request);
                 let mut client = Self::remote_client(link, &internal, "Fetch")?;
-                return client.fetch(forwarded(request.into_inner(), timeout)).await;
+                return client
+                    .fetch(link.forwarded(request.into_inner(), timeout))
+                    .await;
             }
         }
         let max_wait_ms = super::capped_wait(&request, request.get_ref().max_wait_ms);
@@ -384,13 +395,16 @@ impl BrokerApi for BrokerService {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         if let Some(link) = &self.link {
+            if is_forwarded(&request) {
+                link.catch_up(&request).await?;
+            }
             let r = request.get_ref();
             if let Route::Remote { internal, .. } =
                 link.route(&r.topic, r.partition, is_forwarded(&request))?
             {
                 let mut client = Self::remote_client(link, &internal, "Subscribe")?;
                 let stream = client
-                    .subscribe(forwarded(request.into_inner(), None))
+                    .subscribe(link.forwarded(request.into_inner(), None))
                     .await?
                     .into_inner();
                 return Ok(Response::new(Box::pin(stream)));
@@ -429,6 +443,9 @@ impl BrokerApi for BrokerService {
     ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
         let _t = timed("ListOffsets");
         let from_peer = is_forwarded(&request);
+        if let (Some(link), true) = (&self.link, from_peer) {
+            link.catch_up(&request).await?;
+        }
         let r = request.into_inner();
         let split = match &self.link {
             Some(link) => routing::split_partitions(link, &r.topic, &r.partitions, from_peer)?
@@ -453,7 +470,7 @@ impl BrokerApi for BrokerService {
                 Some((_, internal)) => {
                     let mut client = Self::remote_client(link, &internal, "ListOffsets")?;
                     let reply = client
-                        .list_offsets(forwarded(
+                        .list_offsets(link.forwarded(
                             pb::ListOffsetsRequest {
                                 topic: r.topic.clone(),
                                 partitions: parts,

@@ -21,6 +21,12 @@ use crate::cluster::{Cluster, ClusterError, NodeId, Route};
 
 /// Header that marks a request forwarded by another broker.
 pub const FORWARDED_HEADER: &str = "sluice-forwarded";
+/// Header with the metadata index the forwarding broker had applied: the
+/// receiver serves the request only once it has applied as much (a topic
+/// just created through one broker is known to the leader it forwards to).
+pub const METADATA_INDEX_HEADER: &str = "sluice-metadata-index";
+/// How long a forwarded request waits for the receiver to catch up.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Trailer naming the leader a NOT_LEADER reply points to (`id@address`).
 pub const LEADER_HEADER: &str = "sluice-leader";
 
@@ -98,6 +104,33 @@ impl ClusterLink {
             }
             r => Ok(r),
         }
+    }
+
+    /// `msg` as a request forwarded from this broker: marked, with the
+    /// metadata index this broker has applied and the caller's deadline.
+    pub fn forwarded<T>(&self, msg: T, timeout: Option<Duration>) -> Request<T> {
+        let mut r = forwarded(msg, timeout);
+        if let Ok(v) = self.cluster.synced_index().to_string().parse() {
+            r.metadata_mut().insert(METADATA_INDEX_HEADER, v);
+        }
+        r
+    }
+
+    /// For a forwarded request: waits until this broker has applied the
+    /// metadata the forwarding broker had.
+    pub async fn catch_up<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(index) = request
+            .metadata()
+            .get(METADATA_INDEX_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            return Ok(());
+        };
+        self.cluster
+            .wait_synced(index, CATCH_UP_TIMEOUT)
+            .await
+            .map_err(cluster_status)
     }
 
     /// Counts a request forwarded to another broker.

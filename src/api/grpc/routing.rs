@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use tonic::Status;
 
-use super::cluster::{forwarded, ClusterLink};
+use super::cluster::ClusterLink;
 use super::pb::{self, broker_client::BrokerClient};
 use crate::broker::partition_for_key;
 use crate::cluster::{NodeId, Route};
@@ -155,7 +155,7 @@ pub(super) async fn forward_produce(
         .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(super::MAX_MESSAGE_BYTES);
     Ok(client
-        .produce(forwarded(request, timeout))
+        .produce(link.forwarded(request, timeout))
         .await?
         .into_inner())
 }
