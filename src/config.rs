@@ -208,11 +208,19 @@ impl ServerConfig {
         let internal_listen = c.internal_listen.ok_or_else(|| {
             Error::Config("--internal-listen is required with --controller-voters".into())
         })?;
-        let internal_address = c
+        let internal_address = match c
             .internal_advertise
             .clone()
             .or_else(|| voters.get(&node_id).cloned())
-            .unwrap_or_else(|| internal_listen.to_string());
+        {
+            Some(a) => a,
+            None if internal_listen.ip().is_unspecified() => {
+                return Err(Error::Config(format!(
+                    "node {node_id} is not a voter and --internal-listen {internal_listen} is a wildcard address: set --internal-advertise HOST:PORT (the address other nodes dial)"
+                )))
+            }
+            None => internal_listen.to_string(),
+        };
         let advertise = c
             .advertise
             .clone()
@@ -708,5 +716,40 @@ mod tests {
         assert!(e.to_string().contains("segment_byte"), "{e}");
         let bad: ServerConfig = toml::from_str("[storage]\nsegment_bytes = 10\n").unwrap();
         assert!(bad.broker_config().is_err());
+    }
+
+    #[test]
+    fn cluster_settings_name_the_rule_they_break() {
+        let v = parse_voters("1@n1:9500, 2@n2:9500,3@n3:9500").unwrap();
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[&2], "n2:9500");
+        for (bad, says) in [
+            ("1@n1:9500,1@n2:9500", "listed twice"),
+            ("n1:9500", "must be id@host:port"),
+            ("x@n1:9500", "is not a number"),
+            ("2000@n1:9500", "must be in [0, 1023]"),
+            ("1@n1", "must be host:port"),
+            ("", "lists no voter"),
+        ] {
+            let e = parse_voters(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let mut c = ServerConfig::default();
+        assert!(c.cluster_config().unwrap().is_none(), "no voters: one node");
+        c.cluster.controller_voters = Some("1@n1:9500,2@n2:9500".into());
+        let e = c.cluster_config().unwrap_err().to_string();
+        assert!(e.contains("--node-id is required"), "{e}");
+        c.cluster.node_id = Some(3);
+        c.cluster.internal_listen = Some("0.0.0.0:9500".parse().unwrap());
+        let e = c.cluster_config().unwrap_err().to_string();
+        assert!(e.contains("--internal-advertise"), "{e}");
+        c.cluster.internal_advertise = Some("n3:9500".into());
+        let cc = c.cluster_config().unwrap().expect("cluster");
+        assert_eq!(cc.internal_address, "n3:9500");
+        assert_eq!(cc.dir, c.data_dir.join("__cluster_metadata"));
+        c.cluster.node_id = Some(1);
+        c.cluster.internal_advertise = None;
+        let cc = c.cluster_config().unwrap().expect("cluster");
+        assert_eq!(cc.internal_address, "n1:9500", "a voter's own entry");
     }
 }

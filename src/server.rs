@@ -138,6 +138,13 @@ pub async fn run_node(
             if config.cluster.advertise.is_none() {
                 // The bound address (the configured one may name port 0).
                 if let Ok(a) = listeners.client.local_addr() {
+                    if a.ip().is_unspecified() {
+                        let b = broker.clone();
+                        let _ = tokio::task::spawn_blocking(move || b.close()).await;
+                        return Err(Error::Config(format!(
+                            "--listen {a} is a wildcard address, which other brokers and clients cannot dial: set --advertise HOST:PORT"
+                        )));
+                    }
                     cc.advertise = a.to_string();
                 }
             }

@@ -388,6 +388,34 @@ async fn a_single_node_answers_as_a_one_broker_cluster() {
         err.contains("holds topics created by a single-node server"),
         "{err}"
     );
+
+    // A wildcard listen address is not an address to hand out.
+    let empty = tempfile::tempdir().expect("tempdir");
+    let internal = common::cluster::free_port().to_string();
+    let voters = format!("1@{internal}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--metrics-listen",
+            "off",
+            "--data-dir",
+        ])
+        .arg(empty.path())
+        .args([
+            "--node-id",
+            "1",
+            "--internal-listen",
+            &internal,
+            "--controller-voters",
+            &voters,
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("set --advertise"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
