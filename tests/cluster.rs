@@ -360,62 +360,38 @@ async fn a_single_node_answers_as_a_one_broker_cluster() {
 
     // A data directory with a single node's topics is not silently
     // emptied by joining a cluster: the start is refused.
-    let internal = common::cluster::free_port().to_string();
-    let voters = format!("1@{internal}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "off",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .args([
-            "--node-id",
-            "1",
-            "--internal-listen",
-            &internal,
-            "--controller-voters",
-            &voters,
-        ])
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_cluster_start(dir.path(), "127.0.0.1:0");
     assert!(
         err.contains("holds topics created by a single-node server"),
         "{err}"
     );
-
     // A wildcard listen address is not an address to hand out.
     let empty = tempfile::tempdir().expect("tempdir");
+    let err = refused_cluster_start(empty.path(), "0.0.0.0:0");
+    assert!(err.contains("set --advertise"), "{err}");
+}
+
+/// Runs a one-voter cluster node on `dir` listening on `listen`, which must
+/// refuse to start; returns what it printed.
+fn refused_cluster_start(dir: &std::path::Path, listen: &str) -> String {
     let internal = common::cluster::free_port().to_string();
     let voters = format!("1@{internal}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args([
             "serve",
             "--listen",
-            "0.0.0.0:0",
+            listen,
             "--metrics-listen",
             "off",
             "--data-dir",
         ])
-        .arg(empty.path())
-        .args([
-            "--node-id",
-            "1",
-            "--internal-listen",
-            &internal,
-            "--controller-voters",
-            &voters,
-        ])
+        .arg(dir)
+        .args(["--node-id", "1", "--internal-listen", &internal])
+        .args(["--controller-voters", &voters])
         .output()
         .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("set --advertise"), "{err}");
+    assert!(!out.status.success(), "the start must be refused");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

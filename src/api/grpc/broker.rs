@@ -49,6 +49,25 @@ impl BrokerService {
         }
     }
 
+    /// For a one-partition request: catches up with the forwarding
+    /// broker's metadata (if forwarded), then the leader's internal
+    /// address if another broker leads the partition.
+    async fn remote_leader<T>(
+        link: &ClusterLink,
+        request: &Request<T>,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<String>, Status> {
+        let from_peer = is_forwarded(request);
+        if from_peer {
+            link.catch_up(request).await?;
+        }
+        Ok(match link.route(topic, partition, from_peer)? {
+            Route::Remote { internal, .. } => Some(internal),
+            Route::Local => None,
+        })
+    }
+
     fn remote_client(
         link: &ClusterLink,
         internal: &str,
@@ -340,12 +359,9 @@ impl BrokerApi for BrokerService {
     ) -> Result<Response<pb::FetchResponse>, Status> {
         let _t = timed("Fetch");
         if let Some(link) = &self.link {
-            if is_forwarded(&request) {
-                link.catch_up(&request).await?;
-            }
             let r = request.get_ref();
-            if let Route::Remote { internal, .. } =
-                link.route(&r.topic, r.partition, is_forwarded(&request))?
+            if let Some(internal) =
+                Self::remote_leader(link, &request, &r.topic, r.partition).await?
             {
                 let timeout = super::wait_budget(&request);
                 let mut client = Self::remote_client(link, &internal, "Fetch")?;
@@ -395,12 +411,9 @@ impl BrokerApi for BrokerService {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         if let Some(link) = &self.link {
-            if is_forwarded(&request) {
-                link.catch_up(&request).await?;
-            }
             let r = request.get_ref();
-            if let Route::Remote { internal, .. } =
-                link.route(&r.topic, r.partition, is_forwarded(&request))?
+            if let Some(internal) =
+                Self::remote_leader(link, &request, &r.topic, r.partition).await?
             {
                 let mut client = Self::remote_client(link, &internal, "Subscribe")?;
                 let stream = client
