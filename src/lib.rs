@@ -8,25 +8,34 @@
 //!   memory-mapped files, sparse offset and time indexes, crash recovery,
 //!   retention and flushing, and idempotent producers' sequences.
 //!   Synchronous; knows nothing of tokio or gRPC.
+//! * [`cluster`]: the metadata quorum (openraft): the pure metadata state
+//!   machine (brokers, topics with ids and replica placement), Raft's log
+//!   and snapshots on a [`storage`] log, the nodes' internal gRPC service,
+//!   bootstrap, broker registration, heartbeats and fencing. Knows nothing
+//!   of the broker.
 //! * [`broker`]: topics and partitions, produce and fetch, waiting readers,
-//!   the partitioner. The one domain facade every transport calls.
+//!   the partitioner. The one domain facade every transport calls. In a
+//!   cluster it follows the committed metadata (`apply_metadata`).
 //! * [`coordinator`]: consumer groups (membership, server-side sticky
 //!   assignment, fencing) and committed offsets, stored in the broker's own
 //!   internal topic `__consumer_offsets`; work queues (share groups: locks,
 //!   acknowledgements, redelivery, dead letters) in `__share_group_state`.
 //! * [`api`]: transports. [`api::grpc`] holds the tonic services; each handler
 //!   decodes, validates, calls the domain and encodes. Its codec checks
-//!   request counts before decoding, and `conn` bounds connections.
+//!   request counts before decoding, and `conn` bounds connections. In a
+//!   cluster, `routing` forwards requests to partition leaders and admin
+//!   changes to the quorum.
 //! * [`server`]: the composition root. Takes a bound listener and a shutdown
 //!   future, so tests bind `127.0.0.1:0` and shut down on their own terms.
 //! * [`config`] and [`error`]: server settings and the top-level error type.
 //! * [`client`]: the Rust client (admin, batching idempotent producer,
 //!   fetch and subscribe, group consumer, queue worker) that the CLI, tests
-//!   and benches use.
+//!   and benches use; it sends each partition's requests to its leader
+//!   (from the `Metadata` RPC).
 //!
 //! `src/main.rs` is the `sluice` binary: `sluice serve` runs the server, and
 //! the client commands (`topic`, `produce`, `consume`, `group`, `queue`,
-//! `bench`) live in
+//! `cluster`, `bench`) live in
 //! `src/cli/` on top of [`client`].
 
 pub mod api;
