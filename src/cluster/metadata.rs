@@ -1,5 +1,5 @@
 //! The cluster's metadata image and the commands that change it: a pure
-//! state machine. The Raft glue ([`super::raft`]) applies committed
+//! state machine. The Raft glue (`store.rs`, `node.rs`) applies committed
 //! commands in log order on every node, so every node holds the same image;
 //! nothing here does I/O or reads a clock.
 //!

@@ -7,7 +7,7 @@
 //!   (`__cluster_metadata/`), and the state machine with its snapshots.
 //! * [`transport`]: the internal gRPC service (Raft messages, forwarded
 //!   proposals, broker heartbeats) and openraft's network on top of it.
-//! * [`node`]: one node's Raft instance, static-voter bootstrap, proposals
+//! * `node`: one node's Raft instance, static-voter bootstrap, proposals
 //!   with forwarding to the active controller, the broker's registration and
 //!   heartbeats, and the controller's session checks (fencing).
 //!
