@@ -281,7 +281,7 @@ impl Cluster {
 
     /// The newest applied metadata image.
     pub fn image(&self) -> Arc<MetadataImage> {
-        self.sm.current().image
+        self.sm.image()
     }
 
     /// Follows the applied metadata.

@@ -464,6 +464,12 @@ impl StateMachine {
         self.applied.borrow().clone()
     }
 
+    /// The applied image now (a reference count, no copy: routing reads
+    /// it on every request).
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.applied.borrow().image.clone()
+    }
+
     fn encode(applied: &Applied, snapshot_id: String) -> SResult<(SnapshotFile, Vec<u8>)> {
         let meta = SnapshotMeta {
             last_log_id: applied.last,
