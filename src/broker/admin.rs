@@ -233,14 +233,19 @@ impl Broker {
                 segments: log.segment_count(),
             });
         }
-        Ok(TopicInfo {
+        Ok(self.info_of(&topic, partitions))
+    }
+
+    /// `topic`'s description with `partitions`.
+    fn info_of(&self, topic: &Topic, partitions: Vec<PartitionInfo>) -> TopicInfo {
+        TopicInfo {
             name: topic.name.to_string(),
             topic_id: topic.incarnation(),
             config: topic
                 .config
                 .effective(&self.config.log, &self.config.timestamps),
             partitions,
-        })
+        }
     }
 
     /// A topic just created: its settings, and empty partitions, without
@@ -248,22 +253,16 @@ impl Broker {
     pub fn new_topic_info(&self, name: &str) -> Result<TopicInfo> {
         let topic = self.topic(name)?;
         let partitions = topic.partitions().len() as i32;
-        Ok(TopicInfo {
-            name: topic.name.to_string(),
-            topic_id: topic.incarnation(),
-            config: topic
-                .config
-                .effective(&self.config.log, &self.config.timestamps),
-            partitions: (0..partitions)
-                .map(|partition| PartitionInfo {
-                    partition,
-                    log_start_offset: 0,
-                    high_watermark: 0,
-                    size_bytes: 0,
-                    segments: 1,
-                })
-                .collect(),
-        })
+        let empty = (0..partitions)
+            .map(|partition| PartitionInfo {
+                partition,
+                log_start_offset: 0,
+                high_watermark: 0,
+                size_bytes: 0,
+                segments: 1,
+            })
+            .collect();
+        Ok(self.info_of(&topic, empty))
     }
 
     /// Raises a topic's partition count to `total`. Blocking.
