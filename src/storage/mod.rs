@@ -20,6 +20,7 @@
 pub mod batch;
 pub mod checkpoint;
 mod config;
+pub mod epochs;
 mod error;
 mod flusher;
 pub mod fs;

@@ -17,7 +17,7 @@ use std::{
 use bytes::Bytes;
 use parking_lot::RwLock;
 
-use super::batch::{stamp_header, BatchView, RecordBatch, HEADER_LEN};
+use super::batch::{stamp_header, BatchView, HEADER_LEN};
 use super::config::LogConfig;
 use super::error::{Result, StorageError};
 use super::fs::Fs;
@@ -760,7 +760,7 @@ impl ActiveSegment {
     /// Appends `batch` with the next offsets and `epoch`, and publishes it.
     /// On error (disk full, I/O) nothing is published and the segment is as
     /// it was.
-    pub fn append(&mut self, batch: &RecordBatch, epoch: i32) -> Result<(i64, i64)> {
+    pub fn append(&mut self, batch: &BatchView<'_>, epoch: i32) -> Result<(i64, i64)> {
         let bytes = batch.as_bytes();
         let base = self.next_offset;
         let pos = self.size;
@@ -778,7 +778,7 @@ impl ActiveSegment {
             .commit(&planned, bytes.len() as u64, batch.max_timestamp());
 
         self.size = pos + bytes.len() as u64;
-        self.next_offset = base + i64::from(batch.view().last_offset_delta()) + 1;
+        self.next_offset = base + i64::from(batch.last_offset_delta()) + 1;
         self.publish();
         Ok((base, self.next_offset - 1))
     }

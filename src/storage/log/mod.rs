@@ -34,6 +34,7 @@ use super::batch::RecordBatch;
 use super::batch::{BatchIter, BatchView, NO_PRODUCER_ID};
 use super::checkpoint::{self, Checkpoint};
 use super::config::{FlushPolicy, LogConfig};
+use super::epochs::LeaderEpochs;
 use super::error::{Result, StorageError};
 use super::fs::FileSystem;
 use super::index::{
@@ -131,6 +132,9 @@ struct Writer {
     producers: ProducerStates,
     /// Offsets of the producer-state snapshots on disk, ascending.
     snapshots: Vec<i64>,
+    /// Where each leader epoch starts (see `storage::epochs`); written
+    /// before the first batch of a new epoch.
+    epochs: LeaderEpochs,
 }
 
 struct FlushState {
@@ -311,9 +315,118 @@ impl Log {
             )));
         }
         self.mark_unclean(&mut w)?;
-        self.update_checkpoint(|c| c.leader_epoch = epoch)?;
-        w.leader_epoch = epoch;
+        let end = w.active.next_offset();
+        self.assign_epoch(&mut w, epoch, end)?;
         Ok(())
+    }
+
+    /// Records that `epoch` starts at `offset` (durably, in the epoch cache
+    /// and the checkpoint's largest epoch) before any batch carries it.
+    fn assign_epoch(&self, w: &mut Writer, epoch: i32, offset: i64) -> Result<()> {
+        let mut next = w.epochs.clone();
+        if next.assign(epoch, offset)? {
+            next.write(&*self.config.fs, &self.dir)?;
+            w.epochs = next;
+        }
+        if epoch > w.leader_epoch {
+            self.update_checkpoint(|c| c.leader_epoch = epoch)?;
+            w.leader_epoch = epoch;
+        }
+        Ok(())
+    }
+
+    /// The newest leader epoch in the epoch cache (`None` for a log that
+    /// never had one assigned and holds no batch).
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.writer.lock().epochs.latest()
+    }
+
+    /// The epoch cache's entries: (epoch, start offset), ascending.
+    pub fn epochs(&self) -> Vec<(i32, i64)> {
+        self.writer.lock().epochs.entries().to_vec()
+    }
+
+    /// The largest epoch at most `epoch` and the offset where it ends in
+    /// this log (Kafka's `OffsetsForLeaderEpoch`); `None` if every epoch
+    /// here is newer.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, i64)> {
+        let w = self.writer.lock();
+        w.epochs.end_offset_for(epoch, w.active.next_offset())
+    }
+
+    /// Appends batches copied from a replication leader, keeping their
+    /// offsets and leader epochs byte for byte. `data` holds whole
+    /// batches; the first must start at this log's end and each follow
+    /// the previous one. Every checksum is verified first; idempotent
+    /// producers' state is recorded as on the leader (no checks: the
+    /// leader made them). Returns the new end offset and whether the flush
+    /// policy wants a sync.
+    pub fn append_replicated(&self, data: &[u8]) -> Result<(i64, bool)> {
+        let now = (self.config.clock)();
+        let mut w = self.writer.lock();
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Closed);
+        }
+        let mut due = false;
+        for batch in BatchIter::new(data) {
+            let view = batch.map_err(StorageError::InvalidBatch)?;
+            view.verify_crc().map_err(StorageError::InvalidBatch)?;
+            if view.len() > self.config.max_batch_bytes {
+                return Err(StorageError::BatchTooLarge {
+                    size: view.len(),
+                    limit: self.config.max_batch_bytes,
+                });
+            }
+            let next = w.active.next_offset();
+            if view.base_offset() != next {
+                return Err(StorageError::InvalidConfig(format!(
+                    "replicated batch starts at offset {}, but the log ends at {next}",
+                    view.base_offset()
+                )));
+            }
+            self.mark_unclean(&mut w)?;
+            let epoch = view.leader_epoch();
+            if w.epochs.latest().is_none_or(|e| e < epoch) {
+                self.assign_epoch(&mut w, epoch, next)?;
+            }
+            if w.active
+                .must_roll(view.len(), view.last_offset_delta(), &self.config, now)
+            {
+                self.roll(&mut w, now)?;
+            }
+            let (base_offset, last_offset) = w.active.append(&view, epoch)?;
+            let producer_id = view.producer_id();
+            if producer_id != NO_PRODUCER_ID {
+                w.producers.record(
+                    producer_id,
+                    view.producer_epoch(),
+                    BatchMeta {
+                        first_seq: view.base_sequence(),
+                        last_seq: crate::storage::producer_state::seq_add(
+                            view.base_sequence(),
+                            i64::from(view.last_offset_delta()),
+                        ),
+                        base_offset,
+                        last_offset,
+                    },
+                    now,
+                );
+            }
+            self.end_offset.store(last_offset + 1, Ordering::Release);
+            w.records_since_flush += view.record_count() as u64;
+            due |= match self.config.flush {
+                FlushPolicy::EveryAppend => true,
+                FlushPolicy::EveryRecords(n) => w.records_since_flush >= n,
+                FlushPolicy::Interval(d) => {
+                    now - self.flush.lock().last_flush_ms >= d.as_millis() as i64
+                }
+                FlushPolicy::Manual => false,
+            };
+        }
+        if due {
+            w.records_since_flush = 0;
+        }
+        Ok((w.active.next_offset(), due))
     }
 
     /// Appends a batch: assigns it the next offsets and the current leader
@@ -336,6 +449,7 @@ impl Log {
         let now = (self.config.clock)();
         let w = self.writer.lock();
         !w.marked_unclean
+            || w.epochs.latest().is_none_or(|e| e < w.leader_epoch)
             || w.active.needs_room(batch.len())
             || w.active.must_roll(
                 batch.len(),
@@ -391,7 +505,12 @@ impl Log {
                 self.roll(&mut w, now)?;
             }
             let epoch = w.leader_epoch;
-            let (base_offset, last_offset) = w.active.append(batch, epoch)?;
+            if w.epochs.latest().is_none_or(|e| e < epoch) {
+                // The log's first batch (or a log from before the cache).
+                let next = w.active.next_offset();
+                self.assign_epoch(&mut w, epoch, next)?;
+            }
+            let (base_offset, last_offset) = w.active.append(&view, epoch)?;
             if producer_id != NO_PRODUCER_ID {
                 w.producers.record(
                     producer_id,

@@ -29,7 +29,7 @@ pub(super) fn list_dir(
         let name = name
             .to_str()
             .ok_or_else(|| StorageError::UnknownFile { path: path.clone() })?;
-        if name == checkpoint::FILE_NAME {
+        if name == checkpoint::FILE_NAME || name == crate::storage::epochs::FILE_NAME {
             continue;
         }
         if name.ends_with(".tmp") || name.ends_with(".truncating") {
@@ -246,6 +246,19 @@ impl Log {
         let marked_unclean = !checkpoint.clean;
         let (producers, snapshots) =
             Self::load_producers(fs, &dir, &segments, end, report.clean, snapshots, now)?;
+        // Epochs whose batches a crash lost are dropped. A log from before
+        // the cache existed has only epoch-0 batches.
+        let mut epochs = match LeaderEpochs::read(&dir)? {
+            Some(e) => e,
+            None => {
+                let mut e = LeaderEpochs::default();
+                if end > segments[0].base_offset() {
+                    e.assign(0, segments[0].base_offset())?;
+                }
+                e
+            }
+        };
+        epochs.truncate_from(end + 1);
         // After a crash the recovered tail may exist only in the page cache
         // (a process crash keeps it there): it is durable only once synced.
         let flushed = if report.clean {
@@ -268,6 +281,7 @@ impl Log {
                 marked_unclean,
                 producers,
                 snapshots,
+                epochs,
             }),
             flush: Mutex::new(FlushState {
                 flushed,

@@ -200,6 +200,11 @@ impl Log {
         )?;
         w.producers = producers;
         w.snapshots = snapshots;
+        let mut epochs = w.epochs.clone();
+        if epochs.truncate_from(new_end) {
+            epochs.write(fs, &self.dir)?;
+            w.epochs = epochs;
+        }
         *self.segments.write() = kept;
         self.end_offset.store(new_end, Ordering::Release);
         self.update_checkpoint(|c| c.recovery_point = c.recovery_point.min(base))?;

@@ -390,8 +390,8 @@ fn retention_deletes_old_sealed_segments_by_size_and_time() {
     log.flush().expect("flush");
     let files = std::fs::read_dir(dir.path()).expect("list").count();
     assert_eq!(
-        files, 5,
-        "active segment's three files, the producer-state snapshot at its base, and the checkpoint"
+        files, 6,
+        "active segment's three files, the producer-state snapshot at its base, the checkpoint and the epoch cache"
     );
 }
 
@@ -755,4 +755,82 @@ fn idempotent_retries_are_deduplicated_across_reopen_crash_and_roll() {
     log.truncate_to(cut_to).expect("truncate");
     let again = log.append(&idempotent(7, 1, 0, 1)).expect("re-append");
     assert!(!again.duplicate, "the truncated batch is appended anew");
+}
+
+#[test]
+fn replicated_batches_keep_offsets_and_epochs_byte_for_byte() {
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let follower_dir = tempfile::tempdir().expect("tempdir");
+    let leader = Log::open(leader_dir.path(), small_config()).expect("open");
+    let follower = Log::open(follower_dir.path(), small_config()).expect("open");
+    leader.set_leader_epoch(1).expect("epoch");
+    for i in 0..20 {
+        leader.append(&batch("a", 3, 100, i)).expect("append");
+    }
+    leader.set_leader_epoch(4).expect("epoch");
+    for i in 0..20 {
+        leader.append(&batch("b", 2, 100, i)).expect("append");
+    }
+    // Copy in chunks, as a follower's fetches would.
+    while follower.end_offset() < leader.end_offset() {
+        let r = leader.read(follower.end_offset(), 700).expect("read");
+        follower.append_replicated(&r.data).expect("replicate");
+    }
+    assert_eq!(follower.epochs(), leader.epochs());
+    assert_eq!(follower.epochs(), vec![(1, 0), (4, 60)]);
+    assert_eq!(all_records(&follower), all_records(&leader));
+    let whole = |l: &Log| l.read(0, 1 << 20).expect("read").data;
+    assert_eq!(whole(&follower), whole(&leader));
+    // A batch that does not start at the end is refused.
+    let r = leader.read(0, 1).expect("read");
+    assert!(follower.append_replicated(&r.data).is_err());
+    // A flipped bit is refused.
+    let mut bad = leader
+        .read(leader.end_offset() - 2, 1)
+        .expect("read")
+        .data
+        .to_vec();
+    let n = bad.len();
+    bad[n - 1] ^= 1;
+    follower.truncate_to(leader.end_offset() - 2).expect("cut");
+    assert!(follower.append_replicated(&bad).is_err());
+    assert_eq!(follower.end_offset(), leader.end_offset() - 2);
+    // Producer state and the epoch cache survive a reopen.
+    drop(follower);
+    let follower = Log::open(follower_dir.path(), small_config()).expect("reopen");
+    assert_eq!(follower.epochs(), vec![(1, 0), (4, 60)]);
+    assert_eq!(follower.leader_epoch(), 4);
+}
+
+#[test]
+fn a_diverged_tail_is_found_by_epoch_and_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old_leader = Log::open(dir.path().join("a"), small_config()).expect("open");
+    let new_leader = Log::open(dir.path().join("b"), small_config()).expect("open");
+    old_leader.set_leader_epoch(1).expect("epoch");
+    for i in 0..5 {
+        old_leader.append(&batch("x", 2, 50, i)).expect("append");
+    }
+    new_leader
+        .append_replicated(&old_leader.read(0, 1 << 20).expect("read").data)
+        .expect("replicate");
+    // The old leader appends records nobody else has, then loses
+    // leadership; the new one writes in epoch 2.
+    for i in 0..3 {
+        old_leader.append(&batch("lost", 2, 50, i)).expect("append");
+    }
+    new_leader.set_leader_epoch(2).expect("epoch");
+    new_leader.append(&batch("y", 4, 50, 0)).expect("append");
+    // The old leader, now a follower, asks where its last epoch ends.
+    let last = old_leader.latest_epoch().expect("epoch");
+    assert_eq!(last, 1);
+    let (epoch, end) = new_leader.end_offset_for_epoch(last).expect("known");
+    assert_eq!((epoch, end), (1, 10));
+    let own = old_leader.end_offset_for_epoch(epoch).expect("own").1;
+    old_leader.truncate_to(end.min(own)).expect("truncate");
+    old_leader
+        .append_replicated(&new_leader.read(10, 1 << 20).expect("read").data)
+        .expect("catch up");
+    assert_eq!(all_records(&old_leader), all_records(&new_leader));
+    assert_eq!(old_leader.epochs(), vec![(1, 0), (2, 10)]);
 }
