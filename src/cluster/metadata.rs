@@ -48,9 +48,43 @@ pub struct PartitionAssignment {
     pub leader: Option<NodeId>,
     /// Raised on every leader change.
     pub leader_epoch: i32,
-    /// In-sync replicas: those with every committed record. Until data
-    /// replication exists this is the leader alone.
+    /// In-sync replicas: those with every committed record (every
+    /// replica at creation, when all are empty). Only they may be elected.
     pub isr: Vec<NodeId>,
+    /// Raised on every change of leader or ISR: an ISR change proposed
+    /// from an older state is refused.
+    #[serde(default)]
+    pub partition_epoch: i32,
+}
+
+impl PartitionAssignment {
+    /// Elects a new leader among the live in-sync replicas (the first in
+    /// replica order that is live), else, if `unclean` allows it, among the
+    /// live replicas (which may lack committed records), else none.
+    /// Raises the leader epoch.
+    fn elect(&mut self, live: &[NodeId], unclean: bool, exclude: Option<NodeId>) {
+        let usable = |r: &&NodeId| live.contains(r) && Some(**r) != exclude;
+        let clean = self
+            .replicas
+            .iter()
+            .filter(|r| self.isr.contains(r))
+            .find(usable)
+            .copied();
+        self.leader = match clean {
+            Some(l) => Some(l),
+            None if unclean => {
+                let l = self.replicas.iter().find(usable).copied();
+                if let Some(l) = l {
+                    tracing::warn!(leader = l, "unclean leader election: committed records may be lost");
+                    self.isr = vec![l];
+                }
+                l
+            }
+            None => None,
+        };
+        self.leader_epoch += 1;
+        self.partition_epoch += 1;
+    }
 }
 
 /// A topic as the cluster knows it.
@@ -132,6 +166,25 @@ pub enum Command {
         /// New total.
         total: i32,
     },
+    /// A partition leader changes its ISR (a follower fell behind, or
+    /// caught up). Only the current leader, in its current epoch and from
+    /// the current partition epoch, may do so; the leader stays a member.
+    AlterIsr {
+        /// Topic.
+        topic: String,
+        /// The topic's id (a topic created again is another one).
+        topic_id: u64,
+        /// Partition.
+        partition: i32,
+        /// The proposing leader.
+        leader: NodeId,
+        /// Its leader epoch.
+        leader_epoch: i32,
+        /// The partition epoch the change is based on.
+        partition_epoch: i32,
+        /// The new ISR.
+        isr: Vec<NodeId>,
+    },
     /// Hands a block of producer ids to a broker.
     AllocateProducerIds {
         /// Ids in the block.
@@ -208,6 +261,25 @@ pub enum Refusal {
     /// The producer-id space is used up.
     #[error("producer ids are exhausted")]
     ProducerIdsExhausted,
+    /// No such partition.
+    #[error("topic '{topic}' has no partition {partition}")]
+    PartitionNotFound {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+    },
+    /// An ISR change from a leader that is no longer current, or based on
+    /// an older state of the partition.
+    #[error("ISR change for {topic}-{partition} is stale: {reason}")]
+    StaleIsrChange {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// What differs.
+        reason: String,
+    },
 }
 
 impl MetadataImage {
@@ -240,12 +312,15 @@ impl MetadataImage {
                     },
                 );
                 // Partitions left leaderless whose in-sync replicas include
-                // this broker get it as leader again.
+                // this broker (or, where the topic allows an unclean
+                // election, whose replicas do) get it as leader again.
                 for t in self.topics.values_mut() {
+                    let unclean = unclean_allowed(&t.config);
                     for p in &mut t.partitions {
-                        if p.leader.is_none() && p.isr.contains(id) {
-                            p.leader = Some(*id);
-                            p.leader_epoch += 1;
+                        if p.leader.is_none()
+                            && (p.isr.contains(id) || (unclean && p.replicas.contains(id)))
+                        {
+                            p.elect(&[*id], unclean, None);
                         }
                     }
                 }
@@ -266,10 +341,19 @@ impl MetadataImage {
                 b.fenced = true;
                 let live = self.live_set();
                 for t in self.topics.values_mut() {
+                    let unclean = unclean_allowed(&t.config);
                     for p in &mut t.partitions {
+                        if !p.replicas.contains(id) {
+                            continue;
+                        }
                         if p.leader == Some(*id) {
-                            p.leader = p.isr.iter().copied().find(|r| live.contains(r));
-                            p.leader_epoch += 1;
+                            p.elect(&live, unclean, Some(*id));
+                        }
+                        // Out of the ISR, unless it is the last member
+                        // (then it is the one to come back to).
+                        if p.isr.len() > 1 && p.isr.contains(id) {
+                            p.isr.retain(|r| r != id);
+                            p.partition_epoch += 1;
                         }
                     }
                 }
@@ -365,6 +449,60 @@ impl MetadataImage {
                     t.partitions
                         .push(place(&order, &racks, start, p as usize, rf));
                 }
+                Ok(Outcome::Done)
+            }
+            Command::AlterIsr {
+                topic,
+                topic_id,
+                partition,
+                leader,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => {
+                let stale = |reason: String| Refusal::StaleIsrChange {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    reason,
+                };
+                let t = self
+                    .topics
+                    .get_mut(topic)
+                    .filter(|t| t.id == *topic_id)
+                    .ok_or_else(|| Refusal::TopicNotFound(topic.clone()))?;
+                let p = usize::try_from(*partition)
+                    .ok()
+                    .and_then(|i| t.partitions.get_mut(i))
+                    .ok_or_else(|| Refusal::PartitionNotFound {
+                        topic: topic.clone(),
+                        partition: *partition,
+                    })?;
+                if p.leader != Some(*leader) || p.leader_epoch != *leader_epoch {
+                    return Err(stale(format!(
+                        "proposed by {leader} in leader epoch {leader_epoch}, but the leader is {:?} in epoch {}",
+                        p.leader, p.leader_epoch
+                    )));
+                }
+                if p.partition_epoch != *partition_epoch {
+                    return Err(stale(format!(
+                        "based on partition epoch {partition_epoch}, now {}",
+                        p.partition_epoch
+                    )));
+                }
+                if !isr.contains(leader) || isr.iter().any(|r| !p.replicas.contains(r)) {
+                    return Err(stale(format!(
+                        "ISR {isr:?} must hold the leader and only replicas {:?}",
+                        p.replicas
+                    )));
+                }
+                // Replica order, no repeats.
+                p.isr = p
+                    .replicas
+                    .iter()
+                    .filter(|r| isr.contains(r))
+                    .copied()
+                    .collect();
+                p.partition_epoch += 1;
                 Ok(Outcome::Done)
             }
             Command::AllocateProducerIds { count } => {
@@ -480,9 +618,20 @@ fn place(
     PartitionAssignment {
         leader: Some(replicas[0]),
         leader_epoch: 0,
-        isr: vec![replicas[0]],
+        isr: replicas.clone(),
         replicas,
+        partition_epoch: 0,
     }
+}
+
+/// Whether a topic's settings allow electing a replica outside the ISR
+/// when no in-sync replica is live (`unclean_leader_election`; off unless
+/// set).
+fn unclean_allowed(config: &serde_json::Value) -> bool {
+    config
+        .get("unclean_leader_election")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -533,7 +682,7 @@ mod tests {
             r.dedup();
             assert_eq!(r.len(), 3, "replicas must be distinct: {:?}", p.replicas);
             assert_eq!(p.leader, Some(p.replicas[0]));
-            assert_eq!(p.isr, vec![p.replicas[0]]);
+            assert_eq!(p.isr, p.replicas, "every replica is in sync at creation");
             *leaders.entry(p.replicas[0]).or_default() += 1;
             for b in &p.replicas {
                 *replicas.entry(*b).or_default() += 1;
@@ -591,10 +740,10 @@ mod tests {
     }
 
     #[test]
-    fn fencing_moves_leadership_and_registration_restores_it() {
+    fn fencing_elects_only_in_sync_replicas_and_shrinks_the_isr() {
         let mut img = MetadataImage::default();
         let e1 = register(&mut img, 1, 1, None);
-        register(&mut img, 2, 2, None);
+        let e2 = register(&mut img, 2, 2, None);
         assert_eq!(create(&mut img, "t", 0, 4, 2), Outcome::Done);
         let led_by_1: Vec<usize> = (0..4)
             .filter(|&p| img.topics["t"].partitions[p].leader == Some(1))
@@ -615,31 +764,115 @@ mod tests {
             img.apply(10, &Command::FenceBroker { id: 1, epoch: e1 }),
             Outcome::Done
         );
-        for &p in &led_by_1 {
-            let a = &img.topics["t"].partitions[p];
-            // The only in-sync replica is gone: no leader, never a
-            // replica without the data.
-            assert_eq!(a.leader, None);
-            assert_eq!(a.leader_epoch, 1);
+        for p in &img.topics["t"].partitions {
+            // Every partition is led by the in-sync survivor, and the
+            // fenced broker left every ISR.
+            assert_eq!(p.leader, Some(2));
+            assert_eq!(p.isr, vec![2]);
         }
-        // New partitions go to live brokers only.
+        for &p in &led_by_1 {
+            assert_eq!(img.topics["t"].partitions[p].leader_epoch, 1);
+        }
+        // The last in-sync replica goes too: no leader, and the ISR keeps
+        // it, the only broker known to hold every committed record.
+        assert_eq!(
+            img.apply(11, &Command::FenceBroker { id: 2, epoch: e2 }),
+            Outcome::Done
+        );
+        for p in &img.topics["t"].partitions {
+            assert_eq!(p.leader, None);
+            assert_eq!(p.isr, vec![2]);
+        }
+        // Broker 1 comes back but may lack records: still no leader.
+        register(&mut img, 12, 1, None);
+        assert!(img.topics["t"].partitions.iter().all(|p| p.leader.is_none()));
+        // Broker 2 comes back and leads again.
+        register(&mut img, 13, 2, None);
+        assert!(img.topics["t"].partitions.iter().all(|p| p.leader == Some(2)));
+    }
+
+    #[test]
+    fn unclean_election_is_an_explicit_opt_in() {
+        let mut img = MetadataImage::default();
+        register(&mut img, 1, 1, None);
+        register(&mut img, 2, 2, None);
+        img.apply(
+            3,
+            &Command::CreateTopic {
+                name: "u".into(),
+                id: 0,
+                partitions: 1,
+                replication_factor: 2,
+                config: serde_json::json!({"unclean_leader_election": true}),
+            },
+        );
+        let p = img.topics["u"].partitions[0].clone();
+        let (leader, follower) = (p.replicas[0], p.replicas[1]);
+        // The leader drops the follower from the ISR, then dies.
         assert_eq!(
             img.apply(
-                11,
-                &Command::CreatePartitions {
-                    name: "t".into(),
-                    total: 5
+                4,
+                &Command::AlterIsr {
+                    topic: "u".into(),
+                    topic_id: 0,
+                    partition: 0,
+                    leader,
+                    leader_epoch: 0,
+                    partition_epoch: 0,
+                    isr: vec![leader],
                 }
             ),
-            Outcome::Refused(Refusal::ReplicationFactor { asked: 2, live: 1 })
+            Outcome::Done
         );
-        let e2 = register(&mut img, 12, 1, None);
-        assert!(e2 > e1);
-        for &p in &led_by_1 {
-            let a = &img.topics["t"].partitions[p];
-            assert_eq!(a.leader, Some(1));
-            assert_eq!(a.leader_epoch, 2);
+        let epoch = img.brokers[&leader].epoch;
+        img.apply(5, &Command::FenceBroker { id: leader, epoch });
+        let p = &img.topics["u"].partitions[0];
+        assert_eq!(p.leader, Some(follower), "unclean: an out-of-sync replica leads");
+        assert_eq!(p.isr, vec![follower]);
+    }
+
+    #[test]
+    fn isr_changes_come_only_from_the_current_leader_and_state() {
+        let mut img = MetadataImage::default();
+        for id in 1..=3 {
+            register(&mut img, id, id, None);
         }
+        create(&mut img, "t", 0, 1, 3);
+        let p = img.topics["t"].partitions[0].clone();
+        let leader = p.leader.expect("leader");
+        let alter = |leader, leader_epoch, partition_epoch, isr: Vec<NodeId>| Command::AlterIsr {
+            topic: "t".into(),
+            topic_id: 0,
+            partition: 0,
+            leader,
+            leader_epoch,
+            partition_epoch,
+            isr,
+        };
+        // Not the leader.
+        let other = p.replicas[1];
+        assert!(matches!(
+            img.apply(10, &alter(other, 0, 0, vec![other])),
+            Outcome::Refused(Refusal::StaleIsrChange { .. })
+        ));
+        // Without the leader, or with a non-replica.
+        assert!(matches!(
+            img.apply(11, &alter(leader, 0, 0, vec![other])),
+            Outcome::Refused(Refusal::StaleIsrChange { .. })
+        ));
+        assert!(matches!(
+            img.apply(11, &alter(leader, 0, 0, vec![leader, 9])),
+            Outcome::Refused(Refusal::StaleIsrChange { .. })
+        ));
+        assert_eq!(img.apply(12, &alter(leader, 0, 0, vec![leader])), Outcome::Done);
+        assert_eq!(img.topics["t"].partitions[0].isr, vec![leader]);
+        // Based on the old partition epoch: refused.
+        assert!(matches!(
+            img.apply(13, &alter(leader, 0, 0, p.replicas.clone())),
+            Outcome::Refused(Refusal::StaleIsrChange { .. })
+        ));
+        assert_eq!(img.apply(14, &alter(leader, 0, 1, p.replicas.clone())), Outcome::Done);
+        assert_eq!(img.topics["t"].partitions[0].isr, p.replicas);
     }
 
     #[test]

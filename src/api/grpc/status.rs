@@ -90,10 +90,12 @@ pub fn cluster_code(e: &crate::cluster::ClusterError) -> Code {
     match e {
         E::Refused(r) => match r {
             R::TopicExists(_) => Code::AlreadyExists,
-            R::TopicNotFound(_) | R::UnknownBroker(_) => Code::NotFound,
+            R::TopicNotFound(_) | R::UnknownBroker(_) | R::PartitionNotFound { .. } => {
+                Code::NotFound
+            }
             R::ReplicationFactor { .. } | R::PartitionCount { .. } => Code::InvalidArgument,
             R::BrokerHasReplicas { .. } => Code::FailedPrecondition,
-            R::StaleBrokerEpoch { .. } => Code::Aborted,
+            R::StaleBrokerEpoch { .. } | R::StaleIsrChange { .. } => Code::Aborted,
             R::ProducerIdsExhausted => Code::ResourceExhausted,
         },
         E::NoController(_)
