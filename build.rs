@@ -35,10 +35,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The nodes' internal service: generated apart, so reflection on the
     // client listener never lists it.
-    let internal = "proto/sluice/internal/v1/cluster.proto";
-    println!("cargo:rerun-if-changed={internal}");
+    let internal = [
+        "proto/sluice/internal/v1/cluster.proto",
+        "proto/sluice/internal/v1/replication.proto",
+    ];
+    for p in internal {
+        println!("cargo:rerun-if-changed={p}");
+    }
     let mut compiler = protox::Compiler::new(["proto"])?;
-    compiler.open_files([internal])?;
+    compiler.open_files(internal)?;
     tonic_prost_build::configure()
         .bytes(".")
         .compile_fds(compiler.file_descriptor_set())?;

@@ -25,6 +25,7 @@ use crate::api::grpc::{
 };
 use crate::api::grpc::{pb::cluster_server::ClusterServer, ClusterLink, ClusterService};
 use crate::broker::Broker;
+use crate::api::grpc::replication::{ReplicationService, Replicator};
 use crate::cluster::{transport::InternalService, Cluster};
 use crate::config::{LimitSettings, ServerConfig};
 use crate::coordinator::{queues::Queues, Coordinator};
@@ -123,6 +124,7 @@ pub async fn run_node(
             node: cc.node_id as i64,
             stride: crate::config::MAX_CLUSTER_NODE_ID as i64 + 1,
         });
+        broker_config.node_id = Some(cc.node_id);
     }
     if cluster_config.is_some() && listeners.internal.is_none() {
         return Err(Error::Config(
@@ -171,6 +173,9 @@ pub async fn run_node(
         c.start_tasks();
         tokio::spawn(follow_metadata(c.clone(), broker.clone()))
     });
+    let replicator = cluster
+        .as_ref()
+        .map(|c| Replicator::start(broker.clone(), c.clone()));
     let opened = {
         let broker = broker.clone();
         tokio::task::spawn_blocking(move || Coordinator::open(broker, coordinator_config))
@@ -217,6 +222,9 @@ pub async fn run_node(
         advertised,
     };
     let result = serve(&config.limits, domain, handle, listeners, shutdown).await;
+    if let Some(r) = &replicator {
+        r.stop();
+    }
     if let Some(c) = &cluster {
         c.shutdown().await;
     }
@@ -422,7 +430,9 @@ async fn serve(
     let internal_task = match (internal, &link) {
         (Some(l), Some(link)) => {
             info!(addr = %l.local_addr()?, node = link.cluster.node_id(), "internal listener up");
-            let router = routes().add_service(InternalService::server(link.cluster.clone()));
+            let router = routes()
+                .add_service(InternalService::server(link.cluster.clone()))
+                .add_service(ReplicationService::server(broker.clone()));
             let stop = async move {
                 let _ = internal_stopped.wait_for(|s| *s).await;
             };

@@ -81,7 +81,7 @@ async fn formation_and_routing(n: u64) {
         let distinct: BTreeSet<i32> = p.replicas.iter().copied().collect();
         assert_eq!(distinct.len(), rf as usize, "replicas distinct: {p:?}");
         assert_eq!(p.leader, p.replicas[0], "preferred leader leads");
-        assert_eq!(p.isr, vec![p.leader]);
+        assert_eq!(p.isr, p.replicas, "every replica is in sync");
         *leaders.entry(p.leader).or_default() += 1;
     }
     // Leaders balanced: two partitions per broker.

@@ -402,6 +402,8 @@ fn extreme_values_in_every_numeric_field() {
                                 timestamp_type: Some(i[2]),
                                 timestamp_before_max_ms: Some(l[3]),
                                 timestamp_after_max_ms: Some(l[4]),
+                                min_insync_replicas: Some(i[4]),
+                                unclean_leader_election: Some(l[5] % 2 == 0),
                             }),
                             replication_factor: (i[3] % 3 != 0).then_some(i[3]),
                         })

@@ -24,8 +24,11 @@ pub struct PartitionInfo {
     pub partition: i32,
     /// Log start offset.
     pub log_start_offset: i64,
-    /// High watermark.
+    /// High watermark: the end of the committed records.
     pub high_watermark: i64,
+    /// Log end offset: the next offset to append (above the high
+    /// watermark while followers catch up).
+    pub log_end_offset: i64,
     /// Data bytes.
     pub size_bytes: u64,
     /// Segment files.
@@ -225,10 +228,12 @@ impl Broker {
         for p in topic.partitions().iter() {
             let log = self.log_of(&topic, p)?;
             p.note_size(&log);
+            let (start, end) = (log.start_offset(), log.end_offset());
             partitions.push(PartitionInfo {
                 partition: p.id,
-                log_start_offset: log.start_offset(),
-                high_watermark: log.end_offset(),
+                log_start_offset: start,
+                high_watermark: p.known_end().unwrap_or(start).clamp(start, end),
+                log_end_offset: end,
                 size_bytes: log.size_bytes(),
                 segments: log.segment_count(),
             });
@@ -258,6 +263,7 @@ impl Broker {
                 partition,
                 log_start_offset: 0,
                 high_watermark: 0,
+                log_end_offset: 0,
                 size_bytes: 0,
                 segments: 1,
             })
@@ -299,7 +305,12 @@ impl Broker {
                         .create_dir_all(&dir)
                         .map_err(|e| io_err("creating", &dir, e))?;
                 }
-                parts.push(Arc::new(Partition::new(topic.name.clone(), i, dir)));
+                parts.push(Arc::new(Partition::new(
+                    topic.name.clone(),
+                    i,
+                    dir,
+                    self.initial_role(&topic.name),
+                )));
             }
             let mut meta = topic.meta();
             meta.partitions = total;

@@ -59,6 +59,9 @@ impl Broker {
                 }
             }
         }
+        if let Err(e) = self.apply_roles(image) {
+            first.get_or_insert(e);
+        }
         match first {
             None => Ok(()),
             Some(e) => Err(e),

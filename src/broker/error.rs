@@ -69,6 +69,52 @@ pub enum BrokerError {
         /// What is wrong (no server paths).
         reason: String,
     },
+    /// This broker does not lead the partition (in a cluster).
+    #[error("this broker does not lead partition {partition} of topic '{topic}' ({}): refresh metadata and retry", match leader { Some(l) => format!("broker {l} does"), None => "it has no leader right now".to_string() })]
+    NotLeader {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The leader, if known.
+        leader: Option<u64>,
+    },
+    /// acks=ALL with fewer in-sync replicas than the topic requires:
+    /// nothing was appended.
+    #[error("partition {partition} of topic '{topic}' has {isr} in-sync replicas, fewer than min_insync_replicas = {min}: nothing was appended; retry once replicas catch up")]
+    NotEnoughReplicas {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// In-sync replicas now.
+        isr: usize,
+        /// Required.
+        min: usize,
+    },
+    /// The ISR fell below its minimum after the records were appended:
+    /// they may or may not survive (an idempotent retry is safe).
+    #[error("partition {partition} of topic '{topic}' fell to {isr} in-sync replicas (min_insync_replicas = {min}) after the records were appended: they are not acknowledged; retry (idempotent producers without duplicates)")]
+    NotEnoughReplicasAfterAppend {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// In-sync replicas now.
+        isr: usize,
+        /// Required.
+        min: usize,
+    },
+    /// acks=ALL: the in-sync replicas did not confirm in time.
+    #[error("partition {partition} of topic '{topic}': the in-sync replicas did not confirm the records within {waited_ms} ms; they are not acknowledged; retry (idempotent producers without duplicates)")]
+    ReplicationTimeout {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// How long it waited.
+        waited_ms: u64,
+    },
     /// Topic metadata could not be read or written.
     #[error("topic metadata {path}: {reason}")]
     Metadata {

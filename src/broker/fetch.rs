@@ -208,6 +208,7 @@ impl Broker {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<FetchResult> {
+        part.check_readable()?;
         let log = self.log_of(topic, part)?;
         if offset < log.active_segment_base() {
             // Sealed segments are likely cold: their page faults block the
@@ -246,11 +247,17 @@ impl Broker {
             }
             e => BrokerError::Storage(e),
         })?;
+        // Only committed records are served: those below the high
+        // watermark (every in-sync replica has them).
+        let hwm = part
+            .known_end()
+            .unwrap_or(read.log_start_offset)
+            .clamp(read.log_start_offset, read.log_end_offset);
         let mut out = FetchResult {
             records: Vec::new(),
             next_offset: offset,
             log_start_offset: read.log_start_offset,
-            high_watermark: read.log_end_offset,
+            high_watermark: hwm,
         };
         let data = &read.data;
         // Batches come checksum-verified; a record that still fails to
@@ -281,7 +288,7 @@ impl Broker {
                 if rec.offset < offset {
                     continue;
                 }
-                if out.records.len() >= max_records {
+                if out.records.len() >= max_records || rec.offset >= hwm {
                     break 'batches;
                 }
                 let mut headers = Vec::new();
@@ -324,7 +331,8 @@ impl Broker {
     ) -> Result<bool> {
         let mut end = part.watch_end();
         let mut shutdown = self.shutdown.subscribe();
-        let arrived = end.wait_for(|e| *e > offset || part.is_deleted());
+        let arrived =
+            end.wait_for(|e| *e > offset || part.is_deleted() || part.check_readable().is_err());
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -336,6 +344,7 @@ impl Broker {
                 if r.is_err() || part.is_deleted() {
                     return Err(BrokerError::TopicDeleted { topic: part.topic.to_string() });
                 }
+                part.check_readable()?;
                 Ok(true)
             }
             _ = shutdown.wait_for(|s| *s) => Err(BrokerError::ShuttingDown),
@@ -373,8 +382,10 @@ impl Broker {
         part: &Partition,
         position: Position,
     ) -> Result<i64> {
+        part.check_readable()?;
         let log = self.log_of(topic, part)?;
         let (start, end) = (log.start_offset(), log.end_offset());
+        let hwm = part.known_end().unwrap_or(start).clamp(start, end);
         Ok(match position {
             Position::Offset(o) => {
                 if o < start || o > end {
@@ -388,8 +399,8 @@ impl Broker {
                 o
             }
             Position::Earliest => start,
-            Position::Latest => end,
-            Position::Timestamp(t) => log.offset_for_timestamp(t)?.unwrap_or(end),
+            Position::Latest => hwm,
+            Position::Timestamp(t) => log.offset_for_timestamp(t)?.unwrap_or(hwm).min(hwm),
         })
     }
 
@@ -446,11 +457,13 @@ impl Broker {
         parts
             .iter()
             .map(|p| {
+                p.check_readable()?;
                 let log = self.log_of(&topic, p)?;
+                let (start, end) = (log.start_offset(), log.end_offset());
                 Ok(PartitionOffsets {
                     partition: p.id,
-                    earliest: log.start_offset(),
-                    latest: log.end_offset(),
+                    earliest: start,
+                    latest: p.known_end().unwrap_or(start).clamp(start, end),
                     for_timestamp: match timestamp {
                         Some(t) => Some(log.offset_for_timestamp(t)?.unwrap_or(-1)),
                         None => None,

@@ -39,6 +39,7 @@ mod partition;
 pub mod partitioner;
 mod produce;
 mod producer_ids;
+mod replication;
 mod topic;
 
 use std::{
@@ -71,6 +72,11 @@ pub use fetch::{
     FetchRequest, FetchResult, FetchedRecord, PartitionOffsets, Position, Subscription,
 };
 use logs::{blocking_section, Maintenance, MaintenanceState};
+pub use replication::{
+    min_insync_replicas, FollowerFetch, IsrChange, ReplicaFetchData, ReplicaFetchPartition,
+    ReplicaRecords, ReplicaRefusal, ReplicationConfig,
+};
+use replication::Role;
 pub use produce::{
     Acks, Appended, Header, IdempotentBatch, NewRecord, PartitionAppend, ProduceRequest,
     ProduceResult, RecordFailure, MAX_HEADERS_PER_RECORD, MAX_HEADER_BYTES_PER_RECORD,
@@ -128,6 +134,12 @@ pub struct BrokerConfig {
     /// other brokers (each partition's own producer state fences stale
     /// epochs).
     pub producer_id_stripe: Option<ProducerIdStripe>,
+    /// In a cluster: this broker's node id. Its user topics' partitions
+    /// then serve only as the metadata's leader says (see
+    /// `replication.rs`); without it every partition is standalone.
+    pub node_id: Option<u64>,
+    /// Replication settings (in a cluster).
+    pub replication: ReplicationConfig,
 }
 
 /// Which producer ids a broker of a cluster hands out.
@@ -163,6 +175,8 @@ impl BrokerConfig {
             max_message_limit: 4 * 1024 * 1024 - 64 * 1024,
             timestamps: TimestampPolicy::default(),
             producer_id_stripe: None,
+            node_id: None,
+            replication: ReplicationConfig::default(),
         }
     }
 }
@@ -201,6 +215,11 @@ pub struct Broker {
     producer_ids: Mutex<producer_ids::IdBlock>,
     /// Ids and epochs handed out (see `producer_ids`).
     producers: producer_ids::ProducerRegistry,
+    /// Notified on appends to partitions this broker leads: followers'
+    /// fetches waiting for records.
+    leader_appended: tokio::sync::Notify,
+    /// Bumped when the metadata was applied to partition roles.
+    roles_changed: watch::Sender<u64>,
     /// Held (flock) so two brokers never share a data directory.
     _lock: File,
 }
@@ -285,6 +304,8 @@ impl Broker {
             trash_seq: AtomicU64::new(0),
             producer_ids: Mutex::new(Default::default()),
             producers: Default::default(),
+            leader_appended: tokio::sync::Notify::new(),
+            roles_changed: watch::Sender::new(0),
             _lock: lock,
             config,
         });
@@ -332,7 +353,14 @@ impl Broker {
     fn topic_from_meta(&self, meta: TopicMeta, dir: PathBuf) -> Topic {
         let name: Arc<str> = Arc::from(meta.name.as_str());
         let partitions = (0..meta.partitions)
-            .map(|i| Arc::new(Partition::new(name.clone(), i, dir.join(i.to_string()))))
+            .map(|i| {
+                Arc::new(Partition::new(
+                    name.clone(),
+                    i,
+                    dir.join(i.to_string()),
+                    self.initial_role(&name),
+                ))
+            })
             .collect();
         Topic {
             metrics: TopicMetrics::new(&name),
@@ -346,6 +374,16 @@ impl Broker {
             next_keyless: Default::default(),
             created_ms: meta.created_ms,
             incarnation: meta.incarnation,
+        }
+    }
+
+    /// The role a partition of `topic` has until the metadata says more:
+    /// in a cluster, a user topic's partition serves nothing yet.
+    fn initial_role(&self, topic: &str) -> Role {
+        if self.config.node_id.is_some() && !is_internal_topic(topic) {
+            Role::Offline { leader: None }
+        } else {
+            Role::Standalone
         }
     }
 

@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::error::{BrokerError, Result};
+use super::replication::{ReplicaCell, Role};
 use crate::storage::{Flusher, Log, LogConfig, StorageError};
 
 /// How far a partition's log is durable, as its syncs report it.
@@ -81,10 +82,13 @@ pub struct Partition {
     /// Size and segment count as last seen, for metrics of closed logs.
     pub(crate) last_size: AtomicU64,
     pub(crate) last_segments: AtomicU64,
+    /// Leader, follower or standalone, and what acks=ALL waiters watch
+    /// (see `replication.rs`).
+    pub(crate) replica: ReplicaCell,
 }
 
 impl Partition {
-    pub(crate) fn new(topic: Arc<str>, id: i32, dir: PathBuf) -> Self {
+    pub(crate) fn new(topic: Arc<str>, id: i32, dir: PathBuf, role: Role) -> Self {
         Self {
             topic,
             id,
@@ -96,6 +100,7 @@ impl Partition {
             deleted: AtomicBool::new(false),
             last_size: AtomicU64::new(0),
             last_segments: AtomicU64::new(0),
+            replica: ReplicaCell::new(role),
         }
     }
 
@@ -143,7 +148,9 @@ impl Partition {
                 }
             });
         }));
-        self.end.send_replace(log.end_offset());
+        if self.replica.is_standalone() {
+            self.end.send_replace(log.end_offset());
+        }
         *slot = Some(log.clone());
         Ok((log, true))
     }
@@ -249,6 +256,12 @@ impl Partition {
     /// Marks the partition deleted and wakes its waiting readers.
     pub(crate) fn mark_deleted(&self) {
         self.deleted.store(true, Ordering::Release);
+        self.wake_readers();
+    }
+
+    /// Wakes readers waiting on the high watermark, so they look again
+    /// (the partition was deleted, or its role changed).
+    pub(crate) fn wake_readers(&self) {
         self.end.send_modify(|_| {});
     }
 

@@ -118,6 +118,7 @@ pub struct Appended {
     /// the request indices of its records (to fail them if the flush fails).
     flush: Vec<PendingFlush>,
     io: Arc<IoPool>,
+    replication: ReplicationConfig,
 }
 
 pub(super) struct PendingFlush {
@@ -125,6 +126,8 @@ pub(super) struct PendingFlush {
     log: Arc<Log>,
     end: i64,
     indices: Vec<usize>,
+    /// acks=ALL: wait for the in-sync replicas too.
+    replicate: bool,
 }
 
 impl Appended {
@@ -151,9 +154,29 @@ impl Appended {
                 self.io.flush(&f.log);
             }
         }
+        let mut replicate = Vec::new();
         for (f, w) in self.flush.into_iter().zip(waiters) {
-            let Some(w) = w else { continue };
-            if let Err(e) = w.wait().await {
+            if let Some(w) = w {
+                if let Err(e) = w.wait().await {
+                    fail_partition(&mut result, f.part.id, f.indices, e);
+                    continue;
+                }
+            }
+            if f.replicate {
+                replicate.push(f);
+            }
+        }
+        // Then every in-sync replica (each partition replicates on its
+        // own meanwhile, so waiting in turn costs nothing).
+        let fsync = self.replication.ack_requires_fsync;
+        for f in replicate {
+            // The local sync may have moved what the ISR has synced.
+            f.part.appended(&f.log, f.log.end_offset());
+            if let Err(e) = f
+                .part
+                .wait_replicated(f.end, fsync, self.replication.ack_timeout)
+                .await
+            {
                 fail_partition(&mut result, f.part.id, f.indices, e);
             }
         }
@@ -331,6 +354,7 @@ impl Broker {
                         },
                         flush: Vec::new(),
                         io: self.io.clone(),
+                        replication: self.config.replication.clone(),
                     });
                 }
                 Err(e) => return Err(e),
@@ -378,7 +402,10 @@ impl Broker {
             let indices: Vec<usize> = assigned[start..end].iter().map(|(_, i)| *i).collect();
             start = end;
             let part = &parts[p as usize];
-            let log = match self.log_of(&topic, part) {
+            let log = match part
+                .check_writable(req.acks)
+                .and_then(|()| self.log_of(&topic, part))
+            {
                 Ok(l) => l,
                 Err(e) => {
                     let e = Arc::new(e);
@@ -483,7 +510,10 @@ impl Broker {
             if appended.record_count > 0 {
                 let records: i32 =
                     runs.iter().map(|r| r.record_count).sum::<i32>() + appended.record_count;
-                part.publish_end(last_end);
+                part.appended(&log, last_end);
+                if self.config.node_id.is_some() {
+                    self.leader_appended.notify_waiters();
+                }
                 topic.appended.notify_waiters();
                 topic.metrics.produce_records.increment(records as u64);
                 topic.metrics.produce_bytes.increment(bytes);
@@ -495,6 +525,7 @@ impl Broker {
                         log,
                         end: last_end,
                         indices: appended_indices,
+                        replicate: req.acks == Acks::All,
                     });
                 }
             }
@@ -505,6 +536,7 @@ impl Broker {
             result,
             flush,
             io: self.io.clone(),
+            replication: self.config.replication.clone(),
         })
     }
 

@@ -79,6 +79,14 @@ pub struct TopicConfig {
     /// be, ms; `Some(-1)` no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp_after_max_ms: Option<i64>,
+    /// In a cluster: the fewest in-sync replicas that take acks=ALL
+    /// writes (default 2 at replication factor 3 or more, else 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_insync_replicas: Option<i32>,
+    /// In a cluster: elect an out-of-sync replica when no in-sync one is
+    /// live (acknowledged records may be lost). Off unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unclean_leader_election: Option<bool>,
 }
 
 /// Whose clock stamps a topic's records (Kafka's `message.timestamp.type`).
@@ -184,6 +192,13 @@ impl TopicConfig {
                 )));
             }
         }
+        if let Some(v) = self.min_insync_replicas {
+            if !(1..=16).contains(&v) {
+                return Err(BrokerError::invalid(format!(
+                    "min_insync_replicas {v} must be in [1, replication factor]"
+                )));
+            }
+        }
         for (name, v) in [
             ("timestamp_before_max_ms", self.timestamp_before_max_ms),
             ("timestamp_after_max_ms", self.timestamp_after_max_ms),
@@ -229,6 +244,10 @@ impl TopicConfig {
             ),
             segment_bytes: Some(self.segment_bytes.unwrap_or(defaults.segment_bytes as i64)),
             max_message_bytes: Some(c.max_batch_bytes.min(i32::MAX as usize) as i32),
+            // Its default depends on the replication factor, which the
+            // cluster's metadata holds.
+            min_insync_replicas: self.min_insync_replicas,
+            unclean_leader_election: Some(self.unclean_leader_election.unwrap_or(false)),
         }
     }
 

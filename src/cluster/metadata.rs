@@ -300,6 +300,16 @@ impl MetadataImage {
                 rack,
             } => {
                 let epoch = index.max(1);
+                if self.brokers.get(id).is_some_and(|b| !b.fenced) {
+                    // A restart within its session: the old incarnation
+                    // may have lost an unsynced tail, so it leads nothing
+                    // and leaves the ISR like a fenced broker, and comes
+                    // back as a follower that catches up.
+                    if let Some(b) = self.brokers.get_mut(id) {
+                        b.fenced = true;
+                    }
+                    self.fence(*id);
+                }
                 self.brokers.insert(
                     *id,
                     BrokerRegistration {
@@ -339,24 +349,7 @@ impl MetadataImage {
                     });
                 }
                 b.fenced = true;
-                let live = self.live_set();
-                for t in self.topics.values_mut() {
-                    let unclean = unclean_allowed(&t.config);
-                    for p in &mut t.partitions {
-                        if !p.replicas.contains(id) {
-                            continue;
-                        }
-                        if p.leader == Some(*id) {
-                            p.elect(&live, unclean, Some(*id));
-                        }
-                        // Out of the ISR, unless it is the last member
-                        // (then it is the one to come back to).
-                        if p.isr.len() > 1 && p.isr.contains(id) {
-                            p.isr.retain(|r| r != id);
-                            p.partition_epoch += 1;
-                        }
-                    }
-                }
+                self.fence(*id);
                 Ok(Outcome::Done)
             }
             Command::UnregisterBroker { id } => {
@@ -511,6 +504,28 @@ impl MetadataImage {
                     .checked_add((*count).max(1))
                     .ok_or(Refusal::ProducerIdsExhausted)?;
                 Ok(Outcome::ProducerIds { first })
+            }
+        }
+    }
+
+    /// Moves leadership away from the (already marked) fenced broker `id`
+    /// to live in-sync replicas, and takes it out of every ISR it is not
+    /// the last member of (the last one is who to come back to).
+    fn fence(&mut self, id: NodeId) {
+        let live = self.live_set();
+        for t in self.topics.values_mut() {
+            let unclean = unclean_allowed(&t.config);
+            for p in &mut t.partitions {
+                if !p.replicas.contains(&id) {
+                    continue;
+                }
+                if p.isr.len() > 1 && p.isr.contains(&id) {
+                    p.isr.retain(|r| *r != id);
+                    p.partition_epoch += 1;
+                }
+                if p.leader == Some(id) {
+                    p.elect(&live, unclean, Some(id));
+                }
             }
         }
     }

@@ -130,6 +130,7 @@ impl AdminService {
                         if let (Some(src), Some(dst)) = (theirs.get(i), out.partitions.get_mut(i)) {
                             dst.log_start_offset = src.log_start_offset;
                             dst.high_watermark = src.high_watermark;
+                            dst.log_end_offset = src.log_end_offset;
                             dst.size_bytes = src.size_bytes;
                             dst.segments = src.segments;
                         }

@@ -168,6 +168,8 @@ pub fn topic_config_in(c: Option<pb::TopicConfig>) -> Result<TopicConfig, tonic:
         timestamp_type,
         timestamp_before_max_ms: c.timestamp_before_max_ms,
         timestamp_after_max_ms: c.timestamp_after_max_ms,
+        min_insync_replicas: c.min_insync_replicas,
+        unclean_leader_election: c.unclean_leader_election,
     })
 }
 
@@ -183,6 +185,8 @@ fn topic_config_out(c: TopicConfig) -> pb::TopicConfig {
         }),
         timestamp_before_max_ms: c.timestamp_before_max_ms,
         timestamp_after_max_ms: c.timestamp_after_max_ms,
+        min_insync_replicas: c.min_insync_replicas,
+        unclean_leader_election: c.unclean_leader_election,
     }
 }
 
@@ -191,6 +195,7 @@ fn partition_out(p: PartitionInfo) -> pb::PartitionDescription {
         partition: p.partition,
         log_start_offset: p.log_start_offset,
         high_watermark: p.high_watermark,
+        log_end_offset: p.log_end_offset,
         size_bytes: p.size_bytes.min(i64::MAX as u64) as i64,
         segments: p.segments.min(i32::MAX as usize) as i32,
         leader: -1,

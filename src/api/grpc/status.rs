@@ -15,7 +15,11 @@ pub fn code(e: &BrokerError) -> Code {
         BrokerError::TopicExists { .. } => Code::AlreadyExists,
         BrokerError::InvalidArgument(_) => Code::InvalidArgument,
         BrokerError::RecordTooLarge { .. } => Code::ResourceExhausted,
-        BrokerError::ShuttingDown => Code::Unavailable,
+        BrokerError::ShuttingDown
+        | BrokerError::NotLeader { .. }
+        | BrokerError::NotEnoughReplicas { .. }
+        | BrokerError::NotEnoughReplicasAfterAppend { .. }
+        | BrokerError::ReplicationTimeout { .. } => Code::Unavailable,
         BrokerError::Metadata { .. } => Code::Internal,
         BrokerError::DamagedRecords { .. } => Code::DataLoss,
         BrokerError::Storage(s) => match s {
