@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tracing::info;
 
+use crate::api::grpc::replication::{ReplicationService, Replicator};
 use crate::api::grpc::{
     conn,
     pb::{
@@ -25,7 +26,6 @@ use crate::api::grpc::{
 };
 use crate::api::grpc::{pb::cluster_server::ClusterServer, ClusterLink, ClusterService};
 use crate::broker::Broker;
-use crate::api::grpc::replication::{ReplicationService, Replicator};
 use crate::cluster::{transport::InternalService, Cluster};
 use crate::config::{LimitSettings, ServerConfig};
 use crate::coordinator::{queues::Queues, Coordinator};

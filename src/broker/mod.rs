@@ -72,15 +72,15 @@ pub use fetch::{
     FetchRequest, FetchResult, FetchedRecord, PartitionOffsets, Position, Subscription,
 };
 use logs::{blocking_section, Maintenance, MaintenanceState};
-pub use replication::{
-    min_insync_replicas, FollowerFetch, IsrChange, ReplicaFetchData, ReplicaFetchPartition,
-    ReplicaRecords, ReplicaRefusal, ReplicationConfig,
-};
-use replication::Role;
 pub use produce::{
     Acks, Appended, Header, IdempotentBatch, NewRecord, PartitionAppend, ProduceRequest,
     ProduceResult, RecordFailure, MAX_HEADERS_PER_RECORD, MAX_HEADER_BYTES_PER_RECORD,
     MAX_RECORDS_PER_REQUEST,
+};
+use replication::Role;
+pub use replication::{
+    min_insync_replicas, FollowerFetch, IsrChange, ReplicaFetchData, ReplicaFetchPartition,
+    ReplicaRecords, ReplicaRefusal, ReplicationConfig,
 };
 
 use crate::storage::{

@@ -487,9 +487,7 @@ impl Broker {
                         l.followers.retain(|f, _| a.replicas.contains(f));
                     }
                     drop(role);
-                    part.replica
-                        .replicated
-                        .send_modify(|r| r.generation += 1);
+                    part.replica.replicated.send_modify(|r| r.generation += 1);
                     self.recompute_hwm(topic, part);
                     return Ok(());
                 }
@@ -497,8 +495,7 @@ impl Broker {
             // Becoming leader: the epoch is durable in the log before any
             // batch carries it.
             let log = self.log_of(topic, part)?;
-            if log.leader_epoch() < a.leader_epoch || log.latest_epoch() != Some(a.leader_epoch)
-            {
+            if log.leader_epoch() < a.leader_epoch || log.latest_epoch() != Some(a.leader_epoch) {
                 log.set_leader_epoch(a.leader_epoch.max(log.leader_epoch()))?;
             }
             let now = Instant::now();
@@ -518,8 +515,13 @@ impl Broker {
             self.recompute_hwm(topic, part);
         } else if a.replicas.contains(&me) {
             match (a.leader, &current) {
-                (Some(l), Role::Follower { leader, leader_epoch })
-                    if *leader == l && *leader_epoch == a.leader_epoch => {}
+                (
+                    Some(l),
+                    Role::Follower {
+                        leader,
+                        leader_epoch,
+                    },
+                ) if *leader == l && *leader_epoch == a.leader_epoch => {}
                 (Some(l), _) => {
                     part.set_role(Role::Follower {
                         leader: l,
@@ -565,7 +567,8 @@ impl Broker {
         parts
             .iter()
             .map(|p| {
-                let outcome = self.replica_fetch_one(follower, p, max_bytes.min(left), left > 0, now);
+                let outcome =
+                    self.replica_fetch_one(follower, p, max_bytes.min(left), left > 0, now);
                 if let Ok(r) = &outcome {
                     left = left.saturating_sub(r.records.len());
                 }

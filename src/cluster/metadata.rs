@@ -75,7 +75,10 @@ impl PartitionAssignment {
             None if unclean => {
                 let l = self.replicas.iter().find(usable).copied();
                 if let Some(l) = l {
-                    tracing::warn!(leader = l, "unclean leader election: committed records may be lost");
+                    tracing::warn!(
+                        leader = l,
+                        "unclean leader election: committed records may be lost"
+                    );
                     self.isr = vec![l];
                 }
                 l
@@ -800,10 +803,16 @@ mod tests {
         }
         // Broker 1 comes back but may lack records: still no leader.
         register(&mut img, 12, 1, None);
-        assert!(img.topics["t"].partitions.iter().all(|p| p.leader.is_none()));
+        assert!(img.topics["t"]
+            .partitions
+            .iter()
+            .all(|p| p.leader.is_none()));
         // Broker 2 comes back and leads again.
         register(&mut img, 13, 2, None);
-        assert!(img.topics["t"].partitions.iter().all(|p| p.leader == Some(2)));
+        assert!(img.topics["t"]
+            .partitions
+            .iter()
+            .all(|p| p.leader == Some(2)));
     }
 
     #[test]
@@ -842,7 +851,11 @@ mod tests {
         let epoch = img.brokers[&leader].epoch;
         img.apply(5, &Command::FenceBroker { id: leader, epoch });
         let p = &img.topics["u"].partitions[0];
-        assert_eq!(p.leader, Some(follower), "unclean: an out-of-sync replica leads");
+        assert_eq!(
+            p.leader,
+            Some(follower),
+            "unclean: an out-of-sync replica leads"
+        );
         assert_eq!(p.isr, vec![follower]);
     }
 
@@ -879,14 +892,20 @@ mod tests {
             img.apply(11, &alter(leader, 0, 0, vec![leader, 9])),
             Outcome::Refused(Refusal::StaleIsrChange { .. })
         ));
-        assert_eq!(img.apply(12, &alter(leader, 0, 0, vec![leader])), Outcome::Done);
+        assert_eq!(
+            img.apply(12, &alter(leader, 0, 0, vec![leader])),
+            Outcome::Done
+        );
         assert_eq!(img.topics["t"].partitions[0].isr, vec![leader]);
         // Based on the old partition epoch: refused.
         assert!(matches!(
             img.apply(13, &alter(leader, 0, 0, p.replicas.clone())),
             Outcome::Refused(Refusal::StaleIsrChange { .. })
         ));
-        assert_eq!(img.apply(14, &alter(leader, 0, 1, p.replicas.clone())), Outcome::Done);
+        assert_eq!(
+            img.apply(14, &alter(leader, 0, 1, p.replicas.clone())),
+            Outcome::Done
+        );
         assert_eq!(img.topics["t"].partitions[0].isr, p.replicas);
     }
 

@@ -351,6 +351,114 @@ impl TestCluster {
             .sum::<f64>() as u64
     }
 
+    /// Waits until every partition of `topic` has every replica in its
+    /// ISR and a high watermark equal to its log end (all replicas caught
+    /// up), as its leader reports; returns the metadata.
+    pub async fn wait_fully_replicated(
+        &self,
+        topic: &str,
+        timeout: Duration,
+    ) -> pb::MetadataResponse {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let meta = self.converged_metadata(timeout).await;
+            let mut done = false;
+            if let Some(t) = meta.topics.iter().find(|t| t.name == topic) {
+                done = t.partitions.iter().all(|p| {
+                    let mut isr = p.isr.clone();
+                    let mut replicas = p.replicas.clone();
+                    isr.sort_unstable();
+                    replicas.sort_unstable();
+                    p.leader >= 0 && isr == replicas
+                });
+                if done {
+                    let first = self.nodes.iter().find(|n| n.running()).map(|n| n.id);
+                    if let Some(id) = first {
+                        match self.client(id).await.describe_topic(topic).await {
+                            Ok(d) => {
+                                done = d
+                                    .partitions
+                                    .iter()
+                                    .all(|p| p.high_watermark == p.log_end_offset);
+                            }
+                            Err(_) => done = false,
+                        }
+                    }
+                }
+            }
+            if done {
+                return meta;
+            }
+            if Instant::now() > deadline {
+                panic!("{topic} not fully replicated: {meta:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Stops every node cleanly (SIGTERM) and checks that each partition
+    /// of `topic` holds the same batches, byte for byte, on every replica
+    /// that has it. Returns the record count per partition.
+    pub fn stop_and_compare_replicas(&mut self, topic: &str, partitions: i32) -> Vec<i64> {
+        for n in &mut self.nodes {
+            if let Some(mut s) = n.server.take() {
+                s.signal(15);
+                s.wait(Duration::from_secs(30));
+            }
+        }
+        let mut counts = Vec::new();
+        for p in 0..partitions {
+            let mut copies: Vec<(u64, Vec<u8>, i64)> = Vec::new();
+            for n in &self.nodes {
+                let dir = n.dir.join("topics").join(topic).join(p.to_string());
+                if !dir.exists() {
+                    continue;
+                }
+                let log = sluice::storage::Log::open(&dir, sluice::storage::LogConfig::default())
+                    .expect("open replica log");
+                let mut bytes = Vec::new();
+                let mut offset = log.start_offset();
+                while offset < log.end_offset() {
+                    let r = log.read(offset, 1 << 20).expect("read replica");
+                    let mut last = offset;
+                    for b in sluice::storage::BatchIter::new(&r.data) {
+                        let b = b.expect("batch");
+                        if b.base_offset() >= offset {
+                            bytes.extend_from_slice(b.as_bytes());
+                        }
+                        last = b.next_offset();
+                    }
+                    offset = last;
+                }
+                if log.end_offset() > 0 {
+                    copies.push((n.id, bytes, log.end_offset()));
+                }
+            }
+            assert!(
+                copies.len() >= 2,
+                "partition {p} has {} non-empty replicas",
+                copies.len()
+            );
+            for c in &copies[1..] {
+                assert_eq!(
+                    (c.2, c.1.len()),
+                    (copies[0].2, copies[0].1.len()),
+                    "partition {p}: node {} and node {} differ in length",
+                    c.0,
+                    copies[0].0
+                );
+                assert!(
+                    c.1 == copies[0].1,
+                    "partition {p}: node {} and node {} differ in bytes",
+                    c.0,
+                    copies[0].0
+                );
+            }
+            counts.push(copies[0].2);
+        }
+        counts
+    }
+
     /// Cuts node `id` off from every other node (both ways).
     pub fn isolate(&self, id: u64, cut: bool) {
         for ((from, to), p) in &self.proxies {

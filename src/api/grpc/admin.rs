@@ -174,6 +174,11 @@ impl Admin for AdminService {
                     )));
                 }
             }
+            if let Some(m) = config.min_insync_replicas.filter(|m| *m != 1) {
+                return Err(Status::invalid_argument(format!(
+                    "min_insync_replicas {m} must be in [1, 1]: a single-node server has one replica"
+                )));
+            }
             let info = self
                 .blocking(move |b| b.create_topic(&r.name, r.partitions, config))
                 .await?;
@@ -191,6 +196,13 @@ impl Admin for AdminService {
                 .default_replication_factor
                 .unwrap_or_else(|| link.cluster.live_brokers().clamp(1, 3) as i32),
         };
+        if let Some(m) = config.min_insync_replicas {
+            if m > rf {
+                return Err(Status::invalid_argument(format!(
+                    "min_insync_replicas {m} must be in [1, {rf}] (the replication factor): a larger minimum would refuse every acks=ALL write"
+                )));
+            }
+        }
         let id = uuid::Uuid::new_v4().as_u64_pair().0 | 1;
         let config = serde_json::to_value(config)
             .map_err(|e| Status::internal(format!("encoding topic settings: {e}")))?;

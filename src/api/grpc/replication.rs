@@ -78,13 +78,10 @@ impl Replication for ReplicationService {
             })
             .await
             .map_err(|e| Status::internal(format!("replica fetch failed: {e}")))?;
-            let idle = data.iter().all(|d| {
-                matches!(&d.outcome, Ok(r) if r.records.is_empty() && r.diverging.is_none())
-            });
-            if !idle
-                || tokio::time::Instant::now() >= deadline
-                || self.broker.is_shutting_down()
-            {
+            let idle = data.iter().all(
+                |d| matches!(&d.outcome, Ok(r) if r.records.is_empty() && r.diverging.is_none()),
+            );
+            if !idle || tokio::time::Instant::now() >= deadline || self.broker.is_shutting_down() {
                 return Ok(Response::new(pb::ReplicaFetchResponse {
                     partitions: data.into_iter().map(data_out).collect(),
                 }));
@@ -134,10 +131,9 @@ fn data_out(d: ReplicaFetchData) -> pb::ReplicaPartitionData {
             out.high_watermark = r.high_watermark;
             out.log_start = r.log_start;
             out.log_end = r.log_end;
-            out.diverging = r.diverging.map(|(epoch, end_offset)| pb::DivergingEpoch {
-                epoch,
-                end_offset,
-            });
+            out.diverging = r
+                .diverging
+                .map(|(epoch, end_offset)| pb::DivergingEpoch { epoch, end_offset });
         }
         Err(e) => {
             out.message = e.to_string();
@@ -334,8 +330,8 @@ impl Replicator {
                 .sum();
             metrics::counter!("sluice_replica_fetch_bytes_total").increment(bytes as u64);
             let broker = self.broker.clone();
-            let _ = tokio::task::spawn_blocking(move || broker.apply_replica_data(leader, data))
-                .await;
+            let _ =
+                tokio::task::spawn_blocking(move || broker.apply_replica_data(leader, data)).await;
             if refused > 0 && bytes == 0 {
                 // The leader has not caught up with the metadata (or this
                 // broker has not): give it a moment.

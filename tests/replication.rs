@@ -1,0 +1,212 @@
+//! Partition replication on clusters of real `sluice serve` processes:
+//! acks=ALL records survive SIGKILL of their leader, idempotent retries
+//! across a failover leave no duplicates, a restarted replica catches up
+//! and rejoins the ISR, and every replica ends byte for byte the same.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use common::cluster::TestCluster;
+use sluice::client::{pb, Client, ProducerConfig};
+
+/// Every record of `topic` as (value, partition, offset), read from the
+/// partitions' leaders through `c`.
+async fn read_everything(c: &Client, topic: &str) -> Vec<(String, i32, i64)> {
+    let n = c.partition_count(topic).await.expect("partitions");
+    let mut out = Vec::new();
+    for partition in 0..n {
+        for rec in common::api::fetch_all(c, topic, partition).await {
+            let v = String::from_utf8_lossy(rec.value.as_deref().unwrap_or_default()).into_owned();
+            out.push((v, partition, rec.offset));
+        }
+    }
+    out
+}
+
+fn leader_of(meta: &pb::MetadataResponse, topic: &str, partition: usize) -> u64 {
+    let t = meta
+        .topics
+        .iter()
+        .find(|t| t.name == topic)
+        .expect("topic in metadata");
+    t.partitions[partition].leader as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_records_survive_killing_their_leader_without_duplicates() {
+    let mut cluster = TestCluster::start(3, 0, &[]).await;
+    let topic = "replicated";
+    cluster
+        .client(1)
+        .await
+        .create_replicated_topic(topic, 3, Some(3), Default::default())
+        .await
+        .expect("create");
+    let meta = cluster
+        .wait_fully_replicated(topic, Duration::from_secs(30))
+        .await;
+    // Kill a leader other than node 1, which the producer bootstraps from.
+    let victim = (0..3)
+        .map(|p| leader_of(&meta, topic, p))
+        .find(|l| *l != 1)
+        .expect("some partition led elsewhere");
+
+    let client = cluster.client(1).await;
+    let producer = client.producer(
+        topic,
+        ProducerConfig {
+            acks: pb::Acks::All,
+            linger: Duration::from_millis(2),
+            ..Default::default()
+        },
+    );
+    const N: usize = 6_000;
+    let send = tokio::spawn(async move {
+        for i in 0..N {
+            producer
+                .send(pb::ProduceRecord {
+                    key: Some(Bytes::from(format!("k{}", i % 97))),
+                    value: Some(Bytes::from(format!("id-{i}"))),
+                    ..Default::default()
+                })
+                .await
+                .expect("queue");
+            if i % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        producer.close().await.expect("close")
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    cluster.node(victim).kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.node(victim).start();
+    let stats = send.await.expect("producer task");
+    assert_eq!(stats.failed, 0, "no record failed: {stats:?}");
+    assert_eq!(stats.acked, N as u64, "{stats:?}");
+
+    // Every acknowledged record is readable exactly once.
+    let records = read_everything(&cluster.client(1).await, topic).await;
+    let mut seen: BTreeMap<String, (i32, i64)> = BTreeMap::new();
+    for (v, p, o) in &records {
+        if let Some(prev) = seen.insert(v.clone(), (*p, *o)) {
+            panic!("{v} appears twice: at {prev:?} and at ({p}, {o})");
+        }
+    }
+    let expected: BTreeSet<String> = (0..N).map(|i| format!("id-{i}")).collect();
+    let got: BTreeSet<String> = seen.keys().cloned().collect();
+    let missing: Vec<&String> = expected.difference(&got).take(10).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged records lost: {missing:?} ..."
+    );
+    // Offsets per partition are contiguous from 0.
+    let mut per_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for (_, p, o) in &records {
+        per_partition.entry(*p).or_default().push(*o);
+    }
+    for (p, offsets) in &per_partition {
+        let want: Vec<i64> = (0..offsets.len() as i64).collect();
+        assert_eq!(offsets, &want, "partition {p} offsets are contiguous");
+    }
+
+    // The restarted broker catches up and rejoins every ISR; then all
+    // replicas hold the same bytes.
+    cluster
+        .wait_fully_replicated(topic, Duration::from_secs(60))
+        .await;
+    let counts = cluster.stop_and_compare_replicas(topic, 3);
+    assert_eq!(counts.iter().sum::<i64>(), N as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acks_all_is_refused_below_min_insync_replicas_and_served_again_after() {
+    let mut cluster = TestCluster::start(3, 0, &[]).await;
+    let topic = "guarded";
+    cluster
+        .client(1)
+        .await
+        .create_replicated_topic(
+            topic,
+            1,
+            Some(3),
+            pb::TopicConfig {
+                min_insync_replicas: Some(3),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create");
+    let meta = cluster
+        .wait_fully_replicated(topic, Duration::from_secs(30))
+        .await;
+    let leader = leader_of(&meta, topic, 0);
+    let followers: Vec<u64> = (1..=3).filter(|n| *n != leader).collect();
+    let produce = |acks: pb::Acks, tag: &str| pb::ProduceRequest {
+        topic: topic.into(),
+        partition: Some(0),
+        records: vec![pb::ProduceRecord {
+            value: Some(Bytes::from(tag.to_string())),
+            ..Default::default()
+        }],
+        acks: acks as i32,
+        ..Default::default()
+    };
+    // A follower dies: once it is fenced the ISR has 2 members, below the
+    // topic's minimum of 3.
+    cluster.node(followers[0]).kill();
+    let c = cluster.client(leader).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    // Until the ISR shrinks, an acks=ALL record is appended and waits;
+    // once it has, the next one is refused before it is appended.
+    let mut attempt = 0;
+    let refused = loop {
+        attempt += 1;
+        let tag = format!("attempt-{attempt}");
+        let reply = c
+            .produce(produce(pb::Acks::All, &tag))
+            .await
+            .expect("produce");
+        if let Some(e) = reply.record_errors.first() {
+            assert_eq!(e.code, tonic::Code::Unavailable as i32, "{e:?}");
+            if e.message.contains("nothing was appended") {
+                break tag;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "acks=ALL kept succeeding"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // acks=LEADER is still taken.
+    let reply = c
+        .produce(produce(pb::Acks::Leader, "leader-only"))
+        .await
+        .expect("acks=LEADER");
+    assert!(reply.record_errors.is_empty(), "{:?}", reply.record_errors);
+    // A follower returns, catches up, rejoins: acks=ALL works again.
+    cluster.node(followers[0]).start();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let reply = c.produce(produce(pb::Acks::All, "accepted")).await;
+        if reply.is_ok_and(|r| r.record_errors.is_empty()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "acks=ALL never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Nothing refused was appended, and the survivors agree.
+    let records = read_everything(&c, topic).await;
+    let values: Vec<&str> = records.iter().map(|r| r.0.as_str()).collect();
+    assert!(!values.contains(&refused.as_str()), "{values:?}");
+    assert!(values.contains(&"accepted"), "{values:?}");
+}
