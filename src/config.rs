@@ -57,7 +57,7 @@
 //! rack = "eu-1a"                      # --rack
 //! default_replication_factor = 3      # default: min(3, live brokers)
 //! session_timeout_ms = 6000           # a broker silent this long is fenced
-//! broker_heartbeat_ms = 500
+//! broker_heartbeat_ms = 250
 //! election_timeout_ms = 300           # Raft: elections after 300-600 ms
 //! raft_heartbeat_ms = 50
 //! snapshot_every = 5000               # metadata entries between snapshots
@@ -145,7 +145,7 @@ impl Default for ClusterSettings {
             rack: None,
             default_replication_factor: None,
             session_timeout_ms: 6000,
-            broker_heartbeat_ms: 500,
+            broker_heartbeat_ms: 250,
             election_timeout_ms: 300,
             raft_heartbeat_ms: 50,
             snapshot_every: 5000,

@@ -221,6 +221,15 @@ pub async fn run_node(
         link: cluster.clone().map(ClusterLink::new),
         advertised,
     };
+    // Controlled shutdown: leadership moves to other in-sync replicas
+    // before this broker stops serving.
+    let resigning = cluster.clone();
+    let shutdown = async move {
+        shutdown.await;
+        if let Some(c) = resigning {
+            c.resign(Duration::from_secs(5)).await;
+        }
+    };
     let result = serve(&config.limits, domain, handle, listeners, shutdown).await;
     if let Some(r) = &replicator {
         r.stop();

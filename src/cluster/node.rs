@@ -80,7 +80,7 @@ impl ClusterConfig {
             advertise,
             rack: None,
             session_timeout: Duration::from_secs(6),
-            broker_heartbeat: Duration::from_millis(500),
+            broker_heartbeat: Duration::from_millis(250),
             raft_heartbeat: Duration::from_millis(50),
             election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
             snapshot_every: 5000,
@@ -140,7 +140,15 @@ struct Sessions {
     seen: HashMap<NodeId, Instant>,
     /// Fences proposed and not yet applied (never proposed twice).
     fencing: HashMap<NodeId, u64>,
+    /// Brokers another broker reported unreachable, and when.
+    suspected: HashMap<NodeId, Instant>,
 }
+
+/// How long a report that a broker is unreachable counts.
+const SUSPICION_TTL: Duration = Duration::from_secs(2);
+/// Heartbeats a suspected broker must have missed before it is fenced
+/// (without a report, the whole session must lapse).
+const SUSPECT_MISSED_HEARTBEATS: u32 = 3;
 
 /// A running cluster node.
 pub struct Cluster {
@@ -154,10 +162,16 @@ pub struct Cluster {
     sessions: Mutex<Sessions>,
     /// This broker's registration epoch (0 until registered).
     epoch: AtomicU64,
+    /// Brokers this one failed to reach lately (replica fetches), for its
+    /// heartbeats. Held only to read or update the map.
+    unreachable: Mutex<HashMap<NodeId, Instant>>,
     /// Metadata index the local broker has applied.
     synced: watch::Sender<u64>,
     /// Set when the node stops; background tasks end.
     stopping: watch::Sender<bool>,
+    /// Set by [`Cluster::resign`]: the broker is leaving and does not
+    /// register again.
+    leaving: std::sync::atomic::AtomicBool,
 }
 
 impl Cluster {
@@ -234,9 +248,11 @@ impl Cluster {
             logs,
             peers,
             sessions: Mutex::new(Sessions::default()),
+            unreachable: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             synced: watch::Sender::new(0),
             stopping: watch::Sender::new(false),
+            leaving: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -334,7 +350,9 @@ impl Cluster {
     }
 
     /// The internal address of node `id`.
-    fn address_of(&self, id: NodeId) -> Option<String> {
+    /// The internal address this node dials for node `id`: a voter's as
+    /// configured, else a learner's or a registered broker's.
+    pub fn address_of(&self, id: NodeId) -> Option<String> {
         if let Some(a) = self.config.voters.get(&id) {
             return Some(a.clone());
         }
@@ -412,10 +430,50 @@ impl Cluster {
         }
     }
 
+    /// Controlled shutdown: fences this broker in the metadata, so its
+    /// partitions get new leaders from their ISRs before it stops (rather
+    /// than after its session lapses), and stops registering it again.
+    /// Waits at most `timeout`.
+    pub async fn resign(&self, timeout: Duration) {
+        self.leaving.store(true, Ordering::Release);
+        let id = self.config.node_id;
+        let epoch = self.epoch.load(Ordering::Acquire);
+        if epoch == 0 {
+            return;
+        }
+        match tokio::time::timeout(timeout, self.propose(Command::FenceBroker { id, epoch })).await
+        {
+            Ok(Ok((_, index))) => {
+                let _ = self.wait_synced(index, timeout).await;
+                info!(node = id, "leadership handed over for shutdown");
+            }
+            Ok(Err(e)) => warn!(error = %e, "controlled shutdown could not fence this broker"),
+            Err(_) => warn!("controlled shutdown timed out"),
+        }
+    }
+
+    /// Reports that this broker could not reach `id` (a replica fetch to
+    /// it failed); carried by the next heartbeats for a while.
+    pub fn report_unreachable(&self, id: NodeId) {
+        self.unreachable.lock().insert(id, Instant::now());
+    }
+
+    /// Reports that this broker reached `id` again.
+    pub fn report_reachable(&self, id: NodeId) {
+        self.unreachable.lock().remove(&id);
+    }
+
     /// A broker's heartbeat, on the controller.
     pub(crate) fn heartbeat_here(&self, hb: Heartbeat) -> UnitReply {
         self.is_leader()?;
-        self.sessions.lock().seen.insert(hb.id, Instant::now());
+        let now = Instant::now();
+        let mut s = self.sessions.lock();
+        s.seen.insert(hb.id, now);
+        for id in hb.suspects {
+            if id != hb.id {
+                s.suspected.insert(id, now);
+            }
+        }
         Ok(())
     }
 
@@ -498,7 +556,8 @@ impl Cluster {
                     && b.internal == self.config.internal_address
                     && b.rack == self.config.rack
             });
-            if !registered && self.controller().is_some() {
+            let leaving = self.leaving.load(Ordering::Acquire);
+            if !registered && !leaving && self.controller().is_some() {
                 let cmd = Command::RegisterBroker {
                     id: me,
                     advertised: self.config.advertise.clone(),
@@ -515,9 +574,15 @@ impl Cluster {
                 }
             }
             if let Some(leader) = self.controller() {
+                let suspects = {
+                    let mut u = self.unreachable.lock();
+                    u.retain(|_, at| at.elapsed() < SUSPICION_TTL);
+                    u.keys().copied().collect()
+                };
                 let hb = Heartbeat {
                     id: me,
                     epoch: self.epoch.load(Ordering::Acquire),
+                    suspects,
                 };
                 if leader == me {
                     let _ = self.heartbeat_here(hb);
@@ -564,11 +629,17 @@ impl Cluster {
                 };
                 let image = self.image();
                 let mut due = Vec::new();
+                s.suspected
+                    .retain(|_, at| now.duration_since(*at) < SUSPICION_TTL);
+                let quick = self.config.broker_heartbeat * SUSPECT_MISSED_HEARTBEATS;
                 for b in image.brokers.values().filter(|b| !b.fenced) {
                     let last = s.seen.get(&b.id).copied().unwrap_or(since).max(since);
-                    if now.duration_since(last) > self.config.session_timeout
-                        && s.fencing.get(&b.id) != Some(&b.epoch)
-                    {
+                    let silent = now.duration_since(last);
+                    // A lapsed session, or a broker others cannot reach
+                    // that has also missed several heartbeats here.
+                    let lapsed = silent > self.config.session_timeout
+                        || (silent > quick && s.suspected.contains_key(&b.id));
+                    if lapsed && s.fencing.get(&b.id) != Some(&b.epoch) {
                         s.fencing.insert(b.id, b.epoch);
                         due.push((b.id, b.epoch));
                     }

@@ -47,6 +47,11 @@ pub(crate) enum Declined {
 pub(crate) struct Heartbeat {
     pub id: NodeId,
     pub epoch: u64,
+    /// Brokers this one could not reach lately (its replica fetches to
+    /// them failed): evidence that lets the controller fence a silent
+    /// broker before its whole session lapses.
+    #[serde(default)]
+    pub suspects: Vec<NodeId>,
 }
 
 /// A broker-only node asking to follow the metadata.

@@ -263,13 +263,7 @@ impl Replicator {
             rotate = rotate.wrapping_add(1);
             let n = parts.len();
             parts.rotate_left(rotate % n);
-            let Some(address) = self
-                .cluster
-                .image()
-                .brokers
-                .get(&leader)
-                .map(|b| b.internal.clone())
-            else {
+            let Some(address) = self.cluster.address_of(leader) else {
                 tokio::time::sleep(RETRY_PAUSE).await;
                 continue;
             };
@@ -299,9 +293,15 @@ impl Replicator {
             let reply = c.fetch(request).await;
             metrics::counter!("sluice_replica_fetches_total").increment(1);
             let reply = match reply {
-                Ok(r) => r.into_inner(),
+                Ok(r) => {
+                    self.cluster.report_reachable(leader);
+                    r.into_inner()
+                }
                 Err(s) => {
                     tracing::debug!(leader, code = ?s.code(), message = s.message(), "replica fetch failed");
+                    if s.code() == tonic::Code::Unavailable {
+                        self.cluster.report_unreachable(leader);
+                    }
                     metrics::counter!("sluice_replica_fetch_errors_total").increment(1);
                     let pause = RETRY_PAUSE.saturating_sub(started.elapsed());
                     tokio::time::sleep(pause).await;
