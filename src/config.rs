@@ -61,6 +61,13 @@
 //! election_timeout_ms = 300           # Raft: elections after 300-600 ms
 //! raft_heartbeat_ms = 50
 //! snapshot_every = 5000               # metadata entries between snapshots
+//!
+//! [replication]                       # in a cluster
+//! replica_lag_time_max_ms = 10000     # a follower behind this long leaves the ISR
+//! ack_timeout_ms = 30000              # acks=ALL waits this long for the ISR
+//! ack_requires_fsync = false          # acks=ALL also waits for every ISR member's sync
+//! fetch_wait_ms = 500                 # a follower's fetch waits this long for records
+//! fetch_max_bytes = 1048576           # per partition per fetch
 //! ```
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -99,6 +106,69 @@ pub struct ServerConfig {
     pub limits: LimitSettings,
     /// Cluster membership (off unless `controller_voters` is set).
     pub cluster: ClusterSettings,
+    /// Partition replication (in a cluster).
+    pub replication: ReplicationSettings,
+}
+
+/// Partition replication; see README ("Replication").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationSettings {
+    /// A follower that has not caught up for this long leaves the ISR, ms.
+    pub replica_lag_time_max_ms: u64,
+    /// Longest an acks=ALL produce waits for the ISR, ms.
+    pub ack_timeout_ms: u64,
+    /// acks=ALL also waits until every ISR member synced the records.
+    pub ack_requires_fsync: bool,
+    /// Longest a follower's fetch waits for records, ms.
+    pub fetch_wait_ms: u64,
+    /// Record bytes per partition per follower fetch.
+    pub fetch_max_bytes: usize,
+}
+
+impl Default for ReplicationSettings {
+    fn default() -> Self {
+        let d = crate::broker::ReplicationConfig::default();
+        Self {
+            replica_lag_time_max_ms: d.replica_lag_time_max.as_millis() as u64,
+            ack_timeout_ms: d.ack_timeout.as_millis() as u64,
+            ack_requires_fsync: d.ack_requires_fsync,
+            fetch_wait_ms: d.fetch_wait.as_millis() as u64,
+            fetch_max_bytes: d.fetch_max_bytes,
+        }
+    }
+}
+
+impl ReplicationSettings {
+    fn to_config(&self) -> Result<crate::broker::ReplicationConfig, Error> {
+        let check = |name: &str, v: u64, min: u64, max: u64| {
+            if (min..=max).contains(&v) {
+                Ok(Duration::from_millis(v))
+            } else {
+                Err(Error::Config(format!(
+                    "replication.{name} {v} must be in [{min}, {max}]"
+                )))
+            }
+        };
+        if !(1024..=64 * 1024 * 1024).contains(&self.fetch_max_bytes) {
+            return Err(Error::Config(format!(
+                "replication.fetch_max_bytes {} must be in [1024, 67108864]",
+                self.fetch_max_bytes
+            )));
+        }
+        Ok(crate::broker::ReplicationConfig {
+            replica_lag_time_max: check(
+                "replica_lag_time_max_ms",
+                self.replica_lag_time_max_ms,
+                100,
+                3_600_000,
+            )?,
+            ack_timeout: check("ack_timeout_ms", self.ack_timeout_ms, 100, 3_600_000)?,
+            ack_requires_fsync: self.ack_requires_fsync,
+            fetch_wait: check("fetch_wait_ms", self.fetch_wait_ms, 0, 5_000)?,
+            fetch_max_bytes: self.fetch_max_bytes,
+        })
+    }
 }
 
 /// How a node joins a cluster; see README ("Cluster").
@@ -532,6 +602,7 @@ impl Default for ServerConfig {
             groups: GroupSettings::default(),
             limits: LimitSettings::default(),
             cluster: ClusterSettings::default(),
+            replication: ReplicationSettings::default(),
         }
     }
 }
@@ -664,6 +735,7 @@ impl ServerConfig {
             ));
         }
         b.retention_check_interval = Duration::from_millis(s.retention_check_interval_ms);
+        b.replication = self.replication.to_config()?;
         self.limits.validate()?;
         b.max_message_limit = self.limits.max_request_bytes - REQUEST_SLACK_BYTES;
         if s.max_message_bytes > b.max_message_limit {

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tracing::info;
 
+use crate::api::grpc::remote::LeaderReads;
 use crate::api::grpc::replication::{ReplicationService, Replicator};
 use crate::api::grpc::{
     conn,
@@ -107,6 +108,58 @@ async fn follow_metadata(cluster: Arc<Cluster>, broker: Arc<Broker>) {
     }
 }
 
+/// Creates the internal topics the coordinators keep their state in, as
+/// cluster topics, unless the metadata has them: replication factor 3 (or
+/// the number of voters, if fewer), retried until enough brokers are live.
+async fn ensure_cluster_topics(
+    cluster: Arc<Cluster>,
+    topics: Vec<(&'static str, i32, crate::broker::TopicConfig)>,
+) {
+    let rf = cluster.config().voters.len().clamp(1, 3) as i32;
+    for (name, partitions, config) in topics {
+        loop {
+            if cluster.image().topics.contains_key(name) {
+                break;
+            }
+            let Ok(config) = serde_json::to_value(config) else {
+                return;
+            };
+            let cmd = crate::cluster::Command::CreateTopic {
+                name: name.to_string(),
+                id: uuid::Uuid::new_v4().as_u64_pair().0 | 1,
+                partitions,
+                replication_factor: rf,
+                config,
+            };
+            match cluster.propose(cmd).await {
+                Ok((crate::cluster::Outcome::Done, _)) => {
+                    info!(
+                        topic = name,
+                        partitions,
+                        replication_factor = rf,
+                        "internal topic created"
+                    );
+                    break;
+                }
+                Ok((
+                    crate::cluster::Outcome::Refused(crate::cluster::Refusal::TopicExists(_)),
+                    _,
+                )) => break,
+                Ok((o, _)) => {
+                    tracing::debug!(topic = name, outcome = ?o, "internal topic not created yet")
+                }
+                Err(e) => {
+                    tracing::debug!(topic = name, error = %e, "internal topic not created yet")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = cluster.stopped_signal() => return,
+            }
+        }
+    }
+}
+
 /// Like [`run`], with every listener a node may have; in cluster mode
 /// (`config.cluster.controller_voters` set) the internal listener is
 /// required.
@@ -176,6 +229,30 @@ pub async fn run_node(
     let replicator = cluster
         .as_ref()
         .map(|c| Replicator::start(broker.clone(), c.clone()));
+    if let Some(c) = &cluster {
+        broker.set_remote_reads(Arc::new(LeaderReads::new(
+            ClusterLink::new(c.clone()),
+            tokio::runtime::Handle::current(),
+        )));
+        // The coordinators' state topics are cluster topics, replicated
+        // like any other.
+        let journal = crate::broker::journal::journal_topic_config;
+        tokio::spawn(ensure_cluster_topics(
+            c.clone(),
+            vec![
+                (
+                    crate::coordinator::OFFSETS_TOPIC,
+                    coordinator_config.offsets_partitions,
+                    journal(coordinator_config.offsets_segment_bytes),
+                ),
+                (
+                    crate::coordinator::queues::SHARE_STATE_TOPIC,
+                    config.queue_state_config().partitions,
+                    journal(64 * 1024 * 1024),
+                ),
+            ],
+        ));
+    }
     let opened = {
         let broker = broker.clone();
         tokio::task::spawn_blocking(move || Coordinator::open(broker, coordinator_config))
@@ -256,25 +333,6 @@ struct Domain {
     link: Option<ClusterLink>,
     /// The client address handed out in metadata.
     advertised: String,
-}
-
-/// Consumer groups and work queues keep their state in this broker's own
-/// internal topics: across brokers that state would split, so in a cluster
-/// of several brokers they are refused until it is replicated.
-fn coordinator_gate(
-    link: Option<ClusterLink>,
-) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
-    move |req| {
-        if let Some(link) = &link {
-            let brokers = link.cluster.image().brokers.len();
-            if brokers > 1 {
-                return Err(tonic::Status::failed_precondition(format!(
-                    "consumer groups and work queues need their coordinator state replicated, which arrives with partition replication; this cluster has {brokers} brokers, so they are served only by single-broker deployments for now (streams: Fetch/Subscribe with your own offsets)"
-                )));
-            }
-        }
-        Ok(req)
-    }
 }
 
 async fn serve(
@@ -373,7 +431,6 @@ async fn serve(
     // Requests are decoded whole: each service takes what its largest
     // valid request needs, and no more.
     let small = SMALL_REQUEST_BYTES;
-    let gate = coordinator_gate(link.clone());
     let routes = || {
         Server::builder()
             .initial_stream_window_size(HTTP2_STREAM_WINDOW)
@@ -411,26 +468,24 @@ async fn serve(
                 .max_decoding_message_size(small)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
-            .add_service(tonic::service::interceptor::InterceptedService::new(
-                GroupsServer::new(GroupsService::new(coordinator.clone()))
+            .add_service(
+                GroupsServer::new(GroupsService::new(coordinator.clone(), link.clone()))
                     .max_decoding_message_size(small),
-                gate.clone(),
-            ))
-            .add_service(tonic::service::interceptor::InterceptedService::new(
-                GroupAdminServer::new(GroupAdminService::new(coordinator.clone()))
+            )
+            .add_service(
+                GroupAdminServer::new(GroupAdminService::new(coordinator.clone(), link.clone()))
                     .max_decoding_message_size(small)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
-                gate.clone(),
-            ))
-            .add_service(tonic::service::interceptor::InterceptedService::new(
+            )
+            .add_service(
                 QueuesServer::new(QueuesService::new(
                     queues.clone(),
                     Duration::from_millis(limits.consume_open_timeout_ms),
+                    link.clone(),
                 ))
                 .max_decoding_message_size(small)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-                gate.clone(),
-            ))
+            )
     };
     // The internal listener serves the public services too (forwarded
     // requests arrive there) plus the nodes' own service. It stops after

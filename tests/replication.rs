@@ -210,3 +210,194 @@ async fn acks_all_is_refused_below_min_insync_replicas_and_served_again_after() 
     assert!(!values.contains(&refused.as_str()), "{values:?}");
     assert!(values.contains(&"accepted"), "{values:?}");
 }
+
+/// The broker leading the partition of `state_topic` that holds `group`
+/// (its coordinator), as every node's metadata says.
+async fn coordinator_of(
+    cluster: &TestCluster,
+    state_topic: &str,
+    partitions: i32,
+    group: &str,
+) -> u64 {
+    let shard = (sluice::broker::murmur2(group.as_bytes()) & 0x7fff_ffff) % partitions;
+    let meta = cluster
+        .wait_fully_replicated(state_topic, Duration::from_secs(60))
+        .await;
+    leader_of(&meta, state_topic, shard as usize)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_offsets_and_queue_progress_survive_killing_their_coordinator() {
+    let mut cluster = TestCluster::start(3, 0, &[]).await;
+    let topic = "jobs";
+    cluster
+        .client(1)
+        .await
+        .create_replicated_topic(topic, 2, Some(3), Default::default())
+        .await
+        .expect("create");
+    cluster
+        .wait_fully_replicated(topic, Duration::from_secs(30))
+        .await;
+    // Records to consume, through node 1.
+    let c1 = cluster.client(1).await;
+    let records: Vec<pb::ProduceRecord> = (0..200)
+        .map(|i| pb::ProduceRecord {
+            key: Some(Bytes::from(format!("k{i}"))),
+            value: Some(Bytes::from(format!("task-{i}"))),
+            ..Default::default()
+        })
+        .collect();
+    let reply = c1
+        .produce(pb::ProduceRequest {
+            topic: topic.into(),
+            records,
+            acks: pb::Acks::All as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("produce");
+    assert!(reply.record_errors.is_empty(), "{:?}", reply.record_errors);
+
+    // A group's committed offsets, set through any node.
+    let group = "billing";
+    let group_coordinator = coordinator_of(&cluster, "__consumer_offsets", 4, group).await;
+    let via = (1..=3)
+        .find(|n| *n != group_coordinator)
+        .expect("another node");
+    cluster
+        .client(via)
+        .await
+        .reset_offsets(
+            group,
+            topic,
+            vec![],
+            pb::reset_offsets_request::To::Offset(42),
+            false,
+            true,
+        )
+        .await
+        .expect("reset through a node that forwards to the coordinator");
+
+    // A work queue: half the tasks accepted.
+    let queue = "workers";
+    let queue_coordinator = coordinator_of(&cluster, "__share_group_state", 4, queue).await;
+    let qc = cluster.client(via).await;
+    let pull = |member: String, max: i32| pb::PullRequest {
+        group: queue.into(),
+        topic: topic.into(),
+        member_id: member,
+        max_records: max,
+        max_wait_ms: 1000,
+        prefetch: 1000,
+        ..Default::default()
+    };
+    let mut accepted: BTreeSet<String> = BTreeSet::new();
+    let mut member = String::new();
+    while accepted.len() < 100 {
+        let r = qc
+            .queues()
+            .pull(pull(member.clone(), 100 - accepted.len() as i32))
+            .await
+            .expect("pull")
+            .into_inner();
+        member = r.member_id;
+        let acks: Vec<pb::Ack> = r
+            .deliveries
+            .iter()
+            .map(|d| sluice::client::QueueConfig::accept(d.delivery_id))
+            .collect();
+        for d in &r.deliveries {
+            let v = d
+                .record
+                .as_ref()
+                .and_then(|r| r.value.clone())
+                .unwrap_or_default();
+            accepted.insert(String::from_utf8_lossy(&v).into_owned());
+        }
+        qc.queues()
+            .acknowledge(pb::AcknowledgeRequest {
+                group: queue.into(),
+                member_id: member.clone(),
+                acks,
+            })
+            .await
+            .expect("ack");
+    }
+    assert_eq!(accepted.len(), 100);
+
+    // Kill both coordinators (one at a time if they are the same node).
+    let victims: BTreeSet<u64> = [group_coordinator, queue_coordinator].into();
+    let survivor = (1..=3).find(|n| !victims.contains(n)).expect("a survivor");
+    for v in &victims {
+        cluster.node(*v).kill();
+    }
+    // Two voters of three may be gone: bring one back for a quorum.
+    if victims.len() == 2 {
+        let first = *victims.iter().next().expect("one");
+        cluster.node(first).start();
+    }
+    let c = cluster.client(survivor).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let offsets = loop {
+        match c.fetch_offsets(group, vec![topic.into()]).await {
+            Ok(o) if !o.is_empty() => break o,
+            r => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "offsets never served again: {r:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(offsets.len(), 2, "{offsets:?}");
+    assert!(offsets.iter().all(|o| o.offset == 42), "{offsets:?}");
+
+    // The queue's new coordinator hands out only the tasks not accepted.
+    let mut rest: BTreeSet<String> = BTreeSet::new();
+    let mut member = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while accepted.len() + rest.len() < 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue stalled at {} + {}",
+            accepted.len(),
+            rest.len()
+        );
+        let r = match c.queues().pull(pull(member.clone(), 100)).await {
+            Ok(r) => r.into_inner(),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        member = r.member_id;
+        let mut acks = Vec::new();
+        for d in &r.deliveries {
+            let v = d
+                .record
+                .as_ref()
+                .and_then(|r| r.value.clone())
+                .unwrap_or_default();
+            let v = String::from_utf8_lossy(&v).into_owned();
+            assert!(
+                !accepted.contains(&v),
+                "{v} was accepted before the failover and delivered again"
+            );
+            rest.insert(v);
+            acks.push(sluice::client::QueueConfig::accept(d.delivery_id));
+        }
+        if !acks.is_empty() {
+            c.queues()
+                .acknowledge(pb::AcknowledgeRequest {
+                    group: queue.into(),
+                    member_id: member.clone(),
+                    acks,
+                })
+                .await
+                .expect("ack");
+        }
+    }
+    assert_eq!(accepted.len() + rest.len(), 200);
+}

@@ -123,6 +123,28 @@ impl Broker {
         self.topic(name)
     }
 
+    /// The partition count of a coordinator's internal topic: on a single
+    /// node the topic is created here if needed (and its count returned);
+    /// in a cluster it is a cluster topic, created through the metadata
+    /// (see the server), so until it arrives the count is `partitions`,
+    /// the one its creation asks for. Blocking.
+    pub(crate) fn internal_partitions(
+        &self,
+        name: &str,
+        partitions: i32,
+        config: TopicConfig,
+    ) -> Result<i32> {
+        if !self.follows_metadata(name) {
+            return Ok(self
+                .ensure_internal_topic(name, partitions, config)?
+                .partitions()
+                .len() as i32);
+        }
+        Ok(self
+            .topic(name)
+            .map_or(partitions, |t| t.partitions().len() as i32))
+    }
+
     pub(super) fn create_topic_unchecked(
         &self,
         name: &str,
@@ -171,6 +193,12 @@ impl Broker {
     /// Deletes a topic and its data. Blocking.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
         Self::refuse_internal(name)?;
+        self.delete_topic_unchecked(name)
+    }
+
+    /// Deletes a topic, internal ones too (a cluster's metadata may hold
+    /// another incarnation of an internal topic). Blocking.
+    pub(super) fn delete_topic_unchecked(&self, name: &str) -> Result<()> {
         let _admin = self.admin.lock();
         let topic = self
             .topics

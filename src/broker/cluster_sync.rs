@@ -8,8 +8,9 @@ use crate::cluster::MetadataImage;
 impl Broker {
     /// Makes the local topics match `image`: creates the topics it holds
     /// (under their ids), deletes local ones it does not hold or holds
-    /// under another id (deleted and created again), and adds partitions.
-    /// Internal topics are this broker's own and are left alone. Blocking.
+    /// under another id (deleted and created again), and adds partitions;
+    /// then sets each partition's role (leader, follower). The broker's own
+    /// producer-id journal is left alone. Blocking.
     ///
     /// Every topic is tried; the first failure is returned after the rest
     /// were applied, and the caller tries again.
@@ -19,14 +20,26 @@ impl Broker {
             tracing::error!(error = %e, "applying the cluster metadata failed");
             first.get_or_insert(e);
         };
-        for (name, _) in self.list_topics() {
+        let local: Vec<String> = self
+            .topics
+            .read()
+            .keys()
+            .filter(|n| self.follows_metadata(n))
+            .cloned()
+            .collect();
+        for name in local {
+            // An internal topic the metadata does not have yet (created
+            // through it soon) stays.
+            if is_internal_topic(&name) && !image.topics.contains_key(&name) {
+                continue;
+            }
             let keep = match (image.topics.get(&name), self.topic(&name)) {
                 (Some(t), Ok(local)) => local.incarnation() == t.id,
                 (_, Err(_)) => true,
                 (None, Ok(_)) => false,
             };
             if !keep {
-                match self.delete_topic(&name) {
+                match self.delete_topic_unchecked(&name) {
                     Ok(()) | Err(BrokerError::TopicNotFound { .. }) => {}
                     Err(e) => note(e),
                 }

@@ -115,6 +115,16 @@ pub enum BrokerError {
         /// How long it waited.
         waited_ms: u64,
     },
+    /// Reading a partition from its leader on another broker failed.
+    #[error("reading partition {partition} of topic '{topic}' from its leader failed: {reason}")]
+    Remote {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// Why.
+        reason: String,
+    },
     /// Topic metadata could not be read or written.
     #[error("topic metadata {path}: {reason}")]
     Metadata {

@@ -4,6 +4,24 @@
 
 use super::*;
 
+/// How much one read returns, and whether only committed records.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ReadLimits {
+    max_records: usize,
+    max_bytes: usize,
+    committed: bool,
+}
+
+impl ReadLimits {
+    pub(super) fn committed(max_records: usize, max_bytes: usize) -> Self {
+        Self {
+            max_records,
+            max_bytes,
+            committed: true,
+        }
+    }
+}
+
 /// A read from one partition.
 #[derive(Debug, Clone, Copy)]
 pub struct FetchRequest<'a> {
@@ -199,7 +217,7 @@ impl Broker {
         Ok((records as usize, bytes as usize))
     }
 
-    /// Reads records at `offset` without waiting.
+    /// Reads committed records at `offset` without waiting.
     pub(super) fn read(
         &self,
         topic: &Topic,
@@ -208,16 +226,34 @@ impl Broker {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<FetchResult> {
+        self.read_visible(topic, part, offset, max_records, max_bytes, true)
+    }
+
+    /// Reads records at `offset` without waiting: committed ones only, or
+    /// (`committed` false, for a new leader replaying its own log) up to
+    /// the log end.
+    pub(super) fn read_visible(
+        &self,
+        topic: &Topic,
+        part: &Partition,
+        offset: i64,
+        max_records: usize,
+        max_bytes: usize,
+        committed: bool,
+    ) -> Result<FetchResult> {
         part.check_readable()?;
         let log = self.log_of(topic, part)?;
+        // Sealed segments are likely cold: their page faults block the
+        // thread, so the runtime moves its other tasks elsewhere.
+        let limits = ReadLimits {
+            max_records,
+            max_bytes,
+            committed,
+        };
         if offset < log.active_segment_base() {
-            // Sealed segments are likely cold: their page faults block the
-            // thread, so the runtime moves its other tasks elsewhere.
-            return blocking_section(|| {
-                self.read_log(topic, part, &log, offset, max_records, max_bytes)
-            });
+            return blocking_section(|| self.read_log(topic, part, &log, offset, limits));
         }
-        self.read_log(topic, part, &log, offset, max_records, max_bytes)
+        self.read_log(topic, part, &log, offset, limits)
     }
 
     pub(super) fn read_log(
@@ -226,9 +262,13 @@ impl Broker {
         part: &Partition,
         log: &Log,
         offset: i64,
-        max_records: usize,
-        max_bytes: usize,
+        limits: ReadLimits,
     ) -> Result<FetchResult> {
+        let ReadLimits {
+            max_records,
+            max_bytes,
+            committed,
+        } = limits;
         let read = log.read(offset, max_bytes).map_err(|e| match e {
             StorageError::DamagedBatch {
                 path,
@@ -249,10 +289,13 @@ impl Broker {
         })?;
         // Only committed records are served: those below the high
         // watermark (every in-sync replica has them).
-        let hwm = part
-            .known_end()
-            .unwrap_or(read.log_start_offset)
-            .clamp(read.log_start_offset, read.log_end_offset);
+        let hwm = if committed {
+            part.known_end()
+                .unwrap_or(read.log_start_offset)
+                .clamp(read.log_start_offset, read.log_end_offset)
+        } else {
+            read.log_end_offset
+        };
         let mut out = FetchResult {
             records: Vec::new(),
             next_offset: offset,

@@ -20,7 +20,17 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
 
-use super::{Acks, Broker, NewRecord, ProduceRequest, Result, TopicConfig};
+use super::{Acks, Broker, Leadership, NewRecord, ProduceRequest, Result, TopicConfig};
+
+/// Why a journal cannot take a call here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum JournalError {
+    /// A write failed and the shard has not replayed its log yet.
+    Failed(String),
+    /// In a cluster: another broker leads the journal's partition (the one
+    /// named, if known), so it serves the shard.
+    NotLeader(Option<u64>),
+}
 
 /// How long after a failed write a shard first tries to resume.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
@@ -74,6 +84,10 @@ struct Inner<S> {
     live_keys: u64,
     /// Set when a write failed: why, and when to replay and try again.
     failed: Option<(String, Instant)>,
+    /// The leadership the state was loaded under (`None`: not loaded; in
+    /// a cluster, while another broker leads the partition). A change of
+    /// leader epoch replays the log again.
+    loaded: Option<Leadership>,
 }
 
 /// The state of one internal partition and its writer.
@@ -118,7 +132,15 @@ impl<S: Journaled> Journal<S> {
         fresh: impl Fn() -> S + Send + Sync + 'static,
     ) -> Result<Self> {
         let fresh: Box<dyn Fn() -> S + Send + Sync> = Box::new(fresh);
-        let inner = Self::replay(broker, &config, &fresh)?;
+        let inner = match broker.leadership(config.topic, config.partition) {
+            // Loaded by the first call once this broker leads it.
+            Leadership::Elsewhere(_) => Self::unloaded(&fresh),
+            lead => {
+                let mut inner = Self::replay(broker, &config, &fresh)?;
+                inner.loaded = Some(lead);
+                inner
+            }
+        };
         Ok(Self {
             config,
             fresh,
@@ -126,17 +148,22 @@ impl<S: Journaled> Journal<S> {
         })
     }
 
+    fn unloaded(fresh: &(dyn Fn() -> S + Send + Sync)) -> Inner<S> {
+        Inner {
+            state: fresh(),
+            since_snapshot: 0,
+            live_keys: 0,
+            failed: None,
+            loaded: None,
+        }
+    }
+
     fn replay(
         broker: &Broker,
         config: &JournalConfig,
         fresh: &(dyn Fn() -> S + Send + Sync),
     ) -> Result<Inner<S>> {
-        let mut inner = Inner {
-            state: fresh(),
-            since_snapshot: 0,
-            live_keys: 0,
-            failed: None,
-        };
+        let mut inner = Self::unloaded(fresh);
         let mut bad = 0u64;
         broker.replay_internal(config.topic, config.partition, |r| {
             inner.since_snapshot += 1;
@@ -167,19 +194,57 @@ impl<S: Journaled> Journal<S> {
     pub fn lock<'a>(
         &'a self,
         broker: &'a Broker,
-    ) -> std::result::Result<JournalGuard<'a, S>, String> {
+    ) -> std::result::Result<JournalGuard<'a, S>, JournalError> {
         let mut inner = self.inner.lock();
+        match broker.leadership(self.config.topic, self.config.partition) {
+            Leadership::Elsewhere(leader) => {
+                if inner.loaded.is_some() {
+                    tracing::info!(
+                        topic = self.config.topic,
+                        partition = self.config.partition,
+                        ?leader,
+                        "another broker leads this shard now; state dropped"
+                    );
+                    *inner = Self::unloaded(&*self.fresh);
+                }
+                return Err(JournalError::NotLeader(leader));
+            }
+            lead if inner.loaded != Some(lead) => {
+                // Newly led here (or in a new epoch): the log as this
+                // leader holds it is the state.
+                match Self::replay(broker, &self.config, &*self.fresh) {
+                    Ok(mut fresh) => {
+                        fresh.loaded = Some(lead);
+                        tracing::info!(
+                            topic = self.config.topic,
+                            partition = self.config.partition,
+                            ?lead,
+                            "shard loaded"
+                        );
+                        *inner = fresh;
+                    }
+                    Err(e) => {
+                        return Err(JournalError::Failed(format!(
+                            "loading the shard failed: {}",
+                            e.client_message()
+                        )))
+                    }
+                }
+            }
+            _ => {}
+        }
         if let Some((reason, retry_at)) = &inner.failed {
             if Instant::now() < *retry_at {
-                return Err(reason.clone());
+                return Err(JournalError::Failed(reason.clone()));
             }
             match Self::replay(broker, &self.config, &*self.fresh) {
-                Ok(fresh) => {
+                Ok(mut fresh) => {
                     tracing::info!(
                         topic = self.config.topic,
                         partition = self.config.partition,
                         "state replayed from the log after a failed write; serving again"
                     );
+                    fresh.loaded = inner.loaded;
                     *inner = fresh;
                 }
                 Err(e) => {
@@ -187,7 +252,7 @@ impl<S: Journaled> Journal<S> {
                     let reason =
                         format!("{reason}; replaying the log failed too (see the server's log)");
                     inner.failed = Some((reason.clone(), Instant::now() + RETRY_AFTER_FAILURE));
-                    return Err(reason);
+                    return Err(JournalError::Failed(reason));
                 }
             }
         }
@@ -261,17 +326,24 @@ impl<S: Journaled> JournalGuard<'_, S> {
     /// One append; the error is the first failure's message.
     fn write(&self, records: Vec<NewRecord>) -> std::result::Result<i64, String> {
         let c = &self.journal.config;
+        // In a cluster a change is answered once every in-sync replica
+        // has it, so it survives the leader's loss.
+        let all = c.durable
+            || self
+                .inner
+                .loaded
+                .is_some_and(|l| l != Leadership::Standalone);
         let appended = self
             .broker
             .append_internal(ProduceRequest {
                 topic: c.topic.to_string(),
                 partition: Some(c.partition),
                 records,
-                acks: if c.durable { Acks::All } else { Acks::Leader },
+                acks: if all { Acks::All } else { Acks::Leader },
                 producer: None,
             })
             .map_err(|e| e.client_message())?;
-        let result = if c.durable {
+        let result = if all {
             appended.durable_blocking()
         } else {
             appended.result()

@@ -71,6 +71,8 @@ pub use admin::{PartitionInfo, TopicInfo};
 pub use fetch::{
     FetchRequest, FetchResult, FetchedRecord, PartitionOffsets, Position, Subscription,
 };
+pub(crate) use internal::Leadership;
+pub use internal::RemoteReads;
 use logs::{blocking_section, Maintenance, MaintenanceState};
 pub use produce::{
     Acks, Appended, Header, IdempotentBatch, NewRecord, PartitionAppend, ProduceRequest,
@@ -220,6 +222,9 @@ pub struct Broker {
     leader_appended: tokio::sync::Notify,
     /// Bumped when the metadata was applied to partition roles.
     roles_changed: watch::Sender<u64>,
+    /// Reads from other brokers' partitions (in a cluster). Set once at
+    /// start; read (cloned) per remote read.
+    remote: RwLock<Option<Arc<dyn RemoteReads>>>,
     /// Held (flock) so two brokers never share a data directory.
     _lock: File,
 }
@@ -306,6 +311,7 @@ impl Broker {
             producers: Default::default(),
             leader_appended: tokio::sync::Notify::new(),
             roles_changed: watch::Sender::new(0),
+            remote: RwLock::new(None),
             _lock: lock,
             config,
         });
@@ -380,11 +386,18 @@ impl Broker {
     /// The role a partition of `topic` has until the metadata says more:
     /// in a cluster, a user topic's partition serves nothing yet.
     fn initial_role(&self, topic: &str) -> Role {
-        if self.config.node_id.is_some() && !is_internal_topic(topic) {
+        if self.follows_metadata(topic) {
             Role::Offline { leader: None }
         } else {
             Role::Standalone
         }
+    }
+
+    /// Whether `topic` is a cluster topic here (in the metadata,
+    /// replicated, led by one broker): in a cluster every topic is, user or
+    /// internal, except the broker's own producer-id journal.
+    pub fn follows_metadata(&self, topic: &str) -> bool {
+        self.config.node_id.is_some() && topic != PRODUCER_IDS_TOPIC
     }
 
     /// The configuration.

@@ -191,6 +191,23 @@ impl Appended {
         for f in self.flush {
             if let Err(e) = f.log.flush_until(f.end) {
                 fail_partition(&mut result, f.part.id, f.indices, Arc::new(e.into()));
+                continue;
+            }
+            // A cluster's leader (so inside the runtime, on a blocking
+            // thread): wait for the in-sync replicas too.
+            if f.replicate && f.part.is_replicated_leader() {
+                let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                    continue;
+                };
+                f.part.appended(&f.log, f.log.end_offset());
+                let waited = rt.block_on(f.part.wait_replicated(
+                    f.end,
+                    self.replication.ack_requires_fsync,
+                    self.replication.ack_timeout,
+                ));
+                if let Err(e) = waited {
+                    fail_partition(&mut result, f.part.id, f.indices, e);
+                }
             }
         }
         result.failures.sort_by_key(|f| f.index);

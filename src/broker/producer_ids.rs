@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use bytes::Bytes;
 use parking_lot::RwLock;
 
-use super::journal::{journal_topic_config, Journal, JournalConfig, Journaled};
+use super::journal::{journal_topic_config, Journal, JournalConfig, JournalError, Journaled};
 use super::{Broker, BrokerError, NewRecord, Result};
 use crate::storage::StorageError;
 
@@ -81,6 +81,19 @@ impl Journaled for IdLog {
 }
 
 /// A failure to write `__producer_ids` (memory may be ahead of it).
+/// Why `__producer_ids` cannot be written (it is every broker's own, so
+/// never led elsewhere in practice).
+fn journal_reason(e: JournalError) -> String {
+    match e {
+        JournalError::Failed(reason) => reason,
+        JournalError::NotLeader(_) => "producer ids are kept by another broker".into(),
+    }
+}
+
+fn journal_error(e: JournalError) -> BrokerError {
+    ids_error(journal_reason(e))
+}
+
 fn ids_error(reason: String) -> BrokerError {
     BrokerError::Storage(StorageError::Io {
         op: "recording producer ids in",
@@ -225,7 +238,7 @@ impl Broker {
             .journal
             .as_ref()
             .ok_or_else(|| failed("producer ids are not loaded".into()))?;
-        let mut log = journal.lock(self).map_err(failed)?;
+        let mut log = journal.lock(self).map_err(|e| failed(journal_reason(e)))?;
         log.append(vec![record]).map_err(failed)?;
         apply(&mut log);
         Ok(())
@@ -257,7 +270,7 @@ impl Broker {
             let found = self.producer_ids_in_logs(end, epochs)?;
             // Recorded, so that later starts trust the topic again instead
             // of opening every partition log.
-            let mut log = journal.lock(self).map_err(ids_error)?;
+            let mut log = journal.lock(self).map_err(journal_error)?;
             let mut recs = vec![block_record(found.0)];
             recs.extend(found.1.iter().map(|(&id, &e)| bump_record(id, e)));
             if let Err(reason) = log.append(recs) {

@@ -112,6 +112,11 @@ struct Progress {
 }
 
 impl LeaderState {
+    /// The leader epoch.
+    pub(crate) fn epoch(&self) -> i32 {
+        self.epoch
+    }
+
     /// The ISR whose members must hold a record before it is committed:
     /// the committed one plus members being added (Kafka's maximal ISR).
     fn maximal_isr(&self) -> impl Iterator<Item = NodeId> + '_ {
@@ -302,6 +307,11 @@ impl Partition {
             Role::Follower { leader, .. } => Err(self.not_leader(Some(*leader))),
             Role::Offline { leader } => Err(self.not_leader(*leader)),
         }
+    }
+
+    /// Whether this broker leads the partition in a cluster.
+    pub(crate) fn is_replicated_leader(&self) -> bool {
+        matches!(*self.replica.role.lock(), Role::Leader(_))
     }
 
     /// Checks that this broker serves reads of the partition.
@@ -539,6 +549,27 @@ impl Broker {
             }
         }
         Ok(())
+    }
+
+    /// Reads a follower's own copy below its high watermark (committed).
+    pub(super) fn read_follower(
+        &self,
+        topic: &Topic,
+        part: &Partition,
+        offset: i64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<FetchResult> {
+        let log = self.log_of(topic, part)?;
+        blocking_section(|| {
+            self.read_log(
+                topic,
+                part,
+                &log,
+                offset,
+                super::fetch::ReadLimits::committed(max_records, max_bytes),
+            )
+        })
     }
 
     /// Recomputes a led partition's high watermark (after an ISR change).

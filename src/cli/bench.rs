@@ -46,6 +46,11 @@ pub enum BenchCommand {
     /// A loopback cluster: topic-create latency, controller failover over
     /// SIGKILLs, and catch-up of an empty node on a large image.
     Cluster(super::bench_cluster::ClusterBenchArgs),
+    /// A loopback cluster: produce throughput with replication factor 3
+    /// and acks=ALL against 1 and acks=LEADER, partition-leader and
+    /// coordinator failover over SIGKILLs, replication traffic with many
+    /// partitions.
+    Replication(super::bench_replication::ReplicationBenchArgs),
     /// Well-behaved producers and fetchers measure latency while hostile
     /// (and idle) connections run beside them.
     Hostile(super::bench_hostile::HostileArgs),
@@ -158,6 +163,9 @@ pub async fn run(cmd: BenchCommand) -> Result<(), ClientError> {
         BenchCommand::Hostile(a) => return super::bench_hostile::hostile_bench(a).await,
         BenchCommand::FanOut(a) => return super::bench_scenario::fan_out(a).await,
         BenchCommand::Cluster(a) => return super::bench_cluster::cluster_bench(a).await,
+        BenchCommand::Replication(a) => {
+            return super::bench_replication::replication_bench(a).await
+        }
         BenchCommand::FanOutWorker(a) => return super::bench_scenario::worker(a).await,
     };
     if args.batch == 0 || args.concurrency == 0 || args.records == 0 {

@@ -46,29 +46,31 @@ pub struct ClusterBenchArgs {
     pub json: bool,
 }
 
-fn closed(what: impl std::fmt::Display) -> ClientError {
+pub(super) fn closed(what: impl std::fmt::Display) -> ClientError {
     ClientError::Closed(what.to_string())
 }
 
-fn free_port() -> Result<u16, ClientError> {
+pub(super) fn free_port() -> Result<u16, ClientError> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(closed)?;
     Ok(l.local_addr().map_err(closed)?.port())
 }
 
-struct BenchNode {
-    id: u64,
-    dir: PathBuf,
-    client_port: u16,
-    internal_port: u16,
-    child: Option<Child>,
+pub(super) struct BenchNode {
+    pub(super) id: u64,
+    pub(super) dir: PathBuf,
+    pub(super) client_port: u16,
+    pub(super) internal_port: u16,
+    /// `/metrics` port, if served.
+    pub(super) metrics_port: Option<u16>,
+    pub(super) child: Option<Child>,
 }
 
 impl BenchNode {
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
-    fn start(&mut self, voters: &str, snapshot_every: u64) -> Result<(), ClientError> {
+    pub(super) fn start(&mut self, voters: &str, snapshot_every: u64) -> Result<(), ClientError> {
         let exe = std::env::current_exe().map_err(closed)?;
         std::fs::create_dir_all(&self.dir).map_err(closed)?;
         let config = self.dir.with_extension("toml");
@@ -83,8 +85,11 @@ impl BenchNode {
             .append(true)
             .open(self.dir.with_extension("log"))
             .map_err(closed)?;
+        let metrics = self
+            .metrics_port
+            .map_or_else(|| "off".to_string(), |p| format!("127.0.0.1:{p}"));
         let child = Command::new(exe)
-            .args(["serve", "--metrics-listen", "off", "--listen"])
+            .args(["serve", "--metrics-listen", &metrics, "--listen"])
             .arg(format!("127.0.0.1:{}", self.client_port))
             .arg("--data-dir")
             .arg(&self.dir)
@@ -104,7 +109,7 @@ impl BenchNode {
         Ok(())
     }
 
-    async fn kill(&mut self) {
+    pub(super) async fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.start_kill();
             let _ = c.wait().await;
@@ -112,7 +117,7 @@ impl BenchNode {
     }
 }
 
-async fn connect(url: &str) -> Result<Client, ClientError> {
+pub(super) async fn connect(url: &str) -> Result<Client, ClientError> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match Client::connect(url).await {
@@ -128,7 +133,7 @@ async fn connect(url: &str) -> Result<Client, ClientError> {
 /// Waits until every running node names one controller, all `live`
 /// brokers are live and every node has applied the same metadata (a
 /// restarted node has caught up); returns the controller.
-async fn settle(nodes: &[BenchNode], live: usize) -> Result<u64, ClientError> {
+pub(super) async fn settle(nodes: &[BenchNode], live: usize) -> Result<u64, ClientError> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut controllers = Vec::new();
@@ -158,11 +163,11 @@ async fn settle(nodes: &[BenchNode], live: usize) -> Result<u64, ClientError> {
     }
 }
 
-fn ms(d: Duration) -> f64 {
+pub(super) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn quantiles(h: &Histogram<u64>) -> serde_json::Value {
+pub(super) fn quantiles(h: &Histogram<u64>) -> serde_json::Value {
     json!({
         "p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0,
         "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0,
@@ -190,6 +195,7 @@ pub async fn cluster_bench(a: ClusterBenchArgs) -> Result<(), ClientError> {
             dir: root.join(format!("node-{id}")),
             client_port: free_port()?,
             internal_port: free_port()?,
+            metrics_port: None,
             child: None,
         });
     }

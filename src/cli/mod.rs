@@ -6,6 +6,7 @@ mod bench_cluster;
 mod bench_groups;
 mod bench_hostile;
 mod bench_queue;
+mod bench_replication;
 mod bench_scenario;
 pub mod cluster;
 pub mod queue;

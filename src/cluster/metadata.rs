@@ -244,7 +244,7 @@ pub enum Refusal {
     #[error("broker {0} is not registered")]
     UnknownBroker(NodeId),
     /// The broker still holds replicas.
-    #[error("broker {id} still holds {replicas} partition replicas; they must be moved away before it is removed (reassignment arrives with replication)")]
+    #[error("broker {id} still holds {replicas} partition replicas; they must be moved to other brokers before it is removed")]
     BrokerHasReplicas {
         /// Broker.
         id: NodeId,

@@ -498,6 +498,11 @@ impl Cluster {
         let _ = rx.wait_for(|s| *s).await;
     }
 
+    /// Completes once the node stops.
+    pub async fn stopped_signal(&self) {
+        self.stopped().await
+    }
+
     /// Until the membership lists this node, asks the controller to add it
     /// as a learner.
     async fn join_as_learner(self: Arc<Self>) {

@@ -169,7 +169,7 @@ impl Coordinator {
         topics.extend(g.offsets.keys().map(|tp| tp.topic.clone()));
         let mut partitions = Vec::new();
         for topic in topics {
-            let offsets = match self.broker.list_offsets(&topic, &[], None) {
+            let offsets = match self.broker.offsets_anywhere(&topic, &[], None) {
                 Ok(o) => o,
                 Err(BrokerError::TopicNotFound { .. }) => Vec::new(),
                 Err(e) => return Err(e.into()),
@@ -264,7 +264,7 @@ impl Coordinator {
             ResetTo::Timestamp(t) => Some(t),
             _ => None,
         };
-        let offsets = self.broker.list_offsets(topic, partitions, timestamp)?;
+        let offsets = self.broker.offsets_anywhere(topic, partitions, timestamp)?;
         let now = (self.clock)();
         let mut st = self.lock_shard(group)?;
         match st.groups.get(group) {

@@ -68,9 +68,42 @@ pub enum CoordinatorError {
         /// The write error.
         reason: String,
     },
+    /// In a cluster: another broker coordinates this group now (it leads
+    /// the state topic's partition); the request should go there.
+    #[error("this broker does not coordinate the group: partition {partition} of {topic} is led by {}; retry there (any broker forwards it)", match leader { Some(l) => format!("broker {l}"), None => "no broker right now".to_string() })]
+    NotCoordinator {
+        /// The state topic.
+        topic: &'static str,
+        /// Its partition.
+        partition: i32,
+        /// The broker leading it, if known.
+        leader: Option<u64>,
+    },
     /// The broker refused or failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+}
+
+impl CoordinatorError {
+    /// The error of a journal that cannot take a call.
+    pub(crate) fn from_journal(
+        topic: &'static str,
+        partition: i32,
+        e: crate::broker::journal::JournalError,
+    ) -> Self {
+        match e {
+            crate::broker::journal::JournalError::Failed(reason) => {
+                CoordinatorError::Failed { partition, reason }
+            }
+            crate::broker::journal::JournalError::NotLeader(leader) => {
+                CoordinatorError::NotCoordinator {
+                    topic,
+                    partition,
+                    leader,
+                }
+            }
+        }
+    }
 }
 
 impl CoordinatorError {

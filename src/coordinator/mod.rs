@@ -186,9 +186,8 @@ impl Coordinator {
     /// needed and replays it. Blocking.
     pub fn open(broker: Arc<Broker>, config: CoordinatorConfig) -> Result<Arc<Self>> {
         let topic_config = journal_topic_config(config.offsets_segment_bytes);
-        let topic =
-            broker.ensure_internal_topic(OFFSETS_TOPIC, config.offsets_partitions, topic_config)?;
-        let count = topic.partitions().len() as i32;
+        let count =
+            broker.internal_partitions(OFFSETS_TOPIC, config.offsets_partitions, topic_config)?;
         if count != config.offsets_partitions {
             tracing::info!(
                 partitions = count,
@@ -250,8 +249,14 @@ impl Coordinator {
     }
 
     fn shard(&self, group: &str) -> &Shard {
+        &self.shards[self.shard_of(group) as usize]
+    }
+
+    /// The partition of the offsets topic that holds `group` (in a
+    /// cluster, its leader coordinates the group).
+    pub fn shard_of(&self, group: &str) -> i32 {
         let h = murmur2(group.as_bytes()) & 0x7fff_ffff;
-        &self.shards[h as usize % self.shards.len()]
+        (h as usize % self.shards.len()) as i32
     }
 
     fn partition_count(&self, topic: &str) -> i32 {
@@ -278,10 +283,7 @@ impl Coordinator {
         let shard = self.shard(group);
         shard
             .lock(&self.broker)
-            .map_err(|reason| CoordinatorError::Failed {
-                partition: shard.partition(),
-                reason,
-            })
+            .map_err(|e| CoordinatorError::from_journal(OFFSETS_TOPIC, shard.partition(), e))
     }
 
     /// Records of what `dirty` names in `group` (or the group's deletion

@@ -169,13 +169,12 @@ impl Queues {
         clock: Clock,
         config: QueueStateConfig,
     ) -> Result<Arc<Self>> {
-        let topic = broker.ensure_internal_topic(
+        let mut count = broker.internal_partitions(
             SHARE_STATE_TOPIC,
             config.partitions,
             journal_topic_config(64 * 1024 * 1024),
         )?;
-        let mut count = topic.partitions().len() as i32;
-        if count < config.partitions {
+        if count < config.partitions && !broker.follows_metadata(SHARE_STATE_TOPIC) {
             broker.grow_internal_topic(SHARE_STATE_TOPIC, config.partitions)?;
             tracing::info!(
                 from = count,
@@ -261,6 +260,12 @@ impl Queues {
         &self.shards[self.shard_index(group)]
     }
 
+    /// The partition of the state topic that holds `group` (in a cluster,
+    /// its leader coordinates the queue).
+    pub fn shard_of(&self, group: &str) -> i32 {
+        self.shard_index(group) as i32
+    }
+
     /// Locks `group`'s shard for a change (see [`Journal::lock`]).
     fn lock(&self, group: &str) -> Result<Guard<'_>> {
         self.lock_shard(self.shard(group))
@@ -269,10 +274,7 @@ impl Queues {
     fn lock_shard<'a>(&'a self, shard: &'a Shard) -> Result<Guard<'a>> {
         shard
             .lock(&self.broker)
-            .map_err(|reason| CoordinatorError::Failed {
-                partition: shard.partition(),
-                reason,
-            })
+            .map_err(|e| CoordinatorError::from_journal(SHARE_STATE_TOPIC, shard.partition(), e))
     }
 
     /// Runs lock and session expiry every 100 ms until the broker shuts

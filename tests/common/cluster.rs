@@ -315,12 +315,22 @@ impl TestCluster {
     /// Waits until every running node's metadata (topics with ids and
     /// placement) is the same; returns it.
     pub async fn converged_metadata(&self, timeout: Duration) -> pb::MetadataResponse {
+        self.converged_metadata_of(&[], timeout).await
+    }
+
+    /// Like [`TestCluster::converged_metadata`], of the topics named (all
+    /// user topics if none).
+    pub async fn converged_metadata_of(
+        &self,
+        topics: &[&str],
+        timeout: Duration,
+    ) -> pb::MetadataResponse {
         let deadline = Instant::now() + timeout;
         loop {
             let mut views = Vec::new();
             for n in self.nodes.iter().filter(|n| n.running()) {
                 let v = match Client::connect(&n.url()).await {
-                    Ok(c) => c.metadata(&[]).await.ok(),
+                    Ok(c) => c.metadata(topics).await.ok(),
                     Err(_) => None,
                 };
                 views.push(v.map(|mut m| {
@@ -361,7 +371,7 @@ impl TestCluster {
     ) -> pb::MetadataResponse {
         let deadline = Instant::now() + timeout;
         loop {
-            let meta = self.converged_metadata(timeout).await;
+            let meta = self.converged_metadata_of(&[topic], timeout).await;
             let mut done = false;
             if let Some(t) = meta.topics.iter().find(|t| t.name == topic) {
                 done = t.partitions.iter().all(|p| {

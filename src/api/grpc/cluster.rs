@@ -30,6 +30,9 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Trailer naming the leader a NOT_LEADER reply points to (`id@address`).
 pub const LEADER_HEADER: &str = "sluice-leader";
 
+/// Deadline of a coordinator request relayed to its coordinator.
+const RELAY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Node id a single-node server reports.
 pub const STANDALONE_NODE_ID: NodeId = 1;
 
@@ -131,6 +134,31 @@ impl ClusterLink {
             .wait_synced(index, CATCH_UP_TIMEOUT)
             .await
             .map_err(cluster_status)
+    }
+
+    /// The internal channel of the broker that leads `topic`'s
+    /// `partition` (a coordinator's shard), or `None` when this broker
+    /// does; a request forwarded here by a peer is never forwarded again
+    /// (NOT_LEADER instead).
+    pub async fn coordinator_channel<T>(
+        &self,
+        request: &Request<T>,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<Channel>, Status> {
+        let from_peer = is_forwarded(request);
+        if from_peer {
+            self.catch_up(request).await?;
+        }
+        match self.route(topic, partition, from_peer)? {
+            Route::Local => Ok(None),
+            Route::Remote { internal, .. } => Ok(Some(self.channel(&internal)?)),
+        }
+    }
+
+    /// `request` relayed to another broker as a forwarded request.
+    pub fn relay<T>(&self, request: Request<T>) -> Request<T> {
+        self.forwarded(request.into_inner(), Some(RELAY_TIMEOUT))
     }
 
     /// Counts a request forwarded to another broker.
@@ -256,7 +284,13 @@ impl ClusterApi for ClusterService {
             topics: image
                 .topics
                 .values()
-                .filter(|t| wanted.is_empty() || wanted.contains(&t.name))
+                .filter(|t| {
+                    if wanted.is_empty() {
+                        !crate::broker::is_internal_topic(&t.name)
+                    } else {
+                        wanted.contains(&t.name)
+                    }
+                })
                 .map(|t| pb::TopicMetadata {
                     name: t.name.clone(),
                     topic_id: t.id,

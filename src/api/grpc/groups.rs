@@ -2,13 +2,17 @@
 
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
+use tonic::{transport::Channel, Request, Response, Status};
 
-use super::pb::{self, group_admin_server::GroupAdmin, groups_server::Groups};
+use super::cluster::ClusterLink;
+use super::pb::{
+    self, group_admin_client::GroupAdminClient, group_admin_server::GroupAdmin,
+    groups_client::GroupsClient, groups_server::Groups,
+};
 use super::timed;
 use crate::coordinator::{
     Assignment, Coordinator, CoordinatorError, GroupState, HeartbeatRequest, OffsetCommit, ResetTo,
-    Tp,
+    Tp, OFFSETS_TOPIC,
 };
 
 fn assignment_out(a: &Assignment) -> Vec<pb::TopicPartitions> {
@@ -42,16 +46,38 @@ async fn blocking<T: Send + 'static>(
         .map_err(Status::from)
 }
 
+/// In a cluster: a client of the broker that coordinates `group` (the
+/// leader of its offsets partition), or `None` when this broker does.
+async fn coordinator_of<T>(
+    link: &Option<ClusterLink>,
+    coordinator: &Coordinator,
+    request: &Request<T>,
+    group: &str,
+    method: &'static str,
+) -> Result<Option<(ClusterLink, Channel)>, Status> {
+    let Some(link) = link else { return Ok(None) };
+    let partition = coordinator.shard_of(group);
+    let channel = link
+        .coordinator_channel(request, OFFSETS_TOPIC, partition)
+        .await?;
+    Ok(channel.map(|c| {
+        ClusterLink::count_forward(method);
+        (link.clone(), c)
+    }))
+}
+
 /// Serves `sluice.v1.Groups`.
 #[derive(Debug, Clone)]
 pub struct GroupsService {
     coordinator: Arc<Coordinator>,
+    link: Option<ClusterLink>,
 }
 
 impl GroupsService {
-    /// A service over `coordinator`.
-    pub fn new(coordinator: Arc<Coordinator>) -> Self {
-        Self { coordinator }
+    /// A service over `coordinator`; in a cluster, requests for groups
+    /// another broker coordinates are forwarded there.
+    pub fn new(coordinator: Arc<Coordinator>, link: Option<ClusterLink>) -> Self {
+        Self { coordinator, link }
     }
 }
 
@@ -62,6 +88,19 @@ impl Groups for GroupsService {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let _t = timed("Heartbeat");
+        if let Some((link, channel)) = coordinator_of(
+            &self.link,
+            &self.coordinator,
+            &request,
+            &request.get_ref().group,
+            "Heartbeat",
+        )
+        .await?
+        {
+            return GroupsClient::new(channel)
+                .heartbeat(link.relay(request))
+                .await;
+        }
         let r = request.into_inner();
         let opt = |v: i32| (v != 0).then_some(v);
         let req = HeartbeatRequest {
@@ -87,6 +126,19 @@ impl Groups for GroupsService {
         request: Request<pb::CommitOffsetsRequest>,
     ) -> Result<Response<pb::CommitOffsetsResponse>, Status> {
         let _t = timed("CommitOffsets");
+        if let Some((link, channel)) = coordinator_of(
+            &self.link,
+            &self.coordinator,
+            &request,
+            &request.get_ref().group,
+            "CommitOffsets",
+        )
+        .await?
+        {
+            return GroupsClient::new(channel)
+                .commit_offsets(link.relay(request))
+                .await;
+        }
         let r = request.into_inner();
         let offsets = r
             .offsets
@@ -109,6 +161,19 @@ impl Groups for GroupsService {
         request: Request<pb::FetchOffsetsRequest>,
     ) -> Result<Response<pb::FetchOffsetsResponse>, Status> {
         let _t = timed("FetchOffsets");
+        if let Some((link, channel)) = coordinator_of(
+            &self.link,
+            &self.coordinator,
+            &request,
+            &request.get_ref().group,
+            "FetchOffsets",
+        )
+        .await?
+        {
+            return GroupsClient::new(channel)
+                .fetch_offsets(link.relay(request))
+                .await;
+        }
         let r = request.into_inner();
         let offsets = blocking(&self.coordinator, move |c| {
             c.fetch_offsets(&r.group, &r.topics)
@@ -133,12 +198,14 @@ impl Groups for GroupsService {
 #[derive(Debug, Clone)]
 pub struct GroupAdminService {
     coordinator: Arc<Coordinator>,
+    link: Option<ClusterLink>,
 }
 
 impl GroupAdminService {
-    /// A service over `coordinator`.
-    pub fn new(coordinator: Arc<Coordinator>) -> Self {
-        Self { coordinator }
+    /// A service over `coordinator`; in a cluster, requests for groups
+    /// another broker coordinates are forwarded there.
+    pub fn new(coordinator: Arc<Coordinator>, link: Option<ClusterLink>) -> Self {
+        Self { coordinator, link }
     }
 }
 
@@ -167,6 +234,19 @@ impl GroupAdmin for GroupAdminService {
         request: Request<pb::DescribeGroupRequest>,
     ) -> Result<Response<pb::DescribeGroupResponse>, Status> {
         let _t = timed("DescribeGroup");
+        if let Some((link, channel)) = coordinator_of(
+            &self.link,
+            &self.coordinator,
+            &request,
+            &request.get_ref().group,
+            "DescribeGroup",
+        )
+        .await?
+        {
+            return GroupAdminClient::new(channel)
+                .describe_group(link.relay(request))
+                .await;
+        }
         let group = request.into_inner().group;
         let d = blocking(&self.coordinator, move |c| c.describe_group(&group)).await?;
         Ok(Response::new(pb::DescribeGroupResponse {
@@ -208,6 +288,19 @@ impl GroupAdmin for GroupAdminService {
         request: Request<pb::DeleteGroupRequest>,
     ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
         let _t = timed("DeleteGroup");
+        if let Some((link, channel)) = coordinator_of(
+            &self.link,
+            &self.coordinator,
+            &request,
+            &request.get_ref().group,
+            "DeleteGroup",
+        )
+        .await?
+        {
+            return GroupAdminClient::new(channel)
+                .delete_group(link.relay(request))
+                .await;
+        }
         let group = request.into_inner().group;
         blocking(&self.coordinator, move |c| c.delete_group(&group)).await?;
         Ok(Response::new(pb::DeleteGroupResponse {}))
@@ -218,6 +311,19 @@ impl GroupAdmin for GroupAdminService {
         request: Request<pb::ResetOffsetsRequest>,
     ) -> Result<Response<pb::ResetOffsetsResponse>, Status> {
         let _t = timed("ResetOffsets");
+        if let Some((link, channel)) = coordinator_of(
+            &self.link,
+            &self.coordinator,
+            &request,
+            &request.get_ref().group,
+            "ResetOffsets",
+        )
+        .await?
+        {
+            return GroupAdminClient::new(channel)
+                .reset_offsets(link.relay(request))
+                .await;
+        }
         let r = request.into_inner();
         let to = match r.to {
             Some(pb::reset_offsets_request::To::Earliest(())) => ResetTo::Earliest,

@@ -38,6 +38,7 @@ pub mod convert;
 mod groups;
 mod info;
 mod queues;
+pub mod remote;
 pub mod replication;
 mod routing;
 pub mod status;

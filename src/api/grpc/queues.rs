@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{transport::Channel, Request, Response, Status, Streaming};
 
-use super::pb::{self, queues_server::Queues as QueuesApi};
+use super::cluster::ClusterLink;
+use super::pb::{self, queues_client::QueuesClient, queues_server::Queues as QueuesApi};
+use super::MAX_MESSAGE_BYTES;
 use super::{convert, timed};
 use crate::coordinator::queues::{
-    AckOutcome, AckRequest, Queues, SettingsUpdate, MAX_PULL_WAIT_MS,
+    AckOutcome, AckRequest, Queues, SettingsUpdate, MAX_PULL_WAIT_MS, SHARE_STATE_TOPIC,
 };
 use crate::coordinator::share::{AckKind, AckRefusal, Delivery};
 use crate::coordinator::{CoordinatorError, ResetTo};
@@ -31,16 +33,44 @@ pub struct QueuesService {
     queues: Arc<Queues>,
     /// How long a `Consume` stream may take to send its `open` request.
     open_timeout: Duration,
+    /// In a cluster: queues other brokers coordinate are forwarded there.
+    link: Option<ClusterLink>,
 }
 
 impl QueuesService {
     /// A service over `queues`; `open_timeout` bounds the wait for a
-    /// `Consume` stream's first message.
-    pub fn new(queues: Arc<Queues>, open_timeout: Duration) -> Self {
+    /// `Consume` stream's first message. In a cluster, requests for queues
+    /// another broker coordinates (the leader of the queue's state
+    /// partition) are forwarded there.
+    pub fn new(queues: Arc<Queues>, open_timeout: Duration, link: Option<ClusterLink>) -> Self {
         Self {
             queues,
             open_timeout,
+            link,
         }
+    }
+
+    /// A client of the broker coordinating `group`, or `None` for this one.
+    async fn coordinator_of<T>(
+        &self,
+        request: &Request<T>,
+        group: &str,
+        method: &'static str,
+    ) -> Result<Option<(ClusterLink, QueuesClient<Channel>)>, Status> {
+        let Some(link) = &self.link else {
+            return Ok(None);
+        };
+        let partition = self.queues.shard_of(group);
+        let channel = link
+            .coordinator_channel(request, SHARE_STATE_TOPIC, partition)
+            .await?;
+        Ok(channel.map(|c| {
+            ClusterLink::count_forward(method);
+            (
+                link.clone(),
+                QueuesClient::new(c).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+        }))
     }
 }
 
@@ -177,6 +207,9 @@ impl QueuesApi for QueuesService {
         &self,
         request: Request<Streaming<pb::ConsumeRequest>>,
     ) -> Result<Response<Self::ConsumeStream>, Status> {
+        // The request's headers, to route by once the body is taken.
+        let mut probe = Request::new(());
+        *probe.metadata_mut() = request.metadata().clone();
         let mut inbound = request.into_inner();
         let first = tokio::select! {
             first = tokio::time::timeout(self.open_timeout, inbound.message()) => first,
@@ -190,11 +223,22 @@ impl QueuesApi for QueuesService {
                 ))
             })??
             .ok_or_else(|| Status::invalid_argument("the stream ended before its open request"))?;
-        let Some(pb::consume_request::Request::Open(open)) = first.request else {
+        let Some(pb::consume_request::Request::Open(open)) = first.request.clone() else {
             return Err(Status::invalid_argument(
                 "the first Consume request must be `open` (group, topic, prefetch)",
             ));
         };
+        if let Some((link, mut c)) = self.coordinator_of(&probe, &open.group, "Consume").await? {
+            // The whole stream goes to the coordinator: its open request,
+            // then every later one as it comes.
+            let rest = inbound.map_while(|r| r.ok());
+            let outbound = tokio_stream::once(first).chain(rest);
+            let replies = c
+                .consume(link.relay(Request::new(outbound)))
+                .await?
+                .into_inner();
+            return Ok(Response::new(Box::pin(replies) as Self::ConsumeStream));
+        }
         let (group, topic) = (open.group.clone(), open.topic.clone());
         let member = blocking(&self.queues, move |q| {
             q.join(
@@ -233,6 +277,12 @@ impl QueuesApi for QueuesService {
         request: Request<pb::PullRequest>,
     ) -> Result<Response<pb::PullResponse>, Status> {
         let _t = timed("QueuePull");
+        if let Some((link, mut c)) = self
+            .coordinator_of(&request, &request.get_ref().group, "Pull")
+            .await?
+        {
+            return c.pull(link.relay(request)).await;
+        }
         let budget = super::wait_budget(&request);
         let r = request.into_inner();
         if !(1..=MAX_PULL_RECORDS).contains(&r.max_records) {
@@ -320,6 +370,12 @@ impl QueuesApi for QueuesService {
         request: Request<pb::AcknowledgeRequest>,
     ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
         let _t = timed("QueueAcknowledge");
+        if let Some((link, mut c)) = self
+            .coordinator_of(&request, &request.get_ref().group, "Acknowledge")
+            .await?
+        {
+            return c.acknowledge(link.relay(request)).await;
+        }
         let r = request.into_inner();
         let (acks, refused) = acks_in(r.acks);
         let out = apply_acks(&self.queues, r.group, r.member_id, acks, refused).await?;
@@ -332,6 +388,12 @@ impl QueuesApi for QueuesService {
         &self,
         request: Request<pb::DescribeQueueRequest>,
     ) -> Result<Response<pb::DescribeQueueResponse>, Status> {
+        if let Some((link, mut c)) = self
+            .coordinator_of(&request, &request.get_ref().group, "DescribeQueue")
+            .await?
+        {
+            return c.describe_queue(link.relay(request)).await;
+        }
         let group = request.into_inner().group;
         let g = group.clone();
         let d = blocking(&self.queues, move |q| q.describe(&g)).await?;
@@ -392,6 +454,12 @@ impl QueuesApi for QueuesService {
         &self,
         request: Request<pb::DeleteQueueRequest>,
     ) -> Result<Response<pb::DeleteQueueResponse>, Status> {
+        if let Some((link, mut c)) = self
+            .coordinator_of(&request, &request.get_ref().group, "DeleteQueue")
+            .await?
+        {
+            return c.delete_queue(link.relay(request)).await;
+        }
         let group = request.into_inner().group;
         blocking(&self.queues, move |q| q.delete(&group)).await?;
         Ok(Response::new(pb::DeleteQueueResponse {}))
@@ -401,6 +469,12 @@ impl QueuesApi for QueuesService {
         &self,
         request: Request<pb::ResetQueueRequest>,
     ) -> Result<Response<pb::ResetQueueResponse>, Status> {
+        if let Some((link, mut c)) = self
+            .coordinator_of(&request, &request.get_ref().group, "ResetQueue")
+            .await?
+        {
+            return c.reset_queue(link.relay(request)).await;
+        }
         use pb::reset_queue_request::To;
         let r = request.into_inner();
         let to = match r.to {
@@ -440,6 +514,12 @@ impl QueuesApi for QueuesService {
         &self,
         request: Request<pb::AlterQueueRequest>,
     ) -> Result<Response<pb::AlterQueueResponse>, Status> {
+        if let Some((link, mut c)) = self
+            .coordinator_of(&request, &request.get_ref().group, "AlterQueue")
+            .await?
+        {
+            return c.alter_queue(link.relay(request)).await;
+        }
         let r = request.into_inner();
         let Some(update) = settings_in(r.settings) else {
             return Err(Status::invalid_argument("settings are required"));

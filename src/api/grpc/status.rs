@@ -19,7 +19,8 @@ pub fn code(e: &BrokerError) -> Code {
         | BrokerError::NotLeader { .. }
         | BrokerError::NotEnoughReplicas { .. }
         | BrokerError::NotEnoughReplicasAfterAppend { .. }
-        | BrokerError::ReplicationTimeout { .. } => Code::Unavailable,
+        | BrokerError::ReplicationTimeout { .. }
+        | BrokerError::Remote { .. } => Code::Unavailable,
         BrokerError::Metadata { .. } => Code::Internal,
         BrokerError::DamagedRecords { .. } => Code::DataLoss,
         BrokerError::Storage(s) => match s {
@@ -50,7 +51,9 @@ pub fn coordinator_code(e: &CoordinatorError) -> Code {
         CoordinatorError::NotOwned { .. } | CoordinatorError::GroupNotEmpty { .. } => {
             Code::FailedPrecondition
         }
-        CoordinatorError::Failed { .. } => Code::Unavailable,
+        CoordinatorError::Failed { .. } | CoordinatorError::NotCoordinator { .. } => {
+            Code::Unavailable
+        }
         CoordinatorError::Broker(b) => code(b),
     }
 }

@@ -218,7 +218,7 @@ impl Queues {
             let hw = topic
                 .partition(*p)
                 .ok()
-                .and_then(|_| self.broker.list_offsets(t, &[*p], None).ok())
+                .and_then(|_| self.broker.offsets_anywhere(t, &[*p], None).ok())
                 .and_then(|o| o.first().map(|o| o.latest))
                 .unwrap_or(part.cursor);
             l.in_flight += part.in_flight() as i64;
@@ -267,7 +267,7 @@ impl Queues {
             _ => None,
         };
         let t = self.broker.topic(topic)?;
-        let offsets = self.broker.list_offsets(topic, partitions, timestamp)?;
+        let offsets = self.broker.offsets_anywhere(topic, partitions, timestamp)?;
         let mut st = self.lock(group)?;
         let g = Self::group_mut(&mut st, group)?;
         if !g.members.is_empty() {

@@ -92,7 +92,7 @@ impl Queues {
         if partitions.is_empty() {
             return HashMap::new();
         }
-        match self.broker.list_offsets(topic, partitions, None) {
+        match self.broker.offsets_anywhere(topic, partitions, None) {
             Ok(o) => o.iter().map(|o| (o.partition, o.latest)).collect(),
             Err(e) => {
                 tracing::warn!(topic, error = %e, "work-queue placement lookup failed");
