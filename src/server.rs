@@ -500,7 +500,16 @@ async fn serve(
             let stop = async move {
                 let _ = internal_stopped.wait_for(|s| *s).await;
             };
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+            // Small replies (a follower's fetch, a Raft heartbeat) must not
+            // wait for Nagle's algorithm and a delayed ACK (40 ms each).
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(l),
+                |s| {
+                    s.inspect(|s| {
+                        let _ = s.set_nodelay(true);
+                    })
+                },
+            );
             Some(tokio::spawn(async move {
                 if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
                     tracing::error!(error = %e, "internal listener failed");

@@ -835,11 +835,12 @@ impl Broker {
         }
         let mut progressed = false;
         if !data.records.is_empty() {
+            // The interval flusher syncs it like any open log (it was
+            // registered when opened); acks needing followers' syncs sync
+            // before the next fetch reports how far they are.
             let (end, _) = log.append_replicated(&data.records)?;
             if self.config.replication.ack_requires_fsync {
                 log.flush_until(end)?;
-            } else {
-                self.flusher.register(&log);
             }
             progressed = true;
         }

@@ -260,15 +260,21 @@ pub async fn replication_bench(a: ReplicationBenchArgs) -> Result<(), ClientErro
     }
     let rf1 = throughput(&c, "rf1", pb::Acks::Leader, a.records, a.record_bytes).await?;
     let rf3 = throughput(&c, "rf3", pb::Acks::All, a.records, a.record_bytes).await?;
+    // Where the difference goes: the leader's sync (RF=1, acks=ALL) and
+    // replication without waiting for it (RF=3, acks=LEADER).
+    let rf1_all = throughput(&c, "rf1", pb::Acks::All, a.records, a.record_bytes).await?;
+    let rf3_leader = throughput(&c, "rf3", pb::Acks::Leader, a.records, a.record_bytes).await?;
     let mib = |r: f64| r * a.record_bytes as f64 / (1024.0 * 1024.0);
     b.say(format!(
-        "produce {} B: RF=1 acks=LEADER {:.0} rec/s ({:.1} MiB/s); RF=3 acks=ALL {:.0} rec/s ({:.1} MiB/s), {:.0}%",
+        "produce {} B: RF=1 acks=LEADER {:.0} rec/s ({:.1} MiB/s); RF=3 acks=ALL {:.0} rec/s ({:.1} MiB/s), {:.0}%; RF=1 acks=ALL {:.0} rec/s; RF=3 acks=LEADER {:.0} rec/s",
         a.record_bytes,
         rf1,
         mib(rf1),
         rf3,
         mib(rf3),
-        100.0 * rf3 / rf1
+        100.0 * rf3 / rf1,
+        rf1_all,
+        rf3_leader,
     ));
 
     // Partition failover.
@@ -413,6 +419,8 @@ pub async fn replication_bench(a: ReplicationBenchArgs) -> Result<(), ClientErro
         "produce": {
             "rf1_acks_leader_records_per_s": rf1,
             "rf3_acks_all_records_per_s": rf3,
+            "rf1_acks_all_records_per_s": rf1_all,
+            "rf3_acks_leader_records_per_s": rf3_leader,
             "ratio": rf3 / rf1,
         },
         "partition_failover": quantiles(&failover),

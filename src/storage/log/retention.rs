@@ -132,6 +132,14 @@ impl Log {
         let segments = self.segments();
         let start = segments[0].base_offset();
         if offset >= end {
+            // No batch to cut, but an epoch that starts here has none
+            // either (a leader that wrote nothing in it): it goes, so the
+            // log's newest epoch is its last batch's.
+            let mut epochs = w.epochs.clone();
+            if epochs.truncate_from(offset) {
+                epochs.write(&*self.config.fs, &self.dir)?;
+                w.epochs = epochs;
+            }
             return Ok(end);
         }
         if offset < start {

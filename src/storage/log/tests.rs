@@ -834,3 +834,18 @@ fn a_diverged_tail_is_found_by_epoch_and_cut() {
     assert_eq!(all_records(&old_leader), all_records(&new_leader));
     assert_eq!(old_leader.epochs(), vec![(1, 0), (2, 10)]);
 }
+
+#[test]
+fn cutting_at_the_end_drops_an_epoch_without_batches() {
+    // A replica led in epoch 3 without writing, then follows a leader
+    // whose log has only epoch 0 up to here: after the cut its newest
+    // epoch is its last batch's, so its next fetch is consistent.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), small_config()).expect("open");
+    log.append(&batch("a", 2, 10, 0)).expect("append");
+    log.set_leader_epoch(3).expect("epoch");
+    assert_eq!(log.latest_epoch(), Some(3));
+    assert_eq!(log.truncate_to(2).expect("cut"), 2);
+    assert_eq!(log.latest_epoch(), Some(0));
+    assert_eq!(log.epochs(), vec![(0, 0)]);
+}
