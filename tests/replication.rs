@@ -117,9 +117,7 @@ async fn acknowledged_records_survive_killing_their_leader_without_duplicates() 
 
     // The restarted broker catches up and rejoins every ISR; then all
     // replicas hold the same bytes.
-    cluster
-        .wait_fully_replicated(topic, Duration::from_secs(60))
-        .await;
+    cluster.wait_caught_up(topic, Duration::from_secs(60)).await;
     let counts = cluster.stop_and_compare_replicas(topic, 3);
     assert_eq!(counts.iter().sum::<i64>(), N as i64);
 }

@@ -157,6 +157,14 @@ impl Node {
         panic!("node {} did not start; its log:\n{last}", self.id);
     }
 
+    /// SIGTERMs the process (a clean, controlled shutdown) and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            s.signal(15);
+            s.wait(Duration::from_secs(30));
+        }
+    }
+
     /// SIGKILLs the process.
     pub fn kill(&mut self) {
         if let Some(mut s) = self.server.take() {
@@ -361,12 +369,27 @@ impl TestCluster {
             .sum::<f64>() as u64
     }
 
-    /// Waits until every partition of `topic` has every replica in its
-    /// ISR and a high watermark equal to its log end (all replicas caught
-    /// up), as its leader reports; returns the metadata.
+    /// Waits until every partition of `topic` has a leader and every
+    /// replica in its ISR; returns the metadata.
     pub async fn wait_fully_replicated(
         &self,
         topic: &str,
+        timeout: Duration,
+    ) -> pb::MetadataResponse {
+        self.wait_replicated(topic, false, timeout).await
+    }
+
+    /// Like [`TestCluster::wait_fully_replicated`], and also every
+    /// partition's high watermark at its log end (followers hold
+    /// everything: only once writes have stopped).
+    pub async fn wait_caught_up(&self, topic: &str, timeout: Duration) -> pb::MetadataResponse {
+        self.wait_replicated(topic, true, timeout).await
+    }
+
+    async fn wait_replicated(
+        &self,
+        topic: &str,
+        caught_up: bool,
         timeout: Duration,
     ) -> pb::MetadataResponse {
         let deadline = Instant::now() + timeout;
@@ -381,7 +404,7 @@ impl TestCluster {
                     replicas.sort_unstable();
                     p.leader >= 0 && isr == replicas
                 });
-                if done {
+                if done && caught_up {
                     let first = self.nodes.iter().find(|n| n.running()).map(|n| n.id);
                     if let Some(id) = first {
                         match self.client(id).await.describe_topic(topic).await {
