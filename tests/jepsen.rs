@@ -60,26 +60,9 @@ fn value_of(r: &pb::ConsumedRecord) -> String {
     String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned()
 }
 
-/// A client of the first running node among `ids`.
-async fn any_client(urls: &[String]) -> Option<Client> {
-    for u in urls {
-        if let Ok(c) = Client::connect(u).await {
-            if c.describe_cluster().await.is_ok() {
-                return Some(c);
-            }
-        }
-    }
-    None
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn acknowledged_records_survive_kills_cuts_and_pauses() {
-    let _serial = SERIAL.lock().await;
-    let rounds: usize = std::env::var("SLUICE_JEPSEN_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let mut cluster = TestCluster::start(3, 0, &[]).await;
+/// A 3-broker cluster with the topic, fully replicated.
+async fn ledger_cluster() -> TestCluster {
+    let cluster = TestCluster::start(3, 0, &[]).await;
     cluster
         .client(1)
         .await
@@ -89,11 +72,15 @@ async fn acknowledged_records_survive_kills_cuts_and_pauses() {
     cluster
         .wait_fully_replicated(TOPIC, Duration::from_secs(30))
         .await;
-    let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let history = Arc::new(History::default());
+    cluster
+}
 
-    // Producers, each bootstrapped from its own node.
+type ProducerTask = tokio::task::JoinHandle<(u64, usize, sluice::client::ProducerStats)>;
+
+/// One idempotent acks=ALL producer per node, bootstrapped there, writing
+/// `p{k}-{n}` values until `stop`; each task ends with what it queued and
+/// its totals.
+async fn spawn_producers(cluster: &TestCluster, stop: &Arc<AtomicBool>) -> Vec<ProducerTask> {
     let mut producers = Vec::new();
     for k in 1..=PRODUCERS {
         let client = cluster.client(k).await;
@@ -118,7 +105,7 @@ async fn acknowledged_records_survive_kills_cuts_and_pauses() {
                 .await
                 .expect("queue a record");
                 sent += 1;
-                if sent % 10 == 0 {
+                if sent.is_multiple_of(10) {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -126,6 +113,35 @@ async fn acknowledged_records_survive_kills_cuts_and_pauses() {
             (k, sent, stats)
         }));
     }
+    producers
+}
+
+/// A client of the first running node among `ids`.
+async fn any_client(urls: &[String]) -> Option<Client> {
+    for u in urls {
+        if let Ok(c) = Client::connect(u).await {
+            if c.describe_cluster().await.is_ok() {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_records_survive_kills_cuts_and_pauses() {
+    let _serial = SERIAL.lock().await;
+    let rounds: usize = std::env::var("SLUICE_JEPSEN_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let mut cluster = ledger_cluster().await;
+    let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let history = Arc::new(History::default());
+
+    // Producers, each bootstrapped from its own node.
+    let producers = spawn_producers(&cluster, &stop).await;
 
     // A reader that keeps fetching every partition from its leader.
     let reader = {
@@ -426,46 +442,9 @@ async fn work(urls: &[String], accepted: &Mutex<BTreeSet<String>>, stop: &Atomic
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rolling_restart_loses_and_duplicates_nothing() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = TestCluster::start(3, 0, &[]).await;
-    cluster
-        .client(1)
-        .await
-        .create_replicated_topic(TOPIC, PARTITIONS, Some(3), Default::default())
-        .await
-        .expect("create");
-    cluster
-        .wait_fully_replicated(TOPIC, Duration::from_secs(30))
-        .await;
+    let mut cluster = ledger_cluster().await;
     let stop = Arc::new(AtomicBool::new(false));
-    let mut producers = Vec::new();
-    for k in 1..=PRODUCERS {
-        let client = cluster.client(k).await;
-        let stop = stop.clone();
-        producers.push(tokio::spawn(async move {
-            let p = client.producer(
-                TOPIC,
-                ProducerConfig {
-                    acks: pb::Acks::All,
-                    linger: Duration::from_millis(2),
-                    ..Default::default()
-                },
-            );
-            let mut sent = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                p.send(pb::ProduceRecord {
-                    value: Some(Bytes::from(format!("p{k}-{sent}"))),
-                    ..Default::default()
-                })
-                .await
-                .expect("queue a record");
-                sent += 1;
-                if sent % 20 == 0 {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-            (k, sent, p.close().await.expect("close producer"))
-        }));
-    }
+    let producers = spawn_producers(&cluster, &stop).await;
     // Each broker in turn: SIGTERM (controlled shutdown: its partitions
     // move first), restart, and back in every ISR before the next.
     for id in 1..=3 {

@@ -176,6 +176,37 @@ pub(super) fn quantiles(h: &Histogram<u64>) -> serde_json::Value {
     })
 }
 
+/// Starts `n` (at least 3) voter-and-broker processes with data under
+/// `root`, each with a `/metrics` port if asked; returns them and the
+/// voter list.
+pub(super) fn start_nodes(
+    root: &Path,
+    n: u64,
+    metrics: bool,
+    snapshot_every: u64,
+) -> Result<(Vec<BenchNode>, String), ClientError> {
+    let mut nodes = Vec::new();
+    for id in 1..=n.max(3) {
+        nodes.push(BenchNode {
+            id,
+            dir: root.join(format!("node-{id}")),
+            client_port: free_port()?,
+            internal_port: free_port()?,
+            metrics_port: if metrics { Some(free_port()?) } else { None },
+            child: None,
+        });
+    }
+    let voters = nodes
+        .iter()
+        .map(|n| format!("{}@127.0.0.1:{}", n.id, n.internal_port))
+        .collect::<Vec<_>>()
+        .join(",");
+    for n in &mut nodes {
+        n.start(&voters, snapshot_every)?;
+    }
+    Ok((nodes, voters))
+}
+
 /// Runs the benchmark.
 pub async fn cluster_bench(a: ClusterBenchArgs) -> Result<(), ClientError> {
     let temp;
@@ -188,27 +219,9 @@ pub async fn cluster_bench(a: ClusterBenchArgs) -> Result<(), ClientError> {
         }
     };
     let _ = std::fs::remove_dir_all(root);
-    let mut nodes = Vec::new();
-    for id in 1..=a.nodes.max(3) {
-        nodes.push(BenchNode {
-            id,
-            dir: root.join(format!("node-{id}")),
-            client_port: free_port()?,
-            internal_port: free_port()?,
-            metrics_port: None,
-            child: None,
-        });
-    }
-    let voters = nodes
-        .iter()
-        .map(|n| format!("{}@127.0.0.1:{}", n.id, n.internal_port))
-        .collect::<Vec<_>>()
-        .join(",");
     // Snapshots often enough that the large image is sent as one.
     let snapshot_every = 100;
-    for n in &mut nodes {
-        n.start(&voters, snapshot_every)?;
-    }
+    let (mut nodes, voters) = start_nodes(root, a.nodes, false, snapshot_every)?;
     let live = nodes.len();
     let mut controller = settle(&nodes, live).await?;
     let mut seq = 0u64;

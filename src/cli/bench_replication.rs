@@ -19,7 +19,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use super::bench_cluster::{closed, connect, free_port, ms, quantiles, settle, BenchNode};
+use super::bench_cluster::{closed, connect, ms, quantiles, settle, start_nodes, BenchNode};
 use crate::client::{pb, Client, ClientError, ProducerConfig};
 
 /// Settings of `bench replication`.
@@ -221,25 +221,7 @@ pub async fn replication_bench(a: ReplicationBenchArgs) -> Result<(), ClientErro
         }
     };
     let _ = std::fs::remove_dir_all(root);
-    let mut nodes = Vec::new();
-    for id in 1..=a.nodes.max(3) {
-        nodes.push(BenchNode {
-            id,
-            dir: root.join(format!("node-{id}")),
-            client_port: free_port()?,
-            internal_port: free_port()?,
-            metrics_port: Some(free_port()?),
-            child: None,
-        });
-    }
-    let voters = nodes
-        .iter()
-        .map(|n| format!("{}@127.0.0.1:{}", n.id, n.internal_port))
-        .collect::<Vec<_>>()
-        .join(",");
-    for n in &mut nodes {
-        n.start(&voters, 5000)?;
-    }
+    let (nodes, voters) = start_nodes(root, a.nodes, true, 5000)?;
     let live = nodes.len();
     settle(&nodes, live).await?;
     let mut b = Bench {

@@ -395,33 +395,7 @@ impl Log {
                 self.roll(&mut w, now)?;
             }
             let (base_offset, last_offset) = w.active.append(&view, epoch)?;
-            let producer_id = view.producer_id();
-            if producer_id != NO_PRODUCER_ID {
-                w.producers.record(
-                    producer_id,
-                    view.producer_epoch(),
-                    BatchMeta {
-                        first_seq: view.base_sequence(),
-                        last_seq: crate::storage::producer_state::seq_add(
-                            view.base_sequence(),
-                            i64::from(view.last_offset_delta()),
-                        ),
-                        base_offset,
-                        last_offset,
-                    },
-                    now,
-                );
-            }
-            self.end_offset.store(last_offset + 1, Ordering::Release);
-            w.records_since_flush += view.record_count() as u64;
-            due |= match self.config.flush {
-                FlushPolicy::EveryAppend => true,
-                FlushPolicy::EveryRecords(n) => w.records_since_flush >= n,
-                FlushPolicy::Interval(d) => {
-                    now - self.flush.lock().last_flush_ms >= d.as_millis() as i64
-                }
-                FlushPolicy::Manual => false,
-            };
+            due |= self.appended(&mut w, &view, base_offset, last_offset, now);
         }
         if due {
             w.records_since_flush = 0;
@@ -511,32 +485,7 @@ impl Log {
                 self.assign_epoch(&mut w, epoch, next)?;
             }
             let (base_offset, last_offset) = w.active.append(&view, epoch)?;
-            if producer_id != NO_PRODUCER_ID {
-                w.producers.record(
-                    producer_id,
-                    view.producer_epoch(),
-                    BatchMeta {
-                        first_seq: view.base_sequence(),
-                        last_seq: crate::storage::producer_state::seq_add(
-                            view.base_sequence(),
-                            i64::from(view.last_offset_delta()),
-                        ),
-                        base_offset,
-                        last_offset,
-                    },
-                    now,
-                );
-            }
-            self.end_offset.store(last_offset + 1, Ordering::Release);
-            w.records_since_flush += batch.record_count() as u64;
-            let due = match self.config.flush {
-                FlushPolicy::EveryAppend => true,
-                FlushPolicy::EveryRecords(n) => w.records_since_flush >= n,
-                FlushPolicy::Interval(d) => {
-                    now - self.flush.lock().last_flush_ms >= d.as_millis() as i64
-                }
-                FlushPolicy::Manual => false,
-            };
+            let due = self.appended(&mut w, &view, base_offset, last_offset, now);
             if due {
                 w.records_since_flush = 0;
             }
@@ -551,6 +500,46 @@ impl Log {
             )
         };
         Ok((info, flush_due))
+    }
+
+    /// After a batch is written at `[base_offset, last_offset]`: records
+    /// an idempotent producer's sequences, publishes the new end, and says
+    /// whether the flush policy wants a sync now.
+    fn appended(
+        &self,
+        w: &mut Writer,
+        view: &BatchView<'_>,
+        base_offset: i64,
+        last_offset: i64,
+        now: i64,
+    ) -> bool {
+        let producer_id = view.producer_id();
+        if producer_id != NO_PRODUCER_ID {
+            w.producers.record(
+                producer_id,
+                view.producer_epoch(),
+                BatchMeta {
+                    first_seq: view.base_sequence(),
+                    last_seq: crate::storage::producer_state::seq_add(
+                        view.base_sequence(),
+                        i64::from(view.last_offset_delta()),
+                    ),
+                    base_offset,
+                    last_offset,
+                },
+                now,
+            );
+        }
+        self.end_offset.store(last_offset + 1, Ordering::Release);
+        w.records_since_flush += view.record_count() as u64;
+        match self.config.flush {
+            FlushPolicy::EveryAppend => true,
+            FlushPolicy::EveryRecords(n) => w.records_since_flush >= n,
+            FlushPolicy::Interval(d) => {
+                now - self.flush.lock().last_flush_ms >= d.as_millis() as i64
+            }
+            FlushPolicy::Manual => false,
+        }
     }
 
     /// Seals the active segment and starts a new one at the end offset.
