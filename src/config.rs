@@ -61,6 +61,7 @@
 //! election_timeout_ms = 300           # Raft: elections after 300-600 ms
 //! raft_heartbeat_ms = 50
 //! snapshot_every = 5000               # metadata entries between snapshots
+//! leader_balance_interval_ms = 30000  # preferred leaders back this often; 0: never
 //!
 //! [replication]                       # in a cluster
 //! replica_lag_time_max_ms = 10000     # a follower behind this long leaves the ISR
@@ -202,6 +203,9 @@ pub struct ClusterSettings {
     pub raft_heartbeat_ms: u64,
     /// Metadata entries between snapshots.
     pub snapshot_every: u64,
+    /// How often the controller moves partitions back to their preferred
+    /// leaders, ms; 0: never by itself.
+    pub leader_balance_interval_ms: u64,
 }
 
 impl Default for ClusterSettings {
@@ -219,6 +223,7 @@ impl Default for ClusterSettings {
             election_timeout_ms: 300,
             raft_heartbeat_ms: 50,
             snapshot_every: 5000,
+            leader_balance_interval_ms: 30_000,
         }
     }
 }
@@ -323,6 +328,8 @@ impl ServerConfig {
         );
         cc.rack = c.rack.clone();
         cc.default_replication_factor = c.default_replication_factor;
+        cc.leader_balance_interval = (c.leader_balance_interval_ms > 0)
+            .then(|| Duration::from_millis(c.leader_balance_interval_ms));
         cc.session_timeout = Duration::from_millis(c.session_timeout_ms);
         cc.broker_heartbeat = Duration::from_millis(c.broker_heartbeat_ms.max(1));
         cc.raft_heartbeat = Duration::from_millis(c.raft_heartbeat_ms.max(1));

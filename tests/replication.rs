@@ -399,3 +399,72 @@ async fn group_offsets_and_queue_progress_survive_killing_their_coordinator() {
     }
     assert_eq!(accepted.len() + rest.len(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn preferred_leaders_take_their_partitions_back_once_in_sync() {
+    let mut cluster = TestCluster::start(3, 0, &[]).await;
+    let topic = "balanced";
+    cluster
+        .client(1)
+        .await
+        .create_replicated_topic(topic, 3, Some(3), Default::default())
+        .await
+        .expect("create");
+    let meta = cluster
+        .wait_fully_replicated(topic, Duration::from_secs(30))
+        .await;
+    let preferred = |m: &pb::MetadataResponse| -> usize {
+        m.topics[0]
+            .partitions
+            .iter()
+            .filter(|p| p.leader == p.replicas[0])
+            .count()
+    };
+    assert_eq!(preferred(&meta), 3, "created with preferred leaders");
+    // Node 2 dies: its partition moves; it returns and catches up, but
+    // leadership stays where it went until an election.
+    cluster.node(2).kill();
+    let c = cluster.client(1).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while preferred(&c.metadata(&[topic]).await.expect("metadata")) == 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "leadership never moved"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.node(2).start();
+    cluster
+        .wait_fully_replicated(topic, Duration::from_secs(60))
+        .await;
+    let r = c
+        .cluster()
+        .elect_preferred_leaders(pb::ElectPreferredLeadersRequest {
+            topic: Some(topic.into()),
+        })
+        .await
+        .expect("elect")
+        .into_inner();
+    assert_eq!(r.partitions, 1);
+    let meta = cluster
+        .converged_metadata_of(&[topic], Duration::from_secs(30))
+        .await;
+    assert_eq!(preferred(&meta), 3);
+    // And the moved partition serves acks=ALL writes on its old leader.
+    let reply = c
+        .produce(pb::ProduceRequest {
+            topic: topic.into(),
+            records: (0..30)
+                .map(|i| pb::ProduceRecord {
+                    key: Some(Bytes::from(format!("k{i}"))),
+                    value: Some(Bytes::from(format!("v{i}"))),
+                    ..Default::default()
+                })
+                .collect(),
+            acks: pb::Acks::All as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("produce");
+    assert!(reply.record_errors.is_empty(), "{:?}", reply.record_errors);
+}

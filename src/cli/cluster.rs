@@ -25,6 +25,15 @@ pub enum ClusterCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Give partitions back to their preferred leaders (the first replica)
+    /// where those are live and in sync.
+    ElectLeaders {
+        /// Only this topic's partitions.
+        #[arg(long)]
+        topic: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 fn status_json(s: &pb::DescribeClusterResponse) -> serde_json::Value {
@@ -95,6 +104,18 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<(), ClientError> {
                 .decommission_broker(pb::DecommissionBrokerRequest { id })
                 .await?;
             println!("broker {id} removed from the cluster");
+        }
+        ClusterCommand::ElectLeaders { topic, conn } => {
+            let client = Client::connect(&conn.broker).await?;
+            let r = client
+                .cluster()
+                .elect_preferred_leaders(pb::ElectPreferredLeadersRequest { topic })
+                .await?
+                .into_inner();
+            println!(
+                "{} partitions moved to their preferred leader",
+                r.partitions
+            );
         }
     }
     Ok(())

@@ -58,6 +58,15 @@ pub struct PartitionAssignment {
 }
 
 impl PartitionAssignment {
+    /// Whether the preferred leader (the first replica) could take over:
+    /// live, in sync, and not leading already.
+    pub fn preferred_leader_eligible(&self, live: &[NodeId]) -> bool {
+        match self.replicas.first() {
+            Some(p) => self.leader != Some(*p) && live.contains(p) && self.isr.contains(p),
+            None => false,
+        }
+    }
+
     /// Elects a new leader among the live in-sync replicas (the first in
     /// replica order that is live), else, if `unclean` allows it, among the
     /// live replicas (which may lack committed records), else none.
@@ -188,6 +197,13 @@ pub enum Command {
         /// The new ISR.
         isr: Vec<NodeId>,
     },
+    /// Gives each partition (of `topic`, or of every topic) back to its
+    /// preferred leader, the first replica, where that broker is live, in
+    /// the ISR and not leading it now.
+    ElectPreferredLeaders {
+        /// One topic, or all.
+        topic: Option<String>,
+    },
     /// Hands a block of producer ids to a broker.
     AllocateProducerIds {
         /// Ids in the block.
@@ -204,6 +220,11 @@ pub enum Outcome {
     Registered {
         /// Epoch.
         epoch: u64,
+    },
+    /// Partitions whose leadership moved.
+    Elected {
+        /// How many.
+        partitions: usize,
     },
     /// The first id of the block handed out.
     ProducerIds {
@@ -501,6 +522,29 @@ impl MetadataImage {
                 p.partition_epoch += 1;
                 Ok(Outcome::Done)
             }
+            Command::ElectPreferredLeaders { topic } => {
+                if let Some(t) = topic {
+                    if !self.topics.contains_key(t) {
+                        return Err(Refusal::TopicNotFound(t.clone()));
+                    }
+                }
+                let live = self.live_set();
+                let mut moved = 0;
+                for t in self.topics.values_mut() {
+                    if topic.as_ref().is_some_and(|name| *name != t.name) {
+                        continue;
+                    }
+                    for p in &mut t.partitions {
+                        if p.preferred_leader_eligible(&live) {
+                            p.leader = p.replicas.first().copied();
+                            p.leader_epoch += 1;
+                            p.partition_epoch += 1;
+                            moved += 1;
+                        }
+                    }
+                }
+                Ok(Outcome::Elected { partitions: moved })
+            }
             Command::AllocateProducerIds { count } => {
                 let first = self.next_producer_id;
                 self.next_producer_id = first
@@ -538,6 +582,16 @@ impl MetadataImage {
             .values()
             .map(|b| (b.id, b.rack.clone()))
             .collect()
+    }
+
+    /// Partitions whose preferred leader could take over now.
+    pub fn preferred_imbalance(&self) -> usize {
+        let live = self.live_set();
+        self.topics
+            .values()
+            .flat_map(|t| &t.partitions)
+            .filter(|p| p.preferred_leader_eligible(&live))
+            .count()
     }
 
     fn live_set(&self) -> Vec<NodeId> {
@@ -907,6 +961,70 @@ mod tests {
             Outcome::Done
         );
         assert_eq!(img.topics["t"].partitions[0].isr, p.replicas);
+    }
+
+    #[test]
+    fn preferred_leaders_return_once_live_and_in_sync() {
+        let mut img = MetadataImage::default();
+        for id in 1..=3 {
+            register(&mut img, id, id, None);
+        }
+        create(&mut img, "t", 0, 3, 3);
+        let epoch1 = img.brokers[&1].epoch;
+        img.apply(
+            10,
+            &Command::FenceBroker {
+                id: 1,
+                epoch: epoch1,
+            },
+        );
+        let moved: Vec<usize> = (0..3)
+            .filter(|&p| img.topics["t"].partitions[p].replicas[0] == 1)
+            .collect();
+        assert_eq!(moved.len(), 1);
+        let p = moved[0];
+        assert_ne!(img.topics["t"].partitions[p].leader, Some(1));
+        // Back, but not in sync yet: nothing moves.
+        register(&mut img, 11, 1, None);
+        assert_eq!(img.preferred_imbalance(), 0);
+        assert_eq!(
+            img.apply(12, &Command::ElectPreferredLeaders { topic: None }),
+            Outcome::Elected { partitions: 0 }
+        );
+        // In sync again (its leader added it): it leads again.
+        let a = img.topics["t"].partitions[p].clone();
+        let leader = a.leader.expect("leader");
+        let mut isr = a.isr.clone();
+        isr.push(1);
+        assert_eq!(
+            img.apply(
+                13,
+                &Command::AlterIsr {
+                    topic: "t".into(),
+                    topic_id: 0,
+                    partition: p as i32,
+                    leader,
+                    leader_epoch: a.leader_epoch,
+                    partition_epoch: a.partition_epoch,
+                    isr,
+                }
+            ),
+            Outcome::Done
+        );
+        assert_eq!(img.preferred_imbalance(), 1);
+        assert_eq!(
+            img.apply(
+                14,
+                &Command::ElectPreferredLeaders {
+                    topic: Some("t".into())
+                }
+            ),
+            Outcome::Elected { partitions: 1 }
+        );
+        let after = &img.topics["t"].partitions[p];
+        assert_eq!(after.leader, Some(1));
+        assert_eq!(after.leader_epoch, a.leader_epoch + 1);
+        assert_eq!(img.preferred_imbalance(), 0);
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub struct ClusterConfig {
     /// Replication factor of topics created without one (None: min(3,
     /// live brokers)).
     pub default_replication_factor: Option<i32>,
+    /// How often the controller gives partitions back to their preferred
+    /// leaders (live and in sync); `None`: never by itself.
+    pub leader_balance_interval: Option<Duration>,
 }
 
 impl ClusterConfig {
@@ -85,6 +88,7 @@ impl ClusterConfig {
             election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
             snapshot_every: 5000,
             default_replication_factor: None,
+            leader_balance_interval: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -605,8 +609,14 @@ impl Cluster {
         }
     }
 
-    /// On the controller: fences brokers whose session lapsed.
+    /// On the controller: fences brokers whose session lapsed, and every
+    /// `leader_balance_interval` moves partitions back to their preferred
+    /// leaders.
     async fn controller_loop(self: Arc<Self>) {
+        let mut next_balance = self
+            .config
+            .leader_balance_interval
+            .map(|i| Instant::now() + i);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(SESSION_CHECK) => {}
@@ -656,6 +666,24 @@ impl Cluster {
                 if let Err(e) = self.propose_here(Command::FenceBroker { id, epoch }).await {
                     warn!(broker = id, error = ?e, "fencing failed");
                     self.sessions.lock().fencing.remove(&id);
+                }
+            }
+            if let (Some(at), Some(every)) = (next_balance, self.config.leader_balance_interval) {
+                if now >= at {
+                    next_balance = Some(now + every);
+                    let imbalance = self.image().preferred_imbalance();
+                    if imbalance > 0 {
+                        info!(
+                            partitions = imbalance,
+                            "moving partitions back to their preferred leaders"
+                        );
+                        if let Err(e) = self
+                            .propose_here(Command::ElectPreferredLeaders { topic: None })
+                            .await
+                        {
+                            warn!(error = ?e, "preferred-leader election failed");
+                        }
+                    }
                 }
             }
         }

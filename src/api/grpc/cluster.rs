@@ -390,4 +390,40 @@ impl ClusterApi for ClusterService {
             .map_err(cluster_status)?;
         Ok(Response::new(pb::DecommissionBrokerResponse {}))
     }
+
+    async fn elect_preferred_leaders(
+        &self,
+        request: Request<pb::ElectPreferredLeadersRequest>,
+    ) -> Result<Response<pb::ElectPreferredLeadersResponse>, Status> {
+        let _t = timed("ElectPreferredLeaders");
+        let topic = request.into_inner().topic;
+        let Some(link) = &self.link else {
+            if let Some(t) = &topic {
+                self.broker.topic(t)?;
+            }
+            // A single node leads everything already.
+            return Ok(Response::new(pb::ElectPreferredLeadersResponse {
+                partitions: 0,
+            }));
+        };
+        let (outcome, index) = link
+            .cluster
+            .propose(crate::cluster::Command::ElectPreferredLeaders { topic })
+            .await
+            .map_err(cluster_status)?;
+        let partitions = match outcome {
+            crate::cluster::Outcome::Elected { partitions } => partitions,
+            crate::cluster::Outcome::Refused(r) => {
+                return Err(cluster_status(crate::cluster::ClusterError::Refused(r)))
+            }
+            _ => 0,
+        };
+        link.cluster
+            .wait_synced(index, Duration::from_secs(10))
+            .await
+            .map_err(cluster_status)?;
+        Ok(Response::new(pb::ElectPreferredLeadersResponse {
+            partitions: partitions.min(i32::MAX as usize) as i32,
+        }))
+    }
 }
