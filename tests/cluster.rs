@@ -271,7 +271,7 @@ async fn a_partitioned_old_leader_cannot_commit_and_heals_to_one_history() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_broker_only_node_joins_takes_partitions_and_is_not_removed_while_it_holds_them() {
+async fn a_broker_only_node_joins_takes_partitions_and_leaves_once_they_moved() {
     let cluster = TestCluster::start(3, 1, &[]).await;
     let statuses = cluster.statuses().await;
     let view = statuses[0].1.as_ref().expect("status");
@@ -302,20 +302,26 @@ async fn a_broker_only_node_joins_takes_partitions_and_is_not_removed_while_it_h
     let r = c1.produce(keyed("spread", 50, "x")).await.expect("produce");
     assert!(r.record_errors.is_empty());
     assert_eq!(read_all(&cluster.client(4).await, "spread").await.len(), 50);
-    // Removing it while it holds replicas is refused with the rule.
-    let err = cluster
+    // Decommissioning it moves its replicas to the other brokers first
+    // (each copied and in sync before it leaves), then removes it.
+    cluster
         .client(1)
         .await
         .cluster()
         .decommission_broker(pb::DecommissionBrokerRequest { id: 4 })
         .await
-        .expect_err("holds replicas");
-    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
-    assert!(
-        err.message().contains("still holds") && err.message().contains("partition replicas"),
-        "{}",
-        err.message()
-    );
+        .expect("decommission moves its replicas");
+    let meta = c1.metadata(&[]).await.expect("metadata");
+    for t in &meta.topics {
+        for p in &t.partitions {
+            assert!(
+                !p.replicas.contains(&4),
+                "{} still on node 4: {p:?}",
+                t.name
+            );
+        }
+    }
+    assert_eq!(read_all(&cluster.client(1).await, "spread").await.len(), 50);
     // Consumer groups work in a multi-broker cluster: a heartbeat through
     // any node reaches the group's coordinator (once the offsets topic
     // exists and has leaders).

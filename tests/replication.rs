@@ -468,3 +468,93 @@ async fn preferred_leaders_take_their_partitions_back_once_in_sync() {
         .expect("produce");
     assert!(reply.record_errors.is_empty(), "{:?}", reply.record_errors);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reassigned_partition_moves_its_records_and_its_leader() {
+    let cluster = TestCluster::start(3, 1, &[]).await;
+    let topic = "moving";
+    let c = cluster.client(1).await;
+    c.create_replicated_topic(topic, 1, Some(3), Default::default())
+        .await
+        .expect("create");
+    let meta = cluster
+        .wait_fully_replicated(topic, Duration::from_secs(30))
+        .await;
+    let p = meta.topics[0].partitions[0].clone();
+    let produce = |tag: &'static str| pb::ProduceRequest {
+        topic: topic.into(),
+        partition: Some(0),
+        records: (0..100)
+            .map(|i| pb::ProduceRecord {
+                value: Some(Bytes::from(format!("{tag}-{i}"))),
+                ..Default::default()
+            })
+            .collect(),
+        acks: pb::Acks::All as i32,
+        ..Default::default()
+    };
+    let r = c.produce(produce("before")).await.expect("produce");
+    assert!(r.record_errors.is_empty(), "{:?}", r.record_errors);
+    // Replace the leader with broker 4, which holds no replica yet; it
+    // leads afterwards.
+    let spare = (1..=4)
+        .find(|b| !p.replicas.contains(b))
+        .expect("a broker without a replica");
+    let mut target: Vec<i32> = p
+        .replicas
+        .iter()
+        .copied()
+        .filter(|r| *r != p.leader)
+        .collect();
+    target.insert(0, spare);
+    c.cluster()
+        .reassign_partition(pb::ReassignPartitionRequest {
+            topic: topic.into(),
+            partition: 0,
+            replicas: target.clone(),
+        })
+        .await
+        .expect("reassign");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = c.metadata(&[topic]).await.expect("metadata");
+        let q = &m.topics[0].partitions[0];
+        if q.replicas == target && q.adding.is_empty() && q.removing.is_empty() {
+            assert!(!q.isr.contains(&p.leader), "{q:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reassignment stuck: {q:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = c
+        .cluster()
+        .elect_preferred_leaders(pb::ElectPreferredLeadersRequest {
+            topic: Some(topic.into()),
+        })
+        .await
+        .expect("elect");
+    let moved = cluster
+        .converged_metadata_of(&[topic], Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        moved.topics[0].partitions[0].leader,
+        spare,
+        "the new preferred leader leads ({} moved)",
+        r.into_inner().partitions
+    );
+    let r = c.produce(produce("after")).await.expect("produce");
+    assert!(r.record_errors.is_empty(), "{:?}", r.record_errors);
+    let values: Vec<String> = read_everything(&cluster.client(spare as u64).await, topic)
+        .await
+        .into_iter()
+        .map(|(v, _, _)| v)
+        .collect();
+    let want: Vec<String> = ["before", "after"]
+        .iter()
+        .flat_map(|t| (0..100).map(move |i| format!("{t}-{i}")))
+        .collect();
+    assert_eq!(values, want, "every record, in order, on the new replicas");
+}

@@ -62,6 +62,8 @@ pub(super) struct BenchNode {
     pub(super) internal_port: u16,
     /// `/metrics` port, if served.
     pub(super) metrics_port: Option<u16>,
+    /// More TOML for the node's configuration file.
+    pub(super) extra_config: String,
     pub(super) child: Option<Child>,
 }
 
@@ -76,7 +78,10 @@ impl BenchNode {
         let config = self.dir.with_extension("toml");
         std::fs::write(
             &config,
-            format!("[cluster]\nsnapshot_every = {snapshot_every}\n"),
+            format!(
+                "[cluster]\nsnapshot_every = {snapshot_every}\n{}",
+                self.extra_config
+            ),
         )
         .map_err(closed)?;
         // Each node's log, kept beside its data (appended across restarts).
@@ -184,6 +189,7 @@ pub(super) fn start_nodes(
     n: u64,
     metrics: bool,
     snapshot_every: u64,
+    extra_config: &str,
 ) -> Result<(Vec<BenchNode>, String), ClientError> {
     let mut nodes = Vec::new();
     for id in 1..=n.max(3) {
@@ -193,6 +199,7 @@ pub(super) fn start_nodes(
             client_port: free_port()?,
             internal_port: free_port()?,
             metrics_port: if metrics { Some(free_port()?) } else { None },
+            extra_config: extra_config.to_string(),
             child: None,
         });
     }
@@ -221,7 +228,7 @@ pub async fn cluster_bench(a: ClusterBenchArgs) -> Result<(), ClientError> {
     let _ = std::fs::remove_dir_all(root);
     // Snapshots often enough that the large image is sent as one.
     let snapshot_every = 100;
-    let (mut nodes, voters) = start_nodes(root, a.nodes, false, snapshot_every)?;
+    let (mut nodes, voters) = start_nodes(root, a.nodes, false, snapshot_every, "")?;
     let live = nodes.len();
     let mut controller = settle(&nodes, live).await?;
     let mut seq = 0u64;

@@ -46,6 +46,10 @@ pub struct ReplicationBenchArgs {
     /// Directory for the nodes' data (a temporary one if unset).
     #[arg(long)]
     pub dir: Option<std::path::PathBuf>,
+    /// Run the brokers with `[replication] ack_requires_fsync = true`
+    /// (acks=ALL waits for every in-sync replica's sync).
+    #[arg(long)]
+    pub ack_requires_fsync: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -221,7 +225,12 @@ pub async fn replication_bench(a: ReplicationBenchArgs) -> Result<(), ClientErro
         }
     };
     let _ = std::fs::remove_dir_all(root);
-    let (nodes, voters) = start_nodes(root, a.nodes, true, 5000)?;
+    let extra = if a.ack_requires_fsync {
+        "[replication]\nack_requires_fsync = true\n"
+    } else {
+        ""
+    };
+    let (nodes, voters) = start_nodes(root, a.nodes, true, 5000, extra)?;
     let live = nodes.len();
     settle(&nodes, live).await?;
     let mut b = Bench {

@@ -18,10 +18,25 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove a broker that holds no replicas.
+    /// Move a broker-only node's replicas to other brokers (each copied and
+    /// in sync first), then remove it.
     Decommission {
         /// Broker (node) id.
         id: i32,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Move a partition to other brokers: the new replicas catch up, then
+    /// the partition switches to exactly these (the first leads).
+    Reassign {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// Target broker ids, comma-separated (the first is the preferred
+        /// leader).
+        #[arg(long, value_delimiter = ',', required = true)]
+        replicas: Vec<i32>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -104,6 +119,25 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<(), ClientError> {
                 .decommission_broker(pb::DecommissionBrokerRequest { id })
                 .await?;
             println!("broker {id} removed from the cluster");
+        }
+        ClusterCommand::Reassign {
+            topic,
+            partition,
+            replicas,
+            conn,
+        } => {
+            let client = Client::connect(&conn.broker).await?;
+            client
+                .cluster()
+                .reassign_partition(pb::ReassignPartitionRequest {
+                    topic: topic.clone(),
+                    partition,
+                    replicas: replicas.clone(),
+                })
+                .await?;
+            println!(
+                "{topic}-{partition} is moving to brokers {replicas:?}; `sluice topic describe {topic}` shows when the replicas are in sync"
+            );
         }
         ClusterCommand::ElectLeaders { topic, conn } => {
             let client = Client::connect(&conn.broker).await?;

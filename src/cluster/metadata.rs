@@ -55,9 +55,37 @@ pub struct PartitionAssignment {
     /// from an older state is refused.
     #[serde(default)]
     pub partition_epoch: i32,
+    /// A reassignment in progress: replicas being added (they follow the
+    /// leader and join the ISR once caught up) ...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adding: Vec<NodeId>,
+    /// ... and replicas to drop once every added one is in sync.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removing: Vec<NodeId>,
 }
 
 impl PartitionAssignment {
+    /// Completes a reassignment whose added replicas are all in sync: the
+    /// replicas become the target, the removed ones leave the ISR, and a
+    /// leader being removed hands over to an in-sync target replica.
+    fn finish_reassignment(&mut self, live: &[NodeId]) {
+        if self.adding.iter().any(|r| !self.isr.contains(r))
+            || (self.adding.is_empty() && self.removing.is_empty())
+        {
+            return;
+        }
+        let removing = std::mem::take(&mut self.removing);
+        self.adding.clear();
+        self.replicas.retain(|r| !removing.contains(r));
+        if self.isr.iter().any(|r| !removing.contains(r)) {
+            self.isr.retain(|r| !removing.contains(r));
+        }
+        self.partition_epoch += 1;
+        if self.leader.is_some_and(|l| removing.contains(&l)) {
+            self.elect(live, false, None);
+        }
+    }
+
     /// Whether the preferred leader (the first replica) could take over:
     /// live, in sync, and not leading already.
     pub fn preferred_leader_eligible(&self, live: &[NodeId]) -> bool {
@@ -197,6 +225,18 @@ pub enum Command {
         /// The new ISR.
         isr: Vec<NodeId>,
     },
+    /// Moves a partition to other brokers (Kafka's KIP-455): the new
+    /// replicas are added and follow the leader; once all of them are in
+    /// sync, the replicas become exactly `replicas` (first: the preferred
+    /// leader) and the others are dropped.
+    ReassignPartition {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The target replicas.
+        replicas: Vec<NodeId>,
+    },
     /// Gives each partition (of `topic`, or of every topic) back to its
     /// preferred leader, the first replica, where that broker is live, in
     /// the ISR and not leading it now.
@@ -292,6 +332,16 @@ pub enum Refusal {
         topic: String,
         /// Partition.
         partition: i32,
+    },
+    /// A reassignment that breaks a rule.
+    #[error("reassigning {topic}-{partition}: {reason}")]
+    Reassignment {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The rule.
+        reason: String,
     },
     /// An ISR change from a leader that is no longer current, or based on
     /// an older state of the partition.
@@ -482,6 +532,7 @@ impl MetadataImage {
                     partition: *partition,
                     reason,
                 };
+                let live = self.live_set();
                 let t = self
                     .topics
                     .get_mut(topic)
@@ -520,6 +571,70 @@ impl MetadataImage {
                     .copied()
                     .collect();
                 p.partition_epoch += 1;
+                p.finish_reassignment(&live);
+                Ok(Outcome::Done)
+            }
+            Command::ReassignPartition {
+                topic,
+                partition,
+                replicas,
+            } => {
+                let refuse = |reason: String| Refusal::Reassignment {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    reason,
+                };
+                let mut distinct = replicas.clone();
+                distinct.sort_unstable();
+                distinct.dedup();
+                if replicas.is_empty() || distinct.len() != replicas.len() {
+                    return Err(refuse(format!(
+                        "replicas {replicas:?} must be distinct broker ids, at least one"
+                    )));
+                }
+                if let Some(b) = replicas.iter().find(|b| !self.brokers.contains_key(b)) {
+                    return Err(Refusal::UnknownBroker(*b));
+                }
+                let live = self.live_set();
+                let t = self
+                    .topics
+                    .get_mut(topic)
+                    .ok_or_else(|| Refusal::TopicNotFound(topic.clone()))?;
+                let p = usize::try_from(*partition)
+                    .ok()
+                    .and_then(|i| t.partitions.get_mut(i))
+                    .ok_or_else(|| Refusal::PartitionNotFound {
+                        topic: topic.clone(),
+                        partition: *partition,
+                    })?;
+                if !p.adding.is_empty() || !p.removing.is_empty() {
+                    return Err(refuse(format!(
+                        "a reassignment is in progress (adding {:?}, removing {:?})",
+                        p.adding, p.removing
+                    )));
+                }
+                if let Some(b) = replicas
+                    .iter()
+                    .find(|b| !p.replicas.contains(b) && !live.contains(b))
+                {
+                    return Err(refuse(format!("broker {b} is fenced: it cannot catch up")));
+                }
+                p.adding = replicas
+                    .iter()
+                    .filter(|r| !p.replicas.contains(r))
+                    .copied()
+                    .collect();
+                p.removing = p
+                    .replicas
+                    .iter()
+                    .filter(|r| !replicas.contains(r))
+                    .copied()
+                    .collect();
+                let mut all = replicas.clone();
+                all.extend(p.removing.iter().copied());
+                p.replicas = all;
+                p.partition_epoch += 1;
+                p.finish_reassignment(&live);
                 Ok(Outcome::Done)
             }
             Command::ElectPreferredLeaders { topic } => {
@@ -693,6 +808,8 @@ fn place(
         isr: replicas.clone(),
         replicas,
         partition_epoch: 0,
+        adding: Vec::new(),
+        removing: Vec::new(),
     }
 }
 
@@ -1025,6 +1142,83 @@ mod tests {
         assert_eq!(after.leader, Some(1));
         assert_eq!(after.leader_epoch, a.leader_epoch + 1);
         assert_eq!(img.preferred_imbalance(), 0);
+    }
+
+    #[test]
+    fn a_reassignment_switches_once_the_new_replicas_are_in_sync() {
+        let mut img = MetadataImage::default();
+        for id in 1..=4 {
+            register(&mut img, id, id, None);
+        }
+        create(&mut img, "t", 0, 1, 3);
+        let before = img.topics["t"].partitions[0].clone();
+        let leader = before.leader.expect("leader");
+        let spare = (1..=4)
+            .find(|b| !before.replicas.contains(b))
+            .expect("spare");
+        // Replace the leader with the spare broker.
+        let mut target: Vec<NodeId> = before
+            .replicas
+            .iter()
+            .copied()
+            .filter(|r| *r != leader)
+            .collect();
+        target.insert(0, spare);
+        let reassign = |replicas: Vec<NodeId>| Command::ReassignPartition {
+            topic: "t".into(),
+            partition: 0,
+            replicas,
+        };
+        assert_eq!(img.apply(10, &reassign(target.clone())), Outcome::Done);
+        let p = img.topics["t"].partitions[0].clone();
+        assert_eq!(p.adding, vec![spare]);
+        assert_eq!(p.removing, vec![leader]);
+        assert_eq!(p.replicas.len(), 4, "old and new replicas meanwhile");
+        assert_eq!(
+            p.leader,
+            Some(leader),
+            "the old leader leads until the switch"
+        );
+        // A second one waits for the first.
+        assert!(matches!(
+            img.apply(11, &reassign(before.replicas.clone())),
+            Outcome::Refused(Refusal::Reassignment { .. })
+        ));
+        // The spare catches up and the leader adds it to the ISR: switch.
+        let mut isr = p.isr.clone();
+        isr.push(spare);
+        assert_eq!(
+            img.apply(
+                12,
+                &Command::AlterIsr {
+                    topic: "t".into(),
+                    topic_id: 0,
+                    partition: 0,
+                    leader,
+                    leader_epoch: p.leader_epoch,
+                    partition_epoch: p.partition_epoch,
+                    isr,
+                }
+            ),
+            Outcome::Done
+        );
+        let after = &img.topics["t"].partitions[0];
+        assert_eq!(after.replicas, target);
+        assert!(after.adding.is_empty() && after.removing.is_empty());
+        assert!(!after.isr.contains(&leader));
+        assert!(after
+            .leader
+            .is_some_and(|l| l != leader && target.contains(&l)));
+        assert_eq!(after.leader_epoch, p.leader_epoch + 1);
+        // Unknown brokers and repeats are refused.
+        assert_eq!(
+            img.apply(13, &reassign(vec![1, 9])),
+            Outcome::Refused(Refusal::UnknownBroker(9))
+        );
+        assert!(matches!(
+            img.apply(14, &reassign(vec![1, 1])),
+            Outcome::Refused(Refusal::Reassignment { .. })
+        ));
     }
 
     #[test]

@@ -26,6 +26,8 @@ use super::transport::{
 };
 use super::{ClusterError, Command, MetadataImage, NodeId, Outcome, TypeConfig};
 
+/// How long a decommission waits for its broker's replicas to move.
+const DECOMMISSION_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a proposal keeps looking for an active controller.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(15);
 /// One controller request's timeout.
@@ -787,7 +789,70 @@ impl Cluster {
                 "node {id} is a controller voter; voters are fixed by --controller-voters"
             )));
         }
-        self.propose(Command::UnregisterBroker { id }).await?;
+        // Its replicas move first: each partition it holds is reassigned
+        // to the live broker holding the fewest replicas among those it
+        // does not use yet.
+        let image = self.image();
+        if !image.brokers.contains_key(&id) {
+            return Err(ClusterError::Refused(
+                crate::cluster::Refusal::UnknownBroker(id),
+            ));
+        }
+        let mut load: BTreeMap<NodeId, usize> = image
+            .brokers
+            .values()
+            .filter(|b| !b.fenced && b.id != id)
+            .map(|b| (b.id, image.replica_count(b.id)))
+            .collect();
+        for t in image.topics.values() {
+            for (i, p) in t.partitions.iter().enumerate() {
+                if !p.replicas.contains(&id) || p.removing.contains(&id) {
+                    continue;
+                }
+                let Some((&to, _)) = load
+                    .iter()
+                    .filter(|(b, _)| !p.replicas.contains(b))
+                    .min_by_key(|(b, n)| (**n, **b))
+                else {
+                    return Err(ClusterError::Unsupported(format!(
+                        "no live broker can take {}-{i} from broker {id}: every other live broker holds a replica already",
+                        t.name
+                    )));
+                };
+                *load.entry(to).or_default() += 1;
+                let replicas = p
+                    .replicas
+                    .iter()
+                    .map(|r| if *r == id { to } else { *r })
+                    .collect();
+                let (outcome, _) = self
+                    .propose(Command::ReassignPartition {
+                        topic: t.name.clone(),
+                        partition: i as i32,
+                        replicas,
+                    })
+                    .await?;
+                if let Outcome::Refused(r) = outcome {
+                    return Err(ClusterError::Refused(r));
+                }
+            }
+        }
+        // Then it goes, once the new replicas caught up and it holds none.
+        let deadline = Instant::now() + DECOMMISSION_TIMEOUT;
+        while self.image().replica_count(id) > 0 {
+            if Instant::now() > deadline {
+                return Err(ClusterError::Unsupported(format!(
+                    "broker {id} still holds {} replicas after {} s: the reassignments go on; decommission again once they finish",
+                    self.image().replica_count(id),
+                    DECOMMISSION_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (outcome, _) = self.propose(Command::UnregisterBroker { id }).await?;
+        if let Outcome::Refused(r) = outcome {
+            return Err(ClusterError::Refused(r));
+        }
         Ok(())
     }
 }

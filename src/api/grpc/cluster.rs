@@ -249,6 +249,7 @@ impl ClusterApi for ClusterService {
                             leader_epoch: 0,
                             replicas: vec![me],
                             isr: vec![me],
+                            ..Default::default()
                         })
                         .collect(),
                 });
@@ -304,6 +305,8 @@ impl ClusterApi for ClusterService {
                             leader_epoch: p.leader_epoch,
                             replicas: p.replicas.iter().copied().map(id32).collect(),
                             isr: p.isr.iter().copied().map(id32).collect(),
+                            adding: p.adding.iter().copied().map(id32).collect(),
+                            removing: p.removing.iter().copied().map(id32).collect(),
                         })
                         .collect(),
                 })
@@ -389,6 +392,46 @@ impl ClusterApi for ClusterService {
             .await
             .map_err(cluster_status)?;
         Ok(Response::new(pb::DecommissionBrokerResponse {}))
+    }
+
+    async fn reassign_partition(
+        &self,
+        request: Request<pb::ReassignPartitionRequest>,
+    ) -> Result<Response<pb::ReassignPartitionResponse>, Status> {
+        let _t = timed("ReassignPartition");
+        let r = request.into_inner();
+        let Some(link) = &self.link else {
+            return Err(Status::failed_precondition(
+                "a single-node server has no other broker to move a partition to",
+            ));
+        };
+        let replicas = r
+            .replicas
+            .iter()
+            .map(|&id| {
+                NodeId::try_from(id)
+                    .map_err(|_| Status::invalid_argument(format!("broker id {id} must be >= 0")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (outcome, index) = link
+            .cluster
+            .propose(crate::cluster::Command::ReassignPartition {
+                topic: r.topic,
+                partition: r.partition,
+                replicas,
+            })
+            .await
+            .map_err(cluster_status)?;
+        if let crate::cluster::Outcome::Refused(refusal) = outcome {
+            return Err(cluster_status(crate::cluster::ClusterError::Refused(
+                refusal,
+            )));
+        }
+        link.cluster
+            .wait_synced(index, Duration::from_secs(10))
+            .await
+            .map_err(cluster_status)?;
+        Ok(Response::new(pb::ReassignPartitionResponse {}))
     }
 
     async fn elect_preferred_leaders(

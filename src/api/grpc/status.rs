@@ -101,7 +101,7 @@ pub fn cluster_code(e: &crate::cluster::ClusterError) -> Code {
                 Code::NotFound
             }
             R::ReplicationFactor { .. } | R::PartitionCount { .. } => Code::InvalidArgument,
-            R::BrokerHasReplicas { .. } => Code::FailedPrecondition,
+            R::BrokerHasReplicas { .. } | R::Reassignment { .. } => Code::FailedPrecondition,
             R::StaleBrokerEpoch { .. } | R::StaleIsrChange { .. } => Code::Aborted,
             R::ProducerIdsExhausted => Code::ResourceExhausted,
         },
