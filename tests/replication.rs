@@ -28,6 +28,27 @@ async fn read_everything(c: &Client, topic: &str) -> Vec<(String, i32, i64)> {
     out
 }
 
+/// Three voters (and `brokers_only` more brokers) with `topic` created at
+/// replication factor 3 and every replica in sync.
+async fn replicated_cluster(
+    brokers_only: u64,
+    topic: &str,
+    partitions: i32,
+    config: pb::TopicConfig,
+) -> (TestCluster, pb::MetadataResponse) {
+    let cluster = TestCluster::start(3, brokers_only, &[]).await;
+    cluster
+        .client(1)
+        .await
+        .create_replicated_topic(topic, partitions, Some(3), config)
+        .await
+        .expect("create");
+    let meta = cluster
+        .wait_fully_replicated(topic, Duration::from_secs(30))
+        .await;
+    (cluster, meta)
+}
+
 fn leader_of(meta: &pb::MetadataResponse, topic: &str, partition: usize) -> u64 {
     let t = meta
         .topics
@@ -39,17 +60,8 @@ fn leader_of(meta: &pb::MetadataResponse, topic: &str, partition: usize) -> u64 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_records_survive_killing_their_leader_without_duplicates() {
-    let mut cluster = TestCluster::start(3, 0, &[]).await;
     let topic = "replicated";
-    cluster
-        .client(1)
-        .await
-        .create_replicated_topic(topic, 3, Some(3), Default::default())
-        .await
-        .expect("create");
-    let meta = cluster
-        .wait_fully_replicated(topic, Duration::from_secs(30))
-        .await;
+    let (mut cluster, meta) = replicated_cluster(0, topic, 3, Default::default()).await;
     // Kill a leader other than node 1, which the producer bootstraps from.
     let victim = (0..3)
         .map(|p| leader_of(&meta, topic, p))
@@ -124,25 +136,17 @@ async fn acknowledged_records_survive_killing_their_leader_without_duplicates() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acks_all_is_refused_below_min_insync_replicas_and_served_again_after() {
-    let mut cluster = TestCluster::start(3, 0, &[]).await;
     let topic = "guarded";
-    cluster
-        .client(1)
-        .await
-        .create_replicated_topic(
-            topic,
-            1,
-            Some(3),
-            pb::TopicConfig {
-                min_insync_replicas: Some(3),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("create");
-    let meta = cluster
-        .wait_fully_replicated(topic, Duration::from_secs(30))
-        .await;
+    let (mut cluster, meta) = replicated_cluster(
+        0,
+        topic,
+        1,
+        pb::TopicConfig {
+            min_insync_replicas: Some(3),
+            ..Default::default()
+        },
+    )
+    .await;
     let leader = leader_of(&meta, topic, 0);
     let followers: Vec<u64> = (1..=3).filter(|n| *n != leader).collect();
     let produce = |acks: pb::Acks, tag: &str| pb::ProduceRequest {
@@ -226,17 +230,8 @@ async fn coordinator_of(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn group_offsets_and_queue_progress_survive_killing_their_coordinator() {
-    let mut cluster = TestCluster::start(3, 0, &[]).await;
     let topic = "jobs";
-    cluster
-        .client(1)
-        .await
-        .create_replicated_topic(topic, 2, Some(3), Default::default())
-        .await
-        .expect("create");
-    cluster
-        .wait_fully_replicated(topic, Duration::from_secs(30))
-        .await;
+    let (mut cluster, _) = replicated_cluster(0, topic, 2, Default::default()).await;
     // Records to consume, through node 1.
     let c1 = cluster.client(1).await;
     let records: Vec<pb::ProduceRecord> = (0..200)
@@ -402,17 +397,8 @@ async fn group_offsets_and_queue_progress_survive_killing_their_coordinator() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn preferred_leaders_take_their_partitions_back_once_in_sync() {
-    let mut cluster = TestCluster::start(3, 0, &[]).await;
     let topic = "balanced";
-    cluster
-        .client(1)
-        .await
-        .create_replicated_topic(topic, 3, Some(3), Default::default())
-        .await
-        .expect("create");
-    let meta = cluster
-        .wait_fully_replicated(topic, Duration::from_secs(30))
-        .await;
+    let (mut cluster, meta) = replicated_cluster(0, topic, 3, Default::default()).await;
     let preferred = |m: &pb::MetadataResponse| -> usize {
         m.topics[0]
             .partitions
@@ -471,15 +457,9 @@ async fn preferred_leaders_take_their_partitions_back_once_in_sync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reassigned_partition_moves_its_records_and_its_leader() {
-    let cluster = TestCluster::start(3, 1, &[]).await;
     let topic = "moving";
+    let (cluster, meta) = replicated_cluster(1, topic, 1, Default::default()).await;
     let c = cluster.client(1).await;
-    c.create_replicated_topic(topic, 1, Some(3), Default::default())
-        .await
-        .expect("create");
-    let meta = cluster
-        .wait_fully_replicated(topic, Duration::from_secs(30))
-        .await;
     let p = meta.topics[0].partitions[0].clone();
     let produce = |tag: &'static str| pb::ProduceRequest {
         topic: topic.into(),
