@@ -15,16 +15,21 @@
 //!   of the broker.
 //! * [`broker`]: topics and partitions, produce and fetch, waiting readers,
 //!   the partitioner. The one domain facade every transport calls. In a
-//!   cluster it follows the committed metadata (`apply_metadata`).
+//!   cluster it follows the committed metadata (`apply_metadata`) and
+//!   replicates partitions: leaders, followers, the high watermark, ISR
+//!   changes (`replication`).
 //! * [`coordinator`]: consumer groups (membership, server-side sticky
 //!   assignment, fencing) and committed offsets, stored in the broker's own
 //!   internal topic `__consumer_offsets`; work queues (share groups: locks,
 //!   acknowledgements, redelivery, dead letters) in `__share_group_state`.
+//!   In a cluster both topics replicate and each shard runs on the leader of
+//!   its partition.
 //! * [`api`]: transports. [`api::grpc`] holds the tonic services; each handler
 //!   decodes, validates, calls the domain and encodes. Its codec checks
 //!   request counts before decoding, and `conn` bounds connections. In a
 //!   cluster, `routing` forwards requests to partition leaders and admin
-//!   changes to the quorum.
+//!   changes to the quorum, `replication` carries followers' fetches and
+//!   ISR proposals, and `remote` reads partitions led elsewhere.
 //! * [`server`]: the composition root. Takes a bound listener and a shutdown
 //!   future, so tests bind `127.0.0.1:0` and shut down on their own terms.
 //! * [`config`] and [`error`]: server settings and the top-level error type.

@@ -25,8 +25,10 @@
 //! (topics), `internal.rs` (the coordinators' internal topics),
 //! `journal.rs` (state kept in an internal topic: append, replay, snapshot
 //! and purge, shared by the coordinators and producer ids), `logs.rs`
-//! (opening, eviction, maintenance), `partition.rs`, `topic.rs`,
-//! `producer_ids.rs`, `partitioner.rs`, `error.rs`.
+//! (opening, eviction, maintenance), `replication/` (roles, the high
+//! watermark, both sides of followers' fetches, ISR changes),
+//! `cluster_sync.rs` (applying the cluster's metadata), `partition.rs`,
+//! `topic.rs`, `producer_ids.rs`, `partitioner.rs`, `error.rs`.
 
 mod admin;
 mod cluster_sync;
@@ -138,7 +140,7 @@ pub struct BrokerConfig {
     pub producer_id_stripe: Option<ProducerIdStripe>,
     /// In a cluster: this broker's node id. Its user topics' partitions
     /// then serve only as the metadata's leader says (see
-    /// `replication.rs`); without it every partition is standalone.
+    /// `replication/`); without it every partition is standalone.
     pub node_id: Option<u64>,
     /// Replication settings (in a cluster).
     pub replication: ReplicationConfig,

@@ -83,7 +83,7 @@ pub struct Partition {
     pub(crate) last_size: AtomicU64,
     pub(crate) last_segments: AtomicU64,
     /// Leader, follower or standalone, and what acks=ALL waiters watch
-    /// (see `replication.rs`).
+    /// (see `replication/`).
     pub(crate) replica: ReplicaCell,
 }
 
