@@ -1,7 +1,8 @@
 //! Clusters of real `sluice serve` processes on loopback: formation from a
 //! static voter list, topic operations and data requests through any node,
 //! controller kills (SIGKILL), restarts, a partitioned old leader, a
-//! broker-only node, and what a single node reports.
+//! broker-only node, forwarding from a broker behind on metadata, and what
+//! a single node reports.
 
 mod common;
 
@@ -353,6 +354,90 @@ async fn a_broker_only_node_joins_takes_partitions_and_leaves_once_they_moved() 
             .sum::<usize>(),
         8
     );
+}
+
+/// A broker that missed a leader change still serves its clients: it
+/// forwards to the leader it knows, which (knowing better) forwards once
+/// more to the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_behind_on_metadata_reaches_a_moved_partition_in_two_hops() {
+    let cluster = TestCluster::start(3, 0, &[]).await;
+    let controller = cluster.wait_stable(3, Duration::from_secs(20)).await;
+    let c = cluster.client(controller).await;
+    c.create_replicated_topic("moved", 1, Some(1), Default::default())
+        .await
+        .expect("create");
+    let meta = cluster.converged_metadata(Duration::from_secs(20)).await;
+    let old = meta.topics[0].partitions[0].leader;
+    assert!(old > 0, "{meta:?}");
+    // The stale broker is neither the controller nor the old leader; the
+    // new leader is the remaining node, or the controller.
+    let stale = (1..=3u64)
+        .find(|&i| i != controller && i as i32 != old)
+        .expect("a third node");
+    let new = (1..=3u64)
+        .find(|&i| i != stale && i as i32 != old)
+        .expect("a new leader");
+    let r = c
+        .produce(keyed("moved", 10, "before"))
+        .await
+        .expect("produce");
+    assert!(r.record_errors.is_empty(), "{r:?}");
+    // Cut the stale broker off the quorum (data links stay), then move
+    // the partition.
+    cluster.isolate(stale, true);
+    c.cluster()
+        .reassign_partition(pb::ReassignPartitionRequest {
+            topic: "moved".into(),
+            partition: 0,
+            replicas: vec![new as i32],
+        })
+        .await
+        .expect("reassign");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = c.metadata(&["moved"]).await.expect("metadata");
+        let p = &m.topics[0].partitions[0];
+        if p.leader == new as i32 && p.removing.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not moved: {p:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The stale broker still names the old leader...
+    let lagging = cluster.client(stale).await;
+    let view = lagging.metadata(&["moved"]).await.expect("stale metadata");
+    assert_eq!(view.topics[0].partitions[0].leader, old);
+    // ...and yet a produce and a fetch sent to it (not routed by the
+    // client) reach the new leader.
+    let mut direct = lagging.broker();
+    let r = direct
+        .produce(keyed("moved", 5, "after"))
+        .await
+        .expect("produce through the stale broker")
+        .into_inner();
+    assert!(r.record_errors.is_empty(), "{r:?}");
+    let fetched = direct
+        .fetch(pb::FetchRequest {
+            topic: "moved".into(),
+            partition: 0,
+            offset: 0,
+            ..Default::default()
+        })
+        .await
+        .expect("fetch through the stale broker")
+        .into_inner();
+    let values: Vec<String> = fetched
+        .records
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into())
+        .collect();
+    assert_eq!(values.len(), 15, "{values:?}");
+    assert!(values[10..].iter().all(|v| v.starts_with("after")));
+    assert!(cluster.forwarded(stale, "Fetch").await >= 1);
+    assert!(cluster.forwarded(old as u64, "Fetch").await >= 1);
+    cluster.isolate(stale, false);
+    cluster.converged_metadata(Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

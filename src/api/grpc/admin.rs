@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use tonic::{Request, Response, Status};
 
-use super::cluster::{cluster_status, is_forwarded, ClusterLink, STANDALONE_NODE_ID};
+use super::cluster::{cluster_status, is_forwarded, ClusterLink, Hops, STANDALONE_NODE_ID};
 use super::pb::{self, admin_client::AdminClient, admin_server::Admin};
 use super::{convert, timed};
 use crate::broker::{is_internal_topic, Broker, BrokerError, INTERNAL_TOPIC_PREFIX};
@@ -119,6 +119,7 @@ impl AdminService {
                     .describe_topic(link.forwarded(
                         pb::DescribeTopicRequest { name: name.clone() },
                         Some(Duration::from_secs(5)),
+                        Hops::default(),
                     ))
                     .await
             }

@@ -6,7 +6,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::cluster::{is_forwarded, ClusterLink};
+use super::cluster::{is_forwarded, ClusterLink, Hops};
 use super::pb::{self, broker_client::BrokerClient, broker_server::Broker as BrokerApi};
 use super::routing::{self, Target};
 use super::{convert, status, timed};
@@ -58,11 +58,11 @@ impl BrokerService {
         topic: &str,
         partition: i32,
     ) -> Result<Option<String>, Status> {
-        let from_peer = is_forwarded(request);
-        if from_peer {
+        let hops = Hops::of(request);
+        if hops.forwarded() {
             link.catch_up(request).await?;
         }
-        Ok(match link.route(topic, partition, from_peer)? {
+        Ok(match link.route(topic, partition, hops)? {
             Route::Remote { internal, .. } => Some(internal),
             Route::Local => None,
         })
@@ -110,6 +110,7 @@ async fn produce_parts(
     sequence: u64,
     parts: Vec<routing::ProducePart>,
     timeout: Option<std::time::Duration>,
+    hops: Hops,
 ) -> pb::ProduceResponse {
     let mut remote = Vec::new();
     let mut replies = Vec::new();
@@ -121,7 +122,7 @@ async fn produce_parts(
                 remote.push((
                     part.indices,
                     tokio::spawn(async move {
-                        routing::forward_produce(&link, &internal, request, timeout).await
+                        routing::forward_produce(&link, &internal, request, timeout, hops).await
                     }),
                 ));
             }
@@ -172,8 +173,8 @@ impl BrokerApi for BrokerService {
         request: Request<pb::ProduceRequest>,
     ) -> Result<Response<pb::ProduceResponse>, Status> {
         let _t = timed("Produce");
-        let from_peer = is_forwarded(&request);
-        if let (Some(link), true) = (&self.link, from_peer) {
+        let hops = Hops::of(&request);
+        if let (Some(link), true) = (&self.link, hops.forwarded()) {
             link.catch_up(&request).await?;
         }
         let timeout = super::wait_budget(&request);
@@ -182,7 +183,7 @@ impl BrokerApi for BrokerService {
             return Ok(Response::new(produce_local(&self.broker, r).await?));
         };
         let sequence = r.sequence;
-        let mut parts = routing::split_produce(link, r, from_peer)?;
+        let mut parts = routing::split_produce(link, r, hops)?;
         if parts.len() == 1 && matches!(parts[0].target, Target::Local) {
             let part = parts.remove(0);
             return Ok(Response::new(
@@ -190,7 +191,7 @@ impl BrokerApi for BrokerService {
             ));
         }
         Ok(Response::new(
-            produce_parts(&self.broker, link, sequence, parts, timeout).await,
+            produce_parts(&self.broker, link, sequence, parts, timeout, hops).await,
         ))
     }
 
@@ -216,7 +217,7 @@ impl BrokerApi for BrokerService {
                 };
                 let mut client = Self::remote_client(link, &b.internal, "InitProducer")?;
                 return client
-                    .init_producer(link.forwarded(request.into_inner(), None))
+                    .init_producer(link.forwarded(request.into_inner(), None, Hops::default()))
                     .await;
             }
         }
@@ -250,7 +251,7 @@ impl BrokerApi for BrokerService {
         &self,
         request: Request<Streaming<pb::ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
-        let from_peer = is_forwarded(&request);
+        let hops = Hops::of(&request);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(PRODUCE_STREAM_BUFFER);
         let broker = self.broker.clone();
@@ -282,7 +283,7 @@ impl BrokerApi for BrokerService {
                 // local part too), so replies keep the stream's order.
                 let r = match &link {
                     None => r,
-                    Some(link) => match routing::split_produce(link, r, from_peer) {
+                    Some(link) => match routing::split_produce(link, r, hops) {
                         Err(s) => {
                             if tx.send(Err(s)).await.is_err() {
                                 break;
@@ -294,7 +295,7 @@ impl BrokerApi for BrokerService {
                                 parts.remove(0).request
                             } else {
                                 let reply =
-                                    produce_parts(&broker, link, sequence, parts, None).await;
+                                    produce_parts(&broker, link, sequence, parts, None, hops).await;
                                 drop(t);
                                 if tx.send(Ok(reply)).await.is_err() {
                                     break;
@@ -364,9 +365,10 @@ impl BrokerApi for BrokerService {
                 Self::remote_leader(link, &request, &r.topic, r.partition).await?
             {
                 let timeout = super::wait_budget(&request);
+                let hops = Hops::of(&request);
                 let mut client = Self::remote_client(link, &internal, "Fetch")?;
                 return client
-                    .fetch(link.forwarded(request.into_inner(), timeout))
+                    .fetch(link.forwarded(request.into_inner(), timeout, hops))
                     .await;
             }
         }
@@ -415,9 +417,10 @@ impl BrokerApi for BrokerService {
             if let Some(internal) =
                 Self::remote_leader(link, &request, &r.topic, r.partition).await?
             {
+                let hops = Hops::of(&request);
                 let mut client = Self::remote_client(link, &internal, "Subscribe")?;
                 let stream = client
-                    .subscribe(link.forwarded(request.into_inner(), None))
+                    .subscribe(link.forwarded(request.into_inner(), None, hops))
                     .await?
                     .into_inner();
                 return Ok(Response::new(Box::pin(stream)));
@@ -455,14 +458,15 @@ impl BrokerApi for BrokerService {
         request: Request<pb::ListOffsetsRequest>,
     ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
         let _t = timed("ListOffsets");
-        let from_peer = is_forwarded(&request);
-        if let (Some(link), true) = (&self.link, from_peer) {
+        let hops = Hops::of(&request);
+        if let (Some(link), true) = (&self.link, hops.forwarded()) {
             link.catch_up(&request).await?;
         }
         let r = request.into_inner();
         let split = match &self.link {
-            Some(link) => routing::split_partitions(link, &r.topic, &r.partitions, from_peer)?
-                .map(|s| (link, s)),
+            Some(link) => {
+                routing::split_partitions(link, &r.topic, &r.partitions, hops)?.map(|s| (link, s))
+            }
             None => None,
         };
         let Some((link, split)) = split else {
@@ -490,6 +494,7 @@ impl BrokerApi for BrokerService {
                                 timestamp_ms: r.timestamp_ms,
                             },
                             None,
+                            hops,
                         ))
                         .await?;
                     partitions.extend(reply.into_inner().partitions);

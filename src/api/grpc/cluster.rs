@@ -5,9 +5,12 @@
 //!
 //! Forwarding goes over the internal listener, which serves the public
 //! services too. A forwarded request carries the `sluice-forwarded`
-//! header; the broker that gets it serves it locally or answers
-//! UNAVAILABLE with the leader it knows (never forwards again), so stale
-//! metadata can cost a retry but never a loop.
+//! header with its hop count and the metadata index of the broker that
+//! sent it; the receiver first applies as much metadata, so each hop
+//! routes on a view at least as new as the one before. A broker whose
+//! newer view names another leader forwards once more; the second hop
+//! serves locally or answers UNAVAILABLE with the leader it knows, so
+//! stale metadata can cost a retry but never a loop.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -19,8 +22,13 @@ use super::{status, timed};
 use crate::broker::Broker;
 use crate::cluster::{Cluster, ClusterError, NodeId, Route};
 
-/// Header that marks a request forwarded by another broker.
+/// Header that marks a request forwarded by another broker; its value is
+/// the number of brokers that forwarded it.
 pub const FORWARDED_HEADER: &str = "sluice-forwarded";
+/// The most times a request is forwarded: once by the broker the client
+/// picked, once more by a leader-to-be whose newer metadata moved the
+/// partition on (a broker that lagged behind a leader change).
+const MAX_HOPS: u8 = 2;
 /// Header with the metadata index the forwarding broker had applied: the
 /// receiver serves the request only once it has applied as much (a topic
 /// just created through one broker is known to the leader it forwards to).
@@ -88,16 +96,15 @@ impl ClusterLink {
         Ok(c)
     }
 
-    /// Where a partition's requests go; NOT_LEADER when `forwarded` and
-    /// the leader is elsewhere (a forwarded request is never forwarded
-    /// again).
-    pub fn route(&self, topic: &str, partition: i32, forwarded: bool) -> Result<Route, Status> {
+    /// Where a partition's requests go; NOT_LEADER when the leader is
+    /// elsewhere and the request has been forwarded as often as it may.
+    pub fn route(&self, topic: &str, partition: i32, hops: Hops) -> Result<Route, Status> {
         let route = self
             .cluster
             .route(topic, partition)
             .map_err(cluster_status)?;
         match route {
-            Route::Remote { id, advertised, .. } if forwarded => {
+            Route::Remote { id, advertised, .. } if !hops.may_forward() => {
                 Err(cluster_status(ClusterError::NotLeader {
                     here: self.cluster.node_id(),
                     topic: topic.to_string(),
@@ -109,10 +116,11 @@ impl ClusterLink {
         }
     }
 
-    /// `msg` as a request forwarded from this broker: marked, with the
-    /// metadata index this broker has applied and the caller's deadline.
-    pub fn forwarded<T>(&self, msg: T, timeout: Option<Duration>) -> Request<T> {
-        let mut r = forwarded(msg, timeout);
+    /// `msg`, which reached this broker after `hops` forwards, as a
+    /// request forwarded from this broker: marked, with the metadata index
+    /// this broker has applied and the caller's deadline.
+    pub fn forwarded<T>(&self, msg: T, timeout: Option<Duration>, hops: Hops) -> Request<T> {
+        let mut r = forwarded(msg, timeout, hops);
         if let Ok(v) = self.cluster.synced_index().to_string().parse() {
             r.metadata_mut().insert(METADATA_INDEX_HEADER, v);
         }
@@ -138,19 +146,19 @@ impl ClusterLink {
 
     /// The internal channel of the broker that leads `topic`'s
     /// `partition` (a coordinator's shard), or `None` when this broker
-    /// does; a request forwarded here by a peer is never forwarded again
-    /// (NOT_LEADER instead).
+    /// does; a request forwarded as often as it may be is answered
+    /// NOT_LEADER instead.
     pub async fn coordinator_channel<T>(
         &self,
         request: &Request<T>,
         topic: &str,
         partition: i32,
     ) -> Result<Option<Channel>, Status> {
-        let from_peer = is_forwarded(request);
-        if from_peer {
+        let hops = Hops::of(request);
+        if hops.forwarded() {
             self.catch_up(request).await?;
         }
-        match self.route(topic, partition, from_peer)? {
+        match self.route(topic, partition, hops)? {
             Route::Local => Ok(None),
             Route::Remote { internal, .. } => Ok(Some(self.channel(&internal)?)),
         }
@@ -158,7 +166,8 @@ impl ClusterLink {
 
     /// `request` relayed to another broker as a forwarded request.
     pub fn relay<T>(&self, request: Request<T>) -> Request<T> {
-        self.forwarded(request.into_inner(), Some(RELAY_TIMEOUT))
+        let hops = Hops::of(&request);
+        self.forwarded(request.into_inner(), Some(RELAY_TIMEOUT), hops)
     }
 
     /// Counts a request forwarded to another broker.
@@ -167,16 +176,48 @@ impl ClusterLink {
     }
 }
 
-/// Whether `request` was forwarded by another broker.
-pub fn is_forwarded<T>(request: &Request<T>) -> bool {
-    request.metadata().contains_key(FORWARDED_HEADER)
+/// How many brokers forwarded a request: 0 for one from a client.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hops(u8);
+
+impl Hops {
+    /// The hop count `request` carries.
+    pub fn of<T>(request: &Request<T>) -> Self {
+        match request.metadata().get(FORWARDED_HEADER) {
+            None => Hops(0),
+            Some(v) => Hops(
+                v.to_str()
+                    .ok()
+                    .and_then(|v| v.parse::<u8>().ok())
+                    // Unreadable: treat it as forwarded as often as it may be.
+                    .unwrap_or(MAX_HOPS)
+                    .max(1),
+            ),
+        }
+    }
+
+    /// Whether another broker forwarded the request.
+    pub fn forwarded(self) -> bool {
+        self.0 > 0
+    }
+
+    /// Whether the request may be forwarded once more.
+    pub fn may_forward(self) -> bool {
+        self.0 < MAX_HOPS
+    }
 }
 
-/// `msg` as a forwarded request, keeping the caller's deadline.
-pub fn forwarded<T>(msg: T, timeout: Option<Duration>) -> Request<T> {
+/// Whether `request` was forwarded by another broker.
+pub fn is_forwarded<T>(request: &Request<T>) -> bool {
+    Hops::of(request).forwarded()
+}
+
+/// `msg`, which reached this broker after `hops` forwards, as a forwarded
+/// request, keeping the caller's deadline.
+pub fn forwarded<T>(msg: T, timeout: Option<Duration>, hops: Hops) -> Request<T> {
     let mut r = Request::new(msg);
     r.metadata_mut()
-        .insert(FORWARDED_HEADER, MetadataValue::from_static("1"));
+        .insert(FORWARDED_HEADER, MetadataValue::from(u32::from(hops.0) + 1));
     if let Some(t) = timeout {
         r.set_timeout(t);
     }

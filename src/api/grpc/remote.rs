@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tonic::Status;
 
-use super::cluster::ClusterLink;
+use super::cluster::{ClusterLink, Hops};
 use super::pb::{self, broker_client::BrokerClient};
 use super::MAX_MESSAGE_BYTES;
 use crate::broker::{
@@ -85,6 +85,7 @@ impl RemoteReads for LeaderReads {
                 max_wait_ms: 0,
             },
             Some(REMOTE_TIMEOUT),
+            Hops::default(),
         );
         let reply = self.runtime.block_on(client.fetch(req));
         let r = match reply {
@@ -138,6 +139,7 @@ impl RemoteReads for LeaderReads {
                 timestamp_ms: timestamp,
             },
             Some(REMOTE_TIMEOUT),
+            Hops::default(),
         );
         let r = self
             .runtime

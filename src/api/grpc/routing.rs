@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use tonic::Status;
 
-use super::cluster::ClusterLink;
+use super::cluster::{ClusterLink, Hops};
 use super::pb::{self, broker_client::BrokerClient};
 use crate::broker::partition_for_key;
 use crate::cluster::{NodeId, Route};
@@ -35,13 +35,14 @@ pub(super) struct ProducePart {
 /// Gives every record of `r` an explicit partition (keyed: Kafka's hash,
 /// as the broker would; keyless: one partition per request, one this
 /// broker leads when it leads any) and splits the request by leader.
-/// A forwarded request whose partition is led elsewhere is refused whole
-/// (NOT_LEADER). A topic the metadata does not know stays whole and local
+/// A request forwarded as often as it may be whose partition is led
+/// elsewhere, or a forwarded one whose partition has no leader, is
+/// refused whole (NOT_LEADER, UNAVAILABLE). A topic the metadata does not know stays whole and local
 /// (the broker answers with its usual error).
 pub(super) fn split_produce(
     link: &ClusterLink,
     mut r: pb::ProduceRequest,
-    is_forwarded: bool,
+    hops: Hops,
 ) -> Result<Vec<ProducePart>, Status> {
     let image = link.cluster.image();
     let whole = |r: pb::ProduceRequest| {
@@ -103,9 +104,9 @@ pub(super) fn split_produce(
     for (i, rec) in records.into_iter().enumerate() {
         let p = rec.partition.unwrap_or_default();
         let route = if (0..n).contains(&p) {
-            match link.route(&r.topic, p, is_forwarded) {
+            match link.route(&r.topic, p, hops) {
                 Ok(route) => route,
-                Err(s) if is_forwarded => return Err(s),
+                Err(s) if hops.forwarded() => return Err(s),
                 Err(s) => {
                     let part = failed.entry(p).or_insert_with(|| ProducePart {
                         target: Target::Failed(s),
@@ -149,13 +150,14 @@ pub(super) async fn forward_produce(
     internal: &str,
     request: pb::ProduceRequest,
     timeout: Option<Duration>,
+    hops: Hops,
 ) -> Result<pb::ProduceResponse, Status> {
     ClusterLink::count_forward("Produce");
     let mut client = BrokerClient::new(link.channel(internal)?)
         .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(super::MAX_MESSAGE_BYTES);
     Ok(client
-        .produce(link.forwarded(request, timeout))
+        .produce(link.forwarded(request, timeout, hops))
         .await?
         .into_inner())
 }
@@ -233,7 +235,7 @@ pub(super) fn split_partitions(
     link: &ClusterLink,
     topic: &str,
     partitions: &[i32],
-    is_forwarded: bool,
+    hops: Hops,
 ) -> Result<Option<PartitionsByLeader>, Status> {
     let image = link.cluster.image();
     let Some(t) = image.topics.get(topic) else {
@@ -246,7 +248,7 @@ pub(super) fn split_partitions(
     };
     let mut out = PartitionsByLeader::new();
     for p in all {
-        let key = match link.route(topic, p, is_forwarded)? {
+        let key = match link.route(topic, p, hops)? {
             Route::Local => None,
             Route::Remote { id, internal, .. } => Some((id, internal)),
         };
