@@ -88,12 +88,16 @@ pub async fn run(
 /// topics (on the blocking pool) and reports how far it got.
 async fn follow_metadata(cluster: Arc<Cluster>, broker: Arc<Broker>) {
     let mut rx = cluster.subscribe();
+    let mut registration = cluster.watch_registration();
     loop {
         let applied = rx.borrow_and_update().clone();
+        registration.borrow_and_update();
         let index = applied.last.map_or(0, |l| l.index);
         let b = broker.clone();
         let image = applied.image.clone();
-        match tokio::task::spawn_blocking(move || b.apply_metadata(&image)).await {
+        // Roles only once this process has registered (and is not fenced).
+        let registered = cluster.registered_in(&image);
+        match tokio::task::spawn_blocking(move || b.apply_metadata(&image, registered)).await {
             Ok(Ok(())) => cluster.mark_synced(index),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, index, "metadata not applied yet; retrying");
@@ -102,8 +106,9 @@ async fn follow_metadata(cluster: Arc<Cluster>, broker: Arc<Broker>) {
             }
             Err(e) => tracing::error!(error = %e, "metadata follower task failed"),
         }
-        if rx.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            changed = registration.changed() => if changed.is_err() { return },
         }
     }
 }
@@ -581,12 +586,25 @@ fn metrics_router(
                             .set(q.oldest_unacked_age_ms as f64 / 1000.0);
                     }
                     let groups = coordinator.stats();
+                    let c = coordinator.clone();
+                    let lags = tokio::task::spawn_blocking(move || c.lag_by_topic())
+                        .await
+                        .unwrap_or_default();
+                    for (group, topic, lag) in lags {
+                        metrics::gauge!("sluice_group_lag", "group" => group, "topic" => topic)
+                            .set(lag as f64);
+                    }
                     metrics::gauge!("sluice_groups").set(groups.groups as f64);
                     metrics::gauge!("sluice_group_members").set(groups.members as f64);
                     let stats = tokio::task::spawn_blocking(move || broker.stats())
                         .await
                         .unwrap_or_default();
                     metrics::gauge!("sluice_open_partition_logs").set(stats.open_logs as f64);
+                    metrics::gauge!("sluice_partitions_led").set(stats.led as f64);
+                    metrics::gauge!("sluice_partitions_under_replicated")
+                        .set(stats.under_replicated as f64);
+                    metrics::gauge!("sluice_partitions_under_min_isr")
+                        .set(stats.under_min_isr as f64);
                     for (topic, partitions, size, segments) in stats.topics {
                         metrics::gauge!("sluice_topic_partitions", "topic" => topic.clone())
                             .set(partitions as f64);

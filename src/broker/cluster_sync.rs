@@ -9,12 +9,15 @@ impl Broker {
     /// Makes the local topics match `image`: creates the topics it holds
     /// (under their ids), deletes local ones it does not hold or holds
     /// under another id (deleted and created again), and adds partitions;
-    /// then sets each partition's role (leader, follower). The broker's own
-    /// producer-id journal is left alone. Blocking.
+    /// then sets each partition's role (leader, follower), or takes every
+    /// partition offline while this broker is not `registered` (a process
+    /// that has not registered yet, or a fenced one, must not act on the
+    /// image's view of it). The broker's own producer-id journal is left
+    /// alone. Blocking.
     ///
     /// Every topic is tried; the first failure is returned after the rest
     /// were applied, and the caller tries again.
-    pub fn apply_metadata(&self, image: &MetadataImage) -> Result<()> {
+    pub fn apply_metadata(&self, image: &MetadataImage, registered: bool) -> Result<()> {
         let mut first: Option<BrokerError> = None;
         let mut note = |e: BrokerError| {
             tracing::error!(error = %e, "applying the cluster metadata failed");
@@ -72,7 +75,7 @@ impl Broker {
                 }
             }
         }
-        if let Err(e) = self.apply_roles(image) {
+        if let Err(e) = self.apply_roles(image, registered) {
             first.get_or_insert(e);
         }
         match first {

@@ -128,6 +128,8 @@ pub(super) struct PendingFlush {
     indices: Vec<usize>,
     /// acks=ALL: wait for the in-sync replicas too.
     replicate: bool,
+    /// The leader epoch the records were appended in (`None`: standalone).
+    epoch: Option<i32>,
 }
 
 impl Appended {
@@ -174,7 +176,7 @@ impl Appended {
             f.part.appended(&f.log, f.log.end_offset());
             if let Err(e) = f
                 .part
-                .wait_replicated(f.end, fsync, self.replication.ack_timeout)
+                .wait_replicated(f.end, f.epoch, fsync, self.replication.ack_timeout)
                 .await
             {
                 fail_partition(&mut result, f.part.id, f.indices, e);
@@ -195,13 +197,14 @@ impl Appended {
             }
             // A cluster's leader (so inside the runtime, on a blocking
             // thread): wait for the in-sync replicas too.
-            if f.replicate && f.part.is_replicated_leader() {
+            if f.replicate && f.epoch.is_some() {
                 let Ok(rt) = tokio::runtime::Handle::try_current() else {
                     continue;
                 };
                 f.part.appended(&f.log, f.log.end_offset());
                 let waited = rt.block_on(f.part.wait_replicated(
                     f.end,
+                    f.epoch,
                     self.replication.ack_requires_fsync,
                     self.replication.ack_timeout,
                 ));
@@ -419,9 +422,9 @@ impl Broker {
             let indices: Vec<usize> = assigned[start..end].iter().map(|(_, i)| *i).collect();
             start = end;
             let part = &parts[p as usize];
-            let log = match part
+            let (log, epoch) = match part
                 .check_writable(req.acks)
-                .and_then(|()| self.log_of(&topic, part))
+                .and_then(|epoch| Ok((self.log_of(&topic, part)?, epoch)))
             {
                 Ok(l) => l,
                 Err(e) => {
@@ -543,6 +546,7 @@ impl Broker {
                         end: last_end,
                         indices: appended_indices,
                         replicate: req.acks == Acks::All,
+                        epoch,
                     });
                 }
             }

@@ -168,6 +168,9 @@ pub struct Cluster {
     sessions: Mutex<Sessions>,
     /// This broker's registration epoch (0 until registered).
     epoch: AtomicU64,
+    /// The registration epoch, once this process has registered: the
+    /// local broker takes partition roles only from then on.
+    registered: watch::Sender<u64>,
     /// Brokers this one failed to reach lately (replica fetches), for its
     /// heartbeats. Held only to read or update the map.
     unreachable: Mutex<HashMap<NodeId, Instant>>,
@@ -256,6 +259,7 @@ impl Cluster {
             sessions: Mutex::new(Sessions::default()),
             unreachable: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
+            registered: watch::Sender::new(0),
             synced: watch::Sender::new(0),
             stopping: watch::Sender::new(false),
             leaving: std::sync::atomic::AtomicBool::new(false),
@@ -336,12 +340,34 @@ impl Cluster {
         Ok(())
     }
 
-    /// Ready to serve: a controller is known and the local broker has
-    /// applied everything this node knows to be committed.
+    /// Ready to serve: a controller is known, this process has registered
+    /// and is not fenced, and the local broker has applied everything this
+    /// node knows to be committed.
     pub fn ready(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
         let applied = m.last_applied.map(|l| l.index);
-        m.current_leader.is_some() && applied.is_some_and(|a| *self.synced.borrow() >= a)
+        m.current_leader.is_some()
+            && self.registered_in(&self.image())
+            && applied.is_some_and(|a| *self.synced.borrow() >= a)
+    }
+
+    /// Whether `image` shows this process registered (in the epoch it
+    /// registered with) and not fenced. Until then the image's view of
+    /// this broker is a previous incarnation's: a restarted broker must
+    /// not lead (or follow) by it, since the quorum has moved on without
+    /// it and its unsynced tail may be gone.
+    pub fn registered_in(&self, image: &MetadataImage) -> bool {
+        let mine = *self.registered.borrow();
+        mine != 0
+            && image
+                .brokers
+                .get(&self.config.node_id)
+                .is_some_and(|b| b.epoch == mine && !b.fenced)
+    }
+
+    /// Changes when this process registers (again).
+    pub fn watch_registration(&self) -> watch::Receiver<u64> {
+        self.registered.subscribe()
     }
 
     /// The active controller (the Raft leader), if known.
@@ -578,6 +604,7 @@ impl Cluster {
                 match self.propose(cmd).await {
                     Ok((Outcome::Registered { epoch }, _)) => {
                         self.epoch.store(epoch, Ordering::Release);
+                        self.registered.send_replace(epoch);
                         info!(node = me, epoch, "broker registered");
                     }
                     Ok(_) => {}

@@ -183,6 +183,15 @@ impl ReplicaCell {
     pub(crate) fn is_standalone(&self) -> bool {
         matches!(*self.role.lock(), Role::Standalone)
     }
+
+    /// Where this broker leads the partition: the ISR's size, the replica
+    /// count and `min_insync_replicas`.
+    pub(crate) fn leader_isr(&self) -> Option<(usize, usize, usize)> {
+        match &*self.role.lock() {
+            Role::Leader(l) => Some((l.isr.len(), l.replicas.len(), l.min_isr)),
+            _ => None,
+        }
+    }
 }
 
 /// One partition a follower asks its leader for.
@@ -292,9 +301,11 @@ pub fn min_insync_replicas(config: &TopicConfig, replication_factor: usize) -> u
 impl Partition {
     /// Checks that this broker may append to the partition now: the leader
     /// (or a standalone broker), with enough in-sync replicas for acks=ALL.
-    pub(crate) fn check_writable(&self, acks: Acks) -> Result<()> {
+    /// Returns the leader epoch (`None` standalone): an acks=ALL answer
+    /// waits for the ISR in that epoch, and fails if leadership moved.
+    pub(crate) fn check_writable(&self, acks: Acks) -> Result<Option<i32>> {
         match &*self.replica.role.lock() {
-            Role::Standalone => Ok(()),
+            Role::Standalone => Ok(None),
             Role::Leader(l) => {
                 if acks == Acks::All && l.isr.len() < l.min_isr {
                     return Err(BrokerError::NotEnoughReplicas {
@@ -304,16 +315,11 @@ impl Partition {
                         min: l.min_isr,
                     });
                 }
-                Ok(())
+                Ok(Some(l.epoch))
             }
             Role::Follower { leader, .. } => Err(self.not_leader(Some(*leader))),
             Role::Offline { leader } => Err(self.not_leader(*leader)),
         }
-    }
-
-    /// Whether this broker leads the partition in a cluster.
-    pub(crate) fn is_replicated_leader(&self) -> bool {
-        matches!(*self.replica.role.lock(), Role::Leader(_))
     }
 
     /// Checks that this broker serves reads of the partition.
@@ -365,17 +371,20 @@ impl Partition {
     }
 
     /// Waits until every in-sync replica holds (and, if asked, has synced)
-    /// the records below `end`, failing if this broker stops leading, the
-    /// ISR falls below its minimum, or `timeout` passes.
+    /// the records below `end`, appended as leader in `epoch` (`None`: a
+    /// standalone broker, nothing to wait for); fails if this broker no
+    /// longer leads in that epoch (even before the wait begins: records
+    /// appended just before a leadership change may never reach the new
+    /// leader), the ISR falls below its minimum, or `timeout` passes.
     pub(crate) async fn wait_replicated(
         &self,
         end: i64,
+        epoch: Option<i32>,
         fsync: bool,
         timeout: Duration,
     ) -> std::result::Result<(), Arc<BrokerError>> {
-        let epoch = match &*self.replica.role.lock() {
-            Role::Leader(l) => l.epoch,
-            _ => return Ok(()),
+        let Some(epoch) = epoch else {
+            return Ok(());
         };
         let mut rx = self.replica.replicated.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
@@ -446,7 +455,7 @@ impl Broker {
     /// Brings every local partition's role in line with `image` (called by
     /// [`Broker::apply_metadata`] after topics exist). Blocking: a new
     /// leader records its epoch in the log.
-    pub(super) fn apply_roles(&self, image: &MetadataImage) -> Result<()> {
+    pub(super) fn apply_roles(&self, image: &MetadataImage, registered: bool) -> Result<()> {
         let Some(me) = self.config.node_id else {
             return Ok(());
         };
@@ -461,6 +470,14 @@ impl Broker {
             let parts = topic.partitions();
             for (i, a) in t.partitions.iter().enumerate() {
                 let Some(part) = parts.get(i) else { continue };
+                if !registered {
+                    // Not serving yet: neither leader nor follower.
+                    if !matches!(part.replica.role(), Role::Offline { leader } if leader == a.leader)
+                    {
+                        part.set_role(Role::Offline { leader: a.leader });
+                    }
+                    continue;
+                }
                 if let Err(e) = self.apply_role(&topic, part, a, me) {
                     tracing::error!(topic = %t.name, partition = i, error = %e, "taking a partition role failed");
                     first.get_or_insert(e);
@@ -785,3 +802,6 @@ impl Broker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
