@@ -45,6 +45,9 @@ enum Command {
     /// Measure produce or consume throughput and latency.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Exit 0 if the server is ready (its /readyz answers 200), for
+    /// container health checks.
+    Health(cli::health::HealthArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -339,6 +342,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Health(a) = &cli.command {
+        return match cli::health::health(a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice: not healthy: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -348,7 +360,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(_) => Ok(()),
+            Command::Serve(_) | Command::Health(_) => Ok(()),
             Command::Topic(c) => cli::topic(c).await,
             Command::Group(c) => cli::group(c).await,
             Command::Cluster(c) => cli::cluster::cluster(c).await,

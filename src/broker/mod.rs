@@ -193,6 +193,13 @@ pub struct BrokerStats {
     pub topics: Vec<(String, usize, u64, u64)>,
     /// Partition logs open now.
     pub open_logs: usize,
+    /// Partitions this broker leads.
+    pub led: usize,
+    /// Of those, partitions whose ISR lacks a replica.
+    pub under_replicated: usize,
+    /// Of those, partitions whose ISR is below `min_insync_replicas`
+    /// (acks=ALL is refused on them).
+    pub under_min_isr: usize,
 }
 
 /// The broker. Always used through an `Arc`.
@@ -437,6 +444,7 @@ impl Broker {
         let mut out = BrokerStats {
             topics: Vec::with_capacity(topics.len()),
             open_logs: self.open_logs.load(Ordering::Relaxed),
+            ..Default::default()
         };
         for t in topics {
             let parts = t.partitions();
@@ -447,6 +455,11 @@ impl Broker {
                 }
                 size += p.last_size.load(Ordering::Relaxed);
                 segments += p.last_segments.load(Ordering::Relaxed);
+                if let Some((isr, replicas, min_isr)) = p.replica.leader_isr() {
+                    out.led += 1;
+                    out.under_replicated += usize::from(isr < replicas);
+                    out.under_min_isr += usize::from(isr < min_isr);
+                }
             }
             out.topics
                 .push((t.name.to_string(), parts.len(), size, segments));

@@ -54,6 +54,11 @@ pub enum BenchCommand {
     /// Well-behaved producers and fetchers measure latency while hostile
     /// (and idle) connections run beside them.
     Hostile(super::bench_hostile::HostileArgs),
+    /// An application under faults: an idempotent acks=ALL producer and a
+    /// consumer-group member run until stopped (SIGTERM); then checks that
+    /// every acknowledged record was consumed exactly once and that no
+    /// error reached the application.
+    Soak(super::bench_soak::SoakArgs),
 }
 
 /// Settings of a benchmark run.
@@ -167,6 +172,7 @@ pub async fn run(cmd: BenchCommand) -> Result<(), ClientError> {
             return super::bench_replication::replication_bench(a).await
         }
         BenchCommand::FanOutWorker(a) => return super::bench_scenario::worker(a).await,
+        BenchCommand::Soak(a) => return super::bench_soak::soak(a).await,
     };
     if args.batch == 0 || args.concurrency == 0 || args.records == 0 {
         return Err(ClientError::Status(tonic::Status::invalid_argument(

@@ -8,7 +8,9 @@ mod bench_hostile;
 mod bench_queue;
 mod bench_replication;
 mod bench_scenario;
+mod bench_soak;
 pub mod cluster;
+pub mod health;
 pub mod queue;
 mod topic;
 
@@ -32,7 +34,8 @@ pub use bench::BenchCommand;
 /// Where the broker is; every client command takes it.
 #[derive(Debug, Clone, Args)]
 pub struct Conn {
-    /// Broker address.
+    /// Broker address, or several separated by commas: the first that
+    /// answers is used, and the next when it stops answering.
     #[arg(long, env = "SLUICE_BROKER", default_value = DEFAULT_BROKER)]
     pub broker: String,
 }

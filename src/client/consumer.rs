@@ -87,6 +87,10 @@ pub struct ConsumerConfig {
     pub max_poll_records: usize,
     /// Bytes per partition read, about.
     pub fetch_max_bytes: i32,
+    /// How long a commit or committed-offset lookup keeps retrying while
+    /// brokers are unreachable or a coordinator moves, before `poll` or
+    /// `commit` returns the error.
+    pub request_timeout: Duration,
 }
 
 impl ConsumerConfig {
@@ -103,6 +107,7 @@ impl ConsumerConfig {
             client_id: format!("sluice-rust/{}", crate::VERSION),
             max_poll_records: 10_000,
             fetch_max_bytes: 0,
+            request_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -400,9 +405,22 @@ impl Consumer {
 
     async fn start_fetchers(&mut self, added: Vec<Tp>) -> Result<(), ClientError> {
         let topics: BTreeSet<String> = added.iter().map(|(t, _)| t.to_string()).collect();
+        let topics: Vec<String> = topics.into_iter().collect();
+        let group = &self.config.group;
         let committed: HashMap<Tp, i64> = self
             .client
-            .fetch_offsets(&self.config.group, topics.into_iter().collect())
+            .retrying(self.config.request_timeout, || async {
+                Ok(self
+                    .client
+                    .groups()
+                    .fetch_offsets(pb::FetchOffsetsRequest {
+                        group: group.clone(),
+                        topics: topics.clone(),
+                    })
+                    .await?
+                    .into_inner()
+                    .offsets)
+            })
             .await?
             .into_iter()
             .map(|c| ((Arc::from(c.topic.as_str()), c.partition), c.offset))
@@ -475,13 +493,17 @@ impl Consumer {
             .iter()
             .map(|o| ((Arc::from(o.topic.as_str()), o.partition), o.offset))
             .collect();
+        let request = pb::CommitOffsetsRequest {
+            group: self.config.group.clone(),
+            member_id,
+            member_epoch,
+            offsets,
+        };
         self.client
-            .groups()
-            .commit_offsets(pb::CommitOffsetsRequest {
-                group: self.config.group.clone(),
-                member_id,
-                member_epoch,
-                offsets,
+            .retrying(self.config.request_timeout, || {
+                let mut groups = self.client.groups();
+                let request = request.clone();
+                async move { groups.commit_offsets(request).await }
             })
             .await?;
         self.committed.extend(done);
@@ -536,7 +558,6 @@ enum Start {
 }
 
 async fn heartbeat_loop(client: Client, config: ConsumerConfig, shared: Arc<Shared>) {
-    let mut groups = client.groups();
     let ms = |d: Option<Duration>| d.map_or(0, |d| d.as_millis().min(i32::MAX as u128) as i32);
     loop {
         let (member_id, epoch, fenced, consuming_empty) = {
@@ -565,7 +586,7 @@ async fn heartbeat_loop(client: Client, config: ConsumerConfig, shared: Arc<Shar
             session_timeout_ms: ms(config.session_timeout),
             rebalance_timeout_ms: ms(config.rebalance_timeout),
         };
-        let wait = match groups.heartbeat(req).await {
+        let wait = match client.groups().heartbeat(req).await {
             Ok(r) => {
                 let r = r.into_inner();
                 let assignment = assignment_in(r.assignment);
@@ -612,9 +633,11 @@ async fn heartbeat_loop(client: Client, config: ConsumerConfig, shared: Arc<Shar
                 return;
             }
             Err(s) => {
-                // Broker restarting or unreachable: retry soon; the session
-                // on the broker outlives short outages.
+                // Broker restarting or unreachable: retry soon (through
+                // the next broker if this one is gone); the session on the
+                // coordinator outlives short outages.
                 tracing::debug!(group = %config.group, error = %s, "heartbeat failed; retrying");
+                client.broker_failed(&s);
                 let interval = shared.state.lock().interval_ms;
                 Duration::from_millis(interval.clamp(100, 1000) as u64)
             }
@@ -667,8 +690,9 @@ async fn fetch_loop(
                 }
             },
         };
-        let stream = client
-            .broker()
+        // From the partition's leader (or through the broker in use).
+        let (mut broker, leader) = client.broker_for(&tp.0, tp.1).await;
+        let stream = broker
             .subscribe(pb::SubscribeRequest {
                 topic: tp.0.to_string(),
                 partition: tp.1,
@@ -693,7 +717,10 @@ async fn fetch_loop(
                 let _ = tx.send(fail(s)).await;
                 return;
             }
-            Err(_) => {
+            Err(s) => {
+                if !client.route_failed(&tp.0, leader.as_deref(), &s).await {
+                    client.broker_failed(&s);
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
@@ -714,9 +741,17 @@ async fn fetch_loop(
                         return;
                     }
                 }
-                Ok(None) | Err(_) => {
-                    // Stream ended (broker restart): resubscribe from the
-                    // next offset.
+                Ok(None) => {
+                    // Stream ended (broker stopping): resubscribe from
+                    // the next offset, wherever the partition leads now.
+                    client.refresh_routes(&tp.0).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    break;
+                }
+                Err(s) => {
+                    if !client.route_failed(&tp.0, leader.as_deref(), &s).await {
+                        client.broker_failed(&s);
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     break;
                 }

@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+mod bootstrap;
 mod consumer;
 mod idempotent;
 mod producer;
@@ -24,10 +25,10 @@ mod routes;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub use crate::api::grpc::pb;
-use crate::api::grpc::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, MAX_MESSAGE_BYTES};
+use crate::api::grpc::MAX_MESSAGE_BYTES;
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset};
 use pb::{
     admin_client::AdminClient, broker_client::BrokerClient, cluster_client::ClusterClient,
@@ -56,15 +57,12 @@ pub enum ClientError {
     Closed(String),
 }
 
-/// A connection to a broker. Cheap to clone (one HTTP/2 connection).
+/// A connection to a broker, or to the first live one of several. Cheap
+/// to clone (clones share connections and routes).
 #[derive(Debug, Clone)]
 pub struct Client {
-    admin: AdminClient<Channel>,
-    broker: BrokerClient<Channel>,
-    groups: GroupsClient<Channel>,
-    group_admin: GroupAdminClient<Channel>,
-    queues: QueuesClient<Channel>,
-    cluster: ClusterClient<Channel>,
+    /// The brokers given, one in use (shared by clones).
+    bootstrap: std::sync::Arc<bootstrap::Bootstrap>,
     /// Partition leaders from `Metadata` (shared by clones).
     routes: std::sync::Arc<routes::Routes>,
 }
@@ -84,49 +82,74 @@ pub fn position(p: pb::position::Position) -> Option<pb::Position> {
 }
 
 impl Client {
-    /// Connects to `url` (e.g. `http://127.0.0.1:9400`).
+    /// Connects to `url` (e.g. `http://127.0.0.1:9400`), or to the first
+    /// broker that answers of a comma-separated list
+    /// (`http://a:9400,http://b:9400`). With a list, a broker that stops
+    /// answering is replaced by the next (see [`Client::broker_failed`]).
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| ClientError::Address(url.into(), e.to_string()))?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5))
-            .initial_stream_window_size(HTTP2_STREAM_WINDOW)
-            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| ClientError::Connect(url.into(), source_chain(&e)))?;
-        Ok(Self::from_channel(channel))
+        Ok(Self {
+            bootstrap: std::sync::Arc::new(bootstrap::Bootstrap::connect(url).await?),
+            routes: Default::default(),
+        })
     }
 
     /// A client over an existing channel.
     pub fn from_channel(channel: Channel) -> Self {
         Self {
-            admin: AdminClient::new(channel.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            broker: BrokerClient::new(channel.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            groups: GroupsClient::new(channel.clone()),
-            cluster: ClusterClient::new(channel.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            bootstrap: std::sync::Arc::new(bootstrap::Bootstrap::single(channel)),
             routes: Default::default(),
-            group_admin: GroupAdminClient::new(channel.clone()),
-            queues: QueuesClient::new(channel)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        }
+    }
+
+    /// A call to the broker in use (not a routed call to a leader) failed
+    /// with `s`: if that says the broker is unreachable or going away, the
+    /// next broker of the list given to [`Client::connect`] is used from
+    /// now on. The client's own retrying calls do this themselves.
+    pub fn broker_failed(&self, s: &tonic::Status) {
+        self.bootstrap.failed(s);
+    }
+
+    /// Runs `call` (against the broker in use), retrying for up to
+    /// `budget` while it fails in a way a moment or another broker may fix
+    /// (the broker unreachable, stopping, or a coordinator moving), with
+    /// backoff, switching brokers as it goes.
+    pub(crate) async fn retrying<T, F, Fut>(
+        &self,
+        budget: Duration,
+        mut call: F,
+    ) -> Result<T, tonic::Status>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + budget;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match call().await {
+                Ok(v) => return Ok(v),
+                Err(s)
+                    if (bootstrap::switch_worthy(&s) || s.code() == tonic::Code::Unavailable)
+                        && tokio::time::Instant::now() + backoff < deadline =>
+                {
+                    self.bootstrap.failed(&s);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(s) => return Err(s),
+            }
         }
     }
 
     /// The generated group member client (heartbeats, commits).
     pub fn groups(&self) -> GroupsClient<Channel> {
-        self.groups.clone()
+        GroupsClient::new(self.bootstrap.channel())
     }
 
     /// The generated work-queue client.
     pub fn queues(&self) -> QueuesClient<Channel> {
-        self.queues.clone()
+        QueuesClient::new(self.bootstrap.channel())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     /// Opens a work-queue worker (a `Consume` stream).
@@ -150,7 +173,7 @@ impl Client {
 
     /// The generated group admin client.
     pub fn group_admin(&self) -> GroupAdminClient<Channel> {
-        self.group_admin.clone()
+        GroupAdminClient::new(self.bootstrap.channel())
     }
 
     /// Joins `config.group` as a new member; see [`Consumer`].
@@ -237,12 +260,14 @@ impl Client {
 
     /// The generated admin client, for calls this type does not wrap.
     pub fn admin(&self) -> AdminClient<Channel> {
-        self.admin.clone()
+        AdminClient::new(self.bootstrap.channel())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     /// The generated cluster client (metadata, cluster status).
     pub fn cluster(&self) -> ClusterClient<Channel> {
-        self.cluster.clone()
+        ClusterClient::new(self.bootstrap.channel()).max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     /// Brokers and, per partition, leader and replicas.
@@ -267,7 +292,9 @@ impl Client {
 
     /// The generated broker client.
     pub fn broker(&self) -> BrokerClient<Channel> {
-        self.broker.clone()
+        BrokerClient::new(self.bootstrap.channel())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     /// Creates a topic (replication factor: the cluster's default).
@@ -390,8 +417,12 @@ impl Client {
         match m {
             Ok(m) => self.routes.update(topic, &m.into_inner()),
             // An unknown topic, or a server without the service: its
-            // requests go to the broker this client was given.
-            Err(_) => self.routes.mark_refreshed(topic),
+            // requests go to the broker this client was given (or, if that
+            // one is gone, the next of its list).
+            Err(s) => {
+                self.bootstrap.failed(&s);
+                self.routes.mark_refreshed(topic);
+            }
         }
     }
 
@@ -441,10 +472,12 @@ impl Client {
         let not_leader = s
             .metadata()
             .contains_key(crate::api::grpc::cluster::LEADER_HEADER);
-        self.refresh_routes(topic).await;
-        if let (Some(a), false) = (address, not_leader) {
-            self.routes.mark_unreachable(a);
+        match (address, not_leader) {
+            (Some(a), false) => self.routes.mark_unreachable(a),
+            (None, _) => self.bootstrap.failed(s),
+            _ => {}
         }
+        self.refresh_routes(topic).await;
         true
     }
 

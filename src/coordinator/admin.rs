@@ -107,6 +107,9 @@ pub struct ResetResult {
 }
 
 /// Gauges for metrics.
+/// Groups whose lag the metrics report at most (label cardinality).
+pub const MAX_METRIC_GROUPS: usize = 1000;
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CoordinatorStats {
     /// Groups.
@@ -129,6 +132,29 @@ impl Coordinator {
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Lag (records committed offsets are behind the high watermark) of
+    /// the groups coordinated here, per group and topic, for metrics: at
+    /// most [`MAX_METRIC_GROUPS`] groups. Blocking, like
+    /// [`Coordinator::describe_group`].
+    pub fn lag_by_topic(&self) -> Vec<(String, String, i64)> {
+        let mut out = Vec::new();
+        for g in self.list_groups().into_iter().take(MAX_METRIC_GROUPS) {
+            let Ok(d) = self.describe_group(&g.name) else {
+                continue;
+            };
+            let mut by_topic: std::collections::BTreeMap<&str, i64> = Default::default();
+            for p in &d.partitions {
+                *by_topic.entry(&p.tp.topic).or_default() += p.lag;
+            }
+            out.extend(
+                by_topic
+                    .into_iter()
+                    .map(|(t, lag)| (g.name.clone(), t.to_string(), lag)),
+            );
+        }
         out
     }
 
