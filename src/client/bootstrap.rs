@@ -47,11 +47,24 @@ pub(crate) fn split(list: &str) -> Vec<String> {
         .collect()
 }
 
-fn endpoint(url: &str) -> Result<Endpoint, ClientError> {
+/// HTTP/2 pings on every client connection: a broker whose host vanished
+/// (a container stopped, a machine lost) sends no reset, and without pings
+/// calls on its connection would wait for the kernel's TCP timeouts
+/// (minutes). With them a dead connection fails its calls within
+/// `KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT`.
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a ping may go unanswered.
+pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An endpoint with the client's connection settings.
+pub(crate) fn endpoint(url: &str) -> Result<Endpoint, ClientError> {
     Ok(Endpoint::from_shared(url.to_string())
         .map_err(|e| ClientError::Address(url.into(), e.to_string()))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .initial_stream_window_size(HTTP2_STREAM_WINDOW)
         .initial_connection_window_size(HTTP2_CONNECTION_WINDOW))
 }

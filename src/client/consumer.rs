@@ -196,6 +196,18 @@ impl Drop for Consumer {
     }
 }
 
+/// How long one heartbeat or commit may take before it is given up and
+/// retried (through the next broker): well inside the session timeout, so
+/// a broker that stopped answering does not cost the membership.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `msg` as a request that gives up after [`CALL_TIMEOUT`].
+fn timed<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(CALL_TIMEOUT);
+    r
+}
+
 fn is_fenced(s: &tonic::Status) -> bool {
     matches!(s.code(), tonic::Code::NotFound | tonic::Code::Aborted)
 }
@@ -413,10 +425,10 @@ impl Consumer {
                 Ok(self
                     .client
                     .groups()
-                    .fetch_offsets(pb::FetchOffsetsRequest {
+                    .fetch_offsets(timed(pb::FetchOffsetsRequest {
                         group: group.clone(),
                         topics: topics.clone(),
-                    })
+                    }))
                     .await?
                     .into_inner()
                     .offsets)
@@ -502,10 +514,17 @@ impl Consumer {
         self.client
             .retrying(self.config.request_timeout, || {
                 let mut groups = self.client.groups();
-                let request = request.clone();
+                let request = timed(request.clone());
                 async move { groups.commit_offsets(request).await }
             })
-            .await?;
+            .await
+            .inspect_err(|s| {
+                if is_fenced(s) {
+                    // Out of the group: rejoin now rather than at the next
+                    // heartbeat's refusal.
+                    self.shared.heartbeat_now.notify_one();
+                }
+            })?;
         self.committed.extend(done);
         Ok(())
     }
@@ -586,7 +605,7 @@ async fn heartbeat_loop(client: Client, config: ConsumerConfig, shared: Arc<Shar
             session_timeout_ms: ms(config.session_timeout),
             rebalance_timeout_ms: ms(config.rebalance_timeout),
         };
-        let wait = match client.groups().heartbeat(req).await {
+        let wait = match client.groups().heartbeat(timed(req)).await {
             Ok(r) => {
                 let r = r.into_inner();
                 let assignment = assignment_in(r.assignment);

@@ -12,10 +12,9 @@ use std::{
 };
 
 use parking_lot::RwLock;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::pb;
-use crate::api::grpc::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW};
 
 /// Refreshes of one topic's routes at most this often.
 const MIN_REFRESH: Duration = Duration::from_millis(100);
@@ -110,12 +109,9 @@ impl Routes {
         if let Some(c) = self.table.read().channels.get(address) {
             return Some(c.clone());
         }
-        let c = Endpoint::from_shared(format!("http://{address}"))
+        let c = super::bootstrap::endpoint(&format!("http://{address}"))
             .ok()?
-            .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2))
-            .initial_stream_window_size(HTTP2_STREAM_WINDOW)
-            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
             .connect_lazy();
         self.table
             .write()

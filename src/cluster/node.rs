@@ -593,8 +593,13 @@ impl Cluster {
                     && b.internal == self.config.internal_address
                     && b.rack == self.config.rack
             });
+            // Registered, but not applied here yet (this node's copy of the
+            // metadata lags): registering again would fence this broker
+            // once more (a registration within the session is a new
+            // incarnation), so wait for the image to catch up.
+            let applying = mine != 0 && image.brokers.get(&me).is_none_or(|b| b.epoch < mine);
             let leaving = self.leaving.load(Ordering::Acquire);
-            if !registered && !leaving && self.controller().is_some() {
+            if !registered && !applying && !leaving && self.controller().is_some() {
                 let cmd = Command::RegisterBroker {
                     id: me,
                     advertised: self.config.advertise.clone(),

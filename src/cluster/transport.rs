@@ -161,8 +161,9 @@ impl Peers {
             .map_err(|e| format!("bad address {address}: {e}"))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true)
             .connect_lazy();
         let client = ClusterInternalClient::new(channel)
             .max_decoding_message_size(MAX_INTERNAL_MESSAGE)
@@ -171,6 +172,15 @@ impl Peers {
             .lock()
             .insert(address.to_string(), client.clone());
         Ok(client)
+    }
+
+    /// Forgets the connection to `address` after a call on it failed as
+    /// unreachable: a peer whose host vanished (a restarted container gets
+    /// a new address; the old one sends no reset) would otherwise keep
+    /// every call on a dead connection until the pings give up. The next
+    /// call dials (and resolves the name) afresh.
+    pub fn forget(&self, address: &str) {
+        self.clients.lock().remove(address);
     }
 
     /// Sends a controller request (`Propose`, `Heartbeat`, `AddLearner`)
@@ -196,7 +206,15 @@ impl Peers {
             Method::Heartbeat => client.heartbeat(request).await,
             Method::AddLearner => client.add_learner(request).await,
         }
-        .map_err(|s| unreachable(s.message().to_string()))?;
+        .map_err(|s| {
+            if matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+            ) {
+                self.forget(address);
+            }
+            unreachable(s.message().to_string())
+        })?;
         decode(reply.get_ref()).map_err(|s| unreachable(s.message().to_string()))
     }
 }
@@ -270,6 +288,7 @@ impl Connection {
         };
         let reply = reply.map_err(|s| match s.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                self.peers.forget(&self.address);
                 RPCError::Unreachable(Unreachable::new(&s))
             }
             _ => RPCError::Network(NetworkError::new(&s)),

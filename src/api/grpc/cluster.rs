@@ -89,6 +89,11 @@ impl ClusterLink {
             .map_err(|e| Status::internal(format!("bad internal address {address}: {e}")))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
+            // A peer whose host vanished sends no reset: pings find the
+            // dead connection in seconds, not at the kernel's timeouts.
+            .http2_keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true)
             .initial_stream_window_size(super::HTTP2_STREAM_WINDOW)
             .initial_connection_window_size(super::HTTP2_CONNECTION_WINDOW)
             .connect_lazy();

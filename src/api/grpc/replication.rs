@@ -302,6 +302,14 @@ impl Replicator {
                     if s.code() == tonic::Code::Unavailable {
                         self.cluster.report_unreachable(leader);
                     }
+                    if matches!(
+                        s.code(),
+                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                    ) {
+                        // Dial afresh: the leader may be back at a new
+                        // address behind the same name.
+                        client = None;
+                    }
                     metrics::counter!("sluice_replica_fetch_errors_total").increment(1);
                     let pause = RETRY_PAUSE.saturating_sub(started.elapsed());
                     tokio::time::sleep(pause).await;
@@ -397,8 +405,9 @@ fn connect(address: &str) -> Result<ReplicationClient<Channel>, String> {
         .map_err(|e| format!("bad address {address}: {e}"))?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true)
         .connect_lazy();
     Ok(ReplicationClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE)
