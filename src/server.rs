@@ -585,11 +585,14 @@ fn metrics_router(
                         metrics::gauge!("sluice_queue_oldest_unacked_age_seconds", "group" => g)
                             .set(q.oldest_unacked_age_ms as f64 / 1000.0);
                     }
-                    let groups = coordinator.stats();
+                    // Both read the group shards, whose locks a write holds
+                    // while it waits for the in-sync replicas: never on a
+                    // runtime worker.
                     let c = coordinator.clone();
-                    let lags = tokio::task::spawn_blocking(move || c.lag_by_topic())
-                        .await
-                        .unwrap_or_default();
+                    let (groups, lags) =
+                        tokio::task::spawn_blocking(move || (c.stats(), c.lag_by_topic()))
+                            .await
+                            .unwrap_or_default();
                     for (group, topic, lag) in lags {
                         metrics::gauge!("sluice_group_lag", "group" => group, "topic" => topic)
                             .set(lag as f64);

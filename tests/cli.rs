@@ -379,3 +379,56 @@ fn queue_admin_commands() {
         serde_json::from_str(&stdout(sluice(&server).args(["queue", "list", "--json"]))).unwrap();
     assert_eq!(list, serde_json::json!([]));
 }
+
+/// `sluice health` exits 0 against a ready server and non-zero with the
+/// reason when nothing answers; `bench soak` runs an application (an
+/// idempotent acks=ALL producer and a group member) through a broker list
+/// whose first entry is dead, and checks every record arrived once.
+#[test]
+fn health_probe_and_a_soak_through_a_broker_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = common::cluster::free_port().to_string();
+    let server = ChildServer::start_full(dir.path(), "127.0.0.1:0", &metrics, &[]);
+    Command::cargo_bin("sluice")
+        .unwrap()
+        .args(["health", "--metrics", &metrics])
+        .assert()
+        .success();
+    Command::cargo_bin("sluice")
+        .unwrap()
+        .args(["health", "--live", "--metrics", &metrics])
+        .assert()
+        .success();
+    let dead = common::cluster::free_port();
+    let out = Command::cargo_bin("sluice")
+        .unwrap()
+        .args(["health", "--metrics", &dead.to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not healthy"),
+        "{out:?}"
+    );
+
+    let list = format!("http://{dead},{}", server.url);
+    let report = stdout(Command::cargo_bin("sluice").unwrap().args([
+        "bench",
+        "soak",
+        "soaked",
+        "--broker",
+        &list,
+        "--duration",
+        "2",
+        "--rate",
+        "300",
+        "--replication-factor",
+        "1",
+    ]));
+    let r: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(r["sent"].as_u64().unwrap() >= 300, "{r}");
+    assert_eq!(r["acknowledged"], r["sent"]);
+    assert_eq!(r["consumed_distinct"], r["sent"]);
+    assert_eq!(r["errors"], 0);
+}

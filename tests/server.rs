@@ -309,3 +309,82 @@ fn serve_reads_a_toml_config_and_flags_override_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("segment_byte"));
 }
+
+/// Every metric the Grafana dashboard in deploy/ charts is one the server
+/// exports (a renamed metric would leave a panel silently empty), and
+/// consumer lag is reported per group and topic.
+#[tokio::test]
+async fn the_grafana_dashboard_charts_only_exported_metrics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_with(test_config(dir.path()), true).await;
+    let c = server.client().await;
+    c.create_topic("dash", 1, Default::default())
+        .await
+        .expect("create");
+    c.produce(pb::ProduceRequest {
+        topic: "dash".into(),
+        partition: Some(0),
+        records: (0..5).map(|i| record(None, format!("v{i}"))).collect(),
+        ..Default::default()
+    })
+    .await
+    .expect("produce");
+    common::api::fetch_all(&c, "dash", 0).await;
+    // A group committed at the log start: 5 records of lag.
+    c.reset_offsets(
+        "dash-group",
+        "dash",
+        Vec::new(),
+        pb::reset_offsets_request::To::Earliest(()),
+        false,
+        true,
+    )
+    .await
+    .expect("commit at the start");
+    // A work queue with one record handed out.
+    c.queues()
+        .pull(pb::PullRequest {
+            group: "dash-queue".into(),
+            topic: "dash".into(),
+            max_records: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("pull");
+    let (status, body) = http_get(server.metrics_addr.expect("metrics"), "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        body.contains("sluice_group_lag{group=\"dash-group\",topic=\"dash\"} 5"),
+        "{body}"
+    );
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/grafana/sluice-dashboard.json"),
+    )
+    .expect("dashboard");
+    let json: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
+    assert!(json["panels"].as_array().is_some_and(|p| !p.is_empty()));
+    // Counted only in a cluster (replication).
+    let cluster_only = [
+        "sluice_isr_changes_total",
+        "sluice_replica_fetch_bytes_total",
+        "sluice_replica_fetch_errors_total",
+    ];
+    let mut named = std::collections::BTreeSet::new();
+    for (i, _) in dashboard.match_indices("sluice_") {
+        let name: String = dashboard[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit())
+            .collect();
+        named.insert(name.trim_end_matches("_bucket").to_string());
+    }
+    named.remove("sluice_"); // the uid/tag text, not a metric
+    assert!(named.len() >= 10, "{named:?}");
+    for name in named.iter().filter(|n| !cluster_only.contains(&n.as_str())) {
+        assert!(
+            body.lines().any(|l| l.starts_with(name.as_str())),
+            "the dashboard charts {name}, which /metrics does not export"
+        );
+    }
+    server.stop().await;
+}
