@@ -52,10 +52,15 @@ if ! podman image exists "$base"; then
   mirror=${mirror:-http://deb.debian.org/debian}
   rootfs=$(mktemp -d)
   log "making $base from $mirror"
-  debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >/dev/null
+  debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >/dev/null ||
+    skip "debootstrap could not make $base from $mirror"
   tar -C "$rootfs" -c . | podman import - "$base" >/dev/null
   rm -rf "$rootfs"
 fi
+# A machine where podman cannot run any container at all (no cgroups, no
+# namespaces for this user) cannot run the proof either.
+podman run --rm --ulimit "nofile=$SLUICE_NOFILE:$SLUICE_NOFILE" --ulimit "nproc=$SLUICE_NPROC:$SLUICE_NPROC" \
+  "$base" true >/dev/null 2>&1 || skip "podman cannot run a container here (podman run $base true failed)"
 
 if [ -n "${SLUICE_BINARY:-}" ]; then
   binary=$SLUICE_BINARY
