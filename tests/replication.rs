@@ -287,13 +287,24 @@ async fn group_offsets_and_queue_progress_survive_killing_their_coordinator() {
     };
     let mut accepted: BTreeSet<String> = BTreeSet::new();
     let mut member = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while accepted.len() < 100 {
-        let r = qc
+        // The queue-state topic's leaders may still be settling (as a
+        // client would, retry UNAVAILABLE).
+        let r = match qc
             .queues()
             .pull(pull(member.clone(), 100 - accepted.len() as i32))
             .await
-            .expect("pull")
-            .into_inner();
+        {
+            Ok(r) => r.into_inner(),
+            Err(e)
+                if e.code() == tonic::Code::Unavailable && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => panic!("pull: {e:?}"),
+        };
         member = r.member_id;
         let acks: Vec<pb::Ack> = r
             .deliveries

@@ -156,6 +156,10 @@ const SUSPICION_TTL: Duration = Duration::from_secs(2);
 /// (without a report, the whole session must lapse).
 const SUSPECT_MISSED_HEARTBEATS: u32 = 3;
 
+/// How long a restarted voter waits to hear from a controller before it
+/// may start an election itself.
+const RESTART_ELECTION_GRACE: Duration = Duration::from_secs(3);
+
 /// A running cluster node.
 pub struct Cluster {
     config: ClusterConfig,
@@ -230,12 +234,30 @@ impl Cluster {
         )
         .await
         .map_err(|e| fatal(format!("starting raft: {e}")))?;
-        if config.voters.contains_key(&config.node_id)
-            && !raft
-                .is_initialized()
-                .await
-                .map_err(|e| fatal(e.to_string()))?
-        {
+        let restarted = raft
+            .is_initialized()
+            .await
+            .map_err(|e| fatal(e.to_string()))?;
+        if restarted {
+            // A node back from a restart has a stale log: its own election
+            // cannot win, but its higher term would depose a healthy
+            // controller (openraft 0.9 has no pre-vote). The controller's
+            // first messages may be late (its connection to this node's old
+            // address has to fail first), so hold elections until a
+            // controller is heard from or the grace period ends.
+            raft.runtime_config().elect(false);
+            let r = raft.clone();
+            let at_start = raft.metrics().borrow().last_applied;
+            tokio::spawn(async move {
+                let mut m = r.metrics();
+                // Heard from: it has committed something new here (a stored
+                // vote alone may name a controller that is gone).
+                let heard = m.wait_for(|m| m.current_leader.is_some() && m.last_applied > at_start);
+                let _ = tokio::time::timeout(RESTART_ELECTION_GRACE, heard).await;
+                r.runtime_config().elect(true);
+            });
+        }
+        if config.voters.contains_key(&config.node_id) && !restarted {
             // Every voter proposes the same initial membership; the log
             // entry is identical on each, so whichever wins the first
             // election, there is one history.
