@@ -384,8 +384,18 @@ impl Log {
                     view.base_offset()
                 )));
             }
-            self.mark_unclean(&mut w)?;
             let epoch = view.leader_epoch();
+            // Epochs only rise along a log. An older one here is a stale
+            // leader's batch arriving after this replica moved on (became
+            // leader itself, or cut its tail to a newer leader's log):
+            // appended, it would sit past the newer epoch's start and make
+            // every later divergence check cut the log there again.
+            if let Some(latest) = w.epochs.latest().filter(|e| *e > epoch) {
+                return Err(StorageError::InvalidConfig(format!(
+                    "replicated batch at offset {next} is in leader epoch {epoch}, below this log's epoch {latest}"
+                )));
+            }
+            self.mark_unclean(&mut w)?;
             if w.epochs.latest().is_none_or(|e| e < epoch) {
                 self.assign_epoch(&mut w, epoch, next)?;
             }

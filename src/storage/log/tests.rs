@@ -836,6 +836,31 @@ fn a_diverged_tail_is_found_by_epoch_and_cut() {
 }
 
 #[test]
+fn a_batch_of_an_older_epoch_is_refused_after_a_newer_one_began() {
+    // A follower of the epoch-1 leader becomes leader in epoch 2 while a
+    // fetch from the old leader is still in flight: the batch that fetch
+    // brings must not land after epoch 2's start, or every follower of the
+    // new leader would be told its log diverges at that start, forever.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old_leader = Log::open(dir.path().join("a"), small_config()).expect("open");
+    let replica = Log::open(dir.path().join("b"), small_config()).expect("open");
+    old_leader.set_leader_epoch(1).expect("epoch");
+    old_leader.append(&batch("x", 2, 50, 0)).expect("append");
+    replica
+        .append_replicated(&old_leader.read(0, 1 << 20).expect("read").data)
+        .expect("replicate");
+    old_leader.append(&batch("late", 2, 50, 1)).expect("append");
+    replica.set_leader_epoch(2).expect("leads now");
+    let late = old_leader.read(2, 1 << 20).expect("read").data;
+    assert!(replica.append_replicated(&late).is_err());
+    assert_eq!(replica.end_offset(), 2);
+    assert_eq!(replica.epochs(), vec![(1, 0), (2, 2)]);
+    // Its own batches carry epoch 2 from there on.
+    replica.append(&batch("y", 1, 50, 0)).expect("append");
+    assert_eq!(replica.end_offset_for_epoch(1), Some((1, 2)));
+}
+
+#[test]
 fn cutting_at_the_end_drops_an_epoch_without_batches() {
     // A replica led in epoch 3 without writing, then follows a leader
     // whose log has only epoch 0 up to here: after the cut its newest
