@@ -150,6 +150,11 @@ fn check_name(what: &str, v: &str) -> Result<()> {
 }
 
 impl Queues {
+    /// The broker the queues live on.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
     /// Completes once the broker begins shutting down (streams and long
     /// polls end then).
     pub async fn shutting_down(&self) {
@@ -348,7 +353,9 @@ impl Queues {
                 }
             }
             st.next_due = st.groups.values().map(|g| g.due).min().unwrap_or(i64::MAX);
-            drop(st);
+            if let Err(e) = Self::commit(st) {
+                tracing::error!(error = %e, "work-queue expiry could not be recorded");
+            }
             for name in woken {
                 self.wake(&name);
             }
@@ -452,6 +459,14 @@ impl Queues {
             .collect();
         Self::append(st, records)?;
         Ok(())
+    }
+
+    /// Releases the shard, then waits until what this call appended is
+    /// durable (see [`JournalGuard::commit`]).
+    fn commit(st: Guard<'_>) -> Result<()> {
+        let partition = st.partition();
+        st.commit()
+            .map_err(|reason| CoordinatorError::Failed { partition, reason })
     }
 
     /// Appends records of changes to the shard (see [`JournalGuard::append`]).
@@ -659,7 +674,7 @@ impl Queues {
         };
         let more = g.could_deliver(member, behind);
         self.effects(&mut st, group, fx)?;
-        drop(st);
+        Self::commit(st)?;
         if !out.is_empty() {
             metrics::counter!(
                 "sluice_queue_deliveries_total",
@@ -770,7 +785,7 @@ impl Queues {
         }
         let wake = fx.released || !out.accepted.is_empty();
         self.effects(&mut st, group, fx)?;
-        drop(st);
+        Self::commit(st)?;
         if wake {
             self.wake(group);
         }
@@ -788,10 +803,12 @@ impl Queues {
             g.leave(member, now, &mut fx);
         }
         let released = fx.released || !fx.dead_letters.is_empty();
-        if let Err(e) = self.effects(&mut st, group, fx) {
+        if let Err(e) = self
+            .effects(&mut st, group, fx)
+            .and_then(|()| Self::commit(st))
+        {
             tracing::error!(error = %e, "recording a queue member's departure failed");
         }
-        drop(st);
         if released {
             self.wake(group);
         }
