@@ -58,8 +58,8 @@
 //! default_replication_factor = 3      # default: min(3, live brokers)
 //! session_timeout_ms = 6000           # a broker silent this long is fenced
 //! broker_heartbeat_ms = 250
-//! election_timeout_ms = 300           # Raft: elections after 300-600 ms
-//! raft_heartbeat_ms = 50
+//! election_timeout_ms = 600           # Raft: elections after 0.6-1.2 s
+//! raft_heartbeat_ms = 200             # also each Raft append's deadline
 //! snapshot_every = 5000               # metadata entries between snapshots
 //! leader_balance_interval_ms = 30000  # preferred leaders back this often; 0: never
 //!
@@ -220,8 +220,8 @@ impl Default for ClusterSettings {
             default_replication_factor: None,
             session_timeout_ms: 6000,
             broker_heartbeat_ms: 250,
-            election_timeout_ms: 300,
-            raft_heartbeat_ms: 50,
+            election_timeout_ms: 600,
+            raft_heartbeat_ms: 200,
             snapshot_every: 5000,
             leader_balance_interval_ms: 30_000,
         }

@@ -54,7 +54,10 @@ pub struct ClusterConfig {
     pub session_timeout: Duration,
     /// How often a broker heartbeats.
     pub broker_heartbeat: Duration,
-    /// Raft leader heartbeat.
+    /// Raft leader heartbeat, and (openraft 0.9 ties them) how long an
+    /// append to a follower may take, its sync included, before it is
+    /// abandoned and sent again: too short a deadline on a busy disk and a
+    /// lagging follower never catches up.
     pub raft_heartbeat: Duration,
     /// Raft election timeout range.
     pub election_timeout: (Duration, Duration),
@@ -86,8 +89,8 @@ impl ClusterConfig {
             rack: None,
             session_timeout: Duration::from_secs(6),
             broker_heartbeat: Duration::from_millis(250),
-            raft_heartbeat: Duration::from_millis(50),
-            election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
+            raft_heartbeat: Duration::from_millis(200),
+            election_timeout: (Duration::from_millis(600), Duration::from_millis(1200)),
             snapshot_every: 5000,
             default_replication_factor: None,
             leader_balance_interval: Some(Duration::from_secs(30)),

@@ -4,7 +4,11 @@
 //! its client. Payloads are the JSON of openraft's (serde) messages: both
 //! ends run the same build, and the volume is small (metadata only).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use openraft::{
     error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable},
@@ -147,15 +151,29 @@ impl ClusterInternal for InternalService {
 /// channel per address (tonic multiplexes calls over it).
 #[derive(Clone, Default)]
 pub struct Peers {
-    /// Address → client. Held only to look up or insert.
-    clients: Arc<Mutex<HashMap<String, ClusterInternalClient<Channel>>>>,
+    /// Address → client. Held only to look up, insert or stamp.
+    clients: Arc<Mutex<HashMap<String, Peer>>>,
 }
+
+/// One address's client and how it has fared.
+struct Peer {
+    client: ClusterInternalClient<Channel>,
+    /// When the client was made, or last answered a call.
+    answered: Instant,
+}
+
+/// A Raft call abandoned by openraft's own timeout (tens of
+/// milliseconds) ends no call with an error, so a connection that stopped
+/// working is never seen to fail: after this long without an answer the
+/// next abandoned call dials afresh (and resolves the name again, since a
+/// restarted container comes back at a new address).
+const REDIAL_AFTER_SILENCE: Duration = Duration::from_secs(1);
 
 impl Peers {
     /// The client for `address`.
     pub fn client(&self, address: &str) -> Result<ClusterInternalClient<Channel>, String> {
-        if let Some(c) = self.clients.lock().get(address) {
-            return Ok(c.clone());
+        if let Some(p) = self.clients.lock().get(address) {
+            return Ok(p.client.clone());
         }
         let channel = Channel::from_shared(format!("http://{address}"))
             .map_err(|e| format!("bad address {address}: {e}"))?
@@ -168,10 +186,33 @@ impl Peers {
         let client = ClusterInternalClient::new(channel)
             .max_decoding_message_size(MAX_INTERNAL_MESSAGE)
             .max_encoding_message_size(MAX_INTERNAL_MESSAGE);
-        self.clients
-            .lock()
-            .insert(address.to_string(), client.clone());
+        self.clients.lock().insert(
+            address.to_string(),
+            Peer {
+                client: client.clone(),
+                answered: Instant::now(),
+            },
+        );
         Ok(client)
+    }
+
+    /// Notes that `address` answered a call.
+    fn answered(&self, address: &str) {
+        if let Some(p) = self.clients.lock().get_mut(address) {
+            p.answered = Instant::now();
+        }
+    }
+
+    /// A call to `address` was abandoned unanswered: forgets its client if
+    /// nothing has come back on it for [`REDIAL_AFTER_SILENCE`].
+    fn abandoned(&self, address: &str) {
+        let mut clients = self.clients.lock();
+        if clients
+            .get(address)
+            .is_some_and(|p| p.answered.elapsed() >= REDIAL_AFTER_SILENCE)
+        {
+            clients.remove(address);
+        }
     }
 
     /// Forgets the connection to `address` after a call on it failed as
@@ -215,6 +256,7 @@ impl Peers {
             }
             unreachable(s.message().to_string())
         })?;
+        self.answered(address);
         decode(reply.get_ref()).map_err(|s| unreachable(s.message().to_string()))
     }
 }
@@ -281,11 +323,22 @@ impl Connection {
         let mut request =
             Request::new(encode(req).map_err(|s| RPCError::Network(NetworkError::new(&s)))?);
         request.set_timeout(option.hard_ttl());
+        // Dropped unfinished (openraft timed the call out): see
+        // `Peers::abandoned`.
+        let pending = Abandoned {
+            peers: &self.peers,
+            address: &self.address,
+            armed: true,
+        };
         let reply = match which {
             RaftMethod::Append => client.append_entries(request).await,
             RaftMethod::Vote => client.vote(request).await,
             RaftMethod::Snapshot => client.install_snapshot(request).await,
         };
+        pending.disarm();
+        if reply.is_ok() {
+            self.peers.answered(&self.address);
+        }
         let reply = reply.map_err(|s| match s.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
                 self.peers.forget(&self.address);
@@ -297,6 +350,27 @@ impl Connection {
             serde_json::from_slice(&reply.get_ref().json)
                 .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+/// Reports a call dropped before it finished (see [`Peers::abandoned`]).
+struct Abandoned<'a> {
+    peers: &'a Peers,
+    address: &'a str,
+    armed: bool,
+}
+
+impl Abandoned<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.peers.abandoned(self.address);
+        }
     }
 }
 
