@@ -288,7 +288,9 @@ impl Replicator {
                 max_bytes: MAX_RESPONSE_RECORDS as u32,
                 partitions: parts.iter().map(partition_out).collect(),
             });
-            request.set_timeout(wait + Duration::from_secs(5));
+            // A leader that cannot answer within 2 s past the long poll is
+            // reported (below) and dialed afresh.
+            request.set_timeout(wait + Duration::from_secs(2));
             let started = Instant::now();
             let reply = c.fetch(request).await;
             metrics::counter!("sluice_replica_fetches_total").increment(1);
@@ -299,13 +301,18 @@ impl Replicator {
                 }
                 Err(s) => {
                     tracing::debug!(leader, code = ?s.code(), message = s.message(), "replica fetch failed");
-                    if s.code() == tonic::Code::Unavailable {
-                        self.cluster.report_unreachable(leader);
-                    }
+                    // The connection failed (refused, reset, no name, or
+                    // no answer in time: a killed container sends no
+                    // reset): the controller fences the leader sooner if
+                    // it has also stopped heartbeating.
                     if matches!(
                         s.code(),
-                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                        tonic::Code::Unavailable
+                            | tonic::Code::DeadlineExceeded
+                            | tonic::Code::Unknown
+                            | tonic::Code::Cancelled
                     ) {
+                        self.cluster.report_unreachable(leader);
                         // Dial afresh: the leader may be back at a new
                         // address behind the same name.
                         client = None;
