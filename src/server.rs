@@ -534,7 +534,7 @@ async fn serve(
     let served = tokio::select! {
         r = served => r,
         _ = drain_expired => {
-            tracing::warn!(drain_timeout_ms = limits.drain_timeout_ms, "calls still open after the drain timeout; closing anyway");
+            tracing::warn!(drain_timeout_ms = limits.drain_timeout_ms, open = ?conn::open_calls(), "calls still open after the drain timeout; closing anyway");
             Ok(())
         }
     };

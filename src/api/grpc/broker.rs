@@ -6,7 +6,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::cluster::{is_forwarded, ClusterLink, Hops};
+use super::cluster::{is_forwarded, ClusterLink, Hops, UntilShutdown};
 use super::pb::{self, broker_client::BrokerClient, broker_server::Broker as BrokerApi};
 use super::routing::{self, Target};
 use super::{convert, status, timed};
@@ -423,6 +423,8 @@ impl BrokerApi for BrokerService {
                     .subscribe(link.forwarded(request.into_inner(), None, hops))
                     .await?
                     .into_inner();
+                let ended = status::status(&crate::broker::BrokerError::ShuttingDown);
+                let stream = UntilShutdown::new(stream, self.broker.clone(), ended);
                 return Ok(Response::new(Box::pin(stream)));
             }
         }

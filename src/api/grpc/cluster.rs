@@ -516,3 +516,55 @@ impl ClusterApi for ClusterService {
         }))
     }
 }
+
+/// A stream relayed from another broker, cut when this broker begins
+/// shutting down: the relay must not keep the drain waiting (the client
+/// reconnects, through another broker, on the status it ends with).
+pub(crate) struct UntilShutdown<S> {
+    inner: Option<S>,
+    stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    ended: Status,
+}
+
+impl<S> UntilShutdown<S> {
+    /// Relays `inner` until `broker` begins shutting down, then ends with
+    /// `ended`.
+    pub(crate) fn new(inner: S, broker: Arc<Broker>, ended: Status) -> Self {
+        Self {
+            inner: Some(inner),
+            stop: Box::pin(async move { broker.shutting_down().await }),
+            ended,
+        }
+    }
+}
+
+impl<S, T> tokio_stream::Stream for UntilShutdown<S>
+where
+    S: tokio_stream::Stream<Item = Result<T, Status>> + Unpin,
+{
+    type Item = Result<T, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.inner.is_none() {
+            return Poll::Ready(None);
+        }
+        if self.stop.as_mut().poll(cx).is_ready() {
+            self.inner = None;
+            return Poll::Ready(Some(Err(self.ended.clone())));
+        }
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match std::pin::Pin::new(inner).poll_next(cx) {
+            Poll::Ready(None) => {
+                self.inner = None;
+                Poll::Ready(None)
+            }
+            other => other,
+        }
+    }
+}

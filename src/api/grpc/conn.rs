@@ -41,9 +41,10 @@ pub struct Activity {
 }
 
 impl Activity {
-    fn begin(self: &Arc<Self>) -> CallGuard {
+    fn begin(self: &Arc<Self>, method: Arc<MethodCalls>) -> CallGuard {
         self.calls.fetch_add(1, Ordering::AcqRel);
-        CallGuard(self.clone())
+        method.open.fetch_add(1, Ordering::AcqRel);
+        CallGuard(self.clone(), method)
     }
 
     /// Idle for at least `timeout`: no call in flight, and none ended
@@ -64,13 +65,70 @@ impl Activity {
 
 /// Ends a call when dropped (with its response body).
 #[derive(Debug)]
-pub struct CallGuard(Arc<Activity>);
+pub struct CallGuard(Arc<Activity>, Arc<MethodCalls>);
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
         self.0.idle_since_ms.store(now_ms(), Ordering::Release);
         self.0.calls.fetch_sub(1, Ordering::AcqRel);
+        self.1.open.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Calls in flight of one method, for the whole process (to name what a
+/// drain is still waiting for).
+#[derive(Debug)]
+pub struct MethodCalls {
+    path: String,
+    open: AtomicUsize,
+}
+
+/// Every method path seen, with its calls in flight. Read-locked per call
+/// (to find its counter); write-locked once per new path (bounded: past
+/// [`MAX_TRACKED_METHODS`] paths, the rest are counted together).
+static METHODS: OnceLock<parking_lot::RwLock<std::collections::HashMap<String, Arc<MethodCalls>>>> =
+    OnceLock::new();
+
+/// At most this many distinct paths are tracked by name.
+const MAX_TRACKED_METHODS: usize = 256;
+
+fn method_calls(path: &str) -> Arc<MethodCalls> {
+    let methods = METHODS.get_or_init(Default::default);
+    if let Some(m) = methods.read().get(path) {
+        return m.clone();
+    }
+    let mut w = methods.write();
+    let key = if w.len() < MAX_TRACKED_METHODS {
+        path
+    } else {
+        "(other)"
+    };
+    w.entry(key.to_string())
+        .or_insert_with(|| {
+            Arc::new(MethodCalls {
+                path: key.to_string(),
+                open: AtomicUsize::new(0),
+            })
+        })
+        .clone()
+}
+
+/// The methods with calls in flight now, with how many: what a drain that
+/// timed out was waiting for.
+pub fn open_calls() -> Vec<(String, usize)> {
+    let Some(methods) = METHODS.get() else {
+        return Vec::new();
+    };
+    let mut open: Vec<(String, usize)> = methods
+        .read()
+        .values()
+        .filter_map(|m| {
+            let n = m.open.load(Ordering::Acquire);
+            (n > 0).then(|| (m.path.clone(), n))
+        })
+        .collect();
+    open.sort();
+    open
 }
 
 /// What a request's extensions carry about its connection.
@@ -274,7 +332,7 @@ where
         let guard = req
             .extensions()
             .get::<ConnInfo>()
-            .map(|c| c.activity.begin());
+            .map(|c| c.activity.begin(method_calls(req.uri().path())));
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut response = fut.await?;

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{transport::Channel, Request, Response, Status, Streaming};
 
-use super::cluster::ClusterLink;
+use super::cluster::{ClusterLink, UntilShutdown};
 use super::pb::{self, queues_client::QueuesClient, queues_server::Queues as QueuesApi};
 use super::MAX_MESSAGE_BYTES;
 use super::{convert, timed};
@@ -237,6 +237,8 @@ impl QueuesApi for QueuesService {
                 .consume(link.relay(Request::new(outbound)))
                 .await?
                 .into_inner();
+            let replies =
+                UntilShutdown::new(replies, self.queues.broker().clone(), shutting_down());
             return Ok(Response::new(Box::pin(replies) as Self::ConsumeStream));
         }
         let (group, topic) = (open.group.clone(), open.topic.clone());
