@@ -15,8 +15,9 @@
 # missing. Settings: SLUICE_PROOF_RATE (records/s, default 500),
 # SLUICE_PROOF_WARMUP / SLUICE_PROOF_DOWN (seconds, default 15 / 5),
 # SLUICE_BINARY (default: target/release/sluice, built first),
-# SLUICE_PROOF_REPORT (a file for the JSON summary), SLUICE_PROOF_KEEP=1
-# (leave the cluster running afterwards, for inspection).
+# SLUICE_PROOF_REPORT (a file for the JSON summary), SLUICE_PROOF_LOGS (a
+# directory for every container's log, default target/proof-logs),
+# SLUICE_PROOF_KEEP=1 (leave the cluster running afterwards, for inspection).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -95,6 +96,13 @@ compose=(podman-compose -p "$project" -f deploy/compose.yaml)
 container() { echo "${project}_sluice-$1_1"; }
 client=${project}-client
 
+logs=${SLUICE_PROOF_LOGS:-target/proof-logs}
+save_logs() {
+  mkdir -p "$logs"
+  for i in 1 2 3; do podman logs --timestamps "$(container "$i")" >"$logs/broker-$i.log" 2>&1 || true; done
+  podman logs --timestamps "$client" >"$logs/client.log" 2>&1 || true
+  echo "proof: container logs in $logs" >&2
+}
 cleanup() {
   podman rm -f "$client" >/dev/null 2>&1 || true
   "${compose[@]}" down >/dev/null 2>&1 || true
@@ -102,9 +110,9 @@ cleanup() {
   podman network rm -f "${project}_default" >/dev/null 2>&1 || true
 }
 if [ -n "${SLUICE_PROOF_KEEP:-}" ]; then
-  trap 'echo "proof: kept the cluster (project $project) for inspection" >&2' EXIT
+  trap 'save_logs; echo "proof: kept the cluster (project $project) for inspection" >&2' EXIT
 else
-  trap cleanup EXIT
+  trap 'save_logs; cleanup' EXIT
 fi
 cleanup
 
@@ -173,7 +181,7 @@ rate=${SLUICE_PROOF_RATE:-500}
 podman run -d --name "$client" --network "${project}_default" \
   --ulimit "nofile=$SLUICE_NOFILE:$SLUICE_NOFILE" --ulimit "nproc=$SLUICE_NPROC:$SLUICE_NPROC" \
   -e SLUICE_BROKER=http://sluice-1:9400,http://sluice-2:9400,http://sluice-3:9400 \
-  -e RUST_LOG=warn \
+  -e RUST_LOG=warn,sluice::client=debug \
   "$image" bench soak "$topic" --group proof --rate "$rate" --drain-timeout 60 >/dev/null
 log "application running: $rate records/s, acks=ALL, idempotent, one group member"
 sleep "${SLUICE_PROOF_WARMUP:-15}"

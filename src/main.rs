@@ -342,6 +342,10 @@ fn main() -> ExitCode {
             }
         };
     }
+    // Client commands log only when asked to (RUST_LOG), to stderr.
+    if std::env::var_os("RUST_LOG").is_some() {
+        init_tracing(false);
+    }
     if let Command::Health(a) = &cli.command {
         return match cli::health::health(a) {
             Ok(()) => ExitCode::SUCCESS,

@@ -63,6 +63,13 @@ impl Seen {
     fn distinct(&self) -> u64 {
         self.counts.len() as u64
     }
+
+    /// Records an error the application saw, and says so at once on stderr
+    /// so that a run's log places it in time.
+    fn error(&mut self, e: String) {
+        eprintln!("soak: error: {e}");
+        self.errors.push(e);
+    }
 }
 
 /// The record number a value carries (`<n> <padding>`).
@@ -164,7 +171,7 @@ pub async fn soak(a: SoakArgs) -> Result<(), ClientError> {
                         let value = r.record.value.as_deref().unwrap_or_default();
                         match number(value) {
                             Some(n) => *seen.counts.entry(n).or_default() += 1,
-                            None => seen.errors.push(format!(
+                            None => seen.error(format!(
                                 "a record at {}/{} offset {} carries no number",
                                 r.topic, r.partition, r.record.offset
                             )),
@@ -172,12 +179,12 @@ pub async fn soak(a: SoakArgs) -> Result<(), ClientError> {
                     }
                     if !records.is_empty() {
                         if let Err(e) = consumer.commit().await {
-                            seen.errors.push(format!("commit: {e}"));
+                            seen.error(format!("commit: {e}"));
                         }
                     }
                 }
                 Err(e) => {
-                    seen.errors.push(format!("poll: {e}"));
+                    seen.error(format!("poll: {e}"));
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -191,7 +198,7 @@ pub async fn soak(a: SoakArgs) -> Result<(), ClientError> {
             }
         }
         if let Err(e) = consumer.close().await {
-            seen.errors.push(format!("close: {e}"));
+            seen.error(format!("close: {e}"));
         }
         seen
     });
