@@ -15,6 +15,7 @@
 //! through [`Cluster::subscribe`] and reports how far it has applied it
 //! with [`Cluster::mark_synced`].
 
+pub mod dial;
 pub mod metadata;
 mod node;
 pub mod store;

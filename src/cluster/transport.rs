@@ -91,6 +91,16 @@ impl InternalService {
             .max_decoding_message_size(MAX_INTERNAL_MESSAGE)
             .max_encoding_message_size(MAX_INTERNAL_MESSAGE)
     }
+
+    /// Remembers where node `id`'s call came from, to dial it there when
+    /// its name does not resolve (see [`super::dial`]).
+    fn learn<T>(&self, request: &Request<T>, id: Option<NodeId>) {
+        if let (Some(id), Some(from)) = (id, request.remote_addr()) {
+            if let Some(address) = self.node.address_of(id) {
+                super::dial::learn(&address, from.ip());
+            }
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -100,12 +110,14 @@ impl ClusterInternal for InternalService {
         request: Request<pb::Payload>,
     ) -> Result<Response<pb::Payload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(request.get_ref())?;
+        self.learn(&request, rpc.vote.leader_id().voted_for());
         let reply = self.node.raft().append_entries(rpc).await;
         Ok(Response::new(encode(&reply)?))
     }
 
     async fn vote(&self, request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
         let rpc: VoteRequest<NodeId> = decode(request.get_ref())?;
+        self.learn(&request, rpc.vote.leader_id().voted_for());
         let reply = self.node.raft().vote(rpc).await;
         Ok(Response::new(encode(&reply)?))
     }
@@ -133,6 +145,7 @@ impl ClusterInternal for InternalService {
         request: Request<pb::Payload>,
     ) -> Result<Response<pb::Payload>, Status> {
         let hb: Heartbeat = decode(request.get_ref())?;
+        self.learn(&request, Some(hb.id));
         let reply: UnitReply = self.node.heartbeat_here(hb);
         Ok(Response::new(encode(&reply)?))
     }
@@ -175,14 +188,7 @@ impl Peers {
         if let Some(p) = self.clients.lock().get(address) {
             return Ok(p.client.clone());
         }
-        let channel = Channel::from_shared(format!("http://{address}"))
-            .map_err(|e| format!("bad address {address}: {e}"))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(2))
-            .keep_alive_timeout(Duration::from_secs(2))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+        let channel = super::dial::channel(address)?;
         let client = ClusterInternalClient::new(channel)
             .max_decoding_message_size(MAX_INTERNAL_MESSAGE)
             .max_encoding_message_size(MAX_INTERNAL_MESSAGE);

@@ -20,7 +20,7 @@ use tonic::{metadata::MetadataValue, transport::Channel, Request, Response, Stat
 use super::pb::{self, cluster_server::Cluster as ClusterApi};
 use super::{status, timed};
 use crate::broker::Broker;
-use crate::cluster::{Cluster, ClusterError, NodeId, Route};
+use crate::cluster::{dial, Cluster, ClusterError, NodeId, Route};
 
 /// Header that marks a request forwarded by another broker; its value is
 /// the number of brokers that forwarded it.
@@ -85,18 +85,11 @@ impl ClusterLink {
         if let Some(c) = self.channels.lock().get(address) {
             return Ok(c.clone());
         }
-        let c = Channel::from_shared(format!("http://{address}"))
-            .map_err(|e| Status::internal(format!("bad internal address {address}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            // A peer whose host vanished sends no reset: pings find the
-            // dead connection in seconds, not at the kernel's timeouts.
-            .http2_keep_alive_interval(Duration::from_secs(2))
-            .keep_alive_timeout(Duration::from_secs(2))
-            .keep_alive_while_idle(true)
+        let c = dial::endpoint(address)
+            .map_err(|e| Status::internal(format!("bad internal address: {e}")))?
             .initial_stream_window_size(super::HTTP2_STREAM_WINDOW)
             .initial_connection_window_size(super::HTTP2_CONNECTION_WINDOW)
-            .connect_lazy();
+            .connect_with_connector_lazy(dial::Dialer);
         self.channels.lock().insert(address.to_string(), c.clone());
         Ok(c)
     }

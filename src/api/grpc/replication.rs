@@ -408,14 +408,7 @@ impl Replicator {
 }
 
 fn connect(address: &str) -> Result<ReplicationClient<Channel>, String> {
-    let channel = Channel::from_shared(format!("http://{address}"))
-        .map_err(|e| format!("bad address {address}: {e}"))?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(2))
-        .keep_alive_timeout(Duration::from_secs(2))
-        .keep_alive_while_idle(true)
-        .connect_lazy();
+    let channel = crate::cluster::dial::channel(address)?;
     Ok(ReplicationClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE))

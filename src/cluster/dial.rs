@@ -1,0 +1,171 @@
+//! Connections between nodes: one way to dial a peer's internal listener,
+//! shared by Raft, the controller calls, replica fetches and forwarding.
+//!
+//! Peers are named (`sluice-3:9500`), and a name can stop resolving for a
+//! while just when it matters: a container runtime's DNS was seen taking
+//! 40 s to serve a restarted container's new address, with every lookup
+//! hanging meanwhile, so the controller could not reach the node that had
+//! just registered with it. Each node therefore also remembers the address
+//! its peers' own calls arrive from ([`learn`]), by host name, and dials
+//! that when the name does not resolve promptly. A lookup that succeeds is
+//! still tried first when the learned address fails.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// How long a name lookup may take before learned addresses are dialed.
+const LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a connection to one address may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pings on every internal connection: a peer whose host vanished sends no
+/// reset, and without them calls would wait for the kernel's timeouts.
+const KEEPALIVE: Duration = Duration::from_secs(2);
+
+/// Host name → the address a peer of that name last called from.
+fn learned() -> &'static Mutex<HashMap<String, IpAddr>> {
+    static LEARNED: OnceLock<Mutex<HashMap<String, IpAddr>>> = OnceLock::new();
+    LEARNED.get_or_init(Default::default)
+}
+
+/// Records that the peer reached at `address` (`host:port`, as configured)
+/// just called from `from`.
+pub fn learn(address: &str, from: IpAddr) {
+    let Some(host) = host_of(address) else {
+        return;
+    };
+    if host.parse::<IpAddr>().is_ok() {
+        // An address already: nothing to look up.
+        return;
+    }
+    let mut l = learned().lock();
+    if l.get(host) != Some(&from) {
+        l.insert(host.to_string(), from);
+    }
+}
+
+/// The host part of `host:port`.
+fn host_of(address: &str) -> Option<&str> {
+    let (host, _) = address.rsplit_once(':')?;
+    Some(host.trim_start_matches('[').trim_end_matches(']'))
+}
+
+/// A lazily connected channel to a peer's internal listener at `address`
+/// (`host:port`), with HTTP/2 pings and the dialing above.
+pub fn channel(address: &str) -> Result<Channel, String> {
+    Ok(endpoint(address)?.connect_with_connector_lazy(Dialer))
+}
+
+/// The endpoint [`channel`] connects; callers may tune it further (window
+/// sizes) and connect it with [`Dialer`].
+pub fn endpoint(address: &str) -> Result<Endpoint, String> {
+    Ok(Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| format!("bad address {address}: {e}"))?
+        .http2_keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE)
+        .keep_alive_while_idle(true))
+}
+
+/// Connects to a URI's host: its learned address first if the name does
+/// not resolve within [`LOOKUP_TIMEOUT`], else the resolved addresses,
+/// then the learned one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Dialer;
+
+impl tower_service::Service<Uri> for Dialer {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| io::Error::other(format!("no host in {uri}")))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = uri.port_u16().unwrap_or(80);
+            dial(&host, port).await.map(TokioIo::new)
+        })
+    }
+}
+
+async fn dial(host: &str, port: u16) -> io::Result<TcpStream> {
+    let mut candidates: Vec<SocketAddr> = Vec::new();
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        candidates.push(SocketAddr::new(ip, port));
+    } else {
+        let hint = learned().lock().get(host).copied();
+        match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+            Ok(Ok(addrs)) => candidates.extend(addrs),
+            Ok(Err(e)) if hint.is_none() => return Err(e),
+            Err(_) if hint.is_none() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("looking up {host} took over {LOOKUP_TIMEOUT:?}"),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(ip) = hint {
+            let learned = SocketAddr::new(ip, port);
+            if !candidates.contains(&learned) {
+                candidates.push(learned);
+            }
+        }
+    }
+    let mut last = io::Error::other(format!("{host} resolved to no address"));
+    for addr in candidates {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                // Small messages (a Raft heartbeat, a follower's fetch)
+                // must not wait for Nagle's algorithm.
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Ok(Err(e)) => last = e,
+            Err(_) => {
+                last = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connecting to {addr} took over {CONNECT_TIMEOUT:?}"),
+                )
+            }
+        }
+    }
+    Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name that does not resolve is still dialed at the address its
+    /// peer last called from.
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_is_dialed_where_its_peer_called_from() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.2:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let name = "sluice-dial-test.invalid";
+        assert!(dial(name, port).await.is_err(), "the name does not resolve");
+        learn(&format!("{name}:9500"), "127.0.0.2".parse().expect("ip"));
+        let s = dial(name, port).await.expect("dialed the learned address");
+        assert_eq!(s.peer_addr().expect("peer").ip().to_string(), "127.0.0.2");
+    }
+}
