@@ -33,6 +33,9 @@
 //! * [`server`]: the composition root. Takes a bound listener and a shutdown
 //!   future, so tests bind `127.0.0.1:0` and shut down on their own terms.
 //! * [`config`] and [`error`]: server settings and the top-level error type.
+//! * [`dial`]: how nodes and clients open connections: name lookups with a
+//!   deadline, and fallbacks (the last address a name resolved to, the
+//!   address a peer's own calls came from) for names that stop resolving.
 //! * [`client`]: the Rust client (admin, batching idempotent producer,
 //!   fetch and subscribe, group consumer, queue worker) that the CLI, tests
 //!   and benches use; it sends each partition's requests to its leader
@@ -50,6 +53,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod coordinator;
+pub mod dial;
 pub mod error;
 pub mod server;
 pub mod storage;

@@ -13,6 +13,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::{source_chain, ClientError};
 use crate::api::grpc::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW};
+use crate::dial::Dialer;
 
 /// A broker is given up on at most this often, so a burst of failures
 /// from one outage moves on once, not once per failed call.
@@ -86,7 +87,7 @@ impl Bootstrap {
             .collect::<Result<Vec<_>, _>>()?;
         let mut errors = Vec::new();
         for (i, e) in endpoints.iter().enumerate() {
-            match e.connect().await {
+            match e.connect_with_connector(Dialer).await {
                 Ok(first) => {
                     let channels = endpoints
                         .iter()
@@ -95,7 +96,7 @@ impl Bootstrap {
                             if j == i {
                                 first.clone()
                             } else {
-                                e.connect_lazy()
+                                e.connect_with_connector_lazy(Dialer)
                             }
                         })
                         .collect();

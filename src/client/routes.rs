@@ -112,7 +112,7 @@ impl Routes {
         let c = super::bootstrap::endpoint(&format!("http://{address}"))
             .ok()?
             .connect_timeout(Duration::from_secs(2))
-            .connect_lazy();
+            .connect_with_connector_lazy(crate::dial::Dialer);
         self.table
             .write()
             .channels

@@ -7,8 +7,6 @@
 //!   (`__cluster_metadata/`), and the state machine with its snapshots.
 //! * [`transport`]: the internal gRPC service (Raft messages, forwarded
 //!   proposals, broker heartbeats) and openraft's network on top of it.
-//! * [`dial`]: how any node connects to another (also used by replication
-//!   and forwarding), with a fallback for names that stop resolving.
 //! * `node`: one node's Raft instance, static-voter bootstrap, proposals
 //!   with forwarding to the active controller, the broker's registration and
 //!   heartbeats, and the controller's session checks (fencing).
@@ -17,7 +15,6 @@
 //! through [`Cluster::subscribe`] and reports how far it has applied it
 //! with [`Cluster::mark_synced`].
 
-pub mod dial;
 pub mod metadata;
 mod node;
 pub mod store;

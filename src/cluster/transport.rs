@@ -93,11 +93,11 @@ impl InternalService {
     }
 
     /// Remembers where node `id`'s call came from, to dial it there when
-    /// its name does not resolve (see [`super::dial`]).
+    /// its name does not resolve (see [`crate::dial`]).
     fn learn<T>(&self, request: &Request<T>, id: Option<NodeId>) {
         if let (Some(id), Some(from)) = (id, request.remote_addr()) {
             if let Some(address) = self.node.address_of(id) {
-                super::dial::learn(&address, from.ip());
+                crate::dial::learn(&address, from.ip());
             }
         }
     }
@@ -188,7 +188,7 @@ impl Peers {
         if let Some(p) = self.clients.lock().get(address) {
             return Ok(p.client.clone());
         }
-        let channel = super::dial::channel(address)?;
+        let channel = crate::dial::channel(address)?;
         let client = ClusterInternalClient::new(channel)
             .max_decoding_message_size(MAX_INTERNAL_MESSAGE)
             .max_encoding_message_size(MAX_INTERNAL_MESSAGE);

@@ -20,7 +20,8 @@ use tonic::{metadata::MetadataValue, transport::Channel, Request, Response, Stat
 use super::pb::{self, cluster_server::Cluster as ClusterApi};
 use super::{status, timed};
 use crate::broker::Broker;
-use crate::cluster::{dial, Cluster, ClusterError, NodeId, Route};
+use crate::cluster::{Cluster, ClusterError, NodeId, Route};
+use crate::dial;
 
 /// Header that marks a request forwarded by another broker; its value is
 /// the number of brokers that forwarded it.

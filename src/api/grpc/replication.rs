@@ -408,7 +408,7 @@ impl Replicator {
 }
 
 fn connect(address: &str) -> Result<ReplicationClient<Channel>, String> {
-    let channel = crate::cluster::dial::channel(address)?;
+    let channel = crate::dial::channel(address)?;
     Ok(ReplicationClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE))

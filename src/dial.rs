@@ -1,14 +1,15 @@
-//! Connections between nodes: one way to dial a peer's internal listener,
-//! shared by Raft, the controller calls, replica fetches and forwarding.
+//! How connections are opened: between nodes (Raft, controller calls,
+//! replica fetches, forwarding) and from clients to brokers.
 //!
-//! Peers are named (`sluice-3:9500`), and a name can stop resolving for a
-//! while just when it matters: a container runtime's DNS was seen taking
-//! 40 s to serve a restarted container's new address, with every lookup
-//! hanging meanwhile, so the controller could not reach the node that had
-//! just registered with it. Each node therefore also remembers the address
-//! its peers' own calls arrive from ([`learn`]), by host name, and dials
-//! that when the name does not resolve promptly. A lookup that succeeds is
-//! still tried first when the learned address fails.
+//! Brokers are named (`sluice-3:9500`), and names can stop resolving for a
+//! while just when it matters: a container runtime's DNS was seen hanging
+//! every lookup for up to 40 s after a container died or restarted, so the
+//! controller could not reach the node that had just registered with it,
+//! and a client could not reach the brokers that were still up. So a name
+//! lookup gets [`LOOKUP_TIMEOUT`], and when it fails or hangs the dialer
+//! tries what it still knows: the address the peer's own calls last came
+//! from ([`learn`], for nodes), then the addresses the name last resolved
+//! to.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -36,6 +37,12 @@ const KEEPALIVE: Duration = Duration::from_secs(2);
 fn learned() -> &'static Mutex<HashMap<String, IpAddr>> {
     static LEARNED: OnceLock<Mutex<HashMap<String, IpAddr>>> = OnceLock::new();
     LEARNED.get_or_init(Default::default)
+}
+
+/// Host name → what it last resolved to.
+fn resolved() -> &'static Mutex<HashMap<String, Vec<IpAddr>>> {
+    static RESOLVED: OnceLock<Mutex<HashMap<String, Vec<IpAddr>>>> = OnceLock::new();
+    RESOLVED.get_or_init(Default::default)
 }
 
 /// Records that the peer reached at `address` (`host:port`, as configured)
@@ -76,9 +83,9 @@ pub fn endpoint(address: &str) -> Result<Endpoint, String> {
         .keep_alive_while_idle(true))
 }
 
-/// Connects to a URI's host: its learned address first if the name does
-/// not resolve within [`LOOKUP_TIMEOUT`], else the resolved addresses,
-/// then the learned one.
+/// Connects to a URI's host: the addresses its name resolves to, then the
+/// learned one; if the name does not resolve within [`LOOKUP_TIMEOUT`],
+/// the learned address and then the addresses it last resolved to.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Dialer;
 
@@ -111,22 +118,33 @@ async fn dial(host: &str, port: u16) -> io::Result<TcpStream> {
         candidates.push(SocketAddr::new(ip, port));
     } else {
         let hint = learned().lock().get(host).copied();
-        match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port))).await {
-            Ok(Ok(addrs)) => candidates.extend(addrs),
-            Ok(Err(e)) if hint.is_none() => return Err(e),
-            Err(_) if hint.is_none() => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("looking up {host} took over {LOOKUP_TIMEOUT:?}"),
-                ))
+        let looked_up =
+            tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port))).await;
+        let failure = match looked_up {
+            Ok(Ok(addrs)) => {
+                candidates.extend(addrs);
+                let ips = candidates.iter().map(|a| a.ip()).collect();
+                resolved().lock().insert(host.to_string(), ips);
+                None
             }
-            _ => {}
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("looking up {host} took over {LOOKUP_TIMEOUT:?}"),
+            )),
+        };
+        let before = match failure {
+            Some(_) => resolved().lock().get(host).cloned().unwrap_or_default(),
+            None => Vec::new(),
+        };
+        for ip in hint.into_iter().chain(before) {
+            let a = SocketAddr::new(ip, port);
+            if !candidates.contains(&a) {
+                candidates.push(a);
+            }
         }
-        if let Some(ip) = hint {
-            let learned = SocketAddr::new(ip, port);
-            if !candidates.contains(&learned) {
-                candidates.push(learned);
-            }
+        if let (true, Some(e)) = (candidates.is_empty(), failure) {
+            return Err(e);
         }
     }
     let mut last = io::Error::other(format!("{host} resolved to no address"));
