@@ -156,6 +156,10 @@ pub(crate) fn switch_worthy(s: &tonic::Status) -> bool {
             .metadata()
             .contains_key(crate::api::grpc::cluster::LEADER_HEADER),
         tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => true,
+        // A connection closed under the call (a broker stopping): tonic
+        // reports the HTTP/2 error as INTERNAL. A status the broker sent
+        // has no local source error; this one does.
+        tonic::Code::Internal => std::error::Error::source(s).is_some(),
         _ => false,
     }
 }
@@ -191,7 +195,16 @@ mod tests {
             "2@b:2".parse().expect("ascii"),
         );
         b.failed(&not_leader);
+        // An INTERNAL error the broker answered with is a refusal too.
+        b.failed(&tonic::Status::internal("a server-side error"));
         assert_eq!(at(&b), 1);
+        // The same code made here from a connection that broke under the
+        // call (a broker stopping) is the broker's failure.
+        let mut broken = tonic::Status::internal("h2 protocol error: http2 error");
+        broken.set_source(std::sync::Arc::new(std::io::Error::other(
+            "connection closed",
+        )));
+        assert!(switch_worthy(&broken));
         // Unreachable: the next one, once per interval.
         b.failed(&tonic::Status::unavailable("connection refused"));
         assert_eq!(at(&b), 0);
