@@ -435,7 +435,12 @@ impl State {
                 Err(e) => Outcome::Retry(e.to_string()),
             };
             match o {
-                Outcome::Retry(w) => {
+                // Out of order: an earlier request of this partition has
+                // not landed yet (sent on a stream that broke while this
+                // one was resent). It may still land, so this one waits
+                // and goes again, until the delivery timeout: a gap that
+                // never fills fails it then.
+                Outcome::Retry(w) | Outcome::OutOfOrder(w) => {
                     why = w;
                     self.client.refresh_routes(&self.topic).await;
                     tokio::time::sleep(backoff).await;
@@ -445,8 +450,8 @@ impl State {
                     if let Some(s) = queue.pop_front() {
                         match o {
                             Outcome::Done { duplicate } => self.done(&s, duplicate),
-                            Outcome::Failed(m) | Outcome::OutOfOrder(m) => self.failed(&s, m),
-                            Outcome::Retry(_) => {}
+                            Outcome::Failed(m) => self.failed(&s, m),
+                            Outcome::Retry(_) | Outcome::OutOfOrder(_) => {}
                         }
                     }
                     backoff = Duration::from_millis(50);
