@@ -14,21 +14,13 @@
 //! calls until it has replayed its partition again (tried at most once per
 //! [`RETRY_AFTER_FAILURE`], e.g. once a full disk has room): what the log
 //! holds is the truth.
-//!
-//! In a cluster a change is answered only once every in-sync replica has
-//! it, which can take as long as the ISR takes to drop a dead follower.
-//! [`JournalGuard::commit`] waits for that *after* releasing the shard, so
-//! one slow write does not hold up every other call on the shard (a
-//! heartbeat waiting behind a commit would let its member's session lapse).
-//! The next calls see the change before it is replicated; if it never is,
-//! their own writes (later in the log) fail as well, and the shard replays.
 
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
 
-use super::{Acks, Appended, Broker, Leadership, NewRecord, ProduceRequest, Result, TopicConfig};
+use super::{Acks, Broker, Leadership, NewRecord, ProduceRequest, Result, TopicConfig};
 
 /// Why a journal cannot take a call here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,10 +88,6 @@ struct Inner<S> {
     /// a cluster, while another broker leads the partition). A change of
     /// leader epoch replays the log again.
     loaded: Option<Leadership>,
-    /// Counts the states this journal has had (each load or replay makes
-    /// a new one), so a write that fails after the shard was released
-    /// marks only the state it was made in as failed.
-    generation: u64,
 }
 
 /// The state of one internal partition and its writer.
@@ -108,13 +96,10 @@ pub(crate) struct Journal<S> {
     /// A new empty state (what replay starts from).
     fresh: Box<dyn Fn() -> S + Send + Sync>,
     /// Held for a change *and* the append that records it, so the
-    /// partition's order is the order of the changes (waiting for the
-    /// replicas comes after, see [`JournalGuard::commit`]). Never held
-    /// across `.await`: callers run on blocking threads (an append may
-    /// wait for the disk, and a snapshot syncs the log).
+    /// partition's order is the order of the changes. Never held across
+    /// `.await`: callers run on blocking threads (an append may wait for
+    /// the disk, and a snapshot syncs the log).
     inner: Mutex<Inner<S>>,
-    /// Source of [`Inner::generation`].
-    generations: std::sync::atomic::AtomicU64,
 }
 
 impl<S> std::fmt::Debug for Journal<S> {
@@ -128,22 +113,15 @@ impl<S> std::fmt::Debug for Journal<S> {
 
 /// A locked journal: the state (through `Deref`) and the means to record
 /// changes to it. A snapshot that came due is written when the guard is
-/// committed or dropped, after the caller has applied every change it
-/// appended (a caller may append first and change its state after, e.g.
-/// delete a group once its tombstone is written; a snapshot in between
-/// would write the old state after the tombstone).
-///
-/// Appends become durable (synced, and in every in-sync replica) in
-/// [`JournalGuard::commit`], after the shard is released; a guard dropped
-/// without it waits while still holding the shard.
+/// dropped, after the caller has applied every change it appended (a
+/// caller may append first and change its state after, e.g. delete a
+/// group once its tombstone is written; a snapshot in between would write
+/// the old state after the tombstone).
 pub(crate) struct JournalGuard<'a, S: Journaled> {
     journal: &'a Journal<S>,
     broker: &'a Broker,
-    /// `None` only inside `commit`, once released.
-    inner: Option<MutexGuard<'a, Inner<S>>>,
+    inner: MutexGuard<'a, Inner<S>>,
     snapshot_due: bool,
-    /// Appends made through this guard and not yet known durable.
-    unsettled: Vec<Appended>,
 }
 
 impl<S: Journaled> Journal<S> {
@@ -167,16 +145,7 @@ impl<S: Journaled> Journal<S> {
             config,
             fresh,
             inner: Mutex::new(inner),
-            generations: std::sync::atomic::AtomicU64::new(1),
         })
-    }
-
-    /// A state made now gets a generation of its own.
-    fn stamp(&self, mut inner: Inner<S>) -> Inner<S> {
-        inner.generation = self
-            .generations
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        inner
     }
 
     fn unloaded(fresh: &(dyn Fn() -> S + Send + Sync)) -> Inner<S> {
@@ -186,7 +155,6 @@ impl<S: Journaled> Journal<S> {
             live_keys: 0,
             failed: None,
             loaded: None,
-            generation: 0,
         }
     }
 
@@ -237,7 +205,7 @@ impl<S: Journaled> Journal<S> {
                         ?leader,
                         "another broker leads this shard now; state dropped"
                     );
-                    *inner = self.stamp(Self::unloaded(&*self.fresh));
+                    *inner = Self::unloaded(&*self.fresh);
                 }
                 return Err(JournalError::NotLeader(leader));
             }
@@ -253,7 +221,7 @@ impl<S: Journaled> Journal<S> {
                             ?lead,
                             "shard loaded"
                         );
-                        *inner = self.stamp(fresh);
+                        *inner = fresh;
                     }
                     Err(e) => {
                         return Err(JournalError::Failed(format!(
@@ -277,7 +245,7 @@ impl<S: Journaled> Journal<S> {
                         "state replayed from the log after a failed write; serving again"
                     );
                     fresh.loaded = inner.loaded;
-                    *inner = self.stamp(fresh);
+                    *inner = fresh;
                 }
                 Err(e) => {
                     tracing::error!(topic = self.config.topic, partition = self.config.partition, error = %e, "replaying the log after a failed write failed");
@@ -291,20 +259,9 @@ impl<S: Journaled> Journal<S> {
         Ok(JournalGuard {
             journal: self,
             broker,
-            inner: Some(inner),
+            inner,
             snapshot_due: false,
-            unsettled: Vec::new(),
         })
-    }
-
-    /// Marks the state of `generation` failed (a write made in it did not
-    /// become durable), unless the shard has moved on to a new state.
-    fn fail(&self, generation: u64, reason: &str) {
-        let mut inner = self.inner.lock();
-        if inner.generation == generation && inner.failed.is_none() {
-            tracing::error!(topic = self.config.topic, partition = self.config.partition, error = %reason, "internal state write failed; the shard refuses calls until it has replayed its log");
-            inner.failed = Some((reason.to_string(), Instant::now() + RETRY_AFTER_FAILURE));
-        }
     }
 
     /// Reads the state as it is in memory (even after a failed write):
@@ -316,12 +273,7 @@ impl<S: Journaled> Journal<S> {
 
 impl<S: Journaled> Drop for JournalGuard<'_, S> {
     fn drop(&mut self) {
-        if self.inner.is_none() {
-            return;
-        }
-        // Not committed (an early return): settle while holding the shard.
-        let _ = self.settle();
-        if self.snapshot_due && self.held().failed.is_none() {
+        if self.snapshot_due && self.inner.failed.is_none() {
             self.snapshot();
         }
     }
@@ -330,121 +282,55 @@ impl<S: Journaled> Drop for JournalGuard<'_, S> {
 impl<S: Journaled> Deref for JournalGuard<'_, S> {
     type Target = S;
     fn deref(&self) -> &S {
-        &self.held().state
+        &self.inner.state
     }
 }
 
 impl<S: Journaled> DerefMut for JournalGuard<'_, S> {
     fn deref_mut(&mut self) -> &mut S {
-        &mut self.held_mut().state
+        &mut self.inner.state
     }
 }
 
 impl<S: Journaled> JournalGuard<'_, S> {
-    /// The held shard (present until `commit` releases it).
-    fn held(&self) -> &Inner<S> {
-        self.inner
-            .as_deref()
-            .expect("a guard holds its shard until commit")
-    }
-
-    fn held_mut(&mut self) -> &mut Inner<S> {
-        self.inner
-            .as_deref_mut()
-            .expect("a guard holds its shard until commit")
-    }
-
     /// The partition of the journal.
     pub fn partition(&self) -> i32 {
         self.journal.config.partition
     }
 
     /// Appends `records` (the changes just made, or about to be made
-    /// before the guard is committed); returns the offset of the first.
-    /// They are durable only once [`JournalGuard::commit`] says so. A
+    /// before the guard is dropped); returns the offset of the first. A
     /// failure stops the shard until it replays its log (memory may now be
-    /// ahead of it).
+    /// ahead of it). A snapshot that comes due is written at drop.
     pub fn append(&mut self, records: Vec<NewRecord>) -> std::result::Result<i64, String> {
         if records.is_empty() {
             return Ok(-1);
         }
         let n = records.len() as u64;
         let base = match self.write(records) {
-            Ok((base, pending)) => {
-                self.unsettled.extend(pending);
-                base
-            }
+            Ok(base) => base,
             Err(reason) => {
-                self.failed(&reason);
+                tracing::error!(topic = self.journal.config.topic, partition = self.journal.config.partition, error = %reason, "internal state write failed; the shard refuses calls until it has replayed its log");
+                self.inner.failed = Some((reason.clone(), Instant::now() + RETRY_AFTER_FAILURE));
                 return Err(reason);
             }
         };
+        self.inner.since_snapshot += n;
         let min = self.journal.config.snapshot_min_records;
-        let inner = self.held_mut();
-        inner.since_snapshot += n;
-        if min > 0 && inner.since_snapshot > min.max(2 * inner.live_keys) {
+        if min > 0 && self.inner.since_snapshot > min.max(2 * self.inner.live_keys) {
             self.snapshot_due = true;
         }
         Ok(base)
     }
 
-    /// Makes this guard's appends durable, first releasing the shard so
-    /// that other calls go on meanwhile. An error means a change this call
-    /// made may be lost (the shard replays its log before the next call).
-    pub fn commit(mut self) -> std::result::Result<(), String> {
-        if self.snapshot_due && self.held().failed.is_none() {
-            self.snapshot_due = false;
-            self.snapshot();
-        }
-        let generation = self.held().generation;
-        let unsettled = std::mem::take(&mut self.unsettled);
-        self.inner = None;
-        for a in unsettled {
-            if let Some(f) = a.durable_blocking().failures.first() {
-                let reason = f.error.client_message();
-                self.journal.fail(generation, &reason);
-                return Err(reason);
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits for this guard's appends while holding the shard; marks the
-    /// state failed if one did not become durable.
-    fn settle(&mut self) -> std::result::Result<(), String> {
-        for a in std::mem::take(&mut self.unsettled) {
-            if let Some(f) = a.durable_blocking().failures.first() {
-                let reason = f.error.client_message();
-                self.failed(&reason);
-                return Err(reason);
-            }
-        }
-        Ok(())
-    }
-
-    /// Marks the held state failed (memory may be ahead of the log).
-    fn failed(&mut self, reason: &str) {
-        let c = self.journal.config;
-        let inner = self.held_mut();
-        if inner.failed.is_none() {
-            tracing::error!(topic = c.topic, partition = c.partition, error = %reason, "internal state write failed; the shard refuses calls until it has replayed its log");
-            inner.failed = Some((reason.to_string(), Instant::now() + RETRY_AFTER_FAILURE));
-        }
-    }
-
-    /// One append, returned with what must still become durable (in a
-    /// cluster, or for a durable journal); the error is the first
-    /// failure's message.
-    fn write(
-        &self,
-        records: Vec<NewRecord>,
-    ) -> std::result::Result<(i64, Option<Appended>), String> {
+    /// One append; the error is the first failure's message.
+    fn write(&self, records: Vec<NewRecord>) -> std::result::Result<i64, String> {
         let c = &self.journal.config;
         // In a cluster a change is answered once every in-sync replica
         // has it, so it survives the leader's loss.
         let all = c.durable
             || self
-                .held()
+                .inner
                 .loaded
                 .is_some_and(|l| l != Leadership::Standalone);
         let appended = self
@@ -457,32 +343,15 @@ impl<S: Journaled> JournalGuard<'_, S> {
                 producer: None,
             })
             .map_err(|e| e.client_message())?;
-        let (base, failed) = {
-            let r = appended.pending_result();
-            (
-                r.partitions.first().map_or(-1, |p| p.base_offset),
-                r.failures.first().map(|f| f.error.client_message()),
-            )
-        };
-        if let Some(reason) = failed {
-            return Err(reason);
-        }
-        if all {
-            Ok((base, Some(appended)))
+        let result = if all {
+            appended.durable_blocking()
         } else {
-            let _ = appended.result();
-            Ok((base, None))
+            appended.result()
+        };
+        match result.failures.first() {
+            Some(f) => Err(f.error.client_message()),
+            None => Ok(result.partitions.first().map_or(-1, |p| p.base_offset)),
         }
-    }
-
-    /// One append, waited for at once (snapshots: the history they replace
-    /// is purged right after).
-    fn write_now(&self, records: Vec<NewRecord>) -> std::result::Result<i64, String> {
-        let (base, pending) = self.write(records)?;
-        if let Some(f) = pending.and_then(|a| a.durable_blocking().failures.into_iter().next()) {
-            return Err(f.error.client_message());
-        }
-        Ok(base)
     }
 
     /// Rewrites every live key, then deletes the segments wholly before
@@ -491,7 +360,7 @@ impl<S: Journaled> JournalGuard<'_, S> {
     /// snapshot's.
     fn snapshot(&mut self) {
         let c = self.journal.config;
-        let recs = self.held().state.snapshot();
+        let recs = self.inner.state.snapshot();
         let live = recs.len() as u64;
         let anchor = match self.broker.list_offsets(c.topic, &[c.partition], None) {
             Ok(o) => o.first().map_or(0, |o| o.latest),
@@ -504,22 +373,18 @@ impl<S: Journaled> JournalGuard<'_, S> {
         for r in recs {
             chunk.push(r);
             if chunk.len() == 1000 {
-                if let Err(e) = self.write_now(std::mem::take(&mut chunk)) {
+                if let Err(e) = self.write(std::mem::take(&mut chunk)) {
                     tracing::warn!(topic = c.topic, partition = c.partition, error = %e, "snapshot write failed");
                     return;
                 }
             }
         }
-        if let Err(e) = (!chunk.is_empty())
-            .then(|| self.write_now(chunk))
-            .transpose()
-        {
+        if let Err(e) = (!chunk.is_empty()).then(|| self.write(chunk)).transpose() {
             tracing::warn!(topic = c.topic, partition = c.partition, error = %e, "snapshot write failed");
             return;
         }
-        let inner = self.held_mut();
-        inner.since_snapshot = 0;
-        inner.live_keys = live;
+        self.inner.since_snapshot = 0;
+        self.inner.live_keys = live;
         match self
             .broker
             .delete_internal_before(c.topic, c.partition, anchor)
@@ -637,87 +502,6 @@ mod tests {
         assert_eq!(journal.peek(|s| s.0.clone()), live);
         assert!(start > 0, "snapshots purged the history before them");
         drop(journal);
-        broker.close();
-    }
-
-    /// In a cluster a change is answered once every in-sync replica has
-    /// it, which takes as long as a dead follower stays in the ISR. That
-    /// wait must not hold the shard: other calls (a group's heartbeats
-    /// above all) go on meanwhile. The change still fails if it never
-    /// reaches the replicas, and the shard then replays its log.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn waiting_for_the_replicas_does_not_hold_the_shard() {
-        use crate::cluster::{MetadataImage, PartitionAssignment, TopicMetadata};
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::Arc;
-
-        // The journal's partition on brokers 1 (here) and 2, both in sync;
-        // broker 2 never fetches.
-        let image = |leader: u64, epoch: i32| {
-            let mut image = MetadataImage::default();
-            image.topics.insert(
-                TOPIC.into(),
-                TopicMetadata {
-                    id: 9,
-                    name: TOPIC.into(),
-                    config: serde_json::to_value(journal_topic_config(64 * 1024)).expect("config"),
-                    partitions: vec![PartitionAssignment {
-                        replicas: vec![1, 2],
-                        leader: Some(leader),
-                        leader_epoch: epoch,
-                        isr: vec![1, 2],
-                        partition_epoch: epoch,
-                        adding: Vec::new(),
-                        removing: Vec::new(),
-                    }],
-                },
-            );
-            image
-        };
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = BrokerConfig::new(dir.path());
-        config.node_id = Some(1);
-        config.replication.ack_timeout = Duration::from_secs(60);
-        let broker = Arc::new(Broker::open(config).expect("broker"));
-        broker.apply_metadata(&image(1, 1), true).expect("lead");
-        let journal = Arc::new(Journal::open(&broker, CONFIG, Kv::default).expect("journal"));
-
-        let (appended_tx, appended_rx) = std::sync::mpsc::channel();
-        let committed = Arc::new(AtomicBool::new(false));
-        let writer = {
-            let (broker, journal, committed) = (broker.clone(), journal.clone(), committed.clone());
-            tokio::task::spawn_blocking(move || {
-                let mut g = journal.lock(&broker).expect("lock");
-                g.append(vec![record(b"a", Some(b"1"))]).expect("append");
-                g.0.insert(b"a".to_vec(), b"1".to_vec());
-                appended_tx.send(()).expect("send");
-                let r = g.commit();
-                committed.store(true, Ordering::SeqCst);
-                r
-            })
-        };
-        let (b, j, c) = (broker.clone(), journal.clone(), committed.clone());
-        tokio::task::spawn_blocking(move || {
-            appended_rx.recv().expect("appended");
-            // The writer is waiting for broker 2 (for up to a minute), and
-            // the shard is free: another call locks it, sees the change
-            // and makes its own.
-            let mut g = j.lock(&b).expect("the shard is free");
-            assert_eq!(g.0.get(&b"a"[..]), Some(&b"1".to_vec()));
-            assert!(
-                !c.load(Ordering::SeqCst),
-                "the first change is not answered yet"
-            );
-            g.0.insert(b"b".to_vec(), b"2".to_vec());
-        })
-        .await
-        .expect("second call");
-        // Leadership moves before broker 2 ever fetched: the change was
-        // never in sync, so it fails, and the shard serves no call here.
-        broker.apply_metadata(&image(2, 2), true).expect("follow");
-        let r = writer.await.expect("writer");
-        assert!(r.is_err(), "{r:?}");
-        assert!(journal.lock(&broker).is_err());
         broker.close();
     }
 }

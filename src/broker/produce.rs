@@ -217,11 +217,6 @@ impl Appended {
         result
     }
 
-    /// What was appended (and what failed to be), before any wait.
-    pub fn pending_result(&self) -> &ProduceResult {
-        &self.result
-    }
-
     /// The result without waiting for durability; flushes the policy wants
     /// are started on the I/O threads.
     pub fn result(self) -> ProduceResult {

@@ -277,14 +277,6 @@ impl Coordinator {
             })
     }
 
-    /// Releases the shard, then waits until what this call appended is
-    /// durable (see [`JournalGuard::commit`]).
-    fn settle(st: JournalGuard<'_, ShardState>) -> Result<()> {
-        let partition = st.partition();
-        st.commit()
-            .map_err(|reason| CoordinatorError::Failed { partition, reason })
-    }
-
     /// Locks `group`'s shard, failing while it cannot serve (see
     /// [`Journal::lock`]).
     fn lock_shard(&self, group: &str) -> Result<JournalGuard<'_, ShardState>> {
@@ -388,7 +380,6 @@ impl Coordinator {
         let result = g.heartbeat(req, now, &count, &self.config.limits, &mut dirty);
         let recs = Self::dirty_records(&mut st.groups, group, &dirty);
         Self::persist(&mut st, recs)?;
-        Self::settle(st)?;
         result
     }
 
@@ -453,8 +444,7 @@ impl Coordinator {
             .map(|c| (c.tp, c.offset, c.metadata))
             .collect();
         let ids = |t: &str| self.topic_id(t);
-        Self::write_offsets(&mut st, group, now, committed, &ids)?;
-        Self::settle(st)
+        Self::write_offsets(&mut st, group, now, committed, &ids)
     }
 
     /// The current id (incarnation) of `topic`, 0 if it does not exist.
@@ -546,7 +536,7 @@ impl Coordinator {
                 }
             }
             // A failure marks the shard failed; nothing else to do here.
-            let _ = Self::persist(&mut st, recs).and_then(|()| Self::settle(st));
+            let _ = Self::persist(&mut st, recs);
         }
     }
 }

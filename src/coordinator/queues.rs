@@ -353,9 +353,7 @@ impl Queues {
                 }
             }
             st.next_due = st.groups.values().map(|g| g.due).min().unwrap_or(i64::MAX);
-            if let Err(e) = Self::commit(st) {
-                tracing::error!(error = %e, "work-queue expiry could not be recorded");
-            }
+            drop(st);
             for name in woken {
                 self.wake(&name);
             }
@@ -459,14 +457,6 @@ impl Queues {
             .collect();
         Self::append(st, records)?;
         Ok(())
-    }
-
-    /// Releases the shard, then waits until what this call appended is
-    /// durable (see [`JournalGuard::commit`]).
-    fn commit(st: Guard<'_>) -> Result<()> {
-        let partition = st.partition();
-        st.commit()
-            .map_err(|reason| CoordinatorError::Failed { partition, reason })
     }
 
     /// Appends records of changes to the shard (see [`JournalGuard::append`]).
@@ -674,7 +664,7 @@ impl Queues {
         };
         let more = g.could_deliver(member, behind);
         self.effects(&mut st, group, fx)?;
-        Self::commit(st)?;
+        drop(st);
         if !out.is_empty() {
             metrics::counter!(
                 "sluice_queue_deliveries_total",
@@ -785,7 +775,7 @@ impl Queues {
         }
         let wake = fx.released || !out.accepted.is_empty();
         self.effects(&mut st, group, fx)?;
-        Self::commit(st)?;
+        drop(st);
         if wake {
             self.wake(group);
         }
@@ -803,12 +793,10 @@ impl Queues {
             g.leave(member, now, &mut fx);
         }
         let released = fx.released || !fx.dead_letters.is_empty();
-        if let Err(e) = self
-            .effects(&mut st, group, fx)
-            .and_then(|()| Self::commit(st))
-        {
+        if let Err(e) = self.effects(&mut st, group, fx) {
             tracing::error!(error = %e, "recording a queue member's departure failed");
         }
+        drop(st);
         if released {
             self.wake(group);
         }
