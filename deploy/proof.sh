@@ -97,10 +97,19 @@ container() { echo "${project}_sluice-$1_1"; }
 client=${project}-client
 
 logs=${SLUICE_PROOF_LOGS:-target/proof-logs}
+# Keeps every container's log; after a failure also prints their tails, so
+# a CI transcript (where the files are gone) shows the cause.
 save_logs() {
+  local status=$1 f
   mkdir -p "$logs"
   for i in 1 2 3; do podman logs --timestamps "$(container "$i")" >"$logs/broker-$i.log" 2>&1 || true; done
   podman logs --timestamps "$client" >"$logs/client.log" 2>&1 || true
+  if [ "$status" -ne 0 ]; then
+    for f in "$logs"/broker-1.log "$logs"/broker-2.log "$logs"/broker-3.log "$logs"/client.log; do
+      echo "proof: last lines of $f" >&2
+      tail -n 25 "$f" >&2 || true
+    done
+  fi
   echo "proof: container logs in $logs" >&2
 }
 cleanup() {
@@ -110,9 +119,9 @@ cleanup() {
   podman network rm -f "${project}_default" >/dev/null 2>&1 || true
 }
 if [ -n "${SLUICE_PROOF_KEEP:-}" ]; then
-  trap 'save_logs; echo "proof: kept the cluster (project $project) for inspection" >&2' EXIT
+  trap 'save_logs $?; echo "proof: kept the cluster (project $project) for inspection" >&2' EXIT
 else
-  trap 'save_logs; cleanup' EXIT
+  trap 'save_logs $?; cleanup' EXIT
 fi
 cleanup
 
@@ -165,9 +174,12 @@ for port in sys.argv[1:]:
 log "starting the compose cluster"
 start=$(now)
 "${compose[@]}" up -d >/dev/null 2>&1
+# SECONDS counts from the script's start, which includes the build: the
+# deadline is taken here.
+deadline=$((SECONDS + 120))
 for i in 1 2 3; do
   until "$binary" health --metrics "127.0.0.1:$(metrics_port "$i")" --timeout-ms 500 2>/dev/null; do
-    [ $SECONDS -lt 120 ] || { echo "proof: broker $i never became ready" >&2; exit 1; }
+    [ $SECONDS -lt $deadline ] || { echo "proof: broker $i not ready 120 s after compose up" >&2; exit 1; }
     sleep 0.1
   done
 done
