@@ -125,6 +125,15 @@ pub enum BrokerError {
         /// Why.
         reason: String,
     },
+    /// The data directory was written in a format this build does not
+    /// read.
+    #[error("data directory {path}: {reason}")]
+    DataFormat {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
     /// Topic metadata could not be read or written.
     #[error("topic metadata {path}: {reason}")]
     Metadata {
@@ -141,7 +150,9 @@ impl BrokerError {
     pub fn is_fatal(&self) -> bool {
         match self {
             BrokerError::Storage(e) => e.is_fatal(),
-            BrokerError::Metadata { .. } | BrokerError::DamagedRecords { .. } => true,
+            BrokerError::Metadata { .. }
+            | BrokerError::DataFormat { .. }
+            | BrokerError::DamagedRecords { .. } => true,
             _ => false,
         }
     }

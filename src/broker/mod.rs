@@ -251,6 +251,62 @@ fn io_err(op: &'static str, path: &Path, e: std::io::Error) -> BrokerError {
     BrokerError::Storage(StorageError::io(op, path, e))
 }
 
+/// The file naming the data directory's format.
+const FORMAT_FILE: &str = "format";
+/// The data directory format this build writes and reads: 2 since record
+/// batches carry Kafka's CRC-32C (1, unmarked, had crc32fast's CRC-32).
+pub const DATA_FORMAT: u32 = 2;
+
+/// Checks that `data` holds no data of another format, and marks a new
+/// directory with this one. Runs before anything in it is opened, so an
+/// older directory is refused whole rather than read as damage.
+fn check_data_format(fs: &dyn crate::storage::FileSystem, data: &Path) -> Result<()> {
+    let path = data.join(FORMAT_FILE);
+    let refuse = |reason: String| BrokerError::DataFormat {
+        path: data.to_path_buf(),
+        reason,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let version = text
+                .trim()
+                .strip_prefix("sluice data format ")
+                .and_then(|v| v.parse::<u32>().ok())
+                .ok_or_else(|| refuse(format!("{FORMAT_FILE} does not name a format: {text:?}")))?;
+            if version != DATA_FORMAT {
+                return Err(refuse(format!(
+                    "written in data format {version}; this build reads format {DATA_FORMAT} only"
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let holds_data = std::fs::read_dir(data)
+                .map_err(|e| io_err("listing", data, e))?
+                .flatten()
+                .any(|e| match e.file_name().to_str() {
+                    Some(".lock") | Some("trash") => false,
+                    Some("topics") => std::fs::read_dir(e.path())
+                        .map(|mut d| d.next().is_some())
+                        .unwrap_or(true),
+                    _ => true,
+                });
+            if holds_data {
+                return Err(refuse(format!(
+                    "holds data written by an earlier Sluice (data format 1, record batches checksummed with CRC-32); this build writes Kafka's CRC-32C (format {DATA_FORMAT}) and does not read format 1: start it on an empty directory"
+                )));
+            }
+            crate::storage::write_file_atomic(
+                fs,
+                &path,
+                format!("sluice data format {DATA_FORMAT}\n").as_bytes(),
+            )?;
+            Ok(())
+        }
+        Err(e) => Err(io_err("reading", &path, e)),
+    }
+}
+
 fn now_ms(config: &LogConfig) -> i64 {
     (config.clock)()
 }
@@ -278,6 +334,7 @@ impl Broker {
                 reason: "the data directory is in use by another sluice process".into(),
             },
         )?;
+        check_data_format(&*config.log.fs, data)?;
         let topics_dir = data.join("topics");
         let trash_dir = data.join("trash");
         for d in [&topics_dir, &trash_dir] {
@@ -528,5 +585,48 @@ impl Drop for Broker {
         let mut s = self.maintenance.state.lock();
         s.stop = true;
         self.maintenance.wake.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn a_new_directory_is_marked_and_an_unmarked_one_with_data_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fresh = dir.path().join("fresh");
+        let b = Broker::open(BrokerConfig::new(&fresh)).expect("open fresh");
+        b.close();
+        drop(b);
+        let marker = std::fs::read_to_string(fresh.join(FORMAT_FILE)).expect("marker");
+        assert_eq!(marker.trim(), format!("sluice data format {DATA_FORMAT}"));
+        Broker::open(BrokerConfig::new(&fresh))
+            .expect("reopen")
+            .close();
+
+        // A directory an earlier build wrote: topics, no marker.
+        let old = dir.path().join("old");
+        std::fs::create_dir_all(old.join("topics/orders")).expect("mkdir");
+        let err = Broker::open(BrokerConfig::new(&old)).expect_err("old format refused");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("data format 1") && msg.contains("CRC-32C"),
+            "{msg}"
+        );
+        assert!(
+            !old.join(FORMAT_FILE).exists(),
+            "an old directory is not marked"
+        );
+
+        // A marker of another format.
+        std::fs::write(fresh.join(FORMAT_FILE), "sluice data format 3\n").expect("write");
+        let msg = Broker::open(BrokerConfig::new(&fresh))
+            .expect_err("newer format refused")
+            .to_string();
+        assert!(
+            msg.contains("format 3") && msg.contains("format 2 only"),
+            "{msg}"
+        );
     }
 }

@@ -10,7 +10,7 @@
 //!      8     4  batch length           (bytes after this field)
 //!     12     4  partition leader epoch (assigned by the log)
 //!     16     1  magic                  (format version, = MAGIC)
-//!     17     4  crc                    (CRC-32 of bytes 21..end)
+//!     17     4  crc                    (CRC-32C of bytes 21..end)
 //!     21     2  attributes             (bits 0-2 compression, 4 transactional, 5 control)
 //!     23     4  last offset delta
 //!     27     8  first timestamp        (ms since the epoch)
@@ -28,7 +28,11 @@
 //! key length and key, varint value length (-1: null) and value.
 //!
 //! The checksum covers everything after itself, so the log can stamp base
-//! offset and leader epoch into a batch without recomputing it.
+//! offset and leader epoch into a batch without recomputing it. It is
+//! CRC-32C (Castagnoli), as Kafka's, so stored batches are byte for byte
+//! what a Kafka client reads and writes: the Kafka listener serves them
+//! from the mapped segment as they are. (Sluice's other files, indexes,
+//! checkpoints and snapshots, keep crc32fast's CRC-32.)
 
 use super::varint::{get_varint, get_varlong, put_varint, put_varlong, varint_len, varlong_len};
 
@@ -131,6 +135,12 @@ pub enum BatchError {
         /// What is wrong with it.
         reason: &'static str,
     },
+}
+
+/// A batch's checksum of `bytes` (the bytes from [`CRC_START`] on):
+/// CRC-32C, hardware-accelerated where the CPU has it.
+pub fn checksum(bytes: &[u8]) -> u32 {
+    crc32c::crc32c(bytes)
 }
 
 fn be_i64(b: &[u8], at: usize) -> i64 {
@@ -268,7 +278,7 @@ impl<'a> BatchView<'a> {
     }
     /// Checksum of the bytes the stored checksum covers.
     pub fn computed_crc(&self) -> u32 {
-        crc32fast::hash(&self.buf[CRC_START..])
+        checksum(&self.buf[CRC_START..])
     }
     /// Checks the stored checksum against the bytes.
     pub fn verify_crc(&self) -> Result<(), BatchError> {
@@ -759,7 +769,7 @@ impl BatchBuilder {
         h[BASE_SEQUENCE..BASE_SEQUENCE + 4]
             .copy_from_slice(&self.producer.base_sequence.to_be_bytes());
         h[RECORD_COUNT..RECORD_COUNT + 4].copy_from_slice(&self.count.to_be_bytes());
-        let crc = crc32fast::hash(&self.buf[CRC_START..]);
+        let crc = checksum(&self.buf[CRC_START..]);
         self.buf[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
         Some(RecordBatch { buf: self.buf })
     }
@@ -775,6 +785,15 @@ pub(crate) fn stamp_header(header: &mut [u8], base_offset: i64, leader_epoch: i3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_checksum_is_kafkas_crc32c() {
+        // The CRC-32C check value (RFC 3720, Kafka's Crc32C tests).
+        assert_eq!(checksum(b"123456789"), 0xE306_9283);
+        let b = sample();
+        let v = BatchView::parse(b.as_bytes()).expect("parse");
+        assert_eq!(v.crc(), crc32c::crc32c(&b.as_bytes()[CRC_START..]));
+    }
 
     fn sample() -> RecordBatch {
         let mut b = BatchBuilder::default();
@@ -891,7 +910,7 @@ mod tests {
     #[test]
     fn rejects_structurally_bad_batches_with_valid_checksums() {
         let reseal = |mut b: Vec<u8>| {
-            let crc = crc32fast::hash(&b[CRC_START..]);
+            let crc = checksum(&b[CRC_START..]);
             b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
             b
         };

@@ -21,7 +21,7 @@ pub fn code(e: &BrokerError) -> Code {
         | BrokerError::NotEnoughReplicasAfterAppend { .. }
         | BrokerError::ReplicationTimeout { .. }
         | BrokerError::Remote { .. } => Code::Unavailable,
-        BrokerError::Metadata { .. } => Code::Internal,
+        BrokerError::Metadata { .. } | BrokerError::DataFormat { .. } => Code::Internal,
         BrokerError::DamagedRecords { .. } => Code::DataLoss,
         BrokerError::Storage(s) => match s {
             StorageError::OffsetOutOfRange { .. } => Code::OutOfRange,
