@@ -24,6 +24,7 @@ fn build() -> MetadataImage {
                 id,
                 advertised: format!("broker-{id}:9400"),
                 internal: format!("broker-{id}:9500"),
+                kafka: None,
                 rack: Some(format!("rack-{}", id % 3)),
             },
         );

@@ -4,6 +4,8 @@
 //! data_dir = "./sluice-data"
 //! listen = "127.0.0.1:9400"
 //! metrics_listen = "127.0.0.1:9401"   # "off" disables the endpoint
+//! kafka_listen = "127.0.0.1:9092"     # Kafka wire protocol; "off" disables it
+//! kafka_advertise = "n1:9092"         # address Kafka clients are told; default: kafka_listen
 //!
 //! [storage]
 //! segment_bytes = 1073741824
@@ -85,6 +87,8 @@ use crate::storage::{FlushPolicy, LogConfig};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9400";
 /// Default metrics listen address.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9401";
+/// Default Kafka-protocol listen address.
+pub const DEFAULT_KAFKA_LISTEN: &str = "127.0.0.1:9092";
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./sluice-data";
 
@@ -99,6 +103,12 @@ pub struct ServerConfig {
     /// Prometheus `/metrics` and `/healthz` address; `off` disables it.
     #[serde(deserialize_with = "de_metrics_listen")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Kafka wire-protocol address; `off` disables the listener.
+    #[serde(deserialize_with = "de_metrics_listen")]
+    pub kafka_listen: Option<SocketAddr>,
+    /// The `host:port` Kafka clients are told to dial this broker at
+    /// (default: the bound Kafka address).
+    pub kafka_advertise: Option<String>,
     /// Storage defaults for every topic.
     pub storage: StorageSettings,
     /// Consumer group settings.
@@ -588,14 +598,15 @@ fn de_metrics_listen<'de, D: serde::Deserializer<'de>>(
     parse_metrics_listen(&s).map_err(serde::de::Error::custom)
 }
 
-/// Parses a metrics address; `off` (or empty) disables the endpoint.
+/// Parses a listen address of an optional endpoint (metrics, Kafka);
+/// `off` (or empty) disables it.
 pub fn parse_metrics_listen(s: &str) -> Result<Option<SocketAddr>, String> {
     match s.trim() {
         "" | "off" | "none" => Ok(None),
         a => a
             .parse()
             .map(Some)
-            .map_err(|e| format!("metrics_listen '{a}': {e} (use host:port or 'off')")),
+            .map_err(|e| format!("listen address '{a}': {e} (use host:port or 'off')")),
     }
 }
 
@@ -605,6 +616,8 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             listen: SocketAddr::from(([127, 0, 0, 1], 9400)),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9401))),
+            kafka_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9092))),
+            kafka_advertise: None,
             storage: StorageSettings::default(),
             groups: GroupSettings::default(),
             limits: LimitSettings::default(),

@@ -64,6 +64,12 @@ struct ServeArgs {
     /// Address of Prometheus /metrics and /healthz, or "off" [default: 127.0.0.1:9401].
     #[arg(long, env = "SLUICE_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// Address of the Kafka wire protocol, or "off" [default: 127.0.0.1:9092].
+    #[arg(long, env = "SLUICE_KAFKA_LISTEN")]
+    kafka_listen: Option<String>,
+    /// host:port Kafka clients are told to dial this broker at [default: the Kafka listen address].
+    #[arg(long, env = "SLUICE_KAFKA_ADVERTISE")]
+    kafka_advertise: Option<String>,
     /// Segment file size in bytes [default: 1073741824].
     #[arg(long)]
     segment_bytes: Option<u64>,
@@ -208,6 +214,12 @@ impl ServeArgs {
         }
         if let Some(v) = &self.metrics_listen {
             c.metrics_listen = parse_metrics_listen(v).map_err(sluice::error::Error::Config)?;
+        }
+        if let Some(v) = &self.kafka_listen {
+            c.kafka_listen = parse_metrics_listen(v).map_err(sluice::error::Error::Config)?;
+        }
+        if let Some(v) = &self.kafka_advertise {
+            c.kafka_advertise = Some(v.clone());
         }
         let s = &mut c.storage;
         if let Some(v) = self.segment_bytes {
@@ -414,10 +426,19 @@ fn serve(config: ServerConfig) -> Result<(), sluice::error::Error> {
             (Some(_), Some(a)) => Some(tokio::net::TcpListener::bind(a).await?),
             _ => None,
         };
+        let kafka = match config.kafka_listen {
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
+                sluice::error::Error::Config(format!(
+                    "binding the Kafka listener {a}: {e} (set --kafka-listen to another address, or off)"
+                ))
+            })?),
+            None => None,
+        };
         let listeners = sluice::server::Listeners {
             client: listener,
             metrics,
             internal,
+            kafka,
         };
         sluice::server::run_node(config, listeners, shutdown_signal()).await
     })

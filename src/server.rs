@@ -63,6 +63,8 @@ pub struct Listeners {
     pub metrics: Option<TcpListener>,
     /// The internal service (cluster mode only).
     pub internal: Option<TcpListener>,
+    /// The Kafka wire protocol.
+    pub kafka: Option<TcpListener>,
 }
 
 /// Serves the gRPC API on `listener` (and metrics on `metrics`, if given)
@@ -80,6 +82,7 @@ pub async fn run(
         client: listener,
         metrics,
         internal: None,
+        kafka: None,
     };
     run_node(config, listeners, shutdown).await
 }
@@ -176,7 +179,26 @@ pub async fn run_node(
     let handle = prometheus();
     let mut broker_config = config.broker_config()?;
     let coordinator_config = config.coordinator_config()?;
-    let cluster_config = config.cluster_config()?;
+    let mut cluster_config = config.cluster_config()?;
+    // The address Kafka clients are told to dial this broker at.
+    let kafka_advertised = match &listeners.kafka {
+        None => None,
+        Some(l) => match &config.kafka_advertise {
+            Some(a) => Some(a.clone()),
+            None => {
+                let a = l.local_addr()?;
+                if a.ip().is_unspecified() && cluster_config.is_some() {
+                    return Err(Error::Config(format!(
+                        "--kafka-listen {a} is a wildcard address, which Kafka clients cannot dial: set --kafka-advertise HOST:PORT"
+                    )));
+                }
+                Some(a.to_string())
+            }
+        },
+    };
+    if let Some(cc) = &mut cluster_config {
+        cc.kafka_advertise = kafka_advertised.clone();
+    }
     if let Some(cc) = &cluster_config {
         broker_config.producer_id_stripe = Some(crate::broker::ProducerIdStripe {
             node: cc.node_id as i64,
@@ -302,6 +324,7 @@ pub async fn run_node(
         queues,
         link: cluster.clone().map(ClusterLink::new),
         advertised,
+        kafka_advertised,
     };
     // Controlled shutdown: leadership moves to other in-sync replicas
     // before this broker stops serving.
@@ -338,6 +361,8 @@ struct Domain {
     link: Option<ClusterLink>,
     /// The client address handed out in metadata.
     advertised: String,
+    /// The Kafka address handed out in Kafka metadata.
+    kafka_advertised: Option<String>,
 }
 
 async fn serve(
@@ -353,11 +378,13 @@ async fn serve(
         queues,
         link,
         advertised,
+        kafka_advertised,
     } = domain;
     let Listeners {
         client: listener,
         metrics,
         internal,
+        kafka,
     } = listeners;
     let addr = listener.local_addr()?;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -429,6 +456,36 @@ async fn serve(
             broker.begin_shutdown();
             let _ = draining_tx.send(true);
         }
+    };
+    // The Kafka listener stops taking requests when the drain begins.
+    let kafka_task = match (kafka, kafka_advertised) {
+        (Some(l), Some(advertised)) => {
+            let me_id = link
+                .as_ref()
+                .map_or(crate::api::grpc::cluster::STANDALONE_NODE_ID, |l| {
+                    l.cluster.node_id()
+                });
+            let me = crate::api::kafka::Endpoint::parse(
+                i32::try_from(me_id).unwrap_or(i32::MAX),
+                &advertised,
+            )
+            .ok_or_else(|| {
+                Error::Config(format!("--kafka-advertise '{advertised}' is not HOST:PORT"))
+            })?;
+            let k = crate::api::kafka::Kafka::new(
+                broker.clone(),
+                coordinator.clone(),
+                link.clone(),
+                me,
+                limits.max_request_bytes,
+            );
+            Some(tokio::spawn(crate::api::kafka::serve(
+                k,
+                l,
+                draining_rx.clone(),
+            )))
+        }
+        _ => None,
     };
     let idle = LimitSettings::optional(limits.idle_timeout_ms);
     let incoming = conn::incoming(listener, limits.max_connections, idle, draining_rx.clone());
@@ -538,6 +595,11 @@ async fn serve(
             Ok(())
         }
     };
+    if let Some(t) = kafka_task {
+        if tokio::time::timeout(drain, t).await.is_err() {
+            tracing::warn!("kafka connections still busy after the drain timeout");
+        }
+    }
     let _ = stop_metrics.send(true);
     if let Some(t) = metrics_task {
         let _ = t.await;

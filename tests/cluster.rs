@@ -496,6 +496,8 @@ fn refused_cluster_start(dir: &std::path::Path, listen: &str) -> String {
             listen,
             "--metrics-listen",
             "off",
+            "--kafka-listen",
+            "off",
             "--data-dir",
         ])
         .arg(dir)

@@ -302,7 +302,14 @@ fn serve_reads_a_toml_config_and_flags_override_it() {
     // A bad file stops the server with a message naming the key.
     std::fs::write(&config, "[storage]\nsegment_byte = 5\n").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--kafka-listen",
+            "off",
+            "--config",
+        ])
         .arg(&config)
         .output()
         .unwrap();

@@ -2,3 +2,4 @@
 //! domain logic of its own.
 
 pub mod grpc;
+pub mod kafka;

@@ -516,3 +516,114 @@ impl Broker {
             .collect()
     }
 }
+
+/// Stored record batches of one partition, as they are on disk.
+#[derive(Debug, Clone, Default)]
+pub struct BatchRead {
+    /// Whole batches from the one holding the offset asked for, up to the
+    /// high watermark and about the byte budget (at least one batch);
+    /// the log's mapped memory, not a copy.
+    pub data: Bytes,
+    /// High watermark: batches at or past it are not served.
+    pub high_watermark: i64,
+    /// Log start offset.
+    pub log_start_offset: i64,
+}
+
+impl Broker {
+    /// Reads stored batches of one partition at `offset` without waiting,
+    /// committed ones only (below the high watermark), for transports
+    /// that send batches as they are (the Kafka listener). An offset
+    /// between the high watermark and the log end reads nothing; one
+    /// outside the log is out of range.
+    pub fn read_batches(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<BatchRead> {
+        let topic = self.topic(topic)?;
+        let part = topic.partition(partition)?;
+        part.check_readable()?;
+        let log = self.log_of(&topic, &part)?;
+        let (start, end) = (log.start_offset(), log.end_offset());
+        let hwm = part.known_end().unwrap_or(start).clamp(start, end);
+        if offset < start || offset > end {
+            return Err(StorageError::OffsetOutOfRange { offset, start, end }.into());
+        }
+        let mut out = BatchRead {
+            data: Bytes::new(),
+            high_watermark: hwm,
+            log_start_offset: start,
+        };
+        if offset >= hwm {
+            return Ok(out);
+        }
+        let read = |l: &Log| l.read(offset, max_bytes.max(1));
+        let read = if offset < log.active_segment_base() {
+            blocking_section(|| read(&log))
+        } else {
+            read(&log)
+        };
+        let data = read
+            .map_err(|e| match e {
+                StorageError::DamagedBatch {
+                    from, to, reason, ..
+                } => BrokerError::DamagedRecords {
+                    topic: topic.name.to_string(),
+                    partition: part.id,
+                    from,
+                    to,
+                    reason,
+                },
+                e => BrokerError::Storage(e),
+            })?
+            .data;
+        // Whole batches below the high watermark.
+        let mut keep = 0usize;
+        while let Some(len) = crate::storage::batch::framed_len(&data[keep..]) {
+            let Ok(len) = usize::try_from(len) else { break };
+            let Some(batch) = data.get(keep..keep + len) else {
+                break;
+            };
+            let Ok(view) = crate::storage::BatchView::parse(batch) else {
+                break;
+            };
+            if view.next_offset() > hwm {
+                break;
+            }
+            keep += len;
+        }
+        if keep > 0 {
+            topic.metrics.fetch_bytes.increment(keep as u64);
+        }
+        out.data = data.slice(..keep);
+        Ok(out)
+    }
+
+    /// Waits until the high watermark of any of `wanted` (topic, partition,
+    /// offset) passes its offset, or `deadline`. False if the deadline
+    /// came first (or nothing could be waited on).
+    pub async fn wait_for_any(&self, wanted: &[(&str, i32, i64)], deadline: Instant) -> bool {
+        let mut waits = Vec::new();
+        for &(t, p, offset) in wanted {
+            let Ok(topic) = self.topic(t) else { continue };
+            let Ok(part) = topic.partition(p) else {
+                continue;
+            };
+            waits.push(async move {
+                matches!(
+                    self.wait_beyond(&part, offset, Some(deadline)).await,
+                    Ok(true)
+                )
+            });
+        }
+        if waits.is_empty() {
+            tokio::time::sleep_until(deadline).await;
+            return false;
+        }
+        let waits = waits.into_iter().map(Box::pin);
+        futures_util::future::select_all(waits).await.0
+    }
+}

@@ -94,7 +94,14 @@ impl BenchNode {
             .metrics_port
             .map_or_else(|| "off".to_string(), |p| format!("127.0.0.1:{p}"));
         let child = Command::new(exe)
-            .args(["serve", "--metrics-listen", &metrics, "--listen"])
+            .args([
+                "serve",
+                "--kafka-listen",
+                "off",
+                "--metrics-listen",
+                &metrics,
+                "--listen",
+            ])
             .arg(format!("127.0.0.1:{}", self.client_port))
             .arg("--data-dir")
             .arg(&self.dir)

@@ -284,7 +284,14 @@ fn free_port() -> Result<u16, ClientError> {
 fn start_broker(dir: &std::path::Path, port: u16) -> Result<Child, ClientError> {
     let exe = std::env::current_exe().map_err(closed)?;
     Command::new(exe)
-        .args(["serve", "--metrics-listen", "off", "--listen"])
+        .args([
+            "serve",
+            "--kafka-listen",
+            "off",
+            "--metrics-listen",
+            "off",
+            "--listen",
+        ])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(dir)

@@ -50,6 +50,8 @@ pub struct ClusterConfig {
     pub advertise: String,
     /// This broker's rack.
     pub rack: Option<String>,
+    /// The Kafka address other brokers hand out for this one.
+    pub kafka_advertise: Option<String>,
     /// A broker that does not heartbeat for this long is fenced.
     pub session_timeout: Duration,
     /// How often a broker heartbeats.
@@ -87,6 +89,7 @@ impl ClusterConfig {
             internal_address,
             advertise,
             rack: None,
+            kafka_advertise: None,
             session_timeout: Duration::from_secs(6),
             broker_heartbeat: Duration::from_millis(250),
             raft_heartbeat: Duration::from_millis(200),
@@ -617,6 +620,7 @@ impl Cluster {
                     && b.advertised == self.config.advertise
                     && b.internal == self.config.internal_address
                     && b.rack == self.config.rack
+                    && b.kafka == self.config.kafka_advertise
             });
             // Registered, but not applied here yet (this node's copy of the
             // metadata lags): registering again would fence this broker
@@ -629,6 +633,7 @@ impl Cluster {
                     id: me,
                     advertised: self.config.advertise.clone(),
                     internal: self.config.internal_address.clone(),
+                    kafka: self.config.kafka_advertise.clone(),
                     rack: self.config.rack.clone(),
                 };
                 match self.propose(cmd).await {

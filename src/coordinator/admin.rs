@@ -131,6 +131,21 @@ impl Coordinator {
                 }))
             });
         }
+        // Kafka classic-protocol groups: their members live apart.
+        for (name, state, members) in self.classic().list() {
+            let state = classic_state(state);
+            match out.iter_mut().find(|g| g.name == name) {
+                Some(g) => {
+                    g.members += members;
+                    g.state = state;
+                }
+                None => out.push(GroupSummary {
+                    name,
+                    state,
+                    members,
+                }),
+            }
+        }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
@@ -162,18 +177,25 @@ impl Coordinator {
     /// partition logs for their end offsets).
     pub fn describe_group(&self, group: &str) -> Result<GroupDescription> {
         validate_name("group", group)?;
-        let (g, state) =
-            {
-                let st = self.lock_shard(group)?;
-                let g = st.groups.get(group).cloned().ok_or_else(|| {
-                    CoordinatorError::GroupNotFound {
+        let classic = self.classic().describe(group);
+        let (g, state) = {
+            let st = self.lock_shard(group)?;
+            let g = match (st.groups.get(group), &classic) {
+                (Some(g), _) => g.clone(),
+                (None, Some(_)) => Group::new(group),
+                (None, None) => {
+                    return Err(CoordinatorError::GroupNotFound {
                         group: group.to_string(),
-                    }
-                })?;
-                let state = g.state();
-                (g, state)
+                    })
+                }
             };
-        let members: Vec<MemberDescription> = g
+            let state = match &classic {
+                Some(c) if !c.members.is_empty() => classic_state(c.state),
+                _ => g.state(),
+            };
+            (g, state)
+        };
+        let mut members: Vec<MemberDescription> = g
             .members
             .values()
             .map(|m| MemberDescription {
@@ -192,6 +214,28 @@ impl Coordinator {
             .values()
             .flat_map(|m| m.subscriptions.iter().cloned())
             .collect();
+        let classic_members: Vec<MemberDescription> = classic
+            .iter()
+            .flat_map(|c| c.members.iter().map(move |m| (c.generation, m)))
+            .map(|(generation, m)| {
+                let (subscriptions, assignment) = classic_member_view(&m.metadata, &m.assignment);
+                MemberDescription {
+                    member_id: m.member_id.clone(),
+                    client_id: m.client_id.clone(),
+                    member_epoch: generation,
+                    subscriptions,
+                    target: assignment.clone(),
+                    assignment,
+                    pending: None,
+                }
+            })
+            .collect();
+        topics.extend(
+            classic_members
+                .iter()
+                .flat_map(|m| m.subscriptions.iter().map(|s| Arc::from(s.as_str()))),
+        );
+        members.extend(classic_members.iter().cloned());
         topics.extend(g.offsets.keys().map(|tp| tp.topic.clone()));
         let mut partitions = Vec::new();
         for topic in topics {
@@ -210,12 +254,17 @@ impl Coordinator {
                     .filter(|c| c.topic_id == 0 || c.topic_id == self.topic_id(&topic))
                     .cloned();
                 let from = committed.as_ref().map_or(o.earliest, |c| c.offset);
+                let classic_owner = classic_members
+                    .iter()
+                    .find(|m| m.assignment.contains(&tp))
+                    .map(|m| m.member_id.clone());
                 partitions.push(PartitionLag {
                     owner: g
                         .members
                         .values()
                         .find(|m| m.may_own(&tp))
-                        .map(|m| m.id.clone()),
+                        .map(|m| m.id.clone())
+                        .or(classic_owner),
                     lag: (o.latest - from).max(0),
                     committed,
                     log_start: o.earliest,
@@ -349,4 +398,46 @@ impl Coordinator {
         }
         s
     }
+}
+
+/// A classic group's state in the server-side protocol's terms.
+fn classic_state(s: super::classic::ClassicState) -> GroupState {
+    use super::classic::ClassicState as C;
+    match s {
+        C::Empty => GroupState::Empty,
+        C::Stable => GroupState::Stable,
+        C::PreparingRebalance | C::CompletingRebalance => GroupState::Reconciling,
+    }
+}
+
+/// A Kafka consumer's subscription and assignment, from the opaque bytes
+/// of the "consumer" protocol type (empty if they are something else).
+fn classic_member_view(
+    metadata: &bytes::Bytes,
+    assignment: &bytes::Bytes,
+) -> (Vec<String>, Assignment) {
+    use kafka_protocol::messages::{ConsumerProtocolAssignment, ConsumerProtocolSubscription};
+    use kafka_protocol::protocol::Decodable;
+    let versioned = |b: &bytes::Bytes| -> Option<(i16, bytes::Bytes)> {
+        if b.len() < 2 {
+            return None;
+        }
+        Some((i16::from_be_bytes([b[0], b[1]]), b.slice(2..)))
+    };
+    let subscriptions = versioned(metadata)
+        .and_then(|(v, mut b)| ConsumerProtocolSubscription::decode(&mut b, v.clamp(0, 3)).ok())
+        .map(|s| s.topics.iter().map(|t| t.to_string()).collect())
+        .unwrap_or_default();
+    let mut owned = Assignment::new();
+    if let Some(a) = versioned(assignment)
+        .and_then(|(v, mut b)| ConsumerProtocolAssignment::decode(&mut b, v.clamp(0, 3)).ok())
+    {
+        for t in a.assigned_partitions {
+            let topic: Arc<str> = Arc::from(t.topic.0.as_str());
+            for p in t.partitions {
+                owned.insert(Tp::new(topic.clone(), p));
+            }
+        }
+    }
+    (subscriptions, owned)
 }

@@ -3,6 +3,9 @@
 //! * [`group`]: one group as a pure state machine (time is a parameter).
 //! * [`assignor`]: the sticky, balanced assignor.
 //! * [`records`]: how state is written to the offsets topic.
+//! * [`classic`]: Kafka's classic group protocol (client-side assignment)
+//!   for Kafka clients; its groups share the name space and committed
+//!   offsets, one protocol per group at a time.
 //! * This module: the shell. Groups are spread over the partitions of the
 //!   internal topic [`OFFSETS_TOPIC`] by a hash of their name (as Kafka
 //!   spreads `__consumer_offsets`); each partition has one [`Shard`] that
@@ -17,6 +20,7 @@
 
 mod admin;
 pub mod assignor;
+pub mod classic;
 pub mod error;
 pub mod group;
 pub mod queues;
@@ -107,6 +111,8 @@ pub struct Coordinator {
     /// Monotonic time, for session and rebalance deadlines.
     timer: Clock,
     shards: Vec<Shard>,
+    /// Groups of Kafka's classic protocol (membership in memory).
+    classic: Arc<classic::ClassicGroups>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -213,12 +219,14 @@ impl Coordinator {
         }
         let groups: usize = shards.iter().map(|s| s.peek(|st| st.groups.len())).sum();
         tracing::info!(groups, partitions = count, "group coordinator loaded");
+        let classic = classic::ClassicGroups::new(timer.clone());
         Ok(Arc::new(Self {
             broker,
             config,
             clock,
             timer,
             shards,
+            classic,
         }))
     }
 
@@ -237,10 +245,29 @@ impl Coordinator {
                     _ = broker.shutting_down() => return,
                 }
                 let Some(c) = weak.upgrade() else { return };
+                c.classic.tick();
                 // Evictions append to the offsets log: off the runtime.
                 let _ = tokio::task::spawn_blocking(move || c.expire_all()).await;
             }
         });
+    }
+
+    /// The classic-protocol groups (Kafka clients).
+    pub fn classic(&self) -> &Arc<classic::ClassicGroups> {
+        &self.classic
+    }
+
+    /// True if `group` has live members of the server-side protocol.
+    pub fn has_live_members(&self, group: &str) -> bool {
+        self.shard(group)
+            .peek(|st| st.groups.get(group).is_some_and(|g| !g.members.is_empty()))
+    }
+
+    /// Fails unless this broker coordinates `group` now (in a cluster, it
+    /// leads the group's offsets partition).
+    pub fn check_coordinates(&self, group: &str) -> Result<()> {
+        validate_name("group", group)?;
+        self.lock_shard(group).map(|_| ())
     }
 
     /// The settings.
@@ -349,6 +376,11 @@ impl Coordinator {
             return Err(CoordinatorError::invalid(
                 "a joining member must subscribe to at least one topic",
             ));
+        }
+        if req.member_epoch == JOIN_EPOCH && self.classic.has_members(group) {
+            return Err(CoordinatorError::invalid(format!(
+                "group '{group}' has members of Kafka's classic group protocol; a group is used by one protocol at a time"
+            )));
         }
         metrics::counter!("sluice_group_heartbeats_total").increment(1);
         let now = (self.timer)();

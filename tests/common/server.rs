@@ -30,6 +30,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub url: String,
     pub metrics_addr: Option<SocketAddr>,
+    /// The Kafka listener's address, if started with one.
+    pub kafka_addr: Option<SocketAddr>,
     pub dir: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), sluice::error::Error>>>,
@@ -39,6 +41,18 @@ impl TestServer {
     /// Starts a server with `config` on 127.0.0.1:0 (and metrics on another
     /// ephemeral port if `metrics`).
     pub async fn start_with(config: ServerConfig, metrics: bool) -> Self {
+        Self::start_full(config, metrics, false).await
+    }
+
+    /// Starts a server on `dir` with a Kafka listener on another ephemeral
+    /// port.
+    pub async fn start_kafka(dir: &Path) -> Self {
+        Self::start_full(test_config(dir), false, true).await
+    }
+
+    /// Starts a server with `config`, optionally with metrics and Kafka
+    /// listeners on ephemeral ports.
+    pub async fn start_full(config: ServerConfig, metrics: bool, kafka: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (metrics_listener, metrics_addr) = if metrics {
@@ -50,20 +64,29 @@ impl TestServer {
         } else {
             (None, None)
         };
+        let (kafka_listener, kafka_addr) = if kafka {
+            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind kafka");
+            let a = l.local_addr().expect("addr");
+            (Some(l), Some(a))
+        } else {
+            (None, None)
+        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let dir = config.data_dir.clone();
-        let task = tokio::spawn(sluice::server::run(
-            config,
-            listener,
-            metrics_listener,
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let listeners = sluice::server::Listeners {
+            client: listener,
+            metrics: metrics_listener,
+            internal: None,
+            kafka: kafka_listener,
+        };
+        let task = tokio::spawn(sluice::server::run_node(config, listeners, async {
+            let _ = stopped.await;
+        }));
         let server = Self {
             addr,
             url: format!("http://{addr}"),
             metrics_addr,
+            kafka_addr,
             dir,
             stop: Some(stop),
             task: Some(task),
@@ -145,6 +168,13 @@ impl ChildServer {
                 "--data-dir",
             ])
             .arg(dir)
+            // Tests run side by side: no Kafka listener on the default
+            // port unless a test asks for one.
+            .args(if extra.contains(&"--kafka-listen") {
+                &[][..]
+            } else {
+                &["--kafka-listen", "off"][..]
+            })
             .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("SLUICE_CONFIG")

@@ -173,7 +173,7 @@ pub fn topic_config_in(c: Option<pb::TopicConfig>) -> Result<TopicConfig, tonic:
     })
 }
 
-fn topic_config_out(c: TopicConfig) -> pb::TopicConfig {
+pub(crate) fn topic_config_out(c: TopicConfig) -> pb::TopicConfig {
     pb::TopicConfig {
         retention_ms: c.retention_ms,
         retention_bytes: c.retention_bytes,

@@ -29,6 +29,10 @@ pub struct BrokerRegistration {
     pub advertised: String,
     /// Address of the internal listener (`--internal-listen`).
     pub internal: String,
+    /// Address Kafka clients are given (`--kafka-advertise`), if the
+    /// broker has a Kafka listener.
+    #[serde(default)]
+    pub kafka: Option<String>,
     /// Failure domain; replicas of a partition go to different racks first.
     pub rack: Option<String>,
     /// Raised by every registration (the log index that made it): a
@@ -165,6 +169,9 @@ pub enum Command {
         advertised: String,
         /// Internal address.
         internal: String,
+        /// Kafka address.
+        #[serde(default)]
+        kafka: Option<String>,
         /// Rack.
         rack: Option<String>,
     },
@@ -371,6 +378,7 @@ impl MetadataImage {
                 id,
                 advertised,
                 internal,
+                kafka,
                 rack,
             } => {
                 let epoch = index.max(1);
@@ -390,6 +398,7 @@ impl MetadataImage {
                         id: *id,
                         advertised: advertised.clone(),
                         internal: internal.clone(),
+                        kafka: kafka.clone(),
                         rack: rack.clone(),
                         epoch,
                         fenced: false,

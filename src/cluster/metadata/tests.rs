@@ -10,6 +10,7 @@ fn register(img: &mut MetadataImage, index: u64, id: NodeId, rack: Option<&str>)
             id,
             advertised: format!("client-{id}:9400"),
             internal: format!("node-{id}:9500"),
+            kafka: None,
             rack: rack.map(str::to_string),
         },
     ) {

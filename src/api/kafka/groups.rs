@@ -1,0 +1,509 @@
+//! FindCoordinator, OffsetCommit, OffsetFetch, ListGroups, DescribeGroups,
+//! and the classic group protocol (JoinGroup, SyncGroup, Heartbeat,
+//! LeaveGroup) over the coordinator's [`ClassicGroups`].
+//!
+//! [`ClassicGroups`]: crate::coordinator::classic::ClassicGroups
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::{
+    describe_groups_response::{DescribedGroup, DescribedGroupMember},
+    find_coordinator_response::Coordinator as KafkaCoordinator,
+    join_group_response::JoinGroupResponseMember,
+    leave_group_response::MemberResponse,
+    list_groups_response::ListedGroup,
+    offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic},
+    offset_fetch_response::{OffsetFetchResponsePartition, OffsetFetchResponseTopic},
+    BrokerId, DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+    ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
+    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+};
+use kafka_protocol::ResponseError;
+
+use super::{coordinator_error, text, Call, Endpoint, Kafka};
+use crate::coordinator::classic::{ClassicError, Join};
+use crate::coordinator::{CoordinatorError, OffsetCommit, Tp, OFFSETS_TOPIC};
+
+/// FindCoordinator key type of a consumer group.
+const KEY_GROUP: i8 = 0;
+
+fn classic_code(e: &ClassicError) -> ResponseError {
+    match e {
+        ClassicError::UnknownMember => ResponseError::UnknownMemberId,
+        ClassicError::IllegalGeneration(_) => ResponseError::IllegalGeneration,
+        ClassicError::RebalanceInProgress => ResponseError::RebalanceInProgress,
+        ClassicError::InconsistentProtocol | ClassicError::OtherProtocol => {
+            ResponseError::InconsistentGroupProtocol
+        }
+        ClassicError::MemberIdRequired(_) => ResponseError::MemberIdRequired,
+        ClassicError::InvalidSessionTimeout(_) => ResponseError::InvalidSessionTimeout,
+        ClassicError::GroupFull => ResponseError::GroupMaxSizeReached,
+    }
+}
+
+impl Kafka {
+    /// The broker coordinating `group`: the leader of its offsets
+    /// partition.
+    fn coordinator_of(&self, group: &str) -> Result<Endpoint, ResponseError> {
+        let Some(link) = self.link() else {
+            return Ok(self.me.clone());
+        };
+        let shard = self.coordinator.shard_of(group);
+        let image = link.cluster.image();
+        let leader = image
+            .topics
+            .get(OFFSETS_TOPIC)
+            .and_then(|t| t.partitions.get(shard as usize))
+            .and_then(|a| a.leader)
+            .ok_or(ResponseError::CoordinatorNotAvailable)?;
+        self.endpoint_of(leader)
+            .ok_or(ResponseError::CoordinatorNotAvailable)
+    }
+
+    pub(crate) fn find_coordinator(
+        &self,
+        call: &Call,
+        r: FindCoordinatorRequest,
+    ) -> FindCoordinatorResponse {
+        let keys: Vec<String> = if call.version >= 4 {
+            r.coordinator_keys.iter().map(|k| k.to_string()).collect()
+        } else {
+            vec![r.key.to_string()]
+        };
+        type Found = (String, Result<Endpoint, (ResponseError, String)>);
+        let found: Vec<Found> = keys
+            .into_iter()
+            .map(|k| {
+                let e = if r.key_type != KEY_GROUP {
+                    Err((
+                        ResponseError::InvalidRequest,
+                        "only consumer groups have coordinators here: transactions are not supported".to_string(),
+                    ))
+                } else {
+                    self.coordinator_of(&k)
+                        .map_err(|c| (c, "the group's coordinator is not available yet".to_string()))
+                };
+                (k, e)
+            })
+            .collect();
+        if call.version >= 4 {
+            return FindCoordinatorResponse::default().with_coordinators(
+                found
+                    .into_iter()
+                    .map(|(k, e)| {
+                        let c = KafkaCoordinator::default().with_key(text(k));
+                        match e {
+                            Ok(ep) => c
+                                .with_node_id(BrokerId(ep.id))
+                                .with_host(text(ep.host))
+                                .with_port(ep.port),
+                            Err((code, why)) => c
+                                .with_node_id(BrokerId(-1))
+                                .with_port(-1)
+                                .with_error_code(code.code())
+                                .with_error_message(Some(text(why))),
+                        }
+                    })
+                    .collect(),
+            );
+        }
+        match found.into_iter().next().map(|(_, e)| e) {
+            Some(Ok(ep)) => FindCoordinatorResponse::default()
+                .with_node_id(BrokerId(ep.id))
+                .with_host(text(ep.host))
+                .with_port(ep.port),
+            Some(Err((code, why))) => FindCoordinatorResponse::default()
+                .with_error_code(code.code())
+                .with_error_message(Some(text(why)))
+                .with_node_id(BrokerId(-1))
+                .with_port(-1),
+            None => FindCoordinatorResponse::default()
+                .with_error_code(ResponseError::InvalidRequest.code()),
+        }
+    }
+
+    /// Runs blocking coordinator work (shard locks, durable appends) off
+    /// the runtime.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Arc<crate::coordinator::Coordinator>) -> Result<T, CoordinatorError>
+            + Send
+            + 'static,
+    ) -> Result<T, ResponseError> {
+        let c = self.coordinator.clone();
+        match tokio::task::spawn_blocking(move || f(c)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(coordinator_error(&e).0),
+            Err(_) => Err(ResponseError::UnknownServerError),
+        }
+    }
+
+    pub(crate) async fn offset_commit(
+        &self,
+        _call: &Call,
+        r: OffsetCommitRequest,
+    ) -> OffsetCommitResponse {
+        let group = r.group_id.0.to_string();
+        let member = r.member_id.to_string();
+        let generation = r.generation_id_or_member_epoch;
+        let mut offsets = Vec::new();
+        for t in &r.topics {
+            let topic: Arc<str> = Arc::from(t.name.0.as_str());
+            for p in &t.partitions {
+                offsets.push(OffsetCommit {
+                    tp: Tp::new(topic.clone(), p.partition_index),
+                    offset: p.committed_offset,
+                    metadata: p.committed_metadata.as_deref().unwrap_or("").to_string(),
+                });
+            }
+        }
+        let checked = self.classic_guard(&group, false).and_then(|()| {
+            self.coordinator
+                .classic()
+                .check_commit(&group, &member, generation)
+                .map_err(|e| classic_code(&e))
+        });
+        let result = match checked {
+            Err(e) => Err(e),
+            Ok(()) => {
+                let g = group.clone();
+                self.blocking(move |c| c.commit(&g, "", 0, offsets)).await
+            }
+        };
+        let code = result.err().map_or(0, |e| e.code());
+        OffsetCommitResponse::default().with_topics(
+            r.topics
+                .into_iter()
+                .map(|t| {
+                    OffsetCommitResponseTopic::default()
+                        .with_name(t.name)
+                        .with_partitions(
+                            t.partitions
+                                .iter()
+                                .map(|p| {
+                                    OffsetCommitResponsePartition::default()
+                                        .with_partition_index(p.partition_index)
+                                        .with_error_code(code)
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        )
+    }
+
+    pub(crate) async fn offset_fetch(
+        &self,
+        _call: &Call,
+        r: OffsetFetchRequest,
+    ) -> OffsetFetchResponse {
+        let group = r.group_id.0.to_string();
+        let topics: Option<Vec<(TopicName, Vec<i32>)>> = r.topics.map(|ts| {
+            ts.into_iter()
+                .map(|t| (t.name, t.partition_indexes))
+                .collect()
+        });
+        let names: Vec<String> = topics
+            .iter()
+            .flatten()
+            .map(|(n, _)| n.0.to_string())
+            .collect();
+        let g = group.clone();
+        let committed = match self.blocking(move |c| c.fetch_offsets(&g, &names)).await {
+            Ok(c) => c,
+            Err(e) => return OffsetFetchResponse::default().with_error_code(e.code()),
+        };
+        let entry = |p: i32, c: Option<&crate::coordinator::Committed>| {
+            OffsetFetchResponsePartition::default()
+                .with_partition_index(p)
+                .with_committed_offset(c.map_or(-1, |c| c.offset))
+                .with_committed_leader_epoch(-1)
+                .with_metadata(Some(text(c.map_or("", |c| c.metadata.as_str()))))
+        };
+        let out = match topics {
+            Some(ts) => ts
+                .into_iter()
+                .map(|(name, parts)| {
+                    let partitions = parts
+                        .into_iter()
+                        .map(|p| {
+                            let c = committed
+                                .iter()
+                                .find(|(tp, _)| *tp.topic == *name.0 && tp.partition == p)
+                                .map(|(_, c)| c);
+                            entry(p, c)
+                        })
+                        .collect();
+                    OffsetFetchResponseTopic::default()
+                        .with_name(name)
+                        .with_partitions(partitions)
+                })
+                .collect(),
+            None => {
+                let mut by_topic: std::collections::BTreeMap<
+                    String,
+                    Vec<OffsetFetchResponsePartition>,
+                > = Default::default();
+                for (tp, c) in &committed {
+                    by_topic
+                        .entry(tp.topic.to_string())
+                        .or_default()
+                        .push(entry(tp.partition, Some(c)));
+                }
+                by_topic
+                    .into_iter()
+                    .map(|(n, parts)| {
+                        OffsetFetchResponseTopic::default()
+                            .with_name(TopicName(text(n)))
+                            .with_partitions(parts)
+                    })
+                    .collect()
+            }
+        };
+        OffsetFetchResponse::default().with_topics(out)
+    }
+
+    pub(crate) fn list_groups(&self, _call: &Call, r: ListGroupsRequest) -> ListGroupsResponse {
+        let groups = self
+            .coordinator
+            .list_groups()
+            .into_iter()
+            .filter(|g| match self.link() {
+                // In a cluster each coordinator lists the groups it leads.
+                Some(_) => self.coordinator.check_coordinates(&g.name).is_ok(),
+                None => true,
+            })
+            .map(|g| {
+                let state = match self.coordinator.classic().describe(&g.name) {
+                    Some(c) => c.state.as_str().to_string(),
+                    None => kafka_state(g.state).to_string(),
+                };
+                (g.name, state)
+            })
+            .filter(|(_, state)| {
+                r.states_filter.is_empty() || r.states_filter.iter().any(|s| s.as_str() == state)
+            })
+            .map(|(name, state)| {
+                ListedGroup::default()
+                    .with_group_id(GroupId(text(name)))
+                    .with_protocol_type(text("consumer"))
+                    .with_group_state(text(state))
+                    .with_group_type(text("classic"))
+            })
+            .collect();
+        ListGroupsResponse::default().with_groups(groups)
+    }
+
+    pub(crate) fn describe_groups(
+        &self,
+        _call: &Call,
+        r: DescribeGroupsRequest,
+    ) -> DescribeGroupsResponse {
+        let groups = r
+            .groups
+            .into_iter()
+            .map(|id| {
+                let name = id.0.to_string();
+                let out = DescribedGroup::default().with_group_id(id);
+                if let Err(e) = self.coordinator.check_coordinates(&name) {
+                    return out.with_error_code(coordinator_error(&e).0.code());
+                }
+                if let Some(c) = self.coordinator.classic().describe(&name) {
+                    return out
+                        .with_group_state(text(c.state.as_str()))
+                        .with_protocol_type(text(c.protocol_type))
+                        .with_protocol_data(text(c.protocol))
+                        .with_members(
+                            c.members
+                                .into_iter()
+                                .map(|m| {
+                                    DescribedGroupMember::default()
+                                        .with_member_id(text(m.member_id))
+                                        .with_client_id(text(m.client_id))
+                                        .with_client_host(text(m.client_host))
+                                        .with_member_metadata(m.metadata)
+                                        .with_member_assignment(m.assignment)
+                                })
+                                .collect(),
+                        );
+                }
+                // A group of the server-side protocol, or one that only has
+                // committed offsets: Kafka's "Dead" if unknown.
+                let state = self
+                    .coordinator
+                    .list_groups()
+                    .into_iter()
+                    .find(|g| g.name == name)
+                    .map_or("Dead", |g| kafka_state(g.state));
+                out.with_group_state(text(state))
+                    .with_protocol_type(text(if state == "Dead" { "" } else { "consumer" }))
+            })
+            .collect();
+        DescribeGroupsResponse::default().with_groups(groups)
+    }
+
+    /// Refuses a classic call on a broker that does not coordinate the
+    /// group, or a join into a group of the other protocol.
+    fn classic_guard(&self, group: &str, joining: bool) -> Result<(), ResponseError> {
+        self.coordinator
+            .check_coordinates(group)
+            .map_err(|e| coordinator_error(&e).0)?;
+        if joining && self.coordinator.has_live_members(group) {
+            return Err(ResponseError::InconsistentGroupProtocol);
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn join_group(&self, call: &Call, r: JoinGroupRequest) -> JoinGroupResponse {
+        let group = r.group_id.0.to_string();
+        let fail = |code: ResponseError, member: String| {
+            JoinGroupResponse::default()
+                .with_error_code(code.code())
+                .with_generation_id(-1)
+                .with_member_id(text(member))
+        };
+        if let Err(e) = self.classic_guard(&group, true) {
+            return fail(e, r.member_id.to_string());
+        }
+        let join = Join {
+            member_id: r.member_id.to_string(),
+            client_id: call.client_id.clone(),
+            client_host: call.peer.clone(),
+            session_timeout_ms: r.session_timeout_ms,
+            rebalance_timeout_ms: if call.version >= 1 {
+                r.rebalance_timeout_ms
+            } else {
+                r.session_timeout_ms
+            },
+            protocol_type: r.protocol_type.to_string(),
+            protocols: r
+                .protocols
+                .into_iter()
+                .map(|p| (p.name.to_string(), p.metadata))
+                .collect(),
+            id_round_trip: call.version >= 4,
+        };
+        let rx = match self.coordinator.classic().join(&group, join) {
+            Ok(rx) => rx,
+            Err(ClassicError::MemberIdRequired(id)) => {
+                return fail(ResponseError::MemberIdRequired, id);
+            }
+            Err(e) => return fail(classic_code(&e), r.member_id.to_string()),
+        };
+        match rx.await {
+            Ok(Ok(j)) => JoinGroupResponse::default()
+                .with_generation_id(j.generation)
+                .with_protocol_type(Some(text(r.protocol_type.to_string())))
+                .with_protocol_name(Some(text(j.protocol)))
+                .with_leader(text(j.leader))
+                .with_member_id(text(j.member_id))
+                .with_members(
+                    j.members
+                        .into_iter()
+                        .map(|(id, meta)| {
+                            JoinGroupResponseMember::default()
+                                .with_member_id(text(id))
+                                .with_metadata(meta)
+                        })
+                        .collect(),
+                ),
+            Ok(Err(e)) => fail(classic_code(&e), r.member_id.to_string()),
+            Err(_) => fail(ResponseError::RebalanceInProgress, r.member_id.to_string()),
+        }
+    }
+
+    pub(crate) async fn sync_group(&self, _call: &Call, r: SyncGroupRequest) -> SyncGroupResponse {
+        let group = r.group_id.0.to_string();
+        if let Err(e) = self.classic_guard(&group, false) {
+            return SyncGroupResponse::default().with_error_code(e.code());
+        }
+        let assignments: Vec<(String, Bytes)> = r
+            .assignments
+            .into_iter()
+            .map(|a| (a.member_id.to_string(), a.assignment))
+            .collect();
+        let rx =
+            self.coordinator
+                .classic()
+                .sync(&group, &r.member_id, r.generation_id, assignments);
+        let protocol = self
+            .coordinator
+            .classic()
+            .describe(&group)
+            .map(|d| d.protocol);
+        match rx.await {
+            Ok(Ok(a)) => SyncGroupResponse::default()
+                .with_assignment(a)
+                .with_protocol_type(r.protocol_type)
+                .with_protocol_name(protocol.map(text)),
+            Ok(Err(e)) => SyncGroupResponse::default().with_error_code(classic_code(&e).code()),
+            Err(_) => SyncGroupResponse::default()
+                .with_error_code(ResponseError::RebalanceInProgress.code()),
+        }
+    }
+
+    pub(crate) fn heartbeat(&self, _call: &Call, r: HeartbeatRequest) -> HeartbeatResponse {
+        let group = r.group_id.0.to_string();
+        let code =
+            match self.classic_guard(&group, false) {
+                Err(e) => e.code(),
+                Ok(()) => match self.coordinator.classic().heartbeat(
+                    &group,
+                    &r.member_id,
+                    r.generation_id,
+                ) {
+                    Ok(()) => 0,
+                    Err(e) => classic_code(&e).code(),
+                },
+            };
+        HeartbeatResponse::default().with_error_code(code)
+    }
+
+    pub(crate) fn leave_group(&self, call: &Call, r: LeaveGroupRequest) -> LeaveGroupResponse {
+        let group = r.group_id.0.to_string();
+        if let Err(e) = self.classic_guard(&group, false) {
+            return LeaveGroupResponse::default().with_error_code(e.code());
+        }
+        let ids: Vec<String> = if call.version >= 3 {
+            r.members.iter().map(|m| m.member_id.to_string()).collect()
+        } else {
+            vec![r.member_id.to_string()]
+        };
+        let results: Vec<(String, i16)> = ids
+            .into_iter()
+            .map(|id| {
+                let code = match self.coordinator.classic().leave(&group, &id) {
+                    Ok(()) => 0,
+                    Err(e) => classic_code(&e).code(),
+                };
+                (id, code)
+            })
+            .collect();
+        if call.version >= 3 {
+            LeaveGroupResponse::default().with_members(
+                results
+                    .into_iter()
+                    .map(|(id, code)| {
+                        MemberResponse::default()
+                            .with_member_id(text(id))
+                            .with_error_code(code)
+                    })
+                    .collect(),
+            )
+        } else {
+            LeaveGroupResponse::default().with_error_code(results.first().map_or(0, |r| r.1))
+        }
+    }
+}
+
+/// Kafka's name for a server-side group's state.
+fn kafka_state(s: crate::coordinator::GroupState) -> &'static str {
+    match s {
+        crate::coordinator::GroupState::Empty => "Empty",
+        crate::coordinator::GroupState::Reconciling => "CompletingRebalance",
+        crate::coordinator::GroupState::Stable => "Stable",
+    }
+}
