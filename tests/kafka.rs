@@ -13,6 +13,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::server::TestServer;
+use kafka_protocol::messages::{
+    fetch_request::{FetchPartition, FetchTopic},
+    produce_request::{PartitionProduceData, TopicProduceData},
+    ApiKey, FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse,
+    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use proptest::prelude::*;
 use serde_json::Value;
 use sluice::client::{pb, ConsumerConfig, OffsetReset};
@@ -430,4 +437,241 @@ async fn malformed_frames_close_only_their_own_connection() {
         "the server still answers"
     );
     s.stop().await;
+}
+
+/// confluent-kafka (librdkafka) in Python: admin, an idempotent acks=all
+/// producer, a classic group of three with one member SIGKILLed, auto
+/// commits. See tests/python/kafka_client.py.
+#[tokio::test(flavor = "multi_thread")]
+async fn confluent_kafka_admin_producer_and_a_group_that_loses_a_member() {
+    let py = common::python::python();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = TestServer::start_kafka(dir.path()).await;
+    let bootstrap = s.kafka_addr.expect("kafka").to_string();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/kafka_client.py");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(py)
+            .arg(script)
+            .args(["--bootstrap", &bootstrap])
+            .output()
+            .expect("run python")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("ok"),
+        "kafka_client.py failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{stdout}");
+    s.stop().await;
+}
+
+/// One request over a fresh connection with `kafka-protocol`'s codecs.
+fn kafka_call<Req, Resp>(addr: SocketAddr, api: ApiKey, version: i16, req: &Req) -> Resp
+where
+    Req: Encodable,
+    Resp: Decodable,
+{
+    let mut buf = bytes::BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(11)
+        .with_client_id(Some(StrBytes::from_static_str("test")))
+        .encode(&mut buf, api.request_header_version(version))
+        .expect("header");
+    req.encode(&mut buf, version).expect("encode");
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(&framed(&buf)).expect("write");
+    let mut size = [0u8; 4];
+    s.read_exact(&mut size).expect("answer size");
+    let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+    s.read_exact(&mut body).expect("answer");
+    let mut body = bytes::Bytes::from(body);
+    let h =
+        ResponseHeader::decode(&mut body, api.response_header_version(version)).expect("header");
+    assert_eq!(h.correlation_id, 11);
+    Resp::decode(&mut body, version).expect("response")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_a_cluster_kafka_clients_find_leaders_and_coordinators() {
+    let cluster = common::cluster::TestCluster::start(3, 0, &[]).await;
+    let c = cluster.client(1).await;
+    c.create_replicated_topic("kc", 6, Some(3), Default::default())
+        .await
+        .expect("create");
+    let meta = cluster.wait_caught_up("kc", Duration::from_secs(30)).await;
+    let kafka_of = |id: i32| cluster.nodes[(id - 1) as usize].kafka;
+    let boot = kafka_of(1).to_string();
+
+    // Metadata from any broker: every broker's Kafka address, and the
+    // leaders the cluster metadata names.
+    let listed = kcat(
+        vec![
+            "-b".into(),
+            kafka_of(2).to_string(),
+            "-L".into(),
+            "-J".into(),
+            "-t".into(),
+            "kc".into(),
+        ],
+        None,
+    )
+    .await;
+    let listed: Value = serde_json::from_str(listed.trim()).expect("json");
+    let mut brokers: Vec<String> = listed["brokers"]
+        .as_array()
+        .expect("brokers")
+        .iter()
+        .map(|b| b["name"].as_str().expect("name").to_string())
+        .collect();
+    brokers.sort();
+    let mut want: Vec<String> = (1..=3).map(|i| kafka_of(i).to_string()).collect();
+    want.sort();
+    assert_eq!(brokers, want);
+    let topic = meta.topics.iter().find(|t| t.name == "kc").expect("kc");
+    for p in listed["topics"][0]["partitions"]
+        .as_array()
+        .expect("partitions")
+    {
+        let i = p["partition"].as_i64().expect("partition") as usize;
+        assert_eq!(
+            p["leader"].as_i64(),
+            Some(i64::from(topic.partitions[i].leader))
+        );
+        assert_eq!(p["replicas"].as_array().map(Vec::len), Some(3));
+    }
+
+    // librdkafka routes each partition to its leader from one bootstrap.
+    let input: String = (0..60).map(|i| format!("k{i}:v{i}\n")).collect();
+    kcat(
+        [
+            "-b",
+            &boot,
+            "-P",
+            "-t",
+            "kc",
+            "-K:",
+            "-X",
+            "acks=all",
+            "-X",
+            "enable.idempotence=true",
+        ]
+        .map(String::from)
+        .to_vec(),
+        Some(input),
+    )
+    .await;
+    let read = messages(
+        &kcat(
+            [
+                "-b",
+                &boot,
+                "-C",
+                "-t",
+                "kc",
+                "-o",
+                "beginning",
+                "-e",
+                "-J",
+                "-q",
+            ]
+            .map(String::from)
+            .to_vec(),
+            None,
+        )
+        .await,
+    );
+    assert_eq!(read.len(), 60);
+
+    // A produce or fetch sent to a broker that does not lead the
+    // partition is refused with NOT_LEADER_OR_FOLLOWER.
+    let p0 = &topic.partitions[0];
+    let other = (1..=3).find(|&i| i != p0.leader).expect("a follower");
+    let mut b = sluice::storage::BatchBuilder::default();
+    b.push(1, Some(b"k"), Some(b"v"), &[]).expect("push");
+    let batch = b.build().expect("batch").into_bytes();
+    let produce = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str("kc")))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(bytes::Bytes::from(batch)))])]);
+    let addr = kafka_of(other);
+    let answer: ProduceResponse =
+        tokio::task::spawn_blocking(move || kafka_call(addr, ApiKey::Produce, 9, &produce))
+            .await
+            .expect("join");
+    assert_eq!(
+        answer.responses[0].partition_responses[0].error_code, 6,
+        "NOT_LEADER_OR_FOLLOWER"
+    );
+    let fetch = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str("kc")))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    let answer: FetchResponse =
+        tokio::task::spawn_blocking(move || kafka_call(addr, ApiKey::Fetch, 12, &fetch))
+            .await
+            .expect("join");
+    assert_eq!(
+        answer.responses[0].partitions[0].error_code, 6,
+        "NOT_LEADER_OR_FOLLOWER"
+    );
+
+    // Every broker names the same coordinator for a group, and a kcat
+    // group member commits through it.
+    let mut named = Vec::new();
+    for i in 1..=3 {
+        let addr = kafka_of(i);
+        let req = FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("kg"));
+        let r: FindCoordinatorResponse =
+            tokio::task::spawn_blocking(move || kafka_call(addr, ApiKey::FindCoordinator, 3, &req))
+                .await
+                .expect("join");
+        assert_eq!(r.error_code, 0);
+        named.push((r.node_id.0, r.port));
+    }
+    assert!(named.windows(2).all(|w| w[0] == w[1]), "{named:?}");
+    assert_eq!(named[0].1, i32::from(kafka_of(named[0].0).port()));
+    let got = messages(
+        &kcat(
+            [
+                "-b",
+                &boot,
+                "-G",
+                "kg",
+                "-o",
+                "beginning",
+                "-e",
+                "-J",
+                "-q",
+                "kc",
+            ]
+            .map(String::from)
+            .to_vec(),
+            None,
+        )
+        .await,
+    );
+    assert_eq!(got.len(), 60);
+    let committed: i64 = c
+        .fetch_offsets("kg", vec![])
+        .await
+        .expect("offsets")
+        .iter()
+        .map(|o| o.offset)
+        .sum();
+    assert_eq!(committed, 60, "the group committed every partition's end");
 }

@@ -6,41 +6,10 @@
 
 mod common;
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::Path, process::Command};
 
+use common::python::python;
 use common::server::{ChildServer, TestServer};
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("SLUICE_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv = root.join("target").join("pyvenv");
-    let py = venv.join("bin").join("python");
-    let ready = venv.join(".requirements-installed");
-    if !ready.exists() {
-        let status = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 is needed for the cross-language test");
-        assert!(status.success(), "python3 -m venv failed");
-        let status = Command::new(&py)
-            .args(["-m", "pip", "install", "--quiet", "-r"])
-            .arg(root.join("tests/python/requirements.txt"))
-            .status()
-            .expect("pip");
-        assert!(
-            status.success(),
-            "pip install of tests/python/requirements.txt failed"
-        );
-        std::fs::write(&ready, b"").expect("marker");
-    }
-    py
-}
 
 /// Runs `tests/python/<script>` against `server` and returns its output;
 /// it must succeed and end with "ok".

@@ -94,6 +94,8 @@ pub struct Node {
     pub internal: SocketAddr,
     /// Its `/metrics` address.
     pub metrics: SocketAddr,
+    /// Its Kafka listener.
+    pub kafka: SocketAddr,
     /// Its `--controller-voters` value.
     pub voters: String,
     /// Client address of the first start (kept across restarts).
@@ -117,6 +119,8 @@ impl Node {
             self.internal.to_string(),
             "--controller-voters".into(),
             self.voters.clone(),
+            "--kafka-listen".into(),
+            self.kafka.to_string(),
         ];
         a.extend(self.extra.iter().cloned());
         a
@@ -197,11 +201,11 @@ impl TestCluster {
     pub async fn start(n: u64, brokers_only: u64, extra: &[&str]) -> Self {
         let dirs = tempfile::tempdir().expect("tempdir");
         let total = n + brokers_only;
-        // Every node's ports (internal, client, metrics) stay bound until
+        // Every node's ports (internal, client, metrics, kafka) stay bound until
         // just before that node starts, so neither a proxy nor another
         // node lands on them.
         let mut held: BTreeMap<u64, Vec<std::net::TcpListener>> = (1..=total)
-            .map(|i| (i, (0..3).map(|_| reserve()).collect()))
+            .map(|i| (i, (0..4).map(|_| reserve()).collect()))
             .collect();
         let port = |held: &BTreeMap<u64, Vec<std::net::TcpListener>>, i: u64, k: usize| {
             held[&i][k].local_addr().expect("addr")
@@ -234,6 +238,7 @@ impl TestCluster {
                 dir: dirs.path().join(format!("node-{id}")),
                 internal: internal[&id],
                 metrics: port(&held, id, 2),
+                kafka: port(&held, id, 3),
                 voters,
                 client: port(&held, id, 1).to_string(),
                 server: None,

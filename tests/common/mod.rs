@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod cluster;
+pub mod python;
 pub mod server;
 
 use std::path::Path;
