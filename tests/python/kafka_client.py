@@ -246,6 +246,42 @@ def auto_commit_checks(bootstrap, topic, total):
     check(sum(ends.values()) == total, "every partition committed at its end")
 
 
+def kip848_checks(bootstrap, topic, total):
+    """group.protocol=consumer (KIP-848): the server assigns; commits carry
+    the member epoch."""
+    group = f"py-848-{uuid.uuid4().hex[:8]}"
+    members = [
+        Consumer({"bootstrap.servers": bootstrap, "group.id": group, "group.protocol": "consumer",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "client.id": f"py-848-{i}"})
+        for i in range(2)
+    ]
+    for m in members:
+        m.subscribe([topic])
+    seen = collections.Counter()
+    deadline = time.time() + 60
+    while True:
+        owned = [{tp.partition for tp in m.assignment()} for m in members]
+        if len(seen) >= total and all(owned) and len(owned[0] | owned[1]) == 6:
+            break
+        check(time.time() < deadline, f"KIP-848 members read {len(seen)} of {total}, own {owned}")
+        for m in members:
+            msg = m.poll(0.1)
+            if msg is not None and not msg.error():
+                seen[(msg.partition(), msg.offset())] += 1
+    for m in members:
+        m.commit(asynchronous=False)
+    for m in members:
+        m.close()
+    check(len(seen) == total, "KIP-848 members read every record")
+    check(all(owned) and not (owned[0] & owned[1]), f"the partitions were split between the members: {owned}")
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    parts = [TopicPartition(topic, p) for p in range(6)]
+    committed = sum(tp.offset for tp in probe.committed(parts, timeout=10) if tp.offset >= 0)
+    probe.close()
+    check(committed == total, f"KIP-848 commits cover every record ({committed} of {total})")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bootstrap", required=True)
@@ -262,6 +298,7 @@ def main():
     admin = admin_checks(args.bootstrap)
     topic, total = group_checks(args.bootstrap, admin)
     auto_commit_checks(args.bootstrap, topic, total)
+    kip848_checks(args.bootstrap, topic, total)
     print("ok")
 
 

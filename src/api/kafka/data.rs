@@ -81,6 +81,23 @@ impl Kafka {
         }
     }
 
+    /// The name of the topic whose Kafka topic id is `id`.
+    pub(crate) fn topic_named_by(&self, id: uuid::Uuid) -> Option<String> {
+        let (incarnation, _) = id.as_u64_pair();
+        if incarnation == 0 {
+            return None;
+        }
+        self.broker
+            .list_topics()
+            .into_iter()
+            .map(|(n, _)| n)
+            .find(|n| {
+                self.broker
+                    .topic(n)
+                    .is_ok_and(|t| t.incarnation() == incarnation)
+            })
+    }
+
     /// Topics (name, id, partitions' placement), the named ones or every
     /// user topic.
     fn placements(&self, names: Option<&[String]>) -> Vec<TopicPlacement> {
@@ -141,12 +158,17 @@ impl Kafka {
 
     pub(crate) fn metadata(&self, call: &Call, r: MetadataRequest) -> MetadataResponse {
         // v0: an empty list means every topic; v1+: null does.
+        // Topics asked for by id only (v10+, as KIP-848 consumers do)
+        // are looked up by name.
         let names: Option<Vec<String>> = match r.topics {
             None => None,
             Some(t) if t.is_empty() && call.version == 0 => None,
             Some(t) => Some(
                 t.into_iter()
-                    .filter_map(|t| t.name.map(|n| n.0.to_string()))
+                    .filter_map(|t| match t.name {
+                        Some(n) => Some(n.0.to_string()),
+                        None => self.topic_named_by(t.topic_id),
+                    })
                     .collect(),
             ),
         };

@@ -25,7 +25,16 @@ use kafka_protocol::ResponseError;
 
 use super::{coordinator_error, text, Call, Endpoint, Kafka};
 use crate::coordinator::classic::{ClassicError, Join};
-use crate::coordinator::{CoordinatorError, OffsetCommit, Tp, OFFSETS_TOPIC};
+use crate::coordinator::{
+    CoordinatorError, HeartbeatRequest as GroupHeartbeat, OffsetCommit, Tp, OFFSETS_TOPIC,
+};
+use kafka_protocol::messages::consumer_group_heartbeat_response::{
+    Assignment as HeartbeatAssignment, TopicPartitions as HeartbeatTopicPartitions,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartitions, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse};
 
 /// FindCoordinator key type of a consumer group.
 const KEY_GROUP: i8 = 0;
@@ -160,7 +169,13 @@ impl Kafka {
                 });
             }
         }
+        // A classic member's commit is checked against its generation; a
+        // KIP-848 member's (v9) against its member epoch by the group.
+        let classic = self.coordinator.classic().has_members(&group) || member.is_empty();
         let checked = self.classic_guard(&group, false).and_then(|()| {
+            if !classic {
+                return Ok(());
+            }
             self.coordinator
                 .classic()
                 .check_commit(&group, &member, generation)
@@ -170,7 +185,13 @@ impl Kafka {
             Err(e) => Err(e),
             Ok(()) => {
                 let g = group.clone();
-                self.blocking(move |c| c.commit(&g, "", 0, offsets)).await
+                let (m, epoch) = if classic {
+                    (String::new(), 0)
+                } else {
+                    (member, generation)
+                };
+                self.blocking(move |c| c.commit(&g, &m, epoch, offsets))
+                    .await
             }
         };
         let code = result.err().map_or(0, |e| e.code());
@@ -197,25 +218,82 @@ impl Kafka {
 
     pub(crate) async fn offset_fetch(
         &self,
-        _call: &Call,
+        call: &Call,
         r: OffsetFetchRequest,
     ) -> OffsetFetchResponse {
-        let group = r.group_id.0.to_string();
-        let topics: Option<Vec<(TopicName, Vec<i32>)>> = r.topics.map(|ts| {
-            ts.into_iter()
-                .map(|t| (t.name, t.partition_indexes))
-                .collect()
-        });
+        if call.version < 8 {
+            let topics = r.topics.map(|ts| {
+                ts.into_iter()
+                    .map(|t| (t.name, t.partition_indexes))
+                    .collect()
+            });
+            return match self
+                .committed_offsets(r.group_id.0.to_string(), topics)
+                .await
+            {
+                Ok(topics) => OffsetFetchResponse::default().with_topics(topics),
+                Err(e) => OffsetFetchResponse::default().with_error_code(e.code()),
+            };
+        }
+        // v8+: several groups per request.
+        let mut groups = Vec::with_capacity(r.groups.len());
+        for g in r.groups {
+            let topics = g.topics.map(|ts| {
+                ts.into_iter()
+                    .map(|t| (t.name, t.partition_indexes))
+                    .collect()
+            });
+            let out = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
+            groups.push(
+                match self
+                    .committed_offsets(g.group_id.0.to_string(), topics)
+                    .await
+                {
+                    Err(e) => out.with_error_code(e.code()),
+                    Ok(topics) => out.with_topics(
+                        topics
+                            .into_iter()
+                            .map(|t| {
+                                OffsetFetchResponseTopics::default()
+                                    .with_name(t.name)
+                                    .with_partitions(
+                                        t.partitions
+                                            .into_iter()
+                                            .map(|p| {
+                                                OffsetFetchResponsePartitions::default()
+                                                    .with_partition_index(p.partition_index)
+                                                    .with_committed_offset(p.committed_offset)
+                                                    .with_committed_leader_epoch(
+                                                        p.committed_leader_epoch,
+                                                    )
+                                                    .with_metadata(p.metadata)
+                                            })
+                                            .collect(),
+                                    )
+                            })
+                            .collect(),
+                    ),
+                },
+            );
+        }
+        OffsetFetchResponse::default().with_groups(groups)
+    }
+
+    /// A group's committed offsets: of the partitions asked for (-1 where
+    /// none is committed), or every committed one.
+    async fn committed_offsets(
+        &self,
+        group: String,
+        topics: Option<Vec<(TopicName, Vec<i32>)>>,
+    ) -> Result<Vec<OffsetFetchResponseTopic>, ResponseError> {
         let names: Vec<String> = topics
             .iter()
             .flatten()
             .map(|(n, _)| n.0.to_string())
             .collect();
-        let g = group.clone();
-        let committed = match self.blocking(move |c| c.fetch_offsets(&g, &names)).await {
-            Ok(c) => c,
-            Err(e) => return OffsetFetchResponse::default().with_error_code(e.code()),
-        };
+        let committed = self
+            .blocking(move |c| c.fetch_offsets(&group, &names))
+            .await?;
         let entry = |p: i32, c: Option<&crate::coordinator::Committed>| {
             OffsetFetchResponsePartition::default()
                 .with_partition_index(p)
@@ -223,7 +301,7 @@ impl Kafka {
                 .with_committed_leader_epoch(-1)
                 .with_metadata(Some(text(c.map_or("", |c| c.metadata.as_str()))))
         };
-        let out = match topics {
+        Ok(match topics {
             Some(ts) => ts
                 .into_iter()
                 .map(|(name, parts)| {
@@ -262,8 +340,7 @@ impl Kafka {
                     })
                     .collect()
             }
-        };
-        OffsetFetchResponse::default().with_topics(out)
+        })
     }
 
     pub(crate) fn list_groups(&self, _call: &Call, r: ListGroupsRequest) -> ListGroupsResponse {
@@ -505,5 +582,94 @@ fn kafka_state(s: crate::coordinator::GroupState) -> &'static str {
         crate::coordinator::GroupState::Empty => "Empty",
         crate::coordinator::GroupState::Reconciling => "CompletingRebalance",
         crate::coordinator::GroupState::Stable => "Stable",
+    }
+}
+
+impl Kafka {
+    /// KIP-848: the server-side consumer protocol, which is Sluice's own
+    /// group protocol (the one gRPC members speak), so Kafka and gRPC
+    /// members can share a group.
+    pub(crate) async fn consumer_group_heartbeat(
+        &self,
+        call: &Call,
+        r: ConsumerGroupHeartbeatRequest,
+    ) -> ConsumerGroupHeartbeatResponse {
+        let group = r.group_id.0.to_string();
+        let fail = |code: ResponseError, why: String| {
+            ConsumerGroupHeartbeatResponse::default()
+                .with_error_code(code.code())
+                .with_error_message(Some(text(why)))
+        };
+        if self.coordinator.classic().has_members(&group) {
+            return fail(
+                ResponseError::GroupIdNotFound,
+                format!("group '{group}' has members of the classic protocol; a group is used by one protocol at a time"),
+            );
+        }
+        if r.subscribed_topic_regex
+            .as_ref()
+            .is_some_and(|re| !re.is_empty())
+        {
+            return fail(
+                ResponseError::InvalidRequest,
+                "subscribing by regular expression is not supported: name the topics".into(),
+            );
+        }
+        let member = r.member_id.to_string();
+        let key = (group.clone(), member.clone());
+        let subscriptions = match r.subscribed_topic_names {
+            Some(names) => names.into_iter().map(|n| n.0.to_string()).collect(),
+            None => self
+                .subscriptions
+                .lock()
+                .get(&key)
+                .cloned()
+                .unwrap_or_default(),
+        };
+        let req = GroupHeartbeat {
+            member_id: member,
+            member_epoch: r.member_epoch,
+            client_id: call.client_id.clone(),
+            subscriptions: subscriptions.clone(),
+            session_timeout_ms: None,
+            rebalance_timeout_ms: (r.rebalance_timeout_ms > 0).then_some(r.rebalance_timeout_ms),
+        };
+        let g = group.clone();
+        let answer = match self.blocking(move |c| c.heartbeat(&g, req)).await {
+            Ok(a) => a,
+            Err(code) => return fail(code, format!("heartbeat refused: {code}")),
+        };
+        {
+            // Short section: one map entry.
+            let mut subs = self.subscriptions.lock();
+            subs.remove(&key);
+            if answer.member_epoch >= 0 {
+                subs.insert((group, answer.member_id.clone()), subscriptions);
+            }
+        }
+        let mut by_topic: std::collections::BTreeMap<&str, Vec<i32>> = Default::default();
+        for tp in &answer.assignment {
+            by_topic.entry(&tp.topic).or_default().push(tp.partition);
+        }
+        let topic_partitions = by_topic
+            .into_iter()
+            .filter_map(|(t, parts)| {
+                let id = self.broker.topic(t).ok()?.incarnation();
+                Some(
+                    HeartbeatTopicPartitions::default()
+                        .with_topic_id(uuid::Uuid::from_u64_pair(id, 0))
+                        .with_partitions(parts),
+                )
+            })
+            .collect();
+        ConsumerGroupHeartbeatResponse::default()
+            .with_member_id(Some(text(answer.member_id)))
+            .with_member_epoch(answer.member_epoch)
+            .with_heartbeat_interval_ms(answer.heartbeat_interval_ms)
+            .with_assignment(
+                (answer.member_epoch >= 0).then(|| {
+                    HeartbeatAssignment::default().with_topic_partitions(topic_partitions)
+                }),
+            )
     }
 }

@@ -56,8 +56,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 0, 12),
-    (ApiKey::OffsetCommit, 2, 8),
-    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
     (ApiKey::FindCoordinator, 0, 4),
     (ApiKey::JoinGroup, 0, 7),
     (ApiKey::Heartbeat, 0, 4),
@@ -72,6 +72,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
 ];
 
 fn supported(key: ApiKey) -> Option<(i16, i16)> {
@@ -111,6 +112,7 @@ pub struct Kafka {
     coordinator: Arc<Coordinator>,
     link: Option<ClusterLink>,
     admin: AdminService,
+    subscriptions: Subscriptions,
     /// This broker, as Kafka clients reach it.
     me: Endpoint,
     /// Largest request frame.
@@ -139,6 +141,7 @@ impl Kafka {
             coordinator,
             link,
             admin,
+            subscriptions: Default::default(),
             me,
             max_frame,
         })
@@ -243,6 +246,10 @@ pub(crate) struct Call {
     pub peer: String,
 }
 
+/// KIP-848 members' subscriptions, as last sent: a heartbeat that leaves
+/// them out (null) keeps them. Held only to look up or replace one entry.
+type Subscriptions = parking_lot::Mutex<std::collections::HashMap<(String, String), Vec<String>>>;
+
 impl Kafka {
     /// Decodes one request, calls its handler, and encodes the response.
     /// `Ok(None)`: no response (acks=0 produce). `Err`: close the
@@ -330,6 +337,9 @@ impl Kafka {
             RequestKind::SyncGroup(r) => reply!(self.sync_group(&call, r).await),
             RequestKind::Heartbeat(r) => reply!(self.heartbeat(&call, r)),
             RequestKind::LeaveGroup(r) => reply!(self.leave_group(&call, r)),
+            RequestKind::ConsumerGroupHeartbeat(r) => {
+                reply!(self.consumer_group_heartbeat(&call, r).await)
+            }
             _ => Err(format!("{api:?} is not supported")),
         }
     }
@@ -376,6 +386,7 @@ fn api_name(api: ApiKey) -> &'static str {
         ApiKey::DescribeConfigs => "kafka.DescribeConfigs",
         ApiKey::CreatePartitions => "kafka.CreatePartitions",
         ApiKey::DescribeCluster => "kafka.DescribeCluster",
+        ApiKey::ConsumerGroupHeartbeat => "kafka.ConsumerGroupHeartbeat",
         _ => "kafka.other",
     }
 }
