@@ -272,6 +272,51 @@ async fn a_kafka_group_commits_offsets_that_grpc_sees_and_resumes_from() {
     let described = c.describe_group("shared").await.expect("describe");
     assert!(described.partitions.iter().all(|p| p.lag == 0));
 
+    // While a Kafka member is in the group, `group describe` shows it with
+    // its client id, subscription and partitions.
+    let mut member = Command::new("kcat")
+        .args(["-b", &s.kafka_addr.expect("kafka").to_string()])
+        .args(["-G", "shared", "-q", "-X", "client.id=kcat-member"])
+        .args(["-X", "session.timeout.ms=6000", "jobs"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kcat");
+    let mut shown = None;
+    for _ in 0..100 {
+        let d = c.describe_group("shared").await.expect("describe");
+        if let Some(m) = d.members.iter().find(|m| m.client_id == "kcat-member") {
+            if m.assignment
+                .iter()
+                .map(|t| t.partitions.len())
+                .sum::<usize>()
+                == 2
+            {
+                shown = Some(m.clone());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One protocol per group: a gRPC member cannot join meanwhile.
+    let refused = c
+        .groups()
+        .heartbeat(pb::HeartbeatRequest {
+            group: "shared".into(),
+            topics: vec!["jobs".into()],
+            ..Default::default()
+        })
+        .await
+        .expect_err("join refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+    // SIGTERM: kcat leaves the group on its way out.
+    let _ = Command::new("kill")
+        .args(["-TERM", &member.id().to_string()])
+        .status();
+    let _ = member.wait();
+    let shown = shown.expect("the kcat member is described with both partitions");
+    assert_eq!(shown.topics, vec!["jobs".to_string()]);
+
     // A gRPC consumer of the same group resumes there: only new records.
     let mut args = broker_args(&s);
     args.extend(["-P", "-t", "jobs", "-K:"].map(String::from));
@@ -674,4 +719,80 @@ async fn in_a_cluster_kafka_clients_find_leaders_and_coordinators() {
         .map(|o| o.offset)
         .sum();
     assert_eq!(committed, 60, "the group committed every partition's end");
+}
+
+/// One group, two protocols that are one: a Rust gRPC consumer and a
+/// KIP-848 Kafka consumer (confluent-kafka) split the partitions.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpc_member_and_a_kip848_kafka_member_share_a_group() {
+    let py = common::python::python();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = TestServer::start_kafka(dir.path()).await;
+    let c = s.client().await;
+    c.create_topic("mixed", 4, Default::default())
+        .await
+        .expect("create");
+    let mut config = ConsumerConfig::new("mixed-group", ["mixed"]);
+    config.client_id = "rust-grpc".into();
+    let mut grpc = c.consumer(config);
+    grpc.poll(Duration::from_millis(200)).await.expect("join");
+
+    let stop = dir.path().join("stop");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/kafka_client.py");
+    let mut kafka = Command::new(py)
+        .arg(script)
+        .args(["--bootstrap", &s.kafka_addr.expect("kafka").to_string()])
+        .args([
+            "--mode",
+            "share",
+            "--group",
+            "mixed-group",
+            "--topic",
+            "mixed",
+            "--stop",
+        ])
+        .arg(&stop)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python");
+    let out = kafka.stdout.take().expect("stdout");
+    let owned = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i32>::new()));
+    let seen = owned.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(list) = line.strip_prefix("owned ") {
+                *seen.lock().expect("lock") =
+                    list.split(',').filter_map(|p| p.parse().ok()).collect();
+            }
+        }
+    });
+    let mut split = None;
+    for _ in 0..300 {
+        grpc.poll(Duration::from_millis(100)).await.expect("poll");
+        let mine: Vec<i32> = grpc.assignment().into_iter().map(|(_, p)| p).collect();
+        let theirs = owned.lock().expect("lock").clone();
+        let mut all: Vec<i32> = mine.iter().chain(theirs.iter()).copied().collect();
+        all.sort();
+        if !mine.is_empty() && !theirs.is_empty() && all == vec![0, 1, 2, 3] {
+            split = Some((mine, theirs));
+            break;
+        }
+    }
+    let described = c.describe_group("mixed-group").await.expect("describe");
+    std::fs::write(&stop, b"").expect("stop");
+    let _ = tokio::task::spawn_blocking(move || kafka.wait()).await;
+    let (mine, theirs) = split.expect("the gRPC and Kafka members split the 4 partitions");
+    assert_eq!(mine.len() + theirs.len(), 4, "{mine:?} {theirs:?}");
+    let mut clients: Vec<&str> = described
+        .members
+        .iter()
+        .map(|m| m.client_id.as_str())
+        .collect();
+    clients.sort();
+    assert_eq!(clients, vec!["py-848-shared", "rust-grpc"]);
+    grpc.close().await.expect("close");
+    s.stop().await;
 }

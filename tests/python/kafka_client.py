@@ -282,6 +282,23 @@ def kip848_checks(bootstrap, topic, total):
     check(committed == total, f"KIP-848 commits cover every record ({committed} of {total})")
 
 
+def share(args):
+    """A KIP-848 member of a group that gRPC members are in too: prints the
+    partitions it owns whenever they change, until --stop exists."""
+    c = Consumer({"bootstrap.servers": args.bootstrap, "group.id": args.group,
+                  "group.protocol": "consumer", "auto.offset.reset": "earliest",
+                  "client.id": "py-848-shared"})
+    c.subscribe([args.topic])
+    last = None
+    while not os.path.exists(args.stop):
+        c.poll(0.1)
+        owned = sorted(tp.partition for tp in c.assignment())
+        if owned != last:
+            print("owned " + ",".join(map(str, owned)), flush=True)
+            last = owned
+    c.close()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bootstrap", required=True)
@@ -294,6 +311,9 @@ def main():
     args = ap.parse_args()
     if args.mode == "member":
         member(args)
+        return
+    if args.mode == "share":
+        share(args)
         return
     admin = admin_checks(args.bootstrap)
     topic, total = group_checks(args.bootstrap, admin)
