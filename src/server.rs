@@ -478,6 +478,7 @@ async fn serve(
                 link.clone(),
                 me,
                 limits.max_request_bytes,
+                limits.max_connections,
             );
             Some(tokio::spawn(crate::api::kafka::serve(
                 k,

@@ -117,6 +117,8 @@ pub struct Kafka {
     me: Endpoint,
     /// Largest request frame.
     max_frame: usize,
+    /// Connections open at once; more are closed at accept.
+    connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Kafka {
@@ -134,6 +136,7 @@ impl Kafka {
         link: Option<ClusterLink>,
         me: Endpoint,
         max_frame: usize,
+        max_connections: usize,
     ) -> Arc<Self> {
         let admin = AdminService::new(broker.clone(), link.clone());
         Arc::new(Self {
@@ -144,6 +147,7 @@ impl Kafka {
             subscriptions: Default::default(),
             me,
             max_frame,
+            connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
         })
     }
 }
@@ -160,12 +164,18 @@ pub async fn serve(kafka: Arc<Kafka>, listener: TcpListener, shutdown: watch::Re
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(permit) = kafka.connections.clone().try_acquire_owned() else {
+                        metrics::counter!("sluice_kafka_connections_refused_total").increment(1);
+                        drop(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let k = kafka.clone();
                     let s = shutdown.clone();
                     tasks.spawn(async move {
                         metrics::gauge!("sluice_kafka_connections").increment(1.0);
                         connection(k, stream, peer.to_string(), s).await;
+                        drop(permit);
                         metrics::gauge!("sluice_kafka_connections").decrement(1.0);
                         debug!(%peer, "kafka connection closed");
                     });

@@ -77,11 +77,18 @@ impl Frame {
 
     /// The chunks to send, with the size prefix filled in.
     pub fn finish(mut self) -> Vec<Bytes> {
+        let total = (self.len() - 4) as i32;
+        if self.chunks.is_empty() {
+            self.current[..4].copy_from_slice(&total.to_be_bytes());
+            self.seal();
+            return self.chunks;
+        }
         self.seal();
-        let total = self.sealed - 4;
+        // The first chunk is the header up to the first shared slice:
+        // small, so patching a copy of it is cheap.
         if let Some(first) = self.chunks.first_mut() {
             let mut head = BytesMut::from(&first[..]);
-            head[..4].copy_from_slice(&(total as i32).to_be_bytes());
+            head[..4].copy_from_slice(&total.to_be_bytes());
             *first = head.freeze();
         }
         self.chunks
