@@ -219,5 +219,21 @@ fn batch_codec(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, append, read, open, batch_codec);
+/// The batch checksum before (crc32fast's CRC-32) and since Kafka's
+/// format (CRC-32C) was adopted, over 1 MiB.
+fn checksums(c: &mut Criterion) {
+    let mut g = c.benchmark_group("checksum");
+    g.sample_size(30).measurement_time(Duration::from_secs(3));
+    let data = vec![0xa5u8; 1 << 20];
+    g.throughput(Throughput::Bytes(data.len() as u64));
+    g.bench_function("crc32_ieee_1MiB", |bencher| {
+        bencher.iter(|| black_box(crc32fast::hash(black_box(&data))))
+    });
+    g.bench_function("crc32c_1MiB", |bencher| {
+        bencher.iter(|| black_box(sluice::storage::batch::checksum(black_box(&data))))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, append, read, open, batch_codec, checksums);
 criterion_main!(benches);
