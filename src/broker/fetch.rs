@@ -22,6 +22,29 @@ impl ReadLimits {
     }
 }
 
+/// The error of a failed read: damage on disk is logged with its file and
+/// reported to the client by its offsets only.
+fn read_error(topic: &Topic, part: &Partition, e: StorageError) -> BrokerError {
+    match e {
+        StorageError::DamagedBatch {
+            path,
+            from,
+            to,
+            reason,
+        } => {
+            tracing::error!(topic = %topic.name, partition = part.id, path = %path.display(), from, to, %reason, "damaged batch on disk");
+            BrokerError::DamagedRecords {
+                topic: topic.name.to_string(),
+                partition: part.id,
+                from,
+                to,
+                reason: "checksum or framing mismatch".into(),
+            }
+        }
+        e => BrokerError::Storage(e),
+    }
+}
+
 /// A read from one partition.
 #[derive(Debug, Clone, Copy)]
 pub struct FetchRequest<'a> {
@@ -269,24 +292,9 @@ impl Broker {
             max_bytes,
             committed,
         } = limits;
-        let read = log.read(offset, max_bytes).map_err(|e| match e {
-            StorageError::DamagedBatch {
-                path,
-                from,
-                to,
-                reason,
-            } => {
-                tracing::error!(topic = %topic.name, partition = part.id, path = %path.display(), from, to, %reason, "damaged batch on disk");
-                BrokerError::DamagedRecords {
-                    topic: topic.name.to_string(),
-                    partition: part.id,
-                    from,
-                    to,
-                    reason: "checksum or framing mismatch".into(),
-                }
-            }
-            e => BrokerError::Storage(e),
-        })?;
+        let read = log
+            .read(offset, max_bytes)
+            .map_err(|e| read_error(topic, part, e))?;
         // Only committed records are served: those below the high
         // watermark (every in-sync replica has them).
         let hwm = if committed {
@@ -566,20 +574,7 @@ impl Broker {
         } else {
             read(&log)
         };
-        let data = read
-            .map_err(|e| match e {
-                StorageError::DamagedBatch {
-                    from, to, reason, ..
-                } => BrokerError::DamagedRecords {
-                    topic: topic.name.to_string(),
-                    partition: part.id,
-                    from,
-                    to,
-                    reason,
-                },
-                e => BrokerError::Storage(e),
-            })?
-            .data;
+        let data = read.map_err(|e| read_error(&topic, &part, e))?.data;
         // Whole batches below the high watermark.
         let mut keep = 0usize;
         while let Some(len) = crate::storage::batch::framed_len(&data[keep..]) {
