@@ -321,7 +321,7 @@ impl SegmentView {
     pub fn read(
         &self,
         offset: i64,
-        max_bytes: usize,
+        (max_bytes, max_records): (usize, usize),
         end: i64,
         next_base: i64,
     ) -> Result<Option<Bytes>> {
@@ -374,10 +374,12 @@ impl SegmentView {
                 return Err(damaged(from, to, e.to_string()));
             }
             verified.add(position, position + len);
+            // Records from `offset` through this batch.
+            let records = batch.next_offset().saturating_sub(offset).max(0) as usize;
             match &mut range {
                 None => {
                     range = Some((position, position + len));
-                    if len >= max_bytes {
+                    if len >= max_bytes || records >= max_records {
                         break;
                     }
                 }
@@ -386,6 +388,9 @@ impl SegmentView {
                         break;
                     }
                     *stop += len;
+                    if records >= max_records {
+                        break;
+                    }
                 }
             }
             expected = batch.next_offset();

@@ -35,7 +35,18 @@ fn uvarint_len(v: u64) -> usize {
 
 /// Reads an unsigned varint of at most `max_bytes` bytes from `buf[*pos..]`,
 /// advancing `pos`. `None` if it is cut short or too long.
+#[inline]
 fn get_uvarint(buf: &[u8], pos: &mut usize, max_bytes: usize) -> Option<u64> {
+    // Most varints of a record (lengths, deltas, counts) are one byte.
+    let b = *buf.get(*pos)?;
+    if b < 0x80 {
+        *pos += 1;
+        return Some(u64::from(b));
+    }
+    get_uvarint_long(buf, pos, max_bytes)
+}
+
+fn get_uvarint_long(buf: &[u8], pos: &mut usize, max_bytes: usize) -> Option<u64> {
     let mut result: u64 = 0;
     for i in 0..max_bytes {
         let b = *buf.get(*pos + i)?;
@@ -49,6 +60,7 @@ fn get_uvarint(buf: &[u8], pos: &mut usize, max_bytes: usize) -> Option<u64> {
 }
 
 /// Reads a zig-zag varint; `None` if malformed or out of `i32` range.
+#[inline]
 pub fn get_varint(buf: &[u8], pos: &mut usize) -> Option<i32> {
     let u = get_uvarint(buf, pos, 5)?;
     let u = u32::try_from(u).ok()?;
@@ -56,6 +68,7 @@ pub fn get_varint(buf: &[u8], pos: &mut usize) -> Option<i32> {
 }
 
 /// Reads a zig-zag varlong; `None` if malformed.
+#[inline]
 pub fn get_varlong(buf: &[u8], pos: &mut usize) -> Option<i64> {
     let u = get_uvarint(buf, pos, 10)?;
     Some(((u >> 1) as i64) ^ -((u & 1) as i64))

@@ -589,6 +589,18 @@ impl Log {
     /// offset returns no data; outside `[start, end]` is an error that names
     /// the range.
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
+        self.read_records(offset, max_bytes, usize::MAX)
+    }
+
+    /// [`Log::read`], stopping also at the batch that holds the
+    /// `max_records`th record from `offset`: a small read of a large
+    /// segment walks (and checksums) only the batches it returns.
+    pub fn read_records(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        max_records: usize,
+    ) -> Result<ReadResult> {
         let end = self.end_offset();
         let segments = self.segments();
         let start = segments[0].base_offset();
@@ -614,7 +626,7 @@ impl Log {
                 Ok(v) => v,
                 Err(e) => return Err(self.deleted_or(e, offset)),
             };
-            if let Some(data) = view.read(offset, max_bytes, end, next)? {
+            if let Some(data) = view.read(offset, (max_bytes, max_records), end, next)? {
                 return result(data);
             }
         }

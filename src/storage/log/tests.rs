@@ -129,6 +129,32 @@ fn appends_get_consecutive_offsets_and_read_back() {
 }
 
 #[test]
+fn a_record_limit_stops_the_read_at_the_batch_holding_the_last_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), small_config()).expect("open");
+    for i in 0..6 {
+        log.append(&batch(&format!("b{i}"), 2, 10, 100))
+            .expect("append");
+    }
+    let bases = |r: &ReadResult| -> Vec<i64> {
+        BatchIter::new(&r.data)
+            .map(|b| b.expect("batch").base_offset())
+            .collect()
+    };
+    // From offset 1: records 1 and 2 end in the second batch.
+    let r = log.read_records(1, 1 << 20, 2).expect("read");
+    assert_eq!(bases(&r), vec![0, 2]);
+    // One record: the batch holding it.
+    assert_eq!(
+        bases(&log.read_records(4, 1 << 20, 1).expect("read")),
+        vec![4]
+    );
+    // Unlimited: to the end of the log; the byte budget still applies.
+    assert_eq!(bases(&log.read(0, 1 << 20).expect("read")).len(), 6);
+    assert_eq!(bases(&log.read_records(0, 1, 100).expect("read")), vec![0]);
+}
+
+#[test]
 fn rolls_at_the_size_limit_and_reopens_cleanly_without_scanning() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = Log::open(dir.path(), small_config()).expect("open");
