@@ -33,6 +33,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::api::grpc::codec::LimitedCodec")
         .compile_fds(compiler.file_descriptor_set())?;
 
+    // The Broker service's server side, generated once more: its read
+    // replies are types of our own (api/grpc/reply.rs) that encode
+    // records straight from the stored batches; every other message is
+    // the one generated above.
+    let server_out = out_dir.join("broker_server");
+    fs::create_dir_all(&server_out)?;
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler.open_files(["proto/sluice/v1/broker.proto"])?;
+    tonic_prost_build::configure()
+        .bytes(".")
+        .build_client(false)
+        .out_dir(&server_out)
+        .extern_path(
+            ".sluice.v1.FetchResponse",
+            "crate::api::grpc::reply::FetchReply",
+        )
+        .extern_path(
+            ".sluice.v1.SubscribeResponse",
+            "crate::api::grpc::reply::SubscribeReply",
+        )
+        .extern_path(".sluice.v1", "crate::api::grpc::pb")
+        .codec_path("crate::api::grpc::codec::LimitedCodec")
+        .compile_fds(compiler.file_descriptor_set())?;
+
     // The nodes' internal service: generated apart, so reflection on the
     // client listener never lists it.
     let internal = [

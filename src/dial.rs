@@ -80,7 +80,8 @@ pub fn endpoint(address: &str) -> Result<Endpoint, String> {
         .map_err(|e| format!("bad address {address}: {e}"))?
         .http2_keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(KEEPALIVE)
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true)
+        .max_frame_size(crate::api::grpc::HTTP2_MAX_FRAME))
 }
 
 /// Connects to a URI's host: the addresses its name resolves to, then the

@@ -12,18 +12,20 @@ use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tracing::info;
 
+use crate::api::grpc::pb_broker_server::broker_server::BrokerServer;
 use crate::api::grpc::remote::LeaderReads;
 use crate::api::grpc::replication::{ReplicationService, Replicator};
 use crate::api::grpc::{
+    batches::ZeroCopyBatches,
     conn,
     pb::{
-        admin_server::AdminServer, broker_server::BrokerServer,
-        group_admin_server::GroupAdminServer, groups_server::GroupsServer,
-        queues_server::QueuesServer, server_info_server::ServerInfoServer,
+        admin_server::AdminServer, group_admin_server::GroupAdminServer,
+        groups_server::GroupsServer, queues_server::QueuesServer,
+        server_info_server::ServerInfoServer,
     },
     AdminService, BrokerService, GroupAdminService, GroupsService, InfoService, QueuesService,
-    FILE_DESCRIPTOR_SET, HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, MAX_HEADER_LIST_BYTES,
-    MAX_MESSAGE_BYTES, SMALL_REQUEST_BYTES,
+    FILE_DESCRIPTOR_SET, HTTP2_CONNECTION_WINDOW, HTTP2_MAX_FRAME, HTTP2_STREAM_WINDOW,
+    MAX_HEADER_LIST_BYTES, MAX_MESSAGE_BYTES, SMALL_REQUEST_BYTES,
 };
 use crate::api::grpc::{pb::cluster_server::ClusterServer, ClusterLink, ClusterService};
 use crate::broker::Broker;
@@ -498,6 +500,7 @@ async fn serve(
         Server::builder()
             .initial_stream_window_size(HTTP2_STREAM_WINDOW)
             .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+            .max_frame_size(HTTP2_MAX_FRAME)
             .max_concurrent_streams(limits.max_concurrent_streams)
             .concurrency_limit_per_connection(limits.max_calls_per_connection)
             .http2_keepalive_interval(LimitSettings::optional(limits.keepalive_interval_ms))
@@ -513,7 +516,7 @@ async fn serve(
                     .max_decoding_message_size(small)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
-            .add_service(
+            .add_service(ZeroCopyBatches::new(
                 BrokerServer::new(BrokerService::new(
                     broker.clone(),
                     replies.clone(),
@@ -521,7 +524,9 @@ async fn serve(
                 ))
                 .max_decoding_message_size(limits.max_request_bytes)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
+                broker.clone(),
+                link.clone(),
+            ))
             .add_service(
                 ClusterServer::new(ClusterService::new(
                     broker.clone(),

@@ -137,6 +137,128 @@ pub struct FetchResult {
     pub high_watermark: i64,
 }
 
+/// Records read from one partition, left in their stored batches
+/// (checksum-verified, each record in range decoded once already):
+/// transports encode replies straight from these bytes, with no
+/// allocation per record.
+#[derive(Debug, Clone, Default)]
+pub struct StoredRecords {
+    /// Whole batches, from the one holding `from` to the one holding the
+    /// last record of the read; the log's mapped memory, not a copy.
+    data: Bytes,
+    from: i64,
+    count: usize,
+    /// Offset to read next.
+    pub next_offset: i64,
+    /// Log start offset.
+    pub log_start_offset: i64,
+    /// High watermark.
+    pub high_watermark: i64,
+}
+
+impl StoredRecords {
+    /// Records in the read.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// No records.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes of the batches the records are in.
+    pub fn stored_bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The records, in offset order. They decoded when read, so this
+    /// yields exactly [`StoredRecords::len`] of them.
+    pub fn iter(&self) -> impl Iterator<Item = RecordView<'_>> + '_ {
+        let from = self.from;
+        BatchIter::new(&self.data)
+            .map_while(|b| b.ok())
+            .flat_map(|b| b.records().map_while(|r| r.ok()))
+            .filter(move |r| r.offset >= from)
+            .take(self.count)
+    }
+
+    /// The records of `data` (whole batches) from offset `from` below
+    /// `end`, at most `max_records`: one pass decodes each of them, to
+    /// count them and to find damage a checksum cannot (an error gives
+    /// the offsets it covers, `i64::MAX` for "to the end"). The batches
+    /// after the last record taken are dropped.
+    pub(crate) fn select(
+        data: Bytes,
+        from: i64,
+        max_records: usize,
+        end: i64,
+    ) -> std::result::Result<Self, (i64, i64, crate::storage::BatchError)> {
+        let mut count = 0usize;
+        let mut next_offset = from;
+        // End of the last batch that holds a record of the read.
+        let mut used = 0usize;
+        let mut iter = BatchIter::new(&data);
+        'batches: while let Some(batch) = iter.next() {
+            let batch = batch.map_err(|e| (from, i64::MAX, e))?;
+            if batch.next_offset() <= from {
+                continue;
+            }
+            for rec in batch.records() {
+                let rec = rec.map_err(|e| (batch.base_offset(), batch.next_offset(), e))?;
+                if rec.offset < from {
+                    continue;
+                }
+                if count >= max_records || rec.offset >= end {
+                    break 'batches;
+                }
+                count += 1;
+                next_offset = rec.offset + 1;
+                used = iter.position();
+            }
+        }
+        Ok(Self {
+            data: data.slice(..used),
+            from,
+            count,
+            next_offset,
+            log_start_offset: 0,
+            high_watermark: end,
+        })
+    }
+
+    /// Shares a part of the batches (a key or a value) without a copy.
+    pub fn share(&self, part: &[u8]) -> Bytes {
+        self.data.slice_ref(part)
+    }
+
+    /// The records as owned values (sharing the log's memory).
+    pub fn into_result(self) -> FetchResult {
+        let records = self
+            .iter()
+            .map(|rec| FetchedRecord {
+                offset: rec.offset,
+                timestamp: rec.timestamp,
+                key: rec.key.map(|k| self.share(k)),
+                value: rec.value.map(|v| self.share(v)),
+                headers: rec
+                    .headers()
+                    .map(|h| Header {
+                        key: String::from_utf8_lossy(h.key).into_owned(),
+                        value: h.value.map(|v| self.share(v)),
+                    })
+                    .collect(),
+            })
+            .collect();
+        FetchResult {
+            records,
+            next_offset: self.next_offset,
+            log_start_offset: self.log_start_offset,
+            high_watermark: self.high_watermark,
+        }
+    }
+}
+
 /// Where a subscription starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Position {
@@ -193,7 +315,7 @@ impl Subscription {
     /// The next records: at once if there are any, else as soon as some
     /// are appended. Fails when the topic is deleted, the server shuts down,
     /// or retention removed the position.
-    pub async fn next(&mut self) -> Result<FetchResult> {
+    pub async fn next(&mut self) -> Result<StoredRecords> {
         loop {
             if self.part.is_deleted() {
                 return Err(BrokerError::TopicDeleted {
@@ -201,14 +323,13 @@ impl Subscription {
                 });
             }
             self.broker.check_running()?;
-            let out = self.broker.read(
+            let out = self.broker.read_stored_visible(
                 &self.topic,
                 &self.part,
                 self.next,
-                self.max_records,
-                self.max_bytes,
+                ReadLimits::committed(self.max_records, self.max_bytes),
             )?;
-            if !out.records.is_empty() {
+            if !out.is_empty() {
                 self.next = out.next_offset;
                 return Ok(out);
             }
@@ -264,19 +385,31 @@ impl Broker {
         max_bytes: usize,
         committed: bool,
     ) -> Result<FetchResult> {
-        part.check_readable()?;
-        let log = self.log_of(topic, part)?;
-        // Sealed segments are likely cold: their page faults block the
-        // thread, so the runtime moves its other tasks elsewhere.
         let limits = ReadLimits {
             max_records,
             max_bytes,
             committed,
         };
+        self.read_stored_visible(topic, part, offset, limits)
+            .map(StoredRecords::into_result)
+    }
+
+    /// [`Broker::read_visible`], the records left in their batches.
+    pub(super) fn read_stored_visible(
+        &self,
+        topic: &Topic,
+        part: &Partition,
+        offset: i64,
+        limits: ReadLimits,
+    ) -> Result<StoredRecords> {
+        part.check_readable()?;
+        let log = self.log_of(topic, part)?;
+        // Sealed segments are likely cold: their page faults block the
+        // thread, so the runtime moves its other tasks elsewhere.
         if offset < log.active_segment_base() {
-            return blocking_section(|| self.read_log(topic, part, &log, offset, limits));
+            return blocking_section(|| self.read_stored(topic, part, &log, offset, limits));
         }
-        self.read_log(topic, part, &log, offset, limits)
+        self.read_stored(topic, part, &log, offset, limits)
     }
 
     pub(super) fn read_log(
@@ -287,13 +420,28 @@ impl Broker {
         offset: i64,
         limits: ReadLimits,
     ) -> Result<FetchResult> {
+        self.read_stored(topic, part, log, offset, limits)
+            .map(StoredRecords::into_result)
+    }
+
+    /// Reads records at `offset` as they are stored: one pass decodes
+    /// each record in range once (to count them and to find damage the
+    /// checksum cannot), and nothing is copied or allocated per record.
+    pub(super) fn read_stored(
+        &self,
+        topic: &Topic,
+        part: &Partition,
+        log: &Log,
+        offset: i64,
+        limits: ReadLimits,
+    ) -> Result<StoredRecords> {
         let ReadLimits {
             max_records,
             max_bytes,
             committed,
         } = limits;
         let read = log
-            .read(offset, max_bytes)
+            .read_records(offset, max_bytes, max_records)
             .map_err(|e| read_error(topic, part, e))?;
         // Only committed records are served: those below the high
         // watermark (every in-sync replica has them).
@@ -304,70 +452,25 @@ impl Broker {
         } else {
             read.log_end_offset
         };
-        let mut out = FetchResult {
-            records: Vec::new(),
-            next_offset: offset,
-            log_start_offset: read.log_start_offset,
-            high_watermark: hwm,
-        };
-        let data = &read.data;
         // Batches come checksum-verified; a record that still fails to
         // decode is reported like any damage, without server paths.
-        let corrupt = |from: i64, to: i64| {
-            move |e: crate::storage::BatchError| BrokerError::DamagedRecords {
+        let mut out = StoredRecords::select(read.data, offset, max_records, hwm).map_err(
+            |(from, to, e)| BrokerError::DamagedRecords {
                 topic: topic.name.to_string(),
                 partition: part.id,
                 from,
-                to,
+                to: if to == i64::MAX {
+                    read.log_end_offset
+                } else {
+                    to
+                },
                 reason: e.to_string(),
-            }
-        };
-        let share = |s: &[u8]| data.slice_ref(s);
-        let mut bytes = 0u64;
-        'batches: for batch in BatchIter::new(data) {
-            let batch = batch.map_err(corrupt(offset, read.log_end_offset))?;
-            if batch.next_offset() <= offset {
-                continue;
-            }
-            if out.records.is_empty() {
-                out.records
-                    .reserve((batch.record_count() as usize).min(max_records));
-            }
-            bytes += batch.len() as u64;
-            for rec in batch.records() {
-                let rec = rec.map_err(corrupt(batch.base_offset(), batch.next_offset()))?;
-                if rec.offset < offset {
-                    continue;
-                }
-                if out.records.len() >= max_records || rec.offset >= hwm {
-                    break 'batches;
-                }
-                let mut headers = Vec::new();
-                if rec.header_count() > 0 {
-                    headers.reserve(rec.header_count());
-                    for h in rec.headers() {
-                        headers.push(Header {
-                            key: String::from_utf8_lossy(h.key).into_owned(),
-                            value: h.value.map(share),
-                        });
-                    }
-                }
-                out.next_offset = rec.offset + 1;
-                out.records.push(FetchedRecord {
-                    offset: rec.offset,
-                    timestamp: rec.timestamp,
-                    key: rec.key.map(share),
-                    value: rec.value.map(share),
-                    headers,
-                });
-            }
-        }
-        if !out.records.is_empty() {
-            topic
-                .metrics
-                .fetch_records
-                .increment(out.records.len() as u64);
-            topic.metrics.fetch_bytes.increment(bytes);
+            },
+        )?;
+        out.log_start_offset = read.log_start_offset;
+        if !out.is_empty() {
+            topic.metrics.fetch_records.increment(out.count as u64);
+            topic.metrics.fetch_bytes.increment(out.data.len() as u64);
         }
         Ok(out)
     }
@@ -405,7 +508,7 @@ impl Broker {
 
     /// Reads records from one partition, waiting up to `max_wait_ms` for
     /// records at `offset` if there are none yet.
-    pub async fn fetch(&self, req: FetchRequest<'_>) -> Result<FetchResult> {
+    pub async fn fetch(&self, req: FetchRequest<'_>) -> Result<StoredRecords> {
         let (max_records, max_bytes) = Self::fetch_limits(req.max_records, req.max_bytes)?;
         if !(0..=MAX_WAIT_MS).contains(&req.max_wait_ms) {
             return Err(BrokerError::invalid(format!(
@@ -417,8 +520,9 @@ impl Broker {
         let part = topic.partition(req.partition)?;
         let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms as u64);
         loop {
-            let out = self.read(&topic, &part, req.offset, max_records, max_bytes)?;
-            if !out.records.is_empty() || req.max_wait_ms == 0 {
+            let limits = ReadLimits::committed(max_records, max_bytes);
+            let out = self.read_stored_visible(&topic, &part, req.offset, limits)?;
+            if !out.is_empty() || req.max_wait_ms == 0 {
                 return Ok(out);
             }
             if !self.wait_beyond(&part, req.offset, Some(deadline)).await? {
@@ -536,6 +640,8 @@ pub struct BatchRead {
     pub high_watermark: i64,
     /// Log start offset.
     pub log_start_offset: i64,
+    /// Offset after the last batch (the offset asked for if none).
+    pub next_offset: i64,
 }
 
 impl Broker {
@@ -564,6 +670,7 @@ impl Broker {
             data: Bytes::new(),
             high_watermark: hwm,
             log_start_offset: start,
+            next_offset: offset,
         };
         if offset >= hwm {
             return Ok(out);
@@ -588,6 +695,7 @@ impl Broker {
             if view.next_offset() > hwm {
                 break;
             }
+            out.next_offset = view.next_offset();
             keep += len;
         }
         if keep > 0 {
@@ -595,6 +703,36 @@ impl Broker {
         }
         out.data = data.slice(..keep);
         Ok(out)
+    }
+
+    /// Reads stored batches of one partition (see
+    /// [`Broker::read_batches`]), waiting up to `max_wait_ms` for records
+    /// at `offset` if there are none yet.
+    pub async fn fetch_batches(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: i32,
+        max_wait_ms: i32,
+    ) -> Result<BatchRead> {
+        let (_, max_bytes) = Self::fetch_limits(0, max_bytes)?;
+        if !(0..=MAX_WAIT_MS).contains(&max_wait_ms) {
+            return Err(BrokerError::invalid(format!(
+                "max_wait_ms {max_wait_ms} must be in [0, {MAX_WAIT_MS}]"
+            )));
+        }
+        let deadline = Instant::now() + Duration::from_millis(max_wait_ms as u64);
+        loop {
+            let out = self.read_batches(topic, partition, offset, max_bytes)?;
+            if !out.data.is_empty() || max_wait_ms == 0 {
+                return Ok(out);
+            }
+            let part = self.topic(topic)?.partition(partition)?;
+            if !self.wait_beyond(&part, offset, Some(deadline)).await? {
+                return Ok(out);
+            }
+        }
     }
 
     /// Waits until the high watermark of any of `wanted` (topic, partition,

@@ -71,7 +71,8 @@ use topic::{TopicMeta, TopicMetrics};
 
 pub use admin::{PartitionInfo, TopicInfo};
 pub use fetch::{
-    FetchRequest, FetchResult, FetchedRecord, PartitionOffsets, Position, Subscription,
+    BatchRead, FetchRequest, FetchResult, FetchedRecord, PartitionOffsets, Position, StoredRecords,
+    Subscription,
 };
 pub(crate) use internal::Leadership;
 pub use internal::RemoteReads;
@@ -89,7 +90,7 @@ pub use replication::{
 
 use crate::storage::{
     batch::HEADER_LEN, BatchBuilder, BatchIter, FlushPolicy, Flusher, HeaderRef, IoPool, Log,
-    LogConfig, ProducerFields, StorageError,
+    LogConfig, ProducerFields, RecordView, StorageError,
 };
 
 /// How often the scrubber verifies a round of sealed segments.

@@ -67,7 +67,8 @@ pub(crate) fn endpoint(url: &str) -> Result<Endpoint, ClientError> {
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
         .initial_stream_window_size(HTTP2_STREAM_WINDOW)
-        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW))
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+        .max_frame_size(crate::api::grpc::HTTP2_MAX_FRAME))
 }
 
 impl Bootstrap {

@@ -33,7 +33,7 @@ mod varint;
 
 pub use batch::{
     BatchBuilder, BatchError, BatchIter, BatchView, HeaderRef, ProducerFields, RecordBatch,
-    RecordView,
+    RecordIter, RecordView,
 };
 pub use config::{monotonic_clock, system_clock, Clock, FlushPolicy, LogConfig, MAX_SEGMENT_BYTES};
 pub use error::{Result, StorageError};

@@ -7,7 +7,9 @@ use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::cluster::{is_forwarded, ClusterLink, Hops, UntilShutdown};
-use super::pb::{self, broker_client::BrokerClient, broker_server::Broker as BrokerApi};
+use super::pb::{self, broker_client::BrokerClient};
+use super::pb_broker_server::broker_server::Broker as BrokerApi;
+use super::reply::{FetchReply, SubscribeReply};
 use super::routing::{self, Target};
 use super::{convert, status, timed};
 use crate::broker::{Acks, Broker, FetchRequest, ProduceResult, RecordFailure};
@@ -52,7 +54,7 @@ impl BrokerService {
     /// For a one-partition request: catches up with the forwarding
     /// broker's metadata (if forwarded), then the leader's internal
     /// address if another broker leads the partition.
-    async fn remote_leader<T>(
+    pub(super) async fn remote_leader<T>(
         link: &ClusterLink,
         request: &Request<T>,
         topic: &str,
@@ -357,7 +359,7 @@ impl BrokerApi for BrokerService {
     async fn fetch(
         &self,
         request: Request<pb::FetchRequest>,
-    ) -> Result<Response<pb::FetchResponse>, Status> {
+    ) -> Result<Response<FetchReply>, Status> {
         let _t = timed("Fetch");
         if let Some(link) = &self.link {
             let r = request.get_ref();
@@ -367,9 +369,10 @@ impl BrokerApi for BrokerService {
                 let timeout = super::wait_budget(&request);
                 let hops = Hops::of(&request);
                 let mut client = Self::remote_client(link, &internal, "Fetch")?;
-                return client
+                let reply = client
                     .fetch(link.forwarded(request.into_inner(), timeout, hops))
-                    .await;
+                    .await?;
+                return Ok(reply.map(FetchReply::Forwarded));
             }
         }
         let max_wait_ms = super::capped_wait(&request, request.get_ref().max_wait_ms);
@@ -386,27 +389,46 @@ impl BrokerApi for BrokerService {
             })
             .await?;
         // The reply is held until sent: take its share of the budget.
-        let bytes: usize = result
-            .records
-            .iter()
-            .map(|r| {
-                32 + r.key.as_ref().map_or(0, |k| k.len())
-                    + r.value.as_ref().map_or(0, |v| v.len())
-                    + r.headers
-                        .iter()
-                        .map(|h| 8 + h.key.len() + h.value.as_ref().map_or(0, |v| v.len()))
-                        .sum::<usize>()
-            })
-            .sum();
-        let permit = self.replies.reserve(bytes).await;
-        let mut response = Response::new(convert::fetch_response(result));
+        let permit = self.replies.reserve(super::reply::size_hint(&result)).await;
+        let mut response = Response::new(FetchReply::Stored(result));
         if let Some(p) = permit {
             response.extensions_mut().insert(p);
         }
         Ok(response)
     }
 
-    type SubscribeStream = BoxStream<pb::SubscribeResponse>;
+    /// Reached for a partition led elsewhere (forwarded) or a compressed
+    /// request; a local read is answered without copying by
+    /// [`super::batches::ZeroCopyBatches`] before it gets here, and here
+    /// with one copy.
+    async fn fetch_batches(
+        &self,
+        request: Request<pb::FetchBatchesRequest>,
+    ) -> Result<Response<pb::FetchBatchesResponse>, Status> {
+        let _t = timed("FetchBatches");
+        if let Some(link) = &self.link {
+            let r = request.get_ref();
+            if let Some(internal) =
+                Self::remote_leader(link, &request, &r.topic, r.partition).await?
+            {
+                let timeout = super::wait_budget(&request);
+                let hops = Hops::of(&request);
+                let mut client = Self::remote_client(link, &internal, "FetchBatches")?;
+                return client
+                    .fetch_batches(link.forwarded(request.into_inner(), timeout, hops))
+                    .await;
+            }
+        }
+        let max_wait_ms = super::capped_wait(&request, request.get_ref().max_wait_ms);
+        let r = request.into_inner();
+        let read = self
+            .broker
+            .fetch_batches(&r.topic, r.partition, r.offset, r.max_bytes, max_wait_ms)
+            .await?;
+        Ok(Response::new(super::batches::response(read)))
+    }
+
+    type SubscribeStream = BoxStream<SubscribeReply>;
 
     async fn subscribe(
         &self,
@@ -424,7 +446,8 @@ impl BrokerApi for BrokerService {
                     .await?
                     .into_inner();
                 let ended = status::status(&crate::broker::BrokerError::ShuttingDown);
-                let stream = UntilShutdown::new(stream, self.broker.clone(), ended);
+                let stream = UntilShutdown::new(stream, self.broker.clone(), ended)
+                    .map(|m| m.map(SubscribeReply::Forwarded));
                 return Ok(Response::new(Box::pin(stream)));
             }
         }
@@ -444,7 +467,7 @@ impl BrokerApi for BrokerService {
                     _ = tx.closed() => break,
                 };
                 let msg = next
-                    .map(convert::subscribe_response)
+                    .map(SubscribeReply::Stored)
                     .map_err(|e| status::status(&e));
                 let end = msg.is_err();
                 if tx.send(msg).await.is_err() || end {

@@ -10,16 +10,16 @@
 //! `INVALID_ARGUMENT` before it is decoded. Bytes that are not protobuf are
 //! `INVALID_ARGUMENT` too (prost's own codec calls them `INTERNAL`).
 
-use std::any::TypeId;
+use std::any::{Any, TypeId};
 use std::marker::PhantomData;
 
 use bytes::Buf;
 use prost::Message;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
-use tonic_prost::ProstEncoder;
 
 use super::pb;
+use super::reply::{FetchReply, SubscribeReply};
 pub use crate::broker::{
     MAX_HEADERS_PER_RECORD, MAX_HEADER_BYTES_PER_RECORD, MAX_RECORDS_PER_REQUEST,
 };
@@ -46,15 +46,46 @@ where
 {
     type Encode = T;
     type Decode = U;
-    type Encoder = ProstEncoder<T>;
+    type Encoder = ReplyEncoder<T>;
     type Decoder = LimitedDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::new(BufferSettings::default())
+        ReplyEncoder { _pd: PhantomData }
     }
 
     fn decoder(&mut self) -> Self::Decoder {
         LimitedDecoder { _pd: PhantomData }
+    }
+}
+
+/// Encodes with prost into a buffer reserved once, at the size the
+/// message reports (the read replies of [`super::reply`] give an upper
+/// bound instead of walking their records twice).
+#[derive(Debug, Clone)]
+pub struct ReplyEncoder<T> {
+    _pd: PhantomData<T>,
+}
+
+impl<T: Message + 'static> Encoder for ReplyEncoder<T> {
+    type Item = T;
+    type Error = Status;
+
+    fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        let any = &item as &dyn Any;
+        let size = if let Some(r) = any.downcast_ref::<FetchReply>() {
+            r.size_hint()
+        } else if let Some(r) = any.downcast_ref::<SubscribeReply>() {
+            r.size_hint()
+        } else {
+            item.encoded_len()
+        };
+        buf.reserve(size);
+        item.encode_raw(buf);
+        Ok(())
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::default()
     }
 }
 
