@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use parking_lot::Mutex;
 
 use super::{AcksArg, Conn};
-use crate::client::{pb, Client, ClientError};
+use crate::client::{self, pb, Client, ClientError};
 
 /// Which benchmark.
 #[derive(Debug, Subcommand)]
@@ -26,6 +26,9 @@ pub enum BenchCommand {
     /// Read records back with Fetch (produces them first if the topic has
     /// fewer than `--records`).
     Consume(BenchArgs),
+    /// The floor of a round trip: an empty unary call (ServerInfo
+    /// GetInfo), one at a time on one connection.
+    Ping(PingArgs),
     /// Read a topic with a consumer group of `--members` members.
     GroupConsume(super::bench_groups::GroupConsumeArgs),
     /// Time the takeover after one member of a group dies.
@@ -78,7 +81,8 @@ pub struct BenchArgs {
     /// Parallel workers, each with its own connection.
     #[arg(long, default_value_t = 2)]
     pub concurrency: usize,
-    /// Unanswered produce requests per worker.
+    /// Unanswered requests per worker: produce requests, or fetches (of
+    /// different partitions) when consuming.
     #[arg(long, default_value_t = 4)]
     pub in_flight: usize,
     /// Requests per second in total (0: as fast as possible).
@@ -97,6 +101,32 @@ pub struct BenchArgs {
     /// sequence numbers), to measure what idempotence costs.
     #[arg(long)]
     pub idempotent: bool,
+    /// How consume reads: stored batches (FetchBatches, decoded here) or
+    /// one message per record (Fetch).
+    #[arg(long, value_enum, default_value_t = ReadForm::Batches)]
+    pub read: ReadForm,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+/// The two forms of a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadForm {
+    /// FetchBatches: the stored batches, decoded by the client.
+    Batches,
+    /// Fetch: one protobuf message per record.
+    Records,
+}
+
+/// Settings of the round-trip benchmark.
+#[derive(Debug, Clone, Args)]
+pub struct PingArgs {
+    /// Calls, one at a time.
+    #[arg(long, default_value_t = 20_000)]
+    pub calls: u64,
+    /// Print one JSON line instead of text.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub conn: Conn,
 }
@@ -173,6 +203,7 @@ pub async fn run(cmd: BenchCommand) -> Result<(), ClientError> {
         }
         BenchCommand::FanOutWorker(a) => return super::bench_scenario::worker(a).await,
         BenchCommand::Soak(a) => return super::bench_soak::soak(a).await,
+        BenchCommand::Ping(a) => return ping(a).await,
     };
     if args.batch == 0 || args.concurrency == 0 || args.records == 0 {
         return Err(ClientError::Status(tonic::Status::invalid_argument(
@@ -226,6 +257,7 @@ fn report(mode: &str, args: &BenchArgs, records: u64, elapsed: Duration, h: &His
                 "batch": args.batch,
                 "concurrency": args.concurrency,
                 "acks": format!("{:?}", args.acks).to_lowercase(),
+                "read": (mode == "consume").then(|| format!("{:?}", args.read).to_lowercase()),
                 "seconds": secs,
                 "records_per_s": rps,
                 "mb_per_s": mbps,
@@ -386,18 +418,26 @@ async fn consume(
     bar: ProgressBar,
 ) -> Result<(Duration, u64), ClientError> {
     let offsets = client.list_offsets(&args.topic, None).await?;
-    // Each worker reads whole partitions, in turn, until the total is read.
+    // Each reader reads whole partitions, in turn, one fetch at a time,
+    // until the total is read; a worker (a connection) runs --in-flight
+    // readers, so that many fetches (of different partitions) are out at
+    // once.
     let remaining = Arc::new(AtomicU64::new(args.records));
+    let mut clients = Vec::new();
+    for _ in 0..args.concurrency {
+        clients.push(Client::connect(&args.conn.broker).await?);
+    }
+    let readers = args.concurrency * args.in_flight.max(1);
     let start = Instant::now();
     let mut workers = Vec::new();
-    for w in 0..args.concurrency {
+    for w in 0..readers {
         let mine: Vec<pb::PartitionOffsets> = offsets
             .iter()
             .enumerate()
-            .filter(|(i, _)| i % args.concurrency == w)
+            .filter(|(i, _)| i % readers == w)
             .map(|(_, p)| *p)
             .collect();
-        let client = Client::connect(&args.conn.broker).await?;
+        let client = clients[w % args.concurrency].clone();
         let (args, remaining, hist, bar) =
             (args.clone(), remaining.clone(), hist.clone(), bar.clone());
         workers.push(tokio::spawn(async move {
@@ -414,22 +454,49 @@ async fn consume(
                         t.tick().await;
                     }
                     let sent = Instant::now();
-                    let r = client
-                        .fetch(pb::FetchRequest {
-                            topic: args.topic.clone(),
-                            partition: p.partition,
-                            offset,
-                            max_records: args.batch.min(100_000) as i32,
-                            max_bytes: 64 * 1024 * 1024,
-                            max_wait_ms: 0,
-                        })
-                        .await?;
+                    let (n, next) = match args.read {
+                        ReadForm::Records => {
+                            let r = client
+                                .fetch(pb::FetchRequest {
+                                    topic: args.topic.clone(),
+                                    partition: p.partition,
+                                    offset,
+                                    max_records: args.batch.min(100_000) as i32,
+                                    max_bytes: 64 * 1024 * 1024,
+                                    max_wait_ms: 0,
+                                })
+                                .await?;
+                            (r.records.len() as u64, r.next_offset)
+                        }
+                        ReadForm::Batches => {
+                            // Whole batches: --batch records of
+                            // --record-size each, about.
+                            let bytes = args.batch.saturating_mul(args.record_size + 20);
+                            let r = client
+                                .fetch_batches(pb::FetchBatchesRequest {
+                                    topic: args.topic.clone(),
+                                    partition: p.partition,
+                                    offset,
+                                    max_bytes: bytes.clamp(1, 64 * 1024 * 1024) as i32,
+                                    max_wait_ms: 0,
+                                })
+                                .await?;
+                            // Decoded as a consumer would: every record,
+                            // checksums checked.
+                            let mut n = 0u64;
+                            for rec in client::batches::records(&r.batches, offset) {
+                                let rec = rec?;
+                                n += 1;
+                                std::hint::black_box(rec.value);
+                            }
+                            (n, r.next_offset)
+                        }
+                    };
                     let _ = local.record(sent.elapsed().as_micros().max(1) as u64);
-                    let n = r.records.len() as u64;
                     if n == 0 {
                         break;
                     }
-                    offset = r.next_offset;
+                    offset = next;
                     let before = remaining
                         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
                             Some(r.saturating_sub(n))
@@ -449,4 +516,49 @@ async fn consume(
         read += w.await.map_err(|e| ClientError::Closed(e.to_string()))??;
     }
     Ok((start.elapsed(), read))
+}
+
+/// Empty unary calls, one at a time: the round trip every call pays.
+async fn ping(args: PingArgs) -> Result<(), ClientError> {
+    let client = Client::connect(&args.conn.broker).await?;
+    let mut info = client.server_info();
+    let mut h = histogram()?;
+    // Warm the connection first.
+    for _ in 0..100 {
+        info.get_info(pb::GetInfoRequest {}).await?;
+    }
+    let start = Instant::now();
+    for _ in 0..args.calls {
+        let sent = Instant::now();
+        info.get_info(pb::GetInfoRequest {}).await?;
+        let _ = h.record(sent.elapsed().as_nanos().max(1) as u64 / 1000);
+    }
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "mode": "ping",
+                "calls": args.calls,
+                "seconds": secs,
+                "calls_per_s": args.calls as f64 / secs,
+                "p50_ms": ms(0.5),
+                "p99_ms": ms(0.99),
+                "p999_ms": ms(0.999),
+                "max_ms": h.max() as f64 / 1000.0,
+            })
+        );
+    } else {
+        println!(
+            "ping: {} calls in {secs:.2} s: {:.0} calls/s; latency ms: p50 {:.3}, p99 {:.3}, p999 {:.3}, max {:.3}",
+            args.calls,
+            args.calls as f64 / secs,
+            ms(0.5),
+            ms(0.99),
+            ms(0.999),
+            h.max() as f64 / 1000.0
+        );
+    }
+    Ok(())
 }

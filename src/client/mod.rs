@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod batches;
 mod bootstrap;
 mod consumer;
 mod idempotent;
@@ -55,6 +56,10 @@ pub enum ClientError {
     /// The producer or pipeline stopped (its stream ended).
     #[error("the produce stream closed: {0}")]
     Closed(String),
+    /// Record batches from `FetchBatches` failed their checksum or did
+    /// not decode.
+    #[error("damaged record batch: {0}")]
+    Damaged(String),
 }
 
 /// A connection to a broker, or to the first live one of several. Cheap
@@ -263,6 +268,11 @@ impl Client {
         AdminClient::new(self.bootstrap.channel())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// The generated server-info client (version, batch format).
+    pub fn server_info(&self) -> pb::server_info_client::ServerInfoClient<Channel> {
+        pb::server_info_client::ServerInfoClient::new(self.bootstrap.channel())
     }
 
     /// The generated cluster client (metadata, cluster status).
@@ -489,6 +499,25 @@ impl Client {
             Err(s) if self.route_failed(&req.topic, addr.as_deref(), &s).await => {
                 let (mut b, _) = self.broker_for(&req.topic, req.partition).await;
                 Ok(b.fetch(req).await?.into_inner())
+            }
+            Err(s) => Err(s.into()),
+        }
+    }
+
+    /// Reads stored record batches of one partition (`FetchBatches`):
+    /// the fastest read, no per-record work on the broker. Walk the
+    /// records with [`batches::records`] (from the offset asked for: the
+    /// first batch may start before it).
+    pub async fn fetch_batches(
+        &self,
+        req: pb::FetchBatchesRequest,
+    ) -> Result<pb::FetchBatchesResponse, ClientError> {
+        let (mut b, addr) = self.broker_for(&req.topic, req.partition).await;
+        match b.fetch_batches(req.clone()).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) if self.route_failed(&req.topic, addr.as_deref(), &s).await => {
+                let (mut b, _) = self.broker_for(&req.topic, req.partition).await;
+                Ok(b.fetch_batches(req).await?.into_inner())
             }
             Err(s) => Err(s.into()),
         }
