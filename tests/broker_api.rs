@@ -82,6 +82,111 @@ async fn round_trip_keeps_every_field_and_the_order() {
     server.stop().await;
 }
 
+/// FetchBatches serves the same records as Fetch, as stored batches, from
+/// the batch holding the offset; waits like Fetch; refuses like Fetch.
+#[tokio::test]
+async fn fetch_batches_serves_the_records_fetch_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let c = server.client().await;
+    c.create_topic("raw", 1, Default::default()).await.unwrap();
+    for batch in 0..4 {
+        let records: Vec<_> = (0..10)
+            .map(|i| pb::ProduceRecord {
+                key: (i % 2 == 0).then(|| Bytes::from(format!("k{i}"))),
+                value: (i != 3).then(|| Bytes::from(format!("v-{batch}-{i}"))),
+                headers: vec![pb::Header {
+                    key: "h".into(),
+                    value: (i % 3 == 0).then(|| Bytes::from_static(b"\x00")),
+                }],
+                timestamp_ms: Some(1_700_000_000_000 + batch * 10 + i),
+                partition: None,
+            })
+            .collect();
+        c.produce(produce_req("raw", None, records)).await.unwrap();
+    }
+    let fetched = fetch_all(&c, "raw", 0).await;
+    assert_eq!(fetched.len(), 40);
+
+    // From the middle of the second batch, the whole log.
+    let mut offset = 15;
+    let mut got = Vec::new();
+    loop {
+        let r = c
+            .fetch_batches(pb::FetchBatchesRequest {
+                topic: "raw".into(),
+                partition: 0,
+                offset,
+                max_bytes: 1,
+                max_wait_ms: 0,
+            })
+            .await
+            .unwrap();
+        assert_eq!((r.high_watermark, r.log_start_offset), (40, 0));
+        if r.batches.is_empty() {
+            assert_eq!(r.next_offset, offset);
+            break;
+        }
+        // max_bytes 1: one whole batch each time, starting before the
+        // offset asked for the first time.
+        let first = sluice::client::batches::records(&r.batches, 0)
+            .next()
+            .unwrap()
+            .unwrap()
+            .offset;
+        assert_eq!(first, offset / 10 * 10);
+        let records = sluice::client::batches::consumed_records(&r, offset).unwrap();
+        assert_eq!(r.next_offset, records.last().unwrap().offset + 1);
+        offset = r.next_offset;
+        got.extend(records);
+    }
+    assert_eq!(got, fetched[15..].to_vec());
+
+    // A long poll at the end wakes when a record arrives.
+    let c2 = c.clone();
+    let poll = tokio::spawn(async move {
+        c2.fetch_batches(pb::FetchBatchesRequest {
+            topic: "raw".into(),
+            partition: 0,
+            offset: 40,
+            max_bytes: 0,
+            max_wait_ms: 60_000,
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!poll.is_finished(), "the poll must wait for data");
+    c.produce(produce_req("raw", None, vec![record(None, "late")]))
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(30), poll)
+        .await
+        .expect("the poll woke up")
+        .unwrap()
+        .unwrap();
+    let late = sluice::client::batches::consumed_records(&r, 40).unwrap();
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0].value.as_deref(), Some(&b"late"[..]));
+
+    // Refusals name the rule.
+    let req = |topic: &str, offset, max_bytes| pb::FetchBatchesRequest {
+        topic: topic.into(),
+        partition: 0,
+        offset,
+        max_bytes,
+        max_wait_ms: 0,
+    };
+    let (status, msg) = code(c.fetch_batches(req("raw", 99, 0)).await.unwrap_err());
+    assert_eq!(status, Code::OutOfRange, "{msg}");
+    assert!(msg.contains("[0, 41]"), "{msg}");
+    let (status, msg) = code(c.fetch_batches(req("raw", 0, -1)).await.unwrap_err());
+    assert_eq!(status, Code::InvalidArgument, "{msg}");
+    assert!(msg.contains("max_bytes"), "{msg}");
+    let (status, _) = code(c.fetch_batches(req("nope", 0, 0)).await.unwrap_err());
+    assert_eq!(status, Code::NotFound);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn keyed_records_land_where_kafka_puts_them() {
     let dir = tempfile::tempdir().unwrap();

@@ -142,6 +142,7 @@ const UNARY: &[&str] = &[
     "/sluice.v1.Admin/CreatePartitions",
     "/sluice.v1.Broker/Produce",
     "/sluice.v1.Broker/Fetch",
+    "/sluice.v1.Broker/FetchBatches",
     "/sluice.v1.Broker/ListOffsets",
     "/sluice.v1.Broker/InitProducer",
     "/sluice.v1.Groups/Heartbeat",
