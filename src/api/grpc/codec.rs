@@ -102,7 +102,12 @@ impl<U: Message + Default + 'static> Decoder for LimitedDecoder<U> {
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         // A DecodeBuf is one contiguous chunk of the whole message.
         check::<U>(buf.chunk())?;
-        U::decode(buf).map(Some).map_err(|e| {
+        // Decoded from a `Bytes` (taking it from tonic's buffer is no
+        // copy): each bytes field is then a cheap slice of it, where from
+        // the `BytesMut` each was a split, a promotion to shared and an
+        // advance (a sixth of a Fetch reply's decode in the client).
+        let message = buf.copy_to_bytes(buf.remaining());
+        U::decode(message).map(Some).map_err(|e| {
             Status::invalid_argument(format!(
                 "the request is not a valid {}: {e}",
                 short_name::<U>()
