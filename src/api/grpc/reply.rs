@@ -123,18 +123,73 @@ fn put_bytes(buf: &mut impl BufMut, field: u8, v: &[u8]) {
     buf.put_slice(v);
 }
 
-/// Writes a `ConsumedRecord` (as field `records` of its parent).
+/// Framing bytes gathered on the stack, so that a record costs a few
+/// `put_slice` calls on the reply buffer rather than one call per byte.
+struct Head {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Head {
+    fn new() -> Self {
+        Self {
+            buf: [0; 64],
+            len: 0,
+        }
+    }
+
+    fn byte(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.byte(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.byte(v as u8);
+    }
+
+    fn int64(&mut self, field: u8, v: i64) {
+        if v != 0 {
+            self.byte(varint_tag(field));
+            self.varint(v as u64);
+        }
+    }
+
+    /// Tag and length of a bytes field whose bytes follow.
+    fn bytes_prefix(&mut self, field: u8, len: usize) {
+        self.byte(bytes_tag(field));
+        self.varint(len as u64);
+    }
+
+    fn flush(&mut self, buf: &mut impl BufMut) {
+        buf.put_slice(&self.buf[..self.len]);
+        self.len = 0;
+    }
+}
+
+/// Writes a `ConsumedRecord` (as field `records` of its parent). The
+/// framing before the key (at most 1 + 3 + 2 × 11 + 11 bytes) and before
+/// the value (at most 11) fits a [`Head`].
 fn put_record(buf: &mut impl BufMut, rec: &RecordView<'_>) {
-    buf.put_u8(RECORDS);
-    encode_varint(record_len(rec) as u64, buf);
-    put_int64(buf, 1, rec.offset);
-    put_int64(buf, 2, rec.timestamp);
+    let mut head = Head::new();
+    head.byte(RECORDS);
+    head.varint(record_len(rec) as u64);
+    head.int64(1, rec.offset);
+    head.int64(2, rec.timestamp);
     if let Some(k) = rec.key {
-        put_bytes(buf, 3, k);
+        head.bytes_prefix(3, k.len());
+        head.flush(buf);
+        buf.put_slice(k);
     }
     if let Some(v) = rec.value {
-        put_bytes(buf, 4, v);
+        head.bytes_prefix(4, v.len());
+        head.flush(buf);
+        buf.put_slice(v);
     }
+    head.flush(buf);
     for h in rec.headers() {
         let key = header_key(h.key);
         buf.put_u8(bytes_tag(5));
