@@ -2,9 +2,8 @@
 //! `Bytes` (reference-counted), never copied.
 
 use crate::broker::{
-    Acks, FetchResult, FetchedRecord, Header, IdempotentBatch, NewRecord, PartitionInfo,
-    PartitionOffsets, Position, ProduceRequest, ProduceResult, TimestampType, TopicConfig,
-    TopicInfo,
+    Acks, FetchedRecord, Header, IdempotentBatch, NewRecord, PartitionInfo, PartitionOffsets,
+    Position, ProduceRequest, ProduceResult, TimestampType, TopicConfig, TopicInfo,
 };
 
 use super::pb;
@@ -120,7 +119,10 @@ pub fn record_out(r: FetchedRecord) -> pb::ConsumedRecord {
     }
 }
 
-pub fn fetch_response(r: FetchResult) -> pb::FetchResponse {
+/// A read as the generated message: what `reply.rs` encodes without
+/// building it (its tests compare the bytes).
+#[cfg(test)]
+pub fn fetch_response(r: crate::broker::FetchResult) -> pb::FetchResponse {
     pb::FetchResponse {
         records: r.records.into_iter().map(record_out).collect(),
         next_offset: r.next_offset,
@@ -129,7 +131,9 @@ pub fn fetch_response(r: FetchResult) -> pb::FetchResponse {
     }
 }
 
-pub fn subscribe_response(r: FetchResult) -> pb::SubscribeResponse {
+/// See [`fetch_response`].
+#[cfg(test)]
+pub fn subscribe_response(r: crate::broker::FetchResult) -> pb::SubscribeResponse {
     pb::SubscribeResponse {
         records: r.records.into_iter().map(record_out).collect(),
         next_offset: r.next_offset,
