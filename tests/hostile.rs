@@ -173,6 +173,27 @@ async fn raw_call(channel: &tonic::transport::Channel, path: &'static str, body:
     }
 }
 
+/// FetchBatches is answered outside tonic's codec (zero-copy): its own
+/// request limit and decoding refuse bad input with precise codes.
+#[tokio::test]
+async fn fetch_batches_refuses_oversized_and_malformed_requests() {
+    let (_dir, server, client) = start(|_| {}).await;
+    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let path = "/sluice.v1.Broker/FetchBatches";
+    let s = raw_call(&channel, path, Bytes::from(vec![0u8; 100_000])).await;
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert!(s.message().contains("65536"), "{s:?}");
+    let s = raw_call(&channel, path, Bytes::from_static(&[0xff, 0xff])).await;
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert!(s.message().contains("FetchBatchesRequest"), "{s:?}");
+    well_behaved(&client, "t").await;
+    server.stop().await;
+}
+
 /// Codes a hostile request may get: anything but a server fault.
 fn acceptable(s: &Status) -> bool {
     !matches!(s.code(), Code::Internal | Code::Unknown | Code::DataLoss)

@@ -491,17 +491,37 @@ impl Client {
         true
     }
 
-    /// One fetch, from the partition's leader.
-    pub async fn fetch(&self, req: pb::FetchRequest) -> Result<pb::FetchResponse, ClientError> {
-        let (mut b, addr) = self.broker_for(&req.topic, req.partition).await;
-        match b.fetch(req.clone()).await {
+    /// A call to a partition's leader, made once more (to the leader
+    /// looked up again) if the first went to a broker that is gone or no
+    /// longer leads.
+    async fn on_leader<T, F, Fut>(
+        &self,
+        topic: &str,
+        partition: i32,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(BrokerClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let (b, addr) = self.broker_for(topic, partition).await;
+        match call(b).await {
             Ok(r) => Ok(r.into_inner()),
-            Err(s) if self.route_failed(&req.topic, addr.as_deref(), &s).await => {
-                let (mut b, _) = self.broker_for(&req.topic, req.partition).await;
-                Ok(b.fetch(req).await?.into_inner())
+            Err(s) if self.route_failed(topic, addr.as_deref(), &s).await => {
+                let (b, _) = self.broker_for(topic, partition).await;
+                Ok(call(b).await?.into_inner())
             }
             Err(s) => Err(s.into()),
         }
+    }
+
+    /// One fetch, from the partition's leader.
+    pub async fn fetch(&self, req: pb::FetchRequest) -> Result<pb::FetchResponse, ClientError> {
+        self.on_leader(&req.topic, req.partition, |mut b| {
+            let req = req.clone();
+            async move { b.fetch(req).await }
+        })
+        .await
     }
 
     /// Reads stored record batches of one partition (`FetchBatches`):
@@ -512,15 +532,11 @@ impl Client {
         &self,
         req: pb::FetchBatchesRequest,
     ) -> Result<pb::FetchBatchesResponse, ClientError> {
-        let (mut b, addr) = self.broker_for(&req.topic, req.partition).await;
-        match b.fetch_batches(req.clone()).await {
-            Ok(r) => Ok(r.into_inner()),
-            Err(s) if self.route_failed(&req.topic, addr.as_deref(), &s).await => {
-                let (mut b, _) = self.broker_for(&req.topic, req.partition).await;
-                Ok(b.fetch_batches(req).await?.into_inner())
-            }
-            Err(s) => Err(s.into()),
-        }
+        self.on_leader(&req.topic, req.partition, |mut b| {
+            let req = req.clone();
+            async move { b.fetch_batches(req).await }
+        })
+        .await
     }
 
     /// Subscribes to one partition.

@@ -71,14 +71,32 @@ impl<S: NamedService> NamedService for ZeroCopyBatches<S> {
 
 type Reply = http::Response<Body>;
 
-impl<S> tower_service::Service<http::Request<Body>> for ZeroCopyBatches<S>
-where
-    S: tower_service::Service<http::Request<Body>, Response = Reply, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+/// What the wrapped service must be: the generated Broker server.
+pub trait Inner:
+    tower_service::Service<
+        http::Request<Body>,
+        Response = Reply,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
 {
+}
+
+impl<S> Inner for S where
+    S: tower_service::Service<
+            http::Request<Body>,
+            Response = Reply,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+impl<S: Inner> tower_service::Service<http::Request<Body>> for ZeroCopyBatches<S> {
     type Response = Reply;
     type Error = Infallible;
     type Future = Either<S::Future, BoxFuture<'static, Result<Reply, Infallible>>>;
@@ -121,23 +139,20 @@ fn message(raw: &Bytes) -> Result<Arrived, Status> {
     }
 }
 
-impl<S> ZeroCopyBatches<S>
-where
-    S: tower_service::Service<http::Request<Body>, Response = Reply, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: Inner> ZeroCopyBatches<S> {
     async fn serve(mut self, req: http::Request<Body>) -> Reply {
         let (parts, body) = req.into_parts();
         let raw = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
             Ok(c) => c.to_bytes(),
-            Err(e) => {
-                return Status::invalid_argument(format!(
-                    "the request could not be read (at most {MAX_REQUEST_BYTES} bytes): {e}"
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Status::resource_exhausted(format!(
+                    "the request is over {MAX_REQUEST_BYTES} bytes, the most a FetchBatchesRequest may take"
                 ))
                 .into_http()
+            }
+            Err(e) => {
+                return Status::invalid_argument(format!("the request could not be read: {e}"))
+                    .into_http()
             }
         };
         let msg = match message(&raw) {

@@ -203,113 +203,86 @@ fn put_record(buf: &mut impl BufMut, rec: &RecordView<'_>) {
     }
 }
 
-fn records_len(s: &StoredRecords) -> usize {
-    s.iter().map(|r| bytes_len(record_len(&r))).sum()
-}
-
-fn put_records(buf: &mut impl BufMut, s: &StoredRecords) {
+/// Encodes stored records, then the message's scalar fields (field number
+/// and value; zeros are left out, as prost does).
+fn put_stored(buf: &mut impl BufMut, s: &StoredRecords, scalars: &[(u8, i64)]) {
     for rec in s.iter() {
         put_record(buf, &rec);
     }
+    for &(field, v) in scalars {
+        put_int64(buf, field, v);
+    }
 }
 
-impl Message for FetchReply {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        match self {
-            Self::Stored(s) => {
-                put_records(buf, s);
-                put_int64(buf, 2, s.next_offset);
-                put_int64(buf, 3, s.log_start_offset);
-                put_int64(buf, 4, s.high_watermark);
+fn stored_len(s: &StoredRecords, scalars: &[(u8, i64)]) -> usize {
+    let records: usize = s.iter().map(|r| bytes_len(record_len(&r))).sum();
+    records + scalars.iter().map(|&(_, v)| int64_len(v)).sum::<usize>()
+}
+
+/// The two replies: stored records and their scalar fields, or a forwarded
+/// message.
+macro_rules! stored_reply {
+    ($reply:ident, $forwarded:ty, |$s:ident| $scalars:expr) => {
+        impl $reply {
+            fn parts(&self) -> Result<(&StoredRecords, Vec<(u8, i64)>), &$forwarded> {
+                match self {
+                    Self::Stored($s) => Ok(($s, $scalars.to_vec())),
+                    Self::Forwarded(m) => Err(m),
+                }
             }
-            Self::Forwarded(m) => m.encode_raw(buf),
-        }
-    }
 
-    fn encoded_len(&self) -> usize {
-        match self {
-            Self::Stored(s) => {
-                records_len(s)
-                    + int64_len(s.next_offset)
-                    + int64_len(s.log_start_offset)
-                    + int64_len(s.high_watermark)
+            /// Bytes to reserve before encoding.
+            pub(crate) fn size_hint(&self) -> usize {
+                match self.parts() {
+                    Ok((s, _)) => size_hint(s),
+                    Err(m) => m.encoded_len(),
+                }
             }
-            Self::Forwarded(m) => m.encoded_len(),
         }
-    }
 
-    /// Replies are only encoded here (clients use the generated type).
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        skip_field(wire_type, tag, buf, ctx)
-    }
-
-    fn clear(&mut self) {
-        *self = Self::default();
-    }
-}
-
-impl Message for SubscribeReply {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        match self {
-            Self::Stored(s) => {
-                put_records(buf, s);
-                put_int64(buf, 2, s.next_offset);
-                put_int64(buf, 3, s.high_watermark);
+        impl Message for $reply {
+            fn encode_raw(&self, buf: &mut impl BufMut) {
+                match self.parts() {
+                    Ok((s, scalars)) => put_stored(buf, s, &scalars),
+                    Err(m) => m.encode_raw(buf),
+                }
             }
-            Self::Forwarded(m) => m.encode_raw(buf),
-        }
-    }
 
-    fn encoded_len(&self) -> usize {
-        match self {
-            Self::Stored(s) => {
-                records_len(s) + int64_len(s.next_offset) + int64_len(s.high_watermark)
+            fn encoded_len(&self) -> usize {
+                match self.parts() {
+                    Ok((s, scalars)) => stored_len(s, &scalars),
+                    Err(m) => m.encoded_len(),
+                }
             }
-            Self::Forwarded(m) => m.encoded_len(),
+
+            /// Replies are only encoded here (clients use the generated
+            /// type).
+            fn merge_field(
+                &mut self,
+                tag: u32,
+                wire_type: WireType,
+                buf: &mut impl Buf,
+                ctx: DecodeContext,
+            ) -> Result<(), DecodeError> {
+                skip_field(wire_type, tag, buf, ctx)
+            }
+
+            fn clear(&mut self) {
+                *self = Self::default();
+            }
         }
-    }
-
-    /// Replies are only encoded here (clients use the generated type).
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        skip_field(wire_type, tag, buf, ctx)
-    }
-
-    fn clear(&mut self) {
-        *self = Self::default();
-    }
+    };
 }
 
-impl FetchReply {
-    /// Bytes to reserve before encoding.
-    pub(crate) fn size_hint(&self) -> usize {
-        match self {
-            Self::Stored(s) => size_hint(s),
-            Self::Forwarded(m) => m.encoded_len(),
-        }
-    }
-}
-
-impl SubscribeReply {
-    /// Bytes to reserve before encoding.
-    pub(crate) fn size_hint(&self) -> usize {
-        match self {
-            Self::Stored(s) => size_hint(s),
-            Self::Forwarded(m) => m.encoded_len(),
-        }
-    }
-}
+stored_reply!(FetchReply, pb::FetchResponse, |s| [
+    (2, s.next_offset),
+    (3, s.log_start_offset),
+    (4, s.high_watermark),
+]);
+stored_reply!(SubscribeReply, pb::SubscribeResponse, |s| [
+    (2, s.next_offset),
+    (3, s.high_watermark),
+]);
 
 #[cfg(test)]
 mod tests {
