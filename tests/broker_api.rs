@@ -144,7 +144,7 @@ async fn fetch_batches_serves_the_records_fetch_does() {
 
     // A long poll at the end wakes when a record arrives.
     let c2 = c.clone();
-    let poll = tokio::spawn(async move {
+    let poll = async move {
         c2.fetch_batches(pb::FetchBatchesRequest {
             topic: "raw".into(),
             partition: 0,
@@ -153,17 +153,8 @@ async fn fetch_batches_serves_the_records_fetch_does() {
             max_wait_ms: 60_000,
         })
         .await
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!poll.is_finished(), "the poll must wait for data");
-    c.produce(produce_req("raw", None, vec![record(None, "late")]))
-        .await
-        .unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(30), poll)
-        .await
-        .expect("the poll woke up")
-        .unwrap()
-        .unwrap();
+    };
+    let r = wakes_on_append(&c, "raw", "late", poll).await;
     let late = sluice::client::batches::consumed_records(&r, 40).unwrap();
     assert_eq!(late.len(), 1);
     assert_eq!(late[0].value.as_deref(), Some(&b"late"[..]));
@@ -237,6 +228,27 @@ async fn keyed_records_land_where_kafka_puts_them() {
     server.stop().await;
 }
 
+/// Runs `poll` (a long poll of `topic`'s partition 0 at its end), checks
+/// that it waits, appends `value`, and returns what the poll got.
+async fn wakes_on_append<T: Send + 'static>(
+    c: &sluice::client::Client,
+    topic: &str,
+    value: &'static str,
+    poll: impl std::future::Future<Output = Result<T, sluice::client::ClientError>> + Send + 'static,
+) -> T {
+    let poll = tokio::spawn(poll);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!poll.is_finished(), "the poll must wait for data");
+    c.produce(produce_req(topic, None, vec![record(None, value)]))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), poll)
+        .await
+        .expect("the poll woke up")
+        .unwrap()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn long_poll_waits_and_wakes_on_append() {
     let dir = tempfile::tempdir().unwrap();
@@ -260,7 +272,7 @@ async fn long_poll_waits_and_wakes_on_append() {
 
     // A record arrives during a long wait: the poll returns it.
     let c2 = c.clone();
-    let poll = tokio::spawn(async move {
+    let poll = async move {
         c2.fetch(pb::FetchRequest {
             topic: "poll".into(),
             partition: 0,
@@ -269,17 +281,8 @@ async fn long_poll_waits_and_wakes_on_append() {
             ..Default::default()
         })
         .await
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!poll.is_finished(), "the poll must wait for data");
-    c.produce(produce_req("poll", None, vec![record(None, "hello")]))
-        .await
-        .unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(30), poll)
-        .await
-        .expect("the poll woke up")
-        .unwrap()
-        .unwrap();
+    };
+    let r = wakes_on_append(&c, "poll", "hello", poll).await;
     assert_eq!(r.records.len(), 1);
     assert_eq!(r.records[0].value.as_deref(), Some(&b"hello"[..]));
     server.stop().await;
