@@ -37,6 +37,7 @@ fn build() -> MetadataImage {
                 id: 0x5eed + t,
                 partitions: 1024,
                 replication_factor: 3,
+                at_most_live: false,
                 config: serde_json::json!({"retention_ms": 604800000}),
             },
         );

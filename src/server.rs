@@ -139,6 +139,7 @@ async fn ensure_cluster_topics(
                 id: uuid::Uuid::new_v4().as_u64_pair().0 | 1,
                 partitions,
                 replication_factor: rf,
+                at_most_live: false,
                 config,
             };
             match cluster.propose(cmd).await {

@@ -189,14 +189,14 @@ impl Admin for AdminService {
         };
         self.broker
             .validate_new_topic(&r.name, r.partitions, &config)?;
+        let configured = link.cluster.config().default_replication_factor;
         let rf = match r.replication_factor {
             Some(rf) => rf,
-            None => link
-                .cluster
-                .config()
-                .default_replication_factor
-                .unwrap_or_else(|| link.cluster.live_brokers().clamp(1, 3) as i32),
+            None => configured.unwrap_or_else(|| link.cluster.live_brokers().clamp(1, 3) as i32),
         };
+        // min(3, live brokers) is applied by the controller, whose view of
+        // liveness is the one that counts.
+        let at_most_live = r.replication_factor.is_none() && configured.is_none();
         if let Some(m) = config.min_insync_replicas {
             if m > rf {
                 return Err(Status::invalid_argument(format!(
@@ -212,6 +212,7 @@ impl Admin for AdminService {
             id,
             partitions: r.partitions,
             replication_factor: rf,
+            at_most_live,
             config,
         };
         match self.commit(link, cmd).await {

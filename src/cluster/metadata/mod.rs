@@ -198,6 +198,11 @@ pub enum Command {
         partitions: i32,
         /// Replicas per partition.
         replication_factor: i32,
+        /// The replication factor is a default, not asked for: at most the
+        /// live brokers when the command applies (the proposer's view of
+        /// liveness may be behind the controller's).
+        #[serde(default)]
+        at_most_live: bool,
         /// Settings (opaque).
         config: serde_json::Value,
     },
@@ -451,6 +456,7 @@ impl MetadataImage {
                 id,
                 partitions,
                 replication_factor,
+                at_most_live,
                 config,
             } => {
                 if self.topics.contains_key(name) {
@@ -463,6 +469,11 @@ impl MetadataImage {
                     });
                 }
                 let order = self.placement_order();
+                let replication_factor = &if *at_most_live {
+                    (*replication_factor).min(order.len() as i32).max(1)
+                } else {
+                    *replication_factor
+                };
                 if *replication_factor < 1 || *replication_factor as usize > order.len() {
                     return Err(Refusal::ReplicationFactor {
                         asked: *replication_factor,

@@ -27,6 +27,7 @@ fn create(img: &mut MetadataImage, name: &str, id: u64, partitions: i32, rf: i32
             id,
             partitions,
             replication_factor: rf,
+            at_most_live: false,
             config: serde_json::Value::Null,
         },
     )
@@ -84,6 +85,30 @@ fn refusals_name_the_rule() {
         r.to_string(),
         "replication factor 3 must be in [1, 2]: the cluster has 2 live (unfenced) brokers"
     );
+    // A defaulted factor is at most the live brokers the controller sees
+    // (the proposer may still count a broker it has just fenced).
+    let defaulted = Command::CreateTopic {
+        name: "d".into(),
+        id: 9,
+        partitions: 1,
+        replication_factor: 3,
+        at_most_live: true,
+        config: serde_json::Value::Null,
+    };
+    assert_eq!(img.apply(4, &defaulted), Outcome::Done);
+    assert_eq!(img.topics["d"].partitions[0].replicas.len(), 2);
+    // An old log entry without the field is read as asked for.
+    let old: Command = serde_json::from_value(serde_json::json!({"CreateTopic": {
+        "name": "o", "id": 3, "partitions": 1, "replication_factor": 3, "config": null
+    }}))
+    .expect("decodes");
+    assert!(matches!(
+        old,
+        Command::CreateTopic {
+            at_most_live: false,
+            ..
+        }
+    ));
     assert_eq!(create(&mut img, "t", 1, 3, 2), Outcome::Done);
     assert_eq!(
         create(&mut img, "t", 2, 3, 2),
@@ -175,6 +200,7 @@ fn unclean_election_is_an_explicit_opt_in() {
             id: 0,
             partitions: 1,
             replication_factor: 2,
+            at_most_live: false,
             config: serde_json::json!({"unclean_leader_election": true}),
         },
     );
