@@ -300,8 +300,26 @@ async fn a_broker_only_node_joins_takes_partitions_and_leaves_once_they_moved() 
     // Data through a voter lands on node 4's partitions and reads back
     // through node 4.
     let c1 = cluster.client(1).await;
-    let r = c1.produce(keyed("spread", 50, "x")).await.expect("produce");
-    assert!(r.record_errors.is_empty());
+    // Right after placement a new leader may not serve yet (UNAVAILABLE,
+    // retriable, as Kafka's LEADER_NOT_AVAILABLE): retry the request as
+    // a client does (values are distinct, so a repeat is not counted).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c1.produce(keyed("spread", 50, "x")).await.expect("produce");
+        if r.record_errors.is_empty() {
+            break;
+        }
+        let retriable = r
+            .record_errors
+            .iter()
+            .all(|e| e.code == tonic::Code::Unavailable as i32);
+        assert!(
+            retriable && std::time::Instant::now() < deadline,
+            "{:?}",
+            r.record_errors
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(read_all(&cluster.client(4).await, "spread").await.len(), 50);
     // Decommissioning it moves its replicas to the other brokers first
     // (each copied and in sync before it leaves), then removes it.
