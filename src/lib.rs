@@ -26,7 +26,9 @@
 //!   its partition.
 //! * [`api`]: transports. [`api::grpc`] holds the tonic services; each handler
 //!   decodes, validates, calls the domain and encodes. Its codec checks
-//!   request counts before decoding, and `conn` bounds connections. In a
+//!   request counts before decoding, and `conn` bounds connections. `reply`
+//!   encodes Fetch and Subscribe replies straight from the stored batches,
+//!   and `batches` sends FetchBatches replies without a copy. In a
 //!   cluster, `routing` forwards requests to partition leaders and admin
 //!   changes to the quorum, `replication` carries followers' fetches and
 //!   ISR proposals, and `remote` reads partitions led elsewhere.
@@ -37,7 +39,8 @@
 //!   deadline, and fallbacks (the last address a name resolved to, the
 //!   address a peer's own calls came from) for names that stop resolving.
 //! * [`client`]: the Rust client (admin, batching idempotent producer,
-//!   fetch and subscribe, group consumer, queue worker) that the CLI, tests
+//!   fetch, stored-batch reads and subscribe, group consumer, queue
+//!   worker) that the CLI, tests
 //!   and benches use; it sends each partition's requests to its leader
 //!   (from the `Metadata` RPC).
 //!
