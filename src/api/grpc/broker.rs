@@ -70,6 +70,31 @@ impl BrokerService {
         })
     }
 
+    /// A one-partition read: the request back if this broker leads the
+    /// partition (or there is no cluster), else a client for the leader
+    /// and the request to send it (deadline and hops carried over).
+    async fn to_leader<T>(
+        &self,
+        request: Request<T>,
+        partition: impl Fn(&T) -> (&str, i32),
+        method: &'static str,
+    ) -> Result<ToLeader<T>, Status> {
+        let Some(link) = &self.link else {
+            return Ok(ToLeader::Local(request));
+        };
+        let (topic, p) = partition(request.get_ref());
+        let Some(internal) = Self::remote_leader(link, &request, topic, p).await? else {
+            return Ok(ToLeader::Local(request));
+        };
+        let timeout = super::wait_budget(&request);
+        let hops = Hops::of(&request);
+        let client = Self::remote_client(link, &internal, method)?;
+        Ok(ToLeader::Remote(
+            client,
+            link.forwarded(request.into_inner(), timeout, hops),
+        ))
+    }
+
     fn remote_client(
         link: &ClusterLink,
         internal: &str,
@@ -80,6 +105,14 @@ impl BrokerService {
             .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(super::MAX_MESSAGE_BYTES))
     }
+}
+
+/// Where a one-partition read goes.
+enum ToLeader<T> {
+    /// Served here.
+    Local(Request<T>),
+    /// Forwarded with this client.
+    Remote(BrokerClient<tonic::transport::Channel>, Request<T>),
 }
 
 /// Appends a request whose partitions this broker leads.
@@ -361,20 +394,15 @@ impl BrokerApi for BrokerService {
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<FetchReply>, Status> {
         let _t = timed("Fetch");
-        if let Some(link) = &self.link {
-            let r = request.get_ref();
-            if let Some(internal) =
-                Self::remote_leader(link, &request, &r.topic, r.partition).await?
-            {
-                let timeout = super::wait_budget(&request);
-                let hops = Hops::of(&request);
-                let mut client = Self::remote_client(link, &internal, "Fetch")?;
-                let reply = client
-                    .fetch(link.forwarded(request.into_inner(), timeout, hops))
-                    .await?;
-                return Ok(reply.map(FetchReply::Forwarded));
+        let request = match self
+            .to_leader(request, |r| (&r.topic, r.partition), "Fetch")
+            .await?
+        {
+            ToLeader::Local(r) => r,
+            ToLeader::Remote(mut client, r) => {
+                return Ok(client.fetch(r).await?.map(FetchReply::Forwarded))
             }
-        }
+        };
         let max_wait_ms = super::capped_wait(&request, request.get_ref().max_wait_ms);
         let r = request.into_inner();
         let result = self
@@ -406,19 +434,13 @@ impl BrokerApi for BrokerService {
         request: Request<pb::FetchBatchesRequest>,
     ) -> Result<Response<pb::FetchBatchesResponse>, Status> {
         let _t = timed("FetchBatches");
-        if let Some(link) = &self.link {
-            let r = request.get_ref();
-            if let Some(internal) =
-                Self::remote_leader(link, &request, &r.topic, r.partition).await?
-            {
-                let timeout = super::wait_budget(&request);
-                let hops = Hops::of(&request);
-                let mut client = Self::remote_client(link, &internal, "FetchBatches")?;
-                return client
-                    .fetch_batches(link.forwarded(request.into_inner(), timeout, hops))
-                    .await;
-            }
-        }
+        let request = match self
+            .to_leader(request, |r| (&r.topic, r.partition), "FetchBatches")
+            .await?
+        {
+            ToLeader::Local(r) => r,
+            ToLeader::Remote(mut client, r) => return client.fetch_batches(r).await,
+        };
         let max_wait_ms = super::capped_wait(&request, request.get_ref().max_wait_ms);
         let r = request.into_inner();
         let read = self
