@@ -9,7 +9,7 @@
 //!
 //! Files: this one (the log, appends, rolls, reads), `recovery.rs`
 //! (open), `flush.rs` (durability), `retention.rs` (removing data, and the
-//! scrubber), `tests.rs` and `damage_tests.rs`.
+//! scrubber), `tests.rs`, `replica_tests.rs` and `damage_tests.rs`.
 
 use std::{
     collections::BTreeMap,
@@ -712,5 +712,7 @@ impl Drop for Log {
 
 #[cfg(test)]
 mod damage_tests;
+#[cfg(test)]
+mod replica_tests;
 #[cfg(test)]
 mod tests;
