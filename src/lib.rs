@@ -58,6 +58,7 @@ pub mod config;
 pub mod coordinator;
 pub mod dial;
 pub mod error;
+pub mod security;
 pub mod server;
 pub mod storage;
 
