@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/sluice/v1/groups.proto",
         "proto/sluice/v1/queues.proto",
         "proto/sluice/v1/cluster.proto",
+        "proto/sluice/v1/security.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     for p in protos {

@@ -45,6 +45,20 @@ enum Command {
     /// Measure produce or consume throughput and latency.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// SCRAM users (for SASL on the Kafka listener).
+    #[command(subcommand)]
+    User(cli::security::UserCommand),
+    /// Bearer tokens for the gRPC API.
+    #[command(subcommand)]
+    Token(cli::security::TokenCommand),
+    /// Access control lists.
+    #[command(subcommand)]
+    Acl(cli::security::AclCommand),
+    /// Produce, fetch and request-rate quotas.
+    #[command(subcommand)]
+    Quota(cli::security::QuotaCommand),
+    /// Who the broker takes this client for.
+    Whoami(cli::Conn),
     /// Exit 0 if the server is ready (its /readyz answers 200), for
     /// container health checks.
     Health(cli::health::HealthArgs),
@@ -128,6 +142,8 @@ struct ServeArgs {
     limits: LimitArgs,
     #[command(flatten)]
     cluster: ClusterArgs,
+    #[command(flatten)]
+    security: SecurityArgs,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long)]
     log_json: bool,
@@ -166,6 +182,42 @@ struct LimitArgs {
     /// On shutdown, wait this long for open calls, then exit anyway, ms [default: 10000].
     #[arg(long)]
     drain_timeout_ms: Option<u64>,
+}
+
+/// TLS and authorization flags (`[security]` in TOML).
+#[derive(Debug, clap::Args)]
+struct SecurityArgs {
+    /// Certificate chain (PEM) of the gRPC and Kafka listeners: turns TLS on.
+    #[arg(long, env = "SLUICE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "SLUICE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) that signs client certificates; clients may then authenticate with one.
+    #[arg(long, env = "SLUICE_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Certificate (PEM) of the internal listener and of this broker's calls to others.
+    #[arg(long, env = "SLUICE_INTERNAL_TLS_CERT")]
+    internal_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --internal-tls-cert.
+    #[arg(long, env = "SLUICE_INTERNAL_TLS_KEY")]
+    internal_tls_key: Option<PathBuf>,
+    /// CA (PEM) that signs every broker's internal certificate.
+    #[arg(long, env = "SLUICE_INTERNAL_TLS_CA")]
+    internal_tls_ca: Option<PathBuf>,
+    /// Enforce ACLs and require an identity on every listener [default: off].
+    #[arg(long, env = "SLUICE_AUTHORIZATION", value_enum)]
+    authorization: Option<OnOff>,
+    /// Principals that may do anything: User:alice,User:bob.
+    #[arg(long, env = "SLUICE_SUPER_USERS", value_delimiter = ',')]
+    super_users: Option<Vec<String>>,
+}
+
+/// A switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 /// Cluster membership flags (all unset: a single node with no quorum).
@@ -320,9 +372,32 @@ impl ServeArgs {
         if let Some(v) = a.broker_session_timeout_ms {
             k.session_timeout_ms = v;
         }
+        let sec = &mut c.security;
+        let a = &self.security;
+        for (from, to) in [
+            (&a.tls_cert, &mut sec.tls_cert),
+            (&a.tls_key, &mut sec.tls_key),
+            (&a.tls_ca, &mut sec.tls_ca),
+            (&a.internal_tls_cert, &mut sec.internal_tls_cert),
+            (&a.internal_tls_key, &mut sec.internal_tls_key),
+            (&a.internal_tls_ca, &mut sec.internal_tls_ca),
+        ] {
+            if from.is_some() {
+                to.clone_from(from);
+            }
+        }
+        if let Some(v) = a.authorization {
+            sec.authorization = v == OnOff::On;
+        }
+        if let Some(v) = &a.super_users {
+            sec.super_users = v.iter().map(|u| u.trim().to_string()).collect();
+        }
         c.broker_config()?;
         c.coordinator_config()?;
         c.cluster_config()?;
+        c.security.access_settings()?;
+        c.security.client_tls()?;
+        c.security.internal_tls()?;
         Ok(c)
     }
 }
@@ -384,6 +459,11 @@ fn main() -> ExitCode {
             Command::Produce(a) => cli::produce(a).await,
             Command::Consume(a) => cli::consume(a).await,
             Command::Bench(b) => cli::bench::run(b).await,
+            Command::User(c) => cli::security::user(c).await,
+            Command::Token(c) => cli::security::token(c).await,
+            Command::Acl(c) => cli::security::acl(c).await,
+            Command::Quota(c) => cli::security::quota(c).await,
+            Command::Whoami(c) => cli::security::whoami(c).await,
         }
     });
     // Subscriptions may still be open: don't wait for them.

@@ -12,9 +12,12 @@ use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tracing::info;
 
+use crate::api::grpc::auth::AuthLayer;
+use crate::api::grpc::pb::security_server::SecurityServer;
 use crate::api::grpc::pb_broker_server::broker_server::BrokerServer;
 use crate::api::grpc::remote::LeaderReads;
 use crate::api::grpc::replication::{ReplicationService, Replicator};
+use crate::api::grpc::security::{SecurityBackend, SecurityService};
 use crate::api::grpc::{
     batches::ZeroCopyBatches,
     conn,
@@ -33,6 +36,9 @@ use crate::cluster::{transport::InternalService, Cluster};
 use crate::config::{LimitSettings, ServerConfig};
 use crate::coordinator::{queues::Queues, Coordinator};
 use crate::error::Error;
+use crate::security::store::LocalStore;
+use crate::security::tls::{ClientAuth, ReloadingConfig};
+use crate::security::Access;
 
 /// The process-wide Prometheus recorder (metrics macros record into it).
 fn prometheus() -> &'static PrometheusHandle {
@@ -91,9 +97,10 @@ pub async fn run(
 
 /// Follows the committed metadata: applies each new image to the broker's
 /// topics (on the blocking pool) and reports how far it got.
-async fn follow_metadata(cluster: Arc<Cluster>, broker: Arc<Broker>) {
+async fn follow_metadata(cluster: Arc<Cluster>, broker: Arc<Broker>, access: Arc<Access>) {
     let mut rx = cluster.subscribe();
     let mut registration = cluster.watch_registration();
+    let mut security_seen: Option<crate::security::SecurityState> = None;
     loop {
         let applied = rx.borrow_and_update().clone();
         registration.borrow_and_update();
@@ -102,6 +109,12 @@ async fn follow_metadata(cluster: Arc<Cluster>, broker: Arc<Broker>) {
         let image = applied.image.clone();
         // Roles only once this process has registered (and is not fenced).
         let registered = cluster.registered_in(&image);
+        // Users, tokens and ACLs are enforced before the call that changed
+        // them returns (it waits for this node's sync below).
+        if security_seen.as_ref() != Some(&image.security) {
+            access.update(&image.security);
+            security_seen = Some(image.security.clone());
+        }
         match tokio::task::spawn_blocking(move || b.apply_metadata(&image, registered)).await {
             Ok(Ok(())) => cluster.mark_synced(index),
             Ok(Err(e)) => {
@@ -252,9 +265,39 @@ pub async fn run_node(
             }
         }
     };
+    let access = Access::new(config.security.access_settings()?);
+    let security = match &cluster {
+        Some(c) => SecurityBackend::Cluster(ClusterLink::new(c.clone())),
+        None => {
+            let dir = config.data_dir.clone();
+            let opened = tokio::task::spawn_blocking(move || {
+                LocalStore::open(crate::storage::os_fs(), &dir)
+            })
+            .await
+            .map_err(|e| Error::Config(format!("opening the security state: {e}")))?;
+            match opened {
+                Ok(store) => {
+                    access.update(&store.state());
+                    SecurityBackend::Local(Arc::new(store))
+                }
+                Err(e) => {
+                    let b = broker.clone();
+                    let _ = tokio::task::spawn_blocking(move || b.close()).await;
+                    return Err(Error::Config(format!("opening the security state: {e}")));
+                }
+            }
+        }
+    };
+    let tls = load_tls(&config).await?;
+    warn_if_exposed(
+        &config,
+        &listeners,
+        tls.client.is_some(),
+        tls.internal.is_some(),
+    );
     let follower = cluster.as_ref().map(|c| {
         c.start_tasks();
-        tokio::spawn(follow_metadata(c.clone(), broker.clone()))
+        tokio::spawn(follow_metadata(c.clone(), broker.clone(), access.clone()))
     });
     let replicator = cluster
         .as_ref()
@@ -328,6 +371,10 @@ pub async fn run_node(
         link: cluster.clone().map(ClusterLink::new),
         advertised,
         kafka_advertised,
+        access,
+        security,
+        tls,
+        data_dir: config.data_dir.clone(),
     };
     // Controlled shutdown: leadership moves to other in-sync replicas
     // before this broker stops serving.
@@ -366,6 +413,138 @@ struct Domain {
     advertised: String,
     /// The Kafka address handed out in Kafka metadata.
     kafka_advertised: Option<String>,
+    /// Who may do what.
+    access: Arc<Access>,
+    /// Where users, tokens and ACLs are stored.
+    security: SecurityBackend,
+    /// TLS of the listeners.
+    tls: NodeTls,
+    /// Where bootstrap tokens are left for this node.
+    data_dir: std::path::PathBuf,
+}
+
+/// TLS of a node's listeners (each `None`: clear text).
+struct NodeTls {
+    /// The gRPC and Kafka client listeners.
+    client: Option<Arc<ReloadingConfig>>,
+    /// The same files with Kafka's ALPN (none).
+    kafka: Option<Arc<ReloadingConfig>>,
+    /// The internal listener (mutual).
+    internal: Option<Arc<ReloadingConfig>>,
+    /// How often the files are checked.
+    reload_every: Duration,
+}
+
+/// Loads the TLS files named in the settings (on the blocking pool).
+async fn load_tls(config: &ServerConfig) -> Result<NodeTls, Error> {
+    let client = config.security.client_tls()?;
+    let internal = config.security.internal_tls()?;
+    let reload_every = Duration::from_millis(config.security.tls_reload_interval_ms);
+    tokio::task::spawn_blocking(move || {
+        let load = |files: Option<crate::security::tls::TlsFiles>, auth, alpn: &[&[u8]]| {
+            files
+                .map(|f| ReloadingConfig::load(f, auth, alpn))
+                .transpose()
+                .map_err(|e| Error::Config(format!("TLS: {e}")))
+        };
+        Ok(NodeTls {
+            client: load(client.clone(), ClientAuth::Optional, &[b"h2"])?,
+            kafka: load(client, ClientAuth::Optional, &[])?,
+            internal: load(internal, ClientAuth::Required, &[b"h2"])?,
+            reload_every,
+        })
+    })
+    .await
+    .map_err(|e| Error::Config(format!("loading TLS files: {e}")))?
+}
+
+/// Checks each configuration's files every `every` and swaps in a new one
+/// when they change (new connections use it; open ones keep theirs).
+async fn reload_tls(configs: Vec<Arc<ReloadingConfig>>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for c in &configs {
+            let c2 = c.clone();
+            match tokio::task::spawn_blocking(move || c2.reload_if_changed()).await {
+                Ok(Ok(true)) => {
+                    metrics::counter!("sluice_tls_reloads_total").increment(1);
+                    info!(cert = %c.files().cert.display(), "TLS certificate files changed; reloaded")
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "TLS certificate files changed but do not load; keeping the previous ones")
+                }
+                Err(e) => tracing::warn!(error = %e, "TLS reload task failed"),
+            }
+        }
+    }
+}
+
+/// How often the data directory is checked for bootstrap tokens.
+const BOOTSTRAP_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Imports the tokens `sluice token issue --bootstrap` leaves in the data
+/// directory: each is issued through the node's security state (the
+/// quorum, in a cluster), then its file is removed.
+async fn import_bootstrap_tokens(data_dir: std::path::PathBuf, service: SecurityService) {
+    use crate::security::store::{pending_bootstrap_tokens, remove_bootstrap_token};
+    loop {
+        let dir = data_dir.clone();
+        let pending = tokio::task::spawn_blocking(move || pending_bootstrap_tokens(&dir))
+            .await
+            .unwrap_or_default();
+        for (path, record) in pending {
+            let (id, principal) = (record.id.clone(), record.principal.clone());
+            let cmd = crate::security::SecurityCommand::IssueToken { record };
+            match service.change(cmd).await {
+                Ok(_) => {
+                    info!(id, principal, "bootstrap token imported");
+                    let fs = crate::storage::os_fs();
+                    let p = path.clone();
+                    match tokio::task::spawn_blocking(move || remove_bootstrap_token(&fs, &p)).await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "could not remove an imported bootstrap token file")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "removing a bootstrap token file failed")
+                        }
+                    }
+                }
+                Err(s) => {
+                    tracing::warn!(id, error = %s.message(), file = %path.display(), "bootstrap token not imported yet")
+                }
+            }
+        }
+        tokio::time::sleep(BOOTSTRAP_CHECK_INTERVAL).await;
+    }
+}
+
+/// Logs loudly when a listener on a non-loopback address runs without TLS
+/// or without authorization.
+fn warn_if_exposed(
+    config: &ServerConfig,
+    listeners: &Listeners,
+    client_tls: bool,
+    internal_tls: bool,
+) {
+    let exposed = |l: &Option<&TcpListener>| {
+        l.and_then(|l| l.local_addr().ok())
+            .is_some_and(|a| !a.ip().is_loopback())
+    };
+    let client = exposed(&Some(&listeners.client)) || exposed(&listeners.kafka.as_ref());
+    if client && !client_tls {
+        tracing::warn!("SECURITY: a client listener is on a non-loopback address WITHOUT TLS: anyone on the network can read and forge traffic (set --tls-cert and --tls-key)");
+    }
+    if client && !config.security.authorization {
+        tracing::warn!("SECURITY: a client listener is on a non-loopback address WITHOUT authorization: anyone who can connect may read, write and delete everything (set --authorization on and --super-users)");
+    }
+    if exposed(&listeners.internal.as_ref()) && !internal_tls {
+        tracing::warn!("SECURITY: the internal listener is on a non-loopback address WITHOUT mutual TLS: anyone who can connect can act as a broker (set --internal-tls-cert, --internal-tls-key and --internal-tls-ca)");
+    }
 }
 
 async fn serve(
@@ -382,6 +561,10 @@ async fn serve(
         link,
         advertised,
         kafka_advertised,
+        access,
+        security,
+        tls,
+        data_dir,
     } = domain;
     let Listeners {
         client: listener,
@@ -408,6 +591,9 @@ async fn serve(
         .await;
     health_reporter
         .set_serving::<QueuesServer<QueuesService>>()
+        .await;
+    health_reporter
+        .set_serving::<SecurityServer<SecurityService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -492,12 +678,27 @@ async fn serve(
         _ => None,
     };
     let idle = LimitSettings::optional(limits.idle_timeout_ms);
-    let incoming = conn::incoming(listener, limits.max_connections, idle, draining_rx.clone());
+    let reloads: Vec<_> = [&tls.client, &tls.kafka, &tls.internal]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    let reload_task =
+        (!reloads.is_empty()).then(|| tokio::spawn(reload_tls(reloads, tls.reload_every)));
+    let incoming = conn::incoming(
+        listener,
+        limits.max_connections,
+        idle,
+        draining_rx.clone(),
+        tls.client.clone(),
+    );
     info!(%addr, version = crate::VERSION, "sluice listening");
     // Requests are decoded whole: each service takes what its largest
     // valid request needs, and no more.
     let small = SMALL_REQUEST_BYTES;
-    let routes = || {
+    let security_service = SecurityService::new(access.clone(), security);
+    let importer = tokio::spawn(import_bootstrap_tokens(data_dir, security_service.clone()));
+    let routes = |auth: AuthLayer| {
         Server::builder()
             .initial_stream_window_size(HTTP2_STREAM_WINDOW)
             .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
@@ -508,6 +709,7 @@ async fn serve(
             .http2_keepalive_timeout(Some(Duration::from_millis(limits.keepalive_timeout_ms)))
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .layer(conn::TrackCallsLayer)
+            .layer(auth)
             .add_service(health_service.clone())
             .add_service(reflection.clone())
             .add_service(reflection_alpha.clone())
@@ -555,6 +757,11 @@ async fn serve(
                 .max_decoding_message_size(small)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
+            .add_service(
+                SecurityServer::new(security_service.clone())
+                    .max_decoding_message_size(small)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
     };
     // The internal listener serves the public services too (forwarded
     // requests arrive there) plus the nodes' own service. It stops after
@@ -563,7 +770,7 @@ async fn serve(
     let internal_task = match (internal, &link) {
         (Some(l), Some(link)) => {
             info!(addr = %l.local_addr()?, node = link.cluster.node_id(), "internal listener up");
-            let router = routes()
+            let router = routes(AuthLayer::trusted(access.clone()))
                 .add_service(InternalService::server(link.cluster.clone()))
                 .add_service(ReplicationService::server(broker.clone()));
             let stop = async move {
@@ -587,7 +794,8 @@ async fn serve(
         }
         _ => None,
     };
-    let served = routes().serve_with_incoming_shutdown(incoming, shutting_down);
+    let served = routes(AuthLayer::new(access.clone()))
+        .serve_with_incoming_shutdown(incoming, shutting_down);
     // After the signal, calls get the drain timeout to finish; then the
     // logs are closed cleanly and the process exits anyway.
     let drain = Duration::from_millis(limits.drain_timeout_ms);
@@ -617,6 +825,10 @@ async fn serve(
             tracing::warn!("internal listener still busy after the drain timeout");
         }
     }
+    if let Some(t) = reload_task {
+        t.abort();
+    }
+    importer.abort();
     served?;
     Ok(())
 }

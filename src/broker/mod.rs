@@ -287,6 +287,8 @@ fn check_data_format(fs: &dyn crate::storage::FileSystem, data: &Path) -> Result
                 .flatten()
                 .any(|e| match e.file_name().to_str() {
                     Some(".lock") | Some("trash") => false,
+                    // A bootstrap token may be left before the first start.
+                    Some(crate::security::store::BOOTSTRAP_DIR) => false,
                     Some("topics") => std::fs::read_dir(e.path())
                         .map(|mut d| d.next().is_some())
                         .unwrap_or(true),

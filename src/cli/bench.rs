@@ -210,7 +210,7 @@ pub async fn run(cmd: BenchCommand) -> Result<(), ClientError> {
             "--records, --batch and --concurrency must be at least 1",
         )));
     }
-    let client = Client::connect(&args.conn.broker).await?;
+    let client = args.conn.connect().await?;
     let partitions = ensure_topic(&client, &args).await?;
     let hist = new_hist()?;
     let (elapsed, records) = if mode == "produce" {
@@ -319,7 +319,7 @@ async fn produce(
     let start = Instant::now();
     let mut workers = Vec::new();
     for w in 0..args.concurrency {
-        let client = Client::connect(&args.conn.broker).await?;
+        let client = args.conn.connect().await?;
         let (args, records, next, hist, bar) = (
             args.clone(),
             records.clone(),
@@ -425,7 +425,7 @@ async fn consume(
     let remaining = Arc::new(AtomicU64::new(args.records));
     let mut clients = Vec::new();
     for _ in 0..args.concurrency {
-        clients.push(Client::connect(&args.conn.broker).await?);
+        clients.push(args.conn.connect().await?);
     }
     let readers = args.concurrency * args.in_flight.max(1);
     let start = Instant::now();
@@ -520,7 +520,7 @@ async fn consume(
 
 /// Empty unary calls, one at a time: the round trip every call pays.
 async fn ping(args: PingArgs) -> Result<(), ClientError> {
-    let client = Client::connect(&args.conn.broker).await?;
+    let client = args.conn.connect().await?;
     let mut info = client.server_info();
     let mut h = histogram()?;
     // Warm the connection first.

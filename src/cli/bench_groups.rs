@@ -120,7 +120,7 @@ pub async fn group_consume(args: GroupConsumeArgs) -> Result<(), ClientError> {
     let joined = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.members {
-        let client = Client::connect(&args.conn.broker).await?;
+        let client = args.conn.connect().await?;
         let (read, first, group, topic, total) = (
             read.clone(),
             first.clone(),
@@ -172,12 +172,12 @@ pub async fn rebalance(args: GroupConsumeArgs) -> Result<(), ClientError> {
         .group
         .clone()
         .unwrap_or_else(|| fresh_group("rebalance"));
-    let admin = Client::connect(&args.conn.broker).await?;
+    let admin = args.conn.connect().await?;
     let mut consumers = Vec::new();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
     for _ in 0..args.members {
-        let client = Client::connect(&args.conn.broker).await?;
+        let client = args.conn.connect().await?;
         consumers.push(client.consumer(ConsumerConfig {
             auto_offset_reset: OffsetReset::Latest,
             ..ConsumerConfig::new(&group, [args.topic.clone()])
@@ -267,11 +267,11 @@ async fn ensure_topic(client: &Client, topic: &str, partitions: i32) -> Result<(
 /// `groups` single-member groups heartbeat at the interval the coordinator
 /// gives.
 pub async fn heartbeats(args: HeartbeatArgs) -> Result<(), ClientError> {
-    let first = Client::connect(&args.conn.broker).await?;
+    let first = args.conn.connect().await?;
     ensure_topic(&first, &args.topic, 1).await?;
     let mut clients = vec![first];
     for _ in 1..args.connections.max(1) {
-        clients.push(Client::connect(&args.conn.broker).await?);
+        clients.push(args.conn.connect().await?);
     }
     let beats = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -368,11 +368,11 @@ pub async fn heartbeats(args: HeartbeatArgs) -> Result<(), ClientError> {
 
 /// Committers hammer CommitOffsets (standalone commits, one group each).
 pub async fn commits(args: CommitArgs) -> Result<(), ClientError> {
-    let first = Client::connect(&args.conn.broker).await?;
+    let first = args.conn.connect().await?;
     ensure_topic(&first, &args.topic, args.partitions.max(1)).await?;
     let mut clients = vec![first];
     for _ in 1..args.connections.max(1) {
-        clients.push(Client::connect(&args.conn.broker).await?);
+        clients.push(args.conn.connect().await?);
     }
     let done = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(parking_lot::Mutex::new(super::bench::latency_histogram()?));

@@ -21,7 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::Conn;
 use crate::client::raw::RawCodec;
-use crate::client::{pb, record, Client, ClientError};
+use crate::client::{pb, record, ClientError};
 
 /// `bench hostile`.
 #[derive(Debug, Clone, Args)]
@@ -204,7 +204,7 @@ fn proc_stats(pid: Option<u32>) -> Option<(u64, usize)> {
 
 /// Runs the benchmark.
 pub async fn hostile_bench(args: HostileArgs) -> Result<(), ClientError> {
-    let client = Client::connect(&args.conn.broker).await?;
+    let client = args.conn.connect().await?;
     if client.describe_topic(&args.topic).await.is_err() {
         client
             .create_topic(&args.topic, 1, pb::TopicConfig::default())
@@ -222,12 +222,12 @@ pub async fn hostile_bench(args: HostileArgs) -> Result<(), ClientError> {
     }
     let mut idle = Vec::new();
     for _ in 0..args.idle {
-        let c = Client::connect(&args.conn.broker).await?;
+        let c = args.conn.connect().await?;
         c.list_topics().await?;
         idle.push(c);
     }
     for _ in 0..args.active {
-        let c = Client::connect(&args.conn.broker).await?;
+        let c = args.conn.connect().await?;
         let (topic, stop) = (args.topic.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
@@ -250,7 +250,7 @@ pub async fn hostile_bench(args: HostileArgs) -> Result<(), ClientError> {
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let mut measured = Vec::new();
     for _ in 0..args.producers {
-        let c = Client::connect(&args.conn.broker).await?;
+        let c = args.conn.connect().await?;
         let topic = args.topic.clone();
         let produced = produced.clone();
         measured.push(tokio::spawn(async move {
@@ -271,7 +271,7 @@ pub async fn hostile_bench(args: HostileArgs) -> Result<(), ClientError> {
         }));
     }
     for _ in 0..args.consumers {
-        let c = Client::connect(&args.conn.broker).await?;
+        let c = args.conn.connect().await?;
         let topic = args.topic.clone();
         measured.push(tokio::spawn(async move {
             let mut h = super::bench::latency_histogram()?;

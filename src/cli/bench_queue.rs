@@ -9,7 +9,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::Conn;
-use crate::client::{pb, Client, ClientError, ProducerConfig, QueueConfig, Worker};
+use crate::client::{pb, ClientError, ProducerConfig, QueueConfig, Worker};
 
 /// `bench queue`.
 #[derive(Debug, Clone, Args)]
@@ -56,7 +56,7 @@ fn tally(worker: &mut Worker, done: &AtomicU64, refused: &AtomicU64) {
 
 /// Runs the benchmark.
 pub async fn queue(a: QueueBenchArgs) -> Result<(), ClientError> {
-    let client = Client::connect(&a.conn.broker).await?;
+    let client = a.conn.connect().await?;
     if client.partition_count(&a.topic).await.is_err() {
         client
             .create_topic(&a.topic, a.partitions, Default::default())
@@ -84,7 +84,7 @@ pub async fn queue(a: QueueBenchArgs) -> Result<(), ClientError> {
         .unwrap_or_else(|| format!("bench-{}", uuid::Uuid::new_v4().simple()));
     let mut clients = Vec::new();
     for _ in 0..a.connections.max(1) {
-        clients.push(Client::connect(&a.conn.broker).await?);
+        clients.push(a.conn.connect().await?);
     }
     let done = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));

@@ -141,7 +141,7 @@ pub async fn soak(a: SoakArgs) -> Result<(), ClientError> {
             "--rate must be at least 1 record per second",
         )));
     }
-    let client = Client::connect(&a.conn.broker).await?;
+    let client = a.conn.connect().await?;
     ensure_topic(&client, &a).await?;
     let started = Instant::now();
 

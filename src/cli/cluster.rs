@@ -4,7 +4,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::Conn;
-use crate::client::{pb, Client, ClientError};
+use crate::client::{pb, ClientError};
 
 /// Cluster status and membership.
 #[derive(Debug, Subcommand)]
@@ -77,7 +77,7 @@ fn status_json(s: &pb::DescribeClusterResponse) -> serde_json::Value {
 pub async fn cluster(cmd: ClusterCommand) -> Result<(), ClientError> {
     match cmd {
         ClusterCommand::Status { conn, json } => {
-            let client = Client::connect(&conn.broker).await?;
+            let client = conn.connect().await?;
             let s = client.describe_cluster().await?;
             if json {
                 println!("{}", status_json(&s));
@@ -113,7 +113,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<(), ClientError> {
             }
         }
         ClusterCommand::Decommission { id, conn } => {
-            let client = Client::connect(&conn.broker).await?;
+            let client = conn.connect().await?;
             client
                 .cluster()
                 .decommission_broker(pb::DecommissionBrokerRequest { id })
@@ -126,7 +126,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<(), ClientError> {
             replicas,
             conn,
         } => {
-            let client = Client::connect(&conn.broker).await?;
+            let client = conn.connect().await?;
             client
                 .cluster()
                 .reassign_partition(pb::ReassignPartitionRequest {
@@ -140,7 +140,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<(), ClientError> {
             );
         }
         ClusterCommand::ElectLeaders { topic, conn } => {
-            let client = Client::connect(&conn.broker).await?;
+            let client = conn.connect().await?;
             let r = client
                 .cluster()
                 .elect_preferred_leaders(pb::ElectPreferredLeadersRequest { topic })

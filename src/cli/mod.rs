@@ -12,6 +12,7 @@ mod bench_soak;
 pub mod cluster;
 pub mod health;
 pub mod queue;
+pub mod security;
 mod topic;
 
 pub use topic::{topic, TopicCommand};
@@ -38,6 +39,45 @@ pub struct Conn {
     /// answers is used, and the next when it stops answering.
     #[arg(long, env = "SLUICE_BROKER", default_value = DEFAULT_BROKER)]
     pub broker: String,
+    /// Bearer token sent with every call (`sluice token issue` makes one).
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) that signs the brokers' certificates: connect with TLS.
+    #[arg(long, env = "SLUICE_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, env = "SLUICE_CLIENT_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Key (PEM) of --tls-cert.
+    #[arg(long, env = "SLUICE_CLIENT_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Name to verify in the brokers' certificates [default: each address's host].
+    #[arg(long, env = "SLUICE_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+}
+
+impl Conn {
+    /// The connection options these flags give.
+    pub fn options(&self) -> crate::client::ConnectOptions {
+        crate::client::ConnectOptions {
+            token: self.token.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_server_name: self.tls_server_name.clone(),
+        }
+    }
+
+    /// Connects to the broker (list) with these options.
+    pub async fn connect(&self) -> Result<Client, ClientError> {
+        Client::connect_with(&self.broker, &self.options()).await
+    }
+
+    /// Connects to `url` with these options (another broker of the same
+    /// cluster).
+    pub async fn connect_to(&self, url: &str) -> Result<Client, ClientError> {
+        Client::connect_with(url, &self.options()).await
+    }
 }
 
 /// Consumer group administration.
@@ -214,7 +254,7 @@ pub struct ConsumeArgs {
 
 /// `sluice produce`: one record per stdin line.
 pub async fn produce(args: ProduceArgs) -> Result<(), ClientError> {
-    let client = Client::connect(&args.conn.broker).await?;
+    let client = args.conn.connect().await?;
     // Fail fast on an unknown topic rather than after reading stdin.
     client.partition_count(&args.topic).await?;
     let producer = client.producer(
@@ -331,7 +371,7 @@ fn record_json(topic: &str, partition: i32, r: &pb::ConsumedRecord) -> serde_jso
 /// without a record, or interruption.
 pub async fn consume(args: ConsumeArgs) -> Result<(), ClientError> {
     use pb::position::Position as P;
-    let client = Client::connect(&args.conn.broker).await?;
+    let client = args.conn.connect().await?;
     if let Some(group) = args.group.clone() {
         return consume_group(client, group, args).await;
     }
@@ -569,7 +609,7 @@ fn partitions_json(a: &[pb::TopicPartitions]) -> serde_json::Value {
 pub async fn group(cmd: GroupCommand) -> Result<(), ClientError> {
     match cmd {
         GroupCommand::List { conn, json } => {
-            let client = Client::connect(&conn.broker).await?;
+            let client = conn.connect().await?;
             let groups = client.list_groups().await?;
             if json {
                 let v: Vec<_> = groups
@@ -584,7 +624,7 @@ pub async fn group(cmd: GroupCommand) -> Result<(), ClientError> {
             }
         }
         GroupCommand::Describe { group, conn, json } => {
-            let client = Client::connect(&conn.broker).await?;
+            let client = conn.connect().await?;
             let d = client.describe_group(&group).await?;
             if json {
                 let v = json!({
@@ -644,7 +684,7 @@ pub async fn group(cmd: GroupCommand) -> Result<(), ClientError> {
             }
         }
         GroupCommand::Delete { group, conn } => {
-            let client = Client::connect(&conn.broker).await?;
+            let client = conn.connect().await?;
             client.delete_group(&group).await?;
             println!("deleted group {group}");
         }
@@ -675,7 +715,7 @@ pub async fn group(cmd: GroupCommand) -> Result<(), ClientError> {
                     "one of --to-earliest, --to-latest, --to-offset, --to-time is required",
                 )));
             };
-            let client = Client::connect(&conn.broker).await?;
+            let client = conn.connect().await?;
             let offsets = client
                 .reset_offsets(&group, &topic, partitions, to, dry_run, create)
                 .await?;

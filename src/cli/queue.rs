@@ -9,7 +9,7 @@ use serde_json::json;
 use std::io::Write;
 
 use super::Conn;
-use crate::client::{pb, Client, ClientError, QueueConfig};
+use crate::client::{pb, ClientError, QueueConfig};
 
 /// Exit code of COMMAND that rejects the record (poison: never delivered
 /// again, dead-lettered if the group has a dead-letter topic).
@@ -159,13 +159,13 @@ pub async fn queue(cmd: QueueCommand) -> Result<(), ClientError> {
     match cmd {
         QueueCommand::Work(a) => work(a).await,
         QueueCommand::Describe { group, conn, json } => {
-            let client = Client::connect(&conn.broker).await?;
+            let client = conn.connect().await?;
             let d = client.describe_queue(&group).await?;
             print_description(&d, json);
             Ok(())
         }
         QueueCommand::List { conn, json } => {
-            let client = Client::connect(&conn.broker).await?;
+            let client = conn.connect().await?;
             let l = client
                 .queues()
                 .list_queues(pb::ListQueuesRequest {})
@@ -203,7 +203,7 @@ pub async fn queue(cmd: QueueCommand) -> Result<(), ClientError> {
             Ok(())
         }
         QueueCommand::Delete { group, conn } => {
-            let client = Client::connect(&conn.broker).await?;
+            let client = conn.connect().await?;
             client
                 .queues()
                 .delete_queue(pb::DeleteQueueRequest {
@@ -238,7 +238,7 @@ pub async fn queue(cmd: QueueCommand) -> Result<(), ClientError> {
                     "one of --to-earliest, --to-latest, --to-offset, --to-time is required",
                 )));
             };
-            let client = Client::connect(&conn.broker).await?;
+            let client = conn.connect().await?;
             let r = client
                 .queues()
                 .reset_queue(pb::ResetQueueRequest {
@@ -271,7 +271,7 @@ pub async fn queue(cmd: QueueCommand) -> Result<(), ClientError> {
             dead_letter_topic,
             conn,
         } => {
-            let client = Client::connect(&conn.broker).await?;
+            let client = conn.connect().await?;
             let r = client
                 .queues()
                 .alter_queue(pb::AlterQueueRequest {
@@ -365,7 +365,7 @@ fn print_description(d: &pb::DescribeQueueResponse, as_json: bool) {
 }
 
 async fn work(a: WorkArgs) -> Result<(), ClientError> {
-    let client = Client::connect(&a.conn.broker).await?;
+    let client = a.conn.connect().await?;
     let settings = pb::QueueSettings {
         lock_timeout_ms: a
             .lock_timeout

@@ -5,7 +5,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::Conn;
-use crate::client::{pb, Client, ClientError};
+use crate::client::{pb, ClientError};
 
 /// Topic administration.
 #[derive(Debug, Subcommand)]
@@ -92,7 +92,7 @@ pub async fn topic(cmd: TopicCommand) -> Result<(), ClientError> {
             conn,
             json,
         } => {
-            let client = Client::connect(&conn.broker).await?;
+            let client = conn.connect().await?;
             let t = client
                 .create_replicated_topic(
                     &name,
@@ -119,7 +119,7 @@ pub async fn topic(cmd: TopicCommand) -> Result<(), ClientError> {
             }
         }
         TopicCommand::List { conn, json } => {
-            let client = Client::connect(&conn.broker).await?;
+            let client = conn.connect().await?;
             let topics = client.list_topics().await?;
             if json {
                 let v: Vec<_> = topics
@@ -134,12 +134,12 @@ pub async fn topic(cmd: TopicCommand) -> Result<(), ClientError> {
             }
         }
         TopicCommand::Describe { name, conn, json } => {
-            let client = Client::connect(&conn.broker).await?;
+            let client = conn.connect().await?;
             let t = client.describe_topic(&name).await?;
             print_topic(&t, json);
         }
         TopicCommand::Delete { name, conn } => {
-            let client = Client::connect(&conn.broker).await?;
+            let client = conn.connect().await?;
             client.delete_topic(&name).await?;
             println!("deleted topic {name}");
         }
@@ -149,7 +149,7 @@ pub async fn topic(cmd: TopicCommand) -> Result<(), ClientError> {
             conn,
             json,
         } => {
-            let client = Client::connect(&conn.broker).await?;
+            let client = conn.connect().await?;
             let t = client.create_partitions(&name, total).await?;
             print_topic(&t, json);
         }

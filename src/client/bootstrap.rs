@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
+
+use super::connect::{Conn, Prepared};
 
 use super::{source_chain, ClientError};
 use crate::api::grpc::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW};
@@ -23,7 +25,7 @@ const MIN_SWITCH_INTERVAL: Duration = Duration::from_millis(500);
 pub(crate) struct Bootstrap {
     urls: Vec<String>,
     /// Lazily connected, one per URL; a channel reconnects by itself.
-    channels: Vec<Channel>,
+    channels: Vec<Conn>,
     current: AtomicUsize,
     /// When the broker in use was last switched. Held only to read or
     /// set the instant.
@@ -74,8 +76,8 @@ pub(crate) fn endpoint(url: &str) -> Result<Endpoint, ClientError> {
 impl Bootstrap {
     /// Connects to the first broker of `list` that answers; the others
     /// connect when first needed.
-    pub async fn connect(list: &str) -> Result<Self, ClientError> {
-        let urls = split(list);
+    pub async fn connect(list: &str, prepared: &Prepared) -> Result<Self, ClientError> {
+        let urls: Vec<String> = split(list).iter().map(|u| prepared.url(u)).collect();
         if urls.is_empty() {
             return Err(ClientError::Address(
                 list.into(),
@@ -84,7 +86,7 @@ impl Bootstrap {
         }
         let endpoints = urls
             .iter()
-            .map(|u| endpoint(u))
+            .map(|u| prepared.endpoint(endpoint(u)?))
             .collect::<Result<Vec<_>, _>>()?;
         let mut errors = Vec::new();
         for (i, e) in endpoints.iter().enumerate() {
@@ -94,11 +96,11 @@ impl Bootstrap {
                         .iter()
                         .enumerate()
                         .map(|(j, e)| {
-                            if j == i {
+                            prepared.conn(if j == i {
                                 first.clone()
                             } else {
                                 e.connect_with_connector_lazy(Dialer)
-                            }
+                            })
                         })
                         .collect();
                     return Ok(Self {
@@ -115,7 +117,7 @@ impl Bootstrap {
     }
 
     /// One channel (a client built over an existing connection).
-    pub fn single(channel: Channel) -> Self {
+    pub fn single(channel: Conn) -> Self {
         Self {
             urls: vec![String::new()],
             channels: vec![channel],
@@ -125,7 +127,7 @@ impl Bootstrap {
     }
 
     /// The channel to the broker in use.
-    pub fn channel(&self) -> Channel {
+    pub fn channel(&self) -> Conn {
         self.channels[self.current.load(Ordering::Acquire) % self.channels.len()].clone()
     }
 
@@ -179,7 +181,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_broker_is_given_up_on_only_for_failures_of_its_own() {
-        let lazy = |u: &str| endpoint(u).expect("endpoint").connect_lazy();
+        let lazy = |u: &str| Conn::plain(endpoint(u).expect("endpoint").connect_lazy());
         let b = Bootstrap {
             urls: vec!["http://a:1".into(), "http://b:2".into()],
             channels: vec![lazy("http://a:1"), lazy("http://b:2")],

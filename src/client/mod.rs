@@ -16,6 +16,7 @@
 
 pub mod batches;
 mod bootstrap;
+pub mod connect;
 mod consumer;
 mod idempotent;
 mod producer;
@@ -27,6 +28,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tonic::transport::Channel;
+
+pub use connect::{Conn, ConnectOptions};
 
 pub use crate::api::grpc::pb;
 use crate::api::grpc::MAX_MESSAGE_BYTES;
@@ -92,16 +95,22 @@ impl Client {
     /// (`http://a:9400,http://b:9400`). With a list, a broker that stops
     /// answering is replaced by the next (see [`Client::broker_failed`]).
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        Self::connect_with(url, &ConnectOptions::default()).await
+    }
+
+    /// Like [`Client::connect`], with TLS and a bearer token.
+    pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Self, ClientError> {
+        let prepared = options.prepare()?;
         Ok(Self {
-            bootstrap: std::sync::Arc::new(bootstrap::Bootstrap::connect(url).await?),
-            routes: Default::default(),
+            bootstrap: std::sync::Arc::new(bootstrap::Bootstrap::connect(url, &prepared).await?),
+            routes: std::sync::Arc::new(routes::Routes::new(prepared)),
         })
     }
 
     /// A client over an existing channel.
     pub fn from_channel(channel: Channel) -> Self {
         Self {
-            bootstrap: std::sync::Arc::new(bootstrap::Bootstrap::single(channel)),
+            bootstrap: std::sync::Arc::new(bootstrap::Bootstrap::single(Conn::plain(channel))),
             routes: Default::default(),
         }
     }
@@ -146,12 +155,12 @@ impl Client {
     }
 
     /// The generated group member client (heartbeats, commits).
-    pub fn groups(&self) -> GroupsClient<Channel> {
+    pub fn groups(&self) -> GroupsClient<Conn> {
         GroupsClient::new(self.bootstrap.channel())
     }
 
     /// The generated work-queue client.
-    pub fn queues(&self) -> QueuesClient<Channel> {
+    pub fn queues(&self) -> QueuesClient<Conn> {
         QueuesClient::new(self.bootstrap.channel())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -177,7 +186,7 @@ impl Client {
     }
 
     /// The generated group admin client.
-    pub fn group_admin(&self) -> GroupAdminClient<Channel> {
+    pub fn group_admin(&self) -> GroupAdminClient<Conn> {
         GroupAdminClient::new(self.bootstrap.channel())
     }
 
@@ -264,19 +273,24 @@ impl Client {
     }
 
     /// The generated admin client, for calls this type does not wrap.
-    pub fn admin(&self) -> AdminClient<Channel> {
+    pub fn admin(&self) -> AdminClient<Conn> {
         AdminClient::new(self.bootstrap.channel())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     /// The generated server-info client (version, batch format).
-    pub fn server_info(&self) -> pb::server_info_client::ServerInfoClient<Channel> {
+    pub fn server_info(&self) -> pb::server_info_client::ServerInfoClient<Conn> {
         pb::server_info_client::ServerInfoClient::new(self.bootstrap.channel())
     }
 
+    /// The generated security client (users, tokens, ACLs, quotas).
+    pub fn security(&self) -> pb::security_client::SecurityClient<Conn> {
+        pb::security_client::SecurityClient::new(self.bootstrap.channel())
+    }
+
     /// The generated cluster client (metadata, cluster status).
-    pub fn cluster(&self) -> ClusterClient<Channel> {
+    pub fn cluster(&self) -> ClusterClient<Conn> {
         ClusterClient::new(self.bootstrap.channel()).max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 
@@ -301,7 +315,7 @@ impl Client {
     }
 
     /// The generated broker client.
-    pub fn broker(&self) -> BrokerClient<Channel> {
+    pub fn broker(&self) -> BrokerClient<Conn> {
         BrokerClient::new(self.bootstrap.channel())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -442,7 +456,7 @@ impl Client {
         &self,
         topic: &str,
         partition: i32,
-    ) -> (BrokerClient<Channel>, Option<String>) {
+    ) -> (BrokerClient<Conn>, Option<String>) {
         if !self.routes.known(topic) {
             self.refresh_routes(topic).await;
         }
@@ -501,7 +515,7 @@ impl Client {
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(BrokerClient<Channel>) -> Fut,
+        F: Fn(BrokerClient<Conn>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let (b, addr) = self.broker_for(topic, partition).await;

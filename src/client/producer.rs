@@ -12,10 +12,10 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use super::Conn;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 use super::pb::{self, broker_client::BrokerClient};
 use super::{Client, ClientError};
@@ -44,7 +44,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub(crate) async fn open(
-        mut broker: BrokerClient<Channel>,
+        mut broker: BrokerClient<Conn>,
         max_in_flight: usize,
     ) -> Result<Self, ClientError> {
         let max_in_flight = max_in_flight.max(1);

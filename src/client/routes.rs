@@ -11,8 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::connect::{Conn, Prepared};
 use parking_lot::RwLock;
-use tonic::transport::Channel;
 
 use super::pb;
 
@@ -24,6 +24,8 @@ const MIN_REFRESH: Duration = Duration::from_millis(100);
 #[derive(Default)]
 pub(crate) struct Routes {
     table: RwLock<Table>,
+    /// How leaders are dialed (TLS, token).
+    prepared: Prepared,
 }
 
 impl std::fmt::Debug for Routes {
@@ -43,7 +45,7 @@ struct Table {
     /// Client address per broker id.
     addresses: HashMap<i32, String>,
     /// Channels by address (lazily connected).
-    channels: HashMap<String, Channel>,
+    channels: HashMap<String, Conn>,
     /// Addresses that did not answer: use the bootstrap broker instead.
     unreachable: HashSet<String>,
     /// When each topic was last refreshed.
@@ -53,6 +55,14 @@ struct Table {
 }
 
 impl Routes {
+    /// Routes whose leader channels use `prepared`.
+    pub fn new(prepared: Prepared) -> Self {
+        Self {
+            table: Default::default(),
+            prepared,
+        }
+    }
+
     /// Whether `topic` was refreshed recently enough.
     pub fn fresh(&self, topic: &str) -> bool {
         self.table
@@ -105,14 +115,18 @@ impl Routes {
     }
 
     /// A channel to `address` (cached).
-    pub fn channel(&self, address: &str) -> Option<Channel> {
+    pub fn channel(&self, address: &str) -> Option<Conn> {
         if let Some(c) = self.table.read().channels.get(address) {
             return Some(c.clone());
         }
-        let c = super::bootstrap::endpoint(&format!("http://{address}"))
-            .ok()?
-            .connect_timeout(Duration::from_secs(2))
-            .connect_with_connector_lazy(crate::dial::Dialer);
+        let e = super::bootstrap::endpoint(&self.prepared.url(address)).ok()?;
+        let c = self.prepared.conn(
+            self.prepared
+                .endpoint(e)
+                .ok()?
+                .connect_timeout(Duration::from_secs(2))
+                .connect_with_connector_lazy(crate::dial::Dialer),
+        );
         self.table
             .write()
             .channels

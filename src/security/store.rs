@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
 
-use super::state::{SecurityCommand, SecurityRefusal, SecurityState};
+use super::state::{SecurityCommand, SecurityRefusal, SecurityState, TokenRecord};
 use crate::storage::{write_file_atomic, Fs, StorageError};
 
 /// The file's name in the data directory.
@@ -128,6 +128,69 @@ impl LocalStore {
     }
 }
 
+/// Where `sluice token issue --bootstrap` leaves tokens for the node to
+/// import (in its data directory).
+pub const BOOTSTRAP_DIR: &str = "security-bootstrap";
+
+/// Leaves `record` for the node using `data_dir` to import (at start, and
+/// within seconds while it runs). Blocking.
+pub fn write_bootstrap_token(
+    fs: &Fs,
+    data_dir: &Path,
+    record: &TokenRecord,
+) -> Result<PathBuf, StoreError> {
+    let dir = data_dir.join(BOOTSTRAP_DIR);
+    let created = !dir.exists();
+    fs.create_dir_all(&dir)
+        .map_err(|e| StorageError::io("creating", &dir, e))?;
+    if created {
+        crate::storage::sync_dir(&**fs, data_dir)?;
+    }
+    let path = dir.join(format!("{}.json", record.id));
+    let json = serde_json::to_vec(record).map_err(|e| StoreError::Damaged {
+        path: path.clone(),
+        why: e.to_string(),
+    })?;
+    write_file_atomic(&**fs, &path, &json)?;
+    Ok(path)
+}
+
+/// Tokens waiting to be imported, with their files. Unreadable files are
+/// skipped with a warning (and left for an operator). Blocking.
+pub fn pending_bootstrap_tokens(data_dir: &Path) -> Vec<(PathBuf, TokenRecord)> {
+    let dir = data_dir.join(BOOTSTRAP_DIR);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().and_then(|x| x.to_str()) != Some("json") {
+            continue;
+        }
+        match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<TokenRecord>(&b).map_err(|e| e.to_string()))
+        {
+            Ok(r) => out.push((path, r)),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "ignoring an unreadable bootstrap token file")
+            }
+        }
+    }
+    out
+}
+
+/// Removes an imported token's file. Blocking.
+pub fn remove_bootstrap_token(fs: &Fs, path: &Path) -> Result<(), StoreError> {
+    fs.remove_file(path)
+        .map_err(|e| StorageError::io("removing", path, e))?;
+    if let Some(dir) = path.parent() {
+        crate::storage::sync_dir(&**fs, dir)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +227,24 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let err = LocalStore::open(os_fs(), dir.path()).unwrap_err();
         assert!(err.to_string().contains("checksum"), "{err}");
+    }
+
+    #[test]
+    fn bootstrap_tokens_wait_in_the_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(pending_bootstrap_tokens(dir.path()).is_empty());
+        let (token, record) = crate::security::state::new_token("User:admin", 1, None, "boot");
+        let fs = os_fs();
+        write_bootstrap_token(&fs, dir.path(), &record).unwrap();
+        let pending = pending_bootstrap_tokens(dir.path());
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].1, record);
+        assert_eq!(
+            pending[0].1.sha256,
+            crate::security::state::token_hash(&token)
+        );
+        remove_bootstrap_token(&fs, &pending[0].0).unwrap();
+        assert!(pending_bootstrap_tokens(dir.path()).is_empty());
     }
 
     /// After a power loss at any point, the file holds the state before or

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod api;
+pub mod certs;
 pub mod cluster;
 pub mod python;
 pub mod server;

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use sluice::client::Client;
+use sluice::client::{Client, ConnectOptions};
 use sluice::config::ServerConfig;
 use tokio::net::TcpListener;
 
@@ -53,6 +53,17 @@ impl TestServer {
     /// Starts a server with `config`, optionally with metrics and Kafka
     /// listeners on ephemeral ports.
     pub async fn start_full(config: ServerConfig, metrics: bool, kafka: bool) -> Self {
+        Self::start_secure(config, metrics, kafka, &ConnectOptions::default()).await
+    }
+
+    /// Like [`TestServer::start_full`], dialing with `options` (TLS) to
+    /// see it up; with authorization on, a refusal counts as up.
+    pub async fn start_secure(
+        config: ServerConfig,
+        metrics: bool,
+        kafka: bool,
+        options: &ConnectOptions,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (metrics_listener, metrics_addr) = if metrics {
@@ -91,16 +102,27 @@ impl TestServer {
             stop: Some(stop),
             task: Some(task),
         };
-        // Ready once a call succeeds (the broker opens before serving).
+        // Ready once a call is answered (the broker opens before serving).
+        let mut last = String::new();
         for _ in 0..200 {
-            if let Ok(c) = Client::connect(&server.url).await {
-                if c.list_topics().await.is_ok() {
-                    return server;
-                }
+            match Client::connect_with(&server.url, options).await {
+                Err(e) => last = e.to_string(),
+                Ok(c) => match c.list_topics().await {
+                    Ok(_) => return server,
+                    Err(sluice::client::ClientError::Status(s))
+                        if matches!(
+                            s.code(),
+                            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                        ) =>
+                    {
+                        return server
+                    }
+                    Err(e) => last = e.to_string(),
+                },
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("server did not come up");
+        panic!("server did not come up: {last}");
     }
 
     /// Starts a server on `dir` with the test settings.

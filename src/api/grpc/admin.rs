@@ -4,11 +4,14 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use tonic::{Request, Response, Status};
 
+use super::auth::{caller, require};
 use super::cluster::{cluster_status, is_forwarded, ClusterLink, Hops, STANDALONE_NODE_ID};
 use super::pb::{self, admin_client::AdminClient, admin_server::Admin};
 use super::{convert, timed};
 use crate::broker::{is_internal_topic, Broker, BrokerError, INTERNAL_TOPIC_PREFIX};
 use crate::cluster::{Command, NodeId};
+use crate::security::acl::CLUSTER_RESOURCE;
+use crate::security::{Operation, ResourceType};
 
 /// How long an admin call waits for this node to apply what it committed.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(15);
@@ -165,6 +168,12 @@ impl Admin for AdminService {
         request: Request<pb::CreateTopicRequest>,
     ) -> Result<Response<pb::CreateTopicResponse>, Status> {
         let _t = timed("CreateTopic");
+        // Kafka's rule: create on the cluster, or on the topic's name.
+        let c = caller(&request);
+        let name = &request.get_ref().name;
+        if !c.allows(Operation::Create, ResourceType::Cluster, CLUSTER_RESOURCE) {
+            c.require(Operation::Create, ResourceType::Topic, name)?;
+        }
         let r = request.into_inner();
         let config = convert::topic_config_in(r.config)?;
         let Some(link) = &self.link else {
@@ -241,6 +250,12 @@ impl Admin for AdminService {
         request: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
         let _t = timed("DeleteTopic");
+        require(
+            &request,
+            Operation::Delete,
+            ResourceType::Topic,
+            &request.get_ref().name,
+        )?;
         let name = request.into_inner().name;
         if let Some(link) = &self.link {
             refuse_internal(&name)?;
@@ -253,15 +268,19 @@ impl Admin for AdminService {
 
     async fn list_topics(
         &self,
-        _request: Request<pb::ListTopicsRequest>,
+        request: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
         let _t = timed("ListTopics");
+        // Only the topics the caller may describe.
+        let c = caller(&request);
+        let visible = |name: &str| c.allows(Operation::Describe, ResourceType::Topic, name);
         if let Some(link) = &self.link {
             let topics = link
                 .cluster
                 .image()
                 .topics
                 .values()
+                .filter(|t| visible(&t.name))
                 .map(|t| pb::TopicSummary {
                     name: t.name.clone(),
                     partitions: t.partitions.len() as i32,
@@ -273,6 +292,7 @@ impl Admin for AdminService {
             .broker
             .list_topics()
             .into_iter()
+            .filter(|(name, _)| visible(name))
             .map(|(name, partitions)| pb::TopicSummary { name, partitions })
             .collect();
         Ok(Response::new(pb::ListTopicsResponse { topics }))
@@ -283,6 +303,12 @@ impl Admin for AdminService {
         request: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
         let _t = timed("DescribeTopic");
+        require(
+            &request,
+            Operation::Describe,
+            ResourceType::Topic,
+            &request.get_ref().name,
+        )?;
         let local_only = is_forwarded(&request);
         if let (Some(link), true) = (&self.link, local_only) {
             link.catch_up(&request).await?;
@@ -298,6 +324,12 @@ impl Admin for AdminService {
         request: Request<pb::CreatePartitionsRequest>,
     ) -> Result<Response<pb::CreatePartitionsResponse>, Status> {
         let _t = timed("CreatePartitions");
+        require(
+            &request,
+            Operation::Alter,
+            ResourceType::Topic,
+            &request.get_ref().name,
+        )?;
         let r = request.into_inner();
         if let Some(link) = &self.link {
             refuse_internal(&r.name)?;

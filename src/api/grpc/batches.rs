@@ -169,6 +169,12 @@ impl<S: Inner> ZeroCopyBatches<S> {
                 .into_http()
             }
         };
+        if let Some(c) = parts.extensions.get::<super::auth::Caller>() {
+            use crate::security::{Operation, ResourceType};
+            if let Err(s) = c.require(Operation::Read, ResourceType::Topic, &r.topic) {
+                return s.into_http();
+            }
+        }
         let request = tonic::Request::from_parts(
             MetadataMap::from_headers(parts.headers.clone()),
             Default::default(),

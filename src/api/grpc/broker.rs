@@ -6,6 +6,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::{caller, require};
 use super::cluster::{is_forwarded, ClusterLink, Hops, UntilShutdown};
 use super::pb::{self, broker_client::BrokerClient};
 use super::pb_broker_server::broker_server::Broker as BrokerApi;
@@ -14,6 +15,7 @@ use super::routing::{self, Target};
 use super::{convert, status, timed};
 use crate::broker::{Acks, Broker, FetchRequest, ProduceResult, RecordFailure};
 use crate::cluster::Route;
+use crate::security::{Operation, ResourceType};
 
 /// Replies of one `ProduceStream` queued for the client at most: when the
 /// client does not read them, the server stops reading its requests
@@ -208,6 +210,12 @@ impl BrokerApi for BrokerService {
         request: Request<pb::ProduceRequest>,
     ) -> Result<Response<pb::ProduceResponse>, Status> {
         let _t = timed("Produce");
+        require(
+            &request,
+            Operation::Write,
+            ResourceType::Topic,
+            &request.get_ref().topic,
+        )?;
         let hops = Hops::of(&request);
         if let (Some(link), true) = (&self.link, hops.forwarded()) {
             link.catch_up(&request).await?;
@@ -287,6 +295,7 @@ impl BrokerApi for BrokerService {
         request: Request<Streaming<pb::ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
         let hops = Hops::of(&request);
+        let who = caller(&request);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(PRODUCE_STREAM_BUFFER);
         let broker = self.broker.clone();
@@ -311,6 +320,12 @@ impl BrokerApi for BrokerService {
                     }
                 };
                 let t = timed("ProduceStream");
+                if let Err(s) = who.require(Operation::Write, ResourceType::Topic, &r.topic) {
+                    if tx.send(Err(s)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 let sequence = r.sequence;
                 let records = r.records.len();
                 // In a cluster, records for partitions led elsewhere are
@@ -394,6 +409,12 @@ impl BrokerApi for BrokerService {
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<FetchReply>, Status> {
         let _t = timed("Fetch");
+        require(
+            &request,
+            Operation::Read,
+            ResourceType::Topic,
+            &request.get_ref().topic,
+        )?;
         let request = match self
             .to_leader(request, |r| (&r.topic, r.partition), "Fetch")
             .await?
@@ -434,6 +455,12 @@ impl BrokerApi for BrokerService {
         request: Request<pb::FetchBatchesRequest>,
     ) -> Result<Response<pb::FetchBatchesResponse>, Status> {
         let _t = timed("FetchBatches");
+        require(
+            &request,
+            Operation::Read,
+            ResourceType::Topic,
+            &request.get_ref().topic,
+        )?;
         let request = match self
             .to_leader(request, |r| (&r.topic, r.partition), "FetchBatches")
             .await?
@@ -456,6 +483,12 @@ impl BrokerApi for BrokerService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        require(
+            &request,
+            Operation::Read,
+            ResourceType::Topic,
+            &request.get_ref().topic,
+        )?;
         if let Some(link) = &self.link {
             let r = request.get_ref();
             if let Some(internal) =
@@ -505,6 +538,12 @@ impl BrokerApi for BrokerService {
         request: Request<pb::ListOffsetsRequest>,
     ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
         let _t = timed("ListOffsets");
+        require(
+            &request,
+            Operation::Describe,
+            ResourceType::Topic,
+            &request.get_ref().topic,
+        )?;
         let hops = Hops::of(&request);
         if let (Some(link), true) = (&self.link, hops.forwarded()) {
             link.catch_up(&request).await?;

@@ -14,6 +14,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use crate::security::{Operation, ResourceType};
 use parking_lot::Mutex;
 use tonic::{metadata::MetadataValue, transport::Channel, Request, Response, Status};
 
@@ -269,13 +270,19 @@ impl ClusterApi for ClusterService {
         request: Request<pb::MetadataRequest>,
     ) -> Result<Response<pb::MetadataResponse>, Status> {
         let _t = timed("Metadata");
+        // Topics named must be describable; listing all shows only those.
+        let who = super::auth::caller(&request);
+        for t in &request.get_ref().topics {
+            who.require(Operation::Describe, ResourceType::Topic, t)?;
+        }
+        let visible = |name: &str| who.allows(Operation::Describe, ResourceType::Topic, name);
         let wanted = request.into_inner().topics;
         let Some(link) = &self.link else {
             // A single node leads everything.
             let me = id32(STANDALONE_NODE_ID);
             let mut topics = Vec::new();
             for (name, n) in self.broker.list_topics() {
-                if !wanted.is_empty() && !wanted.contains(&name) {
+                if !wanted.is_empty() && !wanted.contains(&name) || !visible(&name) {
                     continue;
                 }
                 let id = self.broker.topic(&name).map_or(0, |t| t.incarnation());
@@ -327,7 +334,7 @@ impl ClusterApi for ClusterService {
                 .values()
                 .filter(|t| {
                     if wanted.is_empty() {
-                        !crate::broker::is_internal_topic(&t.name)
+                        !crate::broker::is_internal_topic(&t.name) && visible(&t.name)
                     } else {
                         wanted.contains(&t.name)
                     }

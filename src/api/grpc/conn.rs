@@ -23,6 +23,8 @@ use tokio::time::Sleep;
 use tokio_stream::{wrappers::TcpListenerStream, Stream, StreamExt};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::security::Principal;
+
 /// After shutdown begins, idle connections close this much later (the
 /// GOAWAY has gone out by then).
 const SHUTDOWN_GOAWAY_GRACE: Duration = Duration::from_millis(50);
@@ -136,12 +138,114 @@ pub fn open_calls() -> Vec<(String, usize)> {
 pub struct ConnInfo {
     /// Addresses, as tonic gives them for plain TCP.
     pub tcp: TcpConnectInfo,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// Who the client's verified certificate names, if it sent one.
+    pub peer: Option<Principal>,
     activity: Arc<Activity>,
+}
+
+/// A connection's transport: TCP, or TLS over TCP.
+pub enum Io {
+    /// Clear text.
+    Plain(TcpStream),
+    /// TLS (boxed: the session state is large).
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Io {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Io::Plain(t) => t,
+            Io::Tls(t) => t.get_ref().0,
+        }
+    }
+
+    /// The principal of a verified client certificate.
+    pub fn peer(&self) -> Option<Principal> {
+        match self {
+            Io::Plain(_) => None,
+            Io::Tls(t) => t
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(crate::security::tls::principal_of),
+        }
+    }
+
+    /// Runs the server side of a TLS handshake on a plain connection.
+    pub async fn accept_tls(self, acceptor: tokio_rustls::TlsAcceptor) -> io::Result<Io> {
+        match self {
+            Io::Plain(t) => Ok(Io::Tls(Box::new(acceptor.accept(t).await?))),
+            tls => Ok(tls),
+        }
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(t) => Pin::new(t).poll_read(cx, buf),
+            Io::Tls(t) => Pin::new(t).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(t) => Pin::new(t).poll_write(cx, buf),
+            Io::Tls(t) => Pin::new(t).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(t) => Pin::new(t).poll_flush(cx),
+            Io::Tls(t) => Pin::new(t).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(t) => Pin::new(t).poll_shutdown(cx),
+            Io::Tls(t) => Pin::new(t).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(t) => Pin::new(t).poll_write_vectored(cx, bufs),
+            Io::Tls(t) => Pin::new(t).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(t) => t.is_write_vectored(),
+            Io::Tls(t) => t.is_write_vectored(),
+        }
+    }
 }
 
 /// An accepted connection within the cap.
 pub struct LimitedConn {
-    io: TcpStream,
+    io: Io,
+    peer: Option<Principal>,
     _slot: OwnedSemaphorePermit,
     activity: Arc<Activity>,
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
@@ -158,13 +262,40 @@ impl Connected for LimitedConn {
 
     fn connect_info(&self) -> ConnInfo {
         ConnInfo {
-            tcp: self.io.connect_info(),
+            tcp: self.io.tcp().connect_info(),
+            tls: matches!(self.io, Io::Tls(_)),
+            peer: self.peer.clone(),
             activity: self.activity.clone(),
         }
     }
 }
 
 impl LimitedConn {
+    /// The same connection after a server TLS handshake, with the principal
+    /// its verified client certificate names.
+    pub async fn into_tls(self, acceptor: tokio_rustls::TlsAcceptor) -> io::Result<Self> {
+        let LimitedConn {
+            io,
+            peer: _,
+            _slot,
+            activity,
+            idle,
+            shutdown,
+            closing,
+        } = self;
+        let io = io.accept_tls(acceptor).await?;
+        let peer = io.peer();
+        Ok(LimitedConn {
+            io,
+            peer,
+            _slot,
+            activity,
+            idle,
+            shutdown,
+            closing,
+        })
+    }
+
     /// Whether the idle timeout has passed, or shutdown has begun and no
     /// call is in flight; re-arms the timer otherwise.
     fn check_idle(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
@@ -251,15 +382,79 @@ impl AsyncWrite for LimitedConn {
     }
 }
 
-/// Accepts connections from `listener` while fewer than `max` are open;
-/// over the cap a new connection is closed at once (the client sees
-/// UNAVAILABLE and retries), and counted.
+/// A TLS handshake must finish within this.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepted connections, ready for HTTP/2.
+pub type Incoming = Pin<Box<dyn Stream<Item = io::Result<LimitedConn>> + Send>>;
+
+/// Like [`plain_incoming`], with TLS when `tls` is given: each handshake
+/// runs in its own task (a slow or silent client holds up nobody), under
+/// [`TLS_HANDSHAKE_TIMEOUT`], with the configuration current when the
+/// connection came (certificates reload without a restart).
 pub fn incoming(
     listener: TcpListener,
     max: usize,
     idle_timeout: Option<Duration>,
     shutdown: watch::Receiver<bool>,
-) -> impl Stream<Item = io::Result<LimitedConn>> {
+    tls: Option<Arc<crate::security::tls::ReloadingConfig>>,
+) -> Incoming {
+    let plain = plain_incoming(listener, max, idle_timeout, shutdown);
+    let Some(tls) = tls else {
+        return Box::pin(plain);
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut plain = std::pin::pin!(plain);
+        loop {
+            let conn = tokio::select! {
+                _ = tx.closed() => return,
+                c = plain.next() => match c {
+                    Some(c) => c,
+                    None => return,
+                },
+            };
+            let conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    if tx.send(Err(e)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let shaken = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, conn.into_tls(acceptor));
+                match shaken.await {
+                    Ok(Ok(conn)) => {
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                    Ok(Err(e)) => {
+                        metrics::counter!("sluice_tls_handshake_failures_total").increment(1);
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        metrics::counter!("sluice_tls_handshake_failures_total").increment(1);
+                        tracing::debug!("TLS handshake timed out");
+                    }
+                }
+            });
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// Accepts connections from `listener` while fewer than `max` are open;
+/// over the cap a new connection is closed at once (the client sees
+/// UNAVAILABLE and retries), and counted.
+pub fn plain_incoming(
+    listener: TcpListener,
+    max: usize,
+    idle_timeout: Option<Duration>,
+    shutdown: watch::Receiver<bool>,
+) -> impl Stream<Item = io::Result<LimitedConn>> + Send {
     let slots = Arc::new(Semaphore::new(max));
     let mut warned_at: Option<Instant> = None;
     TcpListenerStream::new(listener).filter_map(move |accepted| {
@@ -281,7 +476,8 @@ pub fn incoming(
         activity.idle_since_ms.store(now_ms(), Ordering::Release);
         let mut shutdown = shutdown.clone();
         Some(Ok(LimitedConn {
-            io,
+            io: Io::Plain(io),
+            peer: None,
             _slot: slot,
             activity,
             idle: idle_timeout.map(|t| (t, Box::pin(tokio::time::sleep(t)))),

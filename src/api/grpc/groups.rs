@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tonic::{transport::Channel, Request, Response, Status};
 
+use super::auth::{caller, require};
 use super::cluster::ClusterLink;
 use super::pb::{
     self, group_admin_client::GroupAdminClient, group_admin_server::GroupAdmin,
@@ -14,6 +15,7 @@ use crate::coordinator::{
     Assignment, Coordinator, CoordinatorError, GroupState, HeartbeatRequest, OffsetCommit, ResetTo,
     Tp, OFFSETS_TOPIC,
 };
+use crate::security::{Operation, ResourceType};
 
 fn assignment_out(a: &Assignment) -> Vec<pb::TopicPartitions> {
     crate::coordinator::records::to_topic_partitions(a)
@@ -88,6 +90,12 @@ impl Groups for GroupsService {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let _t = timed("Heartbeat");
+        let c = caller(&request);
+        let r = request.get_ref();
+        c.require(Operation::Read, ResourceType::Group, &r.group)?;
+        for t in &r.topics {
+            c.require(Operation::Read, ResourceType::Topic, t)?;
+        }
         if let Some((link, channel)) = coordinator_of(
             &self.link,
             &self.coordinator,
@@ -126,6 +134,12 @@ impl Groups for GroupsService {
         request: Request<pb::CommitOffsetsRequest>,
     ) -> Result<Response<pb::CommitOffsetsResponse>, Status> {
         let _t = timed("CommitOffsets");
+        let c = caller(&request);
+        let r = request.get_ref();
+        c.require(Operation::Read, ResourceType::Group, &r.group)?;
+        for o in &r.offsets {
+            c.require(Operation::Read, ResourceType::Topic, &o.topic)?;
+        }
         if let Some((link, channel)) = coordinator_of(
             &self.link,
             &self.coordinator,
@@ -161,6 +175,12 @@ impl Groups for GroupsService {
         request: Request<pb::FetchOffsetsRequest>,
     ) -> Result<Response<pb::FetchOffsetsResponse>, Status> {
         let _t = timed("FetchOffsets");
+        require(
+            &request,
+            Operation::Describe,
+            ResourceType::Group,
+            &request.get_ref().group,
+        )?;
         if let Some((link, channel)) = coordinator_of(
             &self.link,
             &self.coordinator,
@@ -213,13 +233,15 @@ impl GroupAdminService {
 impl GroupAdmin for GroupAdminService {
     async fn list_groups(
         &self,
-        _request: Request<pb::ListGroupsRequest>,
+        request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
         let _t = timed("ListGroups");
+        let c = caller(&request);
         let groups = self
             .coordinator
             .list_groups()
             .into_iter()
+            .filter(|g| c.allows(Operation::Describe, ResourceType::Group, &g.name))
             .map(|g| pb::GroupListing {
                 group: g.name,
                 state: state_out(g.state) as i32,
@@ -234,6 +256,12 @@ impl GroupAdmin for GroupAdminService {
         request: Request<pb::DescribeGroupRequest>,
     ) -> Result<Response<pb::DescribeGroupResponse>, Status> {
         let _t = timed("DescribeGroup");
+        require(
+            &request,
+            Operation::Describe,
+            ResourceType::Group,
+            &request.get_ref().group,
+        )?;
         if let Some((link, channel)) = coordinator_of(
             &self.link,
             &self.coordinator,
@@ -288,6 +316,12 @@ impl GroupAdmin for GroupAdminService {
         request: Request<pb::DeleteGroupRequest>,
     ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
         let _t = timed("DeleteGroup");
+        require(
+            &request,
+            Operation::Delete,
+            ResourceType::Group,
+            &request.get_ref().group,
+        )?;
         if let Some((link, channel)) = coordinator_of(
             &self.link,
             &self.coordinator,
@@ -311,6 +345,17 @@ impl GroupAdmin for GroupAdminService {
         request: Request<pb::ResetOffsetsRequest>,
     ) -> Result<Response<pb::ResetOffsetsResponse>, Status> {
         let _t = timed("ResetOffsets");
+        let c = caller(&request);
+        c.require(
+            Operation::Read,
+            ResourceType::Group,
+            &request.get_ref().group,
+        )?;
+        c.require(
+            Operation::Read,
+            ResourceType::Topic,
+            &request.get_ref().topic,
+        )?;
         if let Some((link, channel)) = coordinator_of(
             &self.link,
             &self.coordinator,

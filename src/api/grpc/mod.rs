@@ -45,6 +45,7 @@ pub const HTTP2_MAX_FRAME: u32 = 256 * 1024;
 pub const HTTP2_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 
 mod admin;
+pub mod auth;
 pub mod batches;
 mod broker;
 pub mod cluster;
@@ -58,6 +59,7 @@ pub mod remote;
 pub mod replication;
 pub mod reply;
 mod routing;
+pub mod security;
 pub mod status;
 
 pub use admin::AdminService;

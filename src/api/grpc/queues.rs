@@ -4,6 +4,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::auth::{caller, require};
+use crate::security::{Operation, ResourceType};
 use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{transport::Channel, Request, Response, Status, Streaming};
@@ -210,6 +212,7 @@ impl QueuesApi for QueuesService {
         // The request's headers, to route by once the body is taken.
         let mut probe = Request::new(());
         *probe.metadata_mut() = request.metadata().clone();
+        let who = caller(&request);
         let mut inbound = request.into_inner();
         let first = tokio::select! {
             first = tokio::time::timeout(self.open_timeout, inbound.message()) => first,
@@ -228,6 +231,8 @@ impl QueuesApi for QueuesService {
                 "the first Consume request must be `open` (group, topic, prefetch)",
             ));
         };
+        who.require(Operation::Read, ResourceType::Queue, &open.group)?;
+        who.require(Operation::Read, ResourceType::Topic, &open.topic)?;
         if let Some((link, mut c)) = self.coordinator_of(&probe, &open.group, "Consume").await? {
             // The whole stream goes to the coordinator: its open request,
             // then every later one as it comes.
@@ -279,6 +284,17 @@ impl QueuesApi for QueuesService {
         request: Request<pb::PullRequest>,
     ) -> Result<Response<pb::PullResponse>, Status> {
         let _t = timed("QueuePull");
+        let who = caller(&request);
+        who.require(
+            Operation::Read,
+            ResourceType::Queue,
+            &request.get_ref().group,
+        )?;
+        who.require(
+            Operation::Read,
+            ResourceType::Topic,
+            &request.get_ref().topic,
+        )?;
         if let Some((link, mut c)) = self
             .coordinator_of(&request, &request.get_ref().group, "Pull")
             .await?
@@ -372,6 +388,12 @@ impl QueuesApi for QueuesService {
         request: Request<pb::AcknowledgeRequest>,
     ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
         let _t = timed("QueueAcknowledge");
+        require(
+            &request,
+            Operation::Read,
+            ResourceType::Queue,
+            &request.get_ref().group,
+        )?;
         if let Some((link, mut c)) = self
             .coordinator_of(&request, &request.get_ref().group, "Acknowledge")
             .await?
@@ -390,6 +412,12 @@ impl QueuesApi for QueuesService {
         &self,
         request: Request<pb::DescribeQueueRequest>,
     ) -> Result<Response<pb::DescribeQueueResponse>, Status> {
+        require(
+            &request,
+            Operation::Describe,
+            ResourceType::Queue,
+            &request.get_ref().group,
+        )?;
         if let Some((link, mut c)) = self
             .coordinator_of(&request, &request.get_ref().group, "DescribeQueue")
             .await?
@@ -433,12 +461,14 @@ impl QueuesApi for QueuesService {
 
     async fn list_queues(
         &self,
-        _request: Request<pb::ListQueuesRequest>,
+        request: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        let who = caller(&request);
         let queues = blocking(&self.queues, |q| Ok(q.list())).await?;
         Ok(Response::new(pb::ListQueuesResponse {
             queues: queues
                 .into_iter()
+                .filter(|l| who.allows(Operation::Describe, ResourceType::Queue, &l.group))
                 .map(|l| pb::QueueListing {
                     group: l.group,
                     topics: l.topics,
@@ -456,6 +486,12 @@ impl QueuesApi for QueuesService {
         &self,
         request: Request<pb::DeleteQueueRequest>,
     ) -> Result<Response<pb::DeleteQueueResponse>, Status> {
+        require(
+            &request,
+            Operation::Delete,
+            ResourceType::Queue,
+            &request.get_ref().group,
+        )?;
         if let Some((link, mut c)) = self
             .coordinator_of(&request, &request.get_ref().group, "DeleteQueue")
             .await?
@@ -471,6 +507,12 @@ impl QueuesApi for QueuesService {
         &self,
         request: Request<pb::ResetQueueRequest>,
     ) -> Result<Response<pb::ResetQueueResponse>, Status> {
+        require(
+            &request,
+            Operation::Alter,
+            ResourceType::Queue,
+            &request.get_ref().group,
+        )?;
         if let Some((link, mut c)) = self
             .coordinator_of(&request, &request.get_ref().group, "ResetQueue")
             .await?
@@ -516,6 +558,12 @@ impl QueuesApi for QueuesService {
         &self,
         request: Request<pb::AlterQueueRequest>,
     ) -> Result<Response<pb::AlterQueueResponse>, Status> {
+        require(
+            &request,
+            Operation::AlterConfigs,
+            ResourceType::Queue,
+            &request.get_ref().group,
+        )?;
         if let Some((link, mut c)) = self
             .coordinator_of(&request, &request.get_ref().group, "AlterQueue")
             .await?

@@ -104,6 +104,7 @@ pub fn cluster_code(e: &crate::cluster::ClusterError) -> Code {
             R::BrokerHasReplicas { .. } | R::Reassignment { .. } => Code::FailedPrecondition,
             R::StaleBrokerEpoch { .. } | R::StaleIsrChange { .. } => Code::Aborted,
             R::ProducerIdsExhausted => Code::ResourceExhausted,
+            R::Security(s) => security_code(s),
         },
         E::NoController(_)
         | E::NotCaughtUp(_)
@@ -112,5 +113,14 @@ pub fn cluster_code(e: &crate::cluster::ClusterError) -> Code {
         | E::Unreachable { .. } => Code::Unavailable,
         E::Unsupported(_) => Code::FailedPrecondition,
         E::Fatal(_) => Code::Internal,
+    }
+}
+
+/// The status code for a refused security change.
+pub fn security_code(e: &crate::security::SecurityRefusal) -> Code {
+    use crate::security::SecurityRefusal as R;
+    match e {
+        R::UserNotFound(_) | R::TokenNotFound(_) => Code::NotFound,
+        R::Invalid(_) => Code::InvalidArgument,
     }
 }

@@ -154,11 +154,16 @@ pub struct MetadataImage {
     pub topics: BTreeMap<String, TopicMetadata>,
     /// Next idempotent-producer id not yet handed to any broker.
     pub next_producer_id: i64,
+    /// Users, tokens, ACLs and quotas, which every broker enforces.
+    #[serde(default)]
+    pub security: crate::security::SecurityState,
 }
 
 /// A change to the image, proposed to the quorum.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub enum Command {
+    /// Changes users, tokens, ACLs or quotas.
+    Security(crate::security::SecurityCommand),
     /// A broker (re)starts: registers its addresses, gets a new epoch and
     /// is unfenced; partitions whose only in-sync replica it is get it back
     /// as leader.
@@ -283,6 +288,11 @@ pub enum Outcome {
         /// First id.
         first: i64,
     },
+    /// How many entries a security command changed.
+    Changed {
+        /// Count.
+        count: usize,
+    },
     /// Not applied: the rule it breaks.
     Refused(Refusal),
 }
@@ -291,6 +301,9 @@ pub enum Outcome {
 /// the same commands.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    /// A security command breaks a rule.
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityRefusal),
     /// Name taken.
     #[error("topic '{0}' already exists")]
     TopicExists(String),
@@ -379,6 +392,9 @@ impl MetadataImage {
 
     fn try_apply(&mut self, index: u64, cmd: &Command) -> Result<Outcome, Refusal> {
         match cmd {
+            Command::Security(c) => Ok(Outcome::Changed {
+                count: self.security.apply(c)?,
+            }),
             Command::RegisterBroker {
                 id,
                 advertised,
