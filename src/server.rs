@@ -668,6 +668,10 @@ async fn serve(
                 me,
                 limits.max_request_bytes,
                 limits.max_connections,
+                crate::api::kafka::KafkaSecurity {
+                    access: access.clone(),
+                    tls: tls.kafka.clone(),
+                },
             );
             Some(tokio::spawn(crate::api::kafka::serve(
                 k,

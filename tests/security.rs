@@ -855,3 +855,247 @@ async fn tls_certificates_are_checked_and_reloaded() {
     assert!(picked_up, "the rotated certificate was not served");
     server.stop().await;
 }
+
+/// Runs kcat with `args` (and `input` on stdin): its exit success, stdout
+/// and stderr.
+async fn kcat(args: Vec<String>, input: Option<String>) -> (bool, String, String) {
+    use std::io::Write;
+    tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new("kcat")
+            .args(&args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kcat is needed for the Kafka tests (apt-get install kcat)");
+        let mut stdin = child.stdin.take().expect("stdin");
+        if let Some(i) = input {
+            stdin.write_all(i.as_bytes()).expect("write stdin");
+        }
+        drop(stdin);
+        let out = child.wait_with_output().expect("kcat");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .expect("join")
+}
+
+/// The Kafka listener with TLS and SASL: kcat and confluent-kafka produce
+/// and consume with SCRAM (both hashes) and PLAIN over TLS; a wrong
+/// password, clear text, and a topic without an ACL are refused.
+#[tokio::test]
+async fn kafka_clients_authenticate_with_scram_over_tls_and_are_authorized() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).expect("pki dir");
+    let ca = Ca::new(&pki, "main");
+    let server_pair = ca.issue("server", "broker", Use::Server, false);
+    let data = dir.path().join("data");
+    let trust = ConnectOptions {
+        tls_ca: Some(ca.cert()),
+        ..Default::default()
+    };
+    let mut config = test_config(&data);
+    config.security.authorization = true;
+    config.security.super_users = vec![ADMIN.into()];
+    config.security.tls_cert = Some(server_pair.cert.clone());
+    config.security.tls_key = Some(server_pair.key.clone());
+    let (token, record) = sluice::security::state::new_token(ADMIN, 0, None, "test admin");
+    std::fs::create_dir_all(&data).expect("dir");
+    sluice::security::store::write_bootstrap_token(&sluice::storage::os_fs(), &data, &record)
+        .expect("bootstrap");
+    let server = TestServer::start_secure(config, false, true, &trust).await;
+    let admin = Client::connect_with(
+        &server.url,
+        &ConnectOptions {
+            token: Some(token),
+            ..trust.clone()
+        },
+    )
+    .await
+    .expect("connect");
+    for _ in 0..200 {
+        if admin
+            .security()
+            .who_am_i(pb::WhoAmIRequest {})
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for t in ["k", "secret"] {
+        admin
+            .create_topic(t, 2, pb::TopicConfig::default())
+            .await
+            .expect("create");
+    }
+    admin
+        .security()
+        .create_user(pb::CreateUserRequest {
+            name: "alice".into(),
+            password: "alice-secret".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("user");
+    let mut acls = vec![
+        acl("User:alice", "topic", "k", "write"),
+        acl("User:alice", "topic", "k", "read"),
+        acl("User:alice", "group", "kg", "read"),
+        acl("User:alice", "group", "pyg", "read"),
+    ];
+    acls.push(acl("User:alice", "cluster", CLUSTER, "idempotent-write"));
+    admin
+        .security()
+        .add_acls(pb::AddAclsRequest { acls })
+        .await
+        .expect("acls");
+
+    let kafka = server.kafka_addr.expect("kafka listener").to_string();
+    let ca_file = ca.cert().display().to_string();
+    let args = |mechanism: &str, password: &str, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "-b".into(),
+            kafka.clone(),
+            "-X".into(),
+            "security.protocol=SASL_SSL".into(),
+            "-X".into(),
+            format!("sasl.mechanisms={mechanism}"),
+            "-X".into(),
+            "sasl.username=alice".into(),
+            "-X".into(),
+            format!("sasl.password={password}"),
+            "-X".into(),
+            format!("ssl.ca.location={ca_file}"),
+            "-m".into(),
+            "10".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let (ok, _, err) = kcat(
+        args(
+            "SCRAM-SHA-256",
+            "alice-secret",
+            &["-P", "-t", "k", "-K", ":"],
+        ),
+        Some("a:1\nb:2\nc:3\n".into()),
+    )
+    .await;
+    assert!(ok, "kcat SCRAM-SHA-256 produce failed: {err}");
+    for mechanism in ["SCRAM-SHA-512", "PLAIN"] {
+        let (ok, _, err) = kcat(
+            args(mechanism, "alice-secret", &["-P", "-t", "k", "-K", ":"]),
+            Some(format!("{mechanism}:x\n")),
+        )
+        .await;
+        assert!(ok, "kcat {mechanism} produce failed: {err}");
+    }
+    let (ok, out, err) = kcat(
+        args(
+            "SCRAM-SHA-512",
+            "alice-secret",
+            &["-C", "-t", "k", "-o", "beginning", "-e", "-f", "%k=%s\\n"],
+        ),
+        None,
+    )
+    .await;
+    assert!(ok, "kcat consume failed: {err}");
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        vec!["PLAIN=x", "SCRAM-SHA-512=x", "a=1", "b=2", "c=3"],
+        "{out}"
+    );
+
+    // A wrong password.
+    let (ok, _, err) = kcat(args("SCRAM-SHA-256", "wrong", &["-L", "-t", "k"]), None).await;
+    assert!(!ok, "a wrong password was accepted");
+    assert!(
+        err.to_lowercase().contains("authentication"),
+        "no authentication error reported: {err}"
+    );
+    // A topic alice may not write.
+    let (ok, _, err) = kcat(
+        args("SCRAM-SHA-256", "alice-secret", &["-P", "-t", "secret"]),
+        Some("x\n".into()),
+    )
+    .await;
+    assert!(
+        !ok || err.contains("authorization") || err.contains("Authorization"),
+        "writing without an ACL succeeded: {err}"
+    );
+    assert!(
+        err.to_lowercase().contains("authoriz"),
+        "no authorization error reported: {err}"
+    );
+    // Metadata shows only what alice may describe.
+    let (ok, out, err) = kcat(args("SCRAM-SHA-256", "alice-secret", &["-L", "-J"]), None).await;
+    assert!(ok, "kcat -L failed: {err}");
+    let meta: serde_json::Value = serde_json::from_str(&out).expect("kcat -J output");
+    let names: Vec<&str> = meta["topics"]
+        .as_array()
+        .expect("topics")
+        .iter()
+        .filter_map(|t| t["topic"].as_str())
+        .collect();
+    assert_eq!(names, vec!["k"], "metadata revealed topics: {names:?}");
+    // Clear text to the TLS listener gets nowhere.
+    let (ok, _, _) = kcat(
+        vec![
+            "-b".into(),
+            kafka.clone(),
+            "-X".into(),
+            "security.protocol=SASL_PLAINTEXT".into(),
+            "-X".into(),
+            "sasl.mechanisms=SCRAM-SHA-256".into(),
+            "-X".into(),
+            "sasl.username=alice".into(),
+            "-X".into(),
+            "sasl.password=alice-secret".into(),
+            "-m".into(),
+            "5".into(),
+            "-L".into(),
+        ],
+        None,
+    )
+    .await;
+    assert!(!ok, "clear text reached the TLS Kafka listener");
+
+    // confluent-kafka: idempotent producer, a group member, commits, and
+    // a wrong password refused.
+    let py = common::python::python();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/kafka_sasl.py");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(py)
+            .arg(script)
+            .args([
+                kafka.as_str(),
+                ca_file.as_str(),
+                "alice",
+                "alice-secret",
+                "SCRAM-SHA-256",
+                "k",
+                "pyg",
+            ])
+            .output()
+            .expect("python")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "kafka_sasl.py failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.stop().await;
+}

@@ -389,6 +389,23 @@ impl Authorizer {
         self.super_users.contains(principal)
     }
 
+    /// Whether some binding allows `principal` (or everyone) `op` (or all)
+    /// on some resource of type `rt`: Kafka's rule that a write ACL on any
+    /// topic also allows idempotent producing. Scans the type's bindings.
+    pub fn allows_any(&self, principal: &str, op: Operation, rt: ResourceType) -> bool {
+        if self.is_super_user(principal) {
+            return true;
+        }
+        let Some(t) = self.types.get(&rt) else {
+            return false;
+        };
+        let want = bit(op) | bit(Operation::All);
+        t.literal
+            .values()
+            .chain(t.prefixed.values())
+            .any(|e| e.masks(principal).0 & want != 0)
+    }
+
     /// Whether `principal` may do `op` on the resource: a super user may do
     /// anything; otherwise some binding must allow it (or an operation that
     /// implies it) and none may deny it.

@@ -225,6 +225,61 @@ impl Access {
     }
 }
 
+/// Who is calling, as a listener established it, with what it checks
+/// against.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The identity (`User:ANONYMOUS` without one, with authorization off).
+    pub principal: Principal,
+    /// `None` for a trusted caller: another broker on the internal
+    /// listener, whose request its first broker already authorized.
+    access: Option<Arc<Access>>,
+}
+
+impl Caller {
+    /// A caller checked against `access`.
+    pub fn checked(principal: Principal, access: Arc<Access>) -> Self {
+        Self {
+            principal,
+            access: Some(access),
+        }
+    }
+
+    /// A caller every check lets through (another broker).
+    pub fn trusted() -> Self {
+        Self {
+            principal: Principal::from_full("User:sluice-broker"),
+            access: None,
+        }
+    }
+
+    /// Whether the caller may do `op` on the resource.
+    pub fn allows(&self, op: Operation, rt: ResourceType, name: &str) -> bool {
+        self.access
+            .as_ref()
+            .is_none_or(|a| a.allows(&self.principal, op, rt, name))
+    }
+
+    /// Whether the caller may produce idempotently: idempotent-write on the
+    /// cluster, or (Kafka 3's rule) write on any topic.
+    pub fn may_write_idempotently(&self) -> bool {
+        self.allows_cluster(Operation::IdempotentWrite)
+            || self.access.as_ref().is_none_or(|a| {
+                !a.enforcing()
+                    || a.view().authorizer.allows_any(
+                        self.principal.as_str(),
+                        Operation::Write,
+                        ResourceType::Topic,
+                    )
+            })
+    }
+
+    /// Whether the caller may do `op` on the cluster.
+    pub fn allows_cluster(&self, op: Operation) -> bool {
+        self.allows(op, ResourceType::Cluster, acl::CLUSTER_RESOURCE)
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

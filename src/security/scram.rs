@@ -229,13 +229,18 @@ impl ScramServer {
         }
     }
 
+    /// Whether the client's first message has been taken.
+    pub fn started(&self) -> bool {
+        !matches!(self.state, ScramState::Start)
+    }
+
     /// Takes the client's first message; `lookup` finds the user's
     /// credential for this mechanism. Returns the server's first message
     /// (an unknown user gets a made-up salt, and fails at the end).
     pub fn client_first(
         &mut self,
         msg: &[u8],
-        lookup: impl FnOnce(&str) -> Option<ScramCredential>,
+        lookup: impl FnOnce(&str, Mechanism) -> Option<ScramCredential>,
     ) -> Result<String, ScramError> {
         if !matches!(self.state, ScramState::Start) {
             return Err(ScramError::Malformed("unexpected client-first message"));
@@ -258,7 +263,7 @@ impl ScramServer {
         if client_nonce.is_empty() {
             return Err(ScramError::Malformed("empty nonce"));
         }
-        let credential = lookup(&user).filter(|c| c.mechanism == self.mechanism);
+        let credential = lookup(&user, self.mechanism).filter(|c| c.mechanism == self.mechanism);
         let (salt, iterations) = match &credential {
             Some(c) => (c.salt.clone(), c.iterations),
             None => (random_bytes::<32>().to_vec(), DEFAULT_ITERATIONS),
@@ -298,7 +303,10 @@ impl ScramServer {
         let mut attrs = without_proof.split(',');
         let _binding = attribute(attrs.next(), "c")?;
         let got_nonce = attribute(attrs.next(), "r")?;
-        if got_nonce != nonce {
+        // RFC 5802 wants the nonce back as sent; librdkafka sends its own
+        // nonce again in front of it, and Kafka accepts any nonce that
+        // ends with the server's (the proof covers the whole message).
+        if !got_nonce.ends_with(&nonce) {
             return Err(ScramError::Failed);
         }
         let proof = B64
@@ -414,7 +422,7 @@ mod tests {
         let mut server = ScramServer::new(Mechanism::Sha256);
         let client_first = "n,,n=user,r=rOprNGfwEbeRWgbNEkqO";
         let server_first = server
-            .client_first(client_first.as_bytes(), |u| {
+            .client_first(client_first.as_bytes(), |u, _| {
                 (u == "user").then(|| c.clone())
             })
             .unwrap();
@@ -450,7 +458,7 @@ mod tests {
                 let mut client = ScramClient::new(m, "a,b=c", password);
                 let mut server = ScramServer::new(m);
                 let first = server
-                    .client_first(client.first().as_bytes(), |u| {
+                    .client_first(client.first().as_bytes(), |u, _| {
                         assert_eq!(u, "a,b=c");
                         Some(c.clone())
                     })
@@ -476,7 +484,7 @@ mod tests {
         let mut server = ScramServer::new(Mechanism::Sha256);
         let mut client = ScramClient::new(Mechanism::Sha256, "ghost", "x");
         let first = server
-            .client_first(client.first().as_bytes(), |_| None)
+            .client_first(client.first().as_bytes(), |_, _| None)
             .unwrap();
         let fin = client.finish(&first).unwrap();
         assert_eq!(
@@ -485,7 +493,7 @@ mod tests {
         );
         for junk in [&b""[..], b"n", b"p,,n=a,r=b", b"n,,n=a=ZZ,r=x", b"\xff\xfe"] {
             let mut s = ScramServer::new(Mechanism::Sha256);
-            assert!(s.client_first(junk, |_| None).is_err());
+            assert!(s.client_first(junk, |_, _| None).is_err());
         }
         let mut s = ScramServer::new(Mechanism::Sha256);
         assert!(s.client_final(b"c=biws,r=x,p=AAAA").is_err());

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use tonic::{Request, Response, Status};
 
-use super::auth::{caller, require};
+use super::auth::{caller, require, Require};
 use super::cluster::{cluster_status, is_forwarded, ClusterLink, Hops, STANDALONE_NODE_ID};
 use super::pb::{self, admin_client::AdminClient, admin_server::Admin};
 use super::{convert, timed};

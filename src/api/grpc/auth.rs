@@ -23,6 +23,7 @@ use tonic::{Request, Status};
 
 use super::conn::ConnInfo;
 use crate::security::acl::CLUSTER_RESOURCE;
+pub use crate::security::Caller;
 use crate::security::{Access, AuthError, Operation, Principal, ResourceType};
 
 /// What the layer decides for a method before its handler runs.
@@ -63,10 +64,7 @@ pub const RULES: &[(&str, Rule)] = &[
     ("/sluice.v1.Broker/Subscribe", Rule::Resources),
     ("/sluice.v1.Broker/FetchBatches", Rule::Resources),
     ("/sluice.v1.Broker/ListOffsets", Rule::Resources),
-    (
-        "/sluice.v1.Broker/InitProducer",
-        Rule::Cluster(Operation::IdempotentWrite),
-    ),
+    ("/sluice.v1.Broker/InitProducer", Rule::Resources),
     ("/sluice.v1.Cluster/Metadata", Rule::Resources),
     (
         "/sluice.v1.Cluster/DescribeCluster",
@@ -151,42 +149,6 @@ pub fn rule(path: &str) -> Option<Rule> {
     RULES.iter().find(|(p, _)| *p == path).map(|(_, r)| *r)
 }
 
-/// Who is calling, as the layer established it.
-#[derive(Clone, Debug)]
-pub struct Caller {
-    /// The identity (`User:ANONYMOUS` without one, with authorization off).
-    pub principal: Principal,
-    /// `None` for a trusted caller: another broker on the internal
-    /// listener, whose request its first broker already authorized.
-    access: Option<Arc<Access>>,
-}
-
-impl Caller {
-    /// A caller every check lets through (another broker).
-    pub fn trusted() -> Self {
-        Caller {
-            principal: Principal::from_full("User:sluice-broker"),
-            access: None,
-        }
-    }
-
-    /// Whether the caller may do `op` on the resource.
-    pub fn allows(&self, op: Operation, rt: ResourceType, name: &str) -> bool {
-        self.access
-            .as_ref()
-            .is_none_or(|a| a.allows(&self.principal, op, rt, name))
-    }
-
-    /// PERMISSION_DENIED unless the caller may do `op` on the resource.
-    pub fn require(&self, op: Operation, rt: ResourceType, name: &str) -> Result<(), Status> {
-        if self.allows(op, rt, name) {
-            Ok(())
-        } else {
-            Err(denied(&self.principal, op, rt, name))
-        }
-    }
-}
-
 /// The PERMISSION_DENIED status for a refused operation.
 pub fn denied(principal: &Principal, op: Operation, rt: ResourceType, name: &str) -> Status {
     metrics::counter!("sluice_authorization_denied_total").increment(1);
@@ -216,6 +178,22 @@ pub fn require<T>(
     match request.extensions().get::<Caller>() {
         Some(c) => c.require(op, rt, name),
         None => Ok(()),
+    }
+}
+
+/// [`Caller::allows`] as a gRPC status.
+pub trait Require {
+    /// PERMISSION_DENIED unless the caller may do `op` on the resource.
+    fn require(&self, op: Operation, rt: ResourceType, name: &str) -> Result<(), Status>;
+}
+
+impl Require for Caller {
+    fn require(&self, op: Operation, rt: ResourceType, name: &str) -> Result<(), Status> {
+        if self.allows(op, rt, name) {
+            Ok(())
+        } else {
+            Err(denied(&self.principal, op, rt, name))
+        }
     }
 }
 
@@ -307,10 +285,7 @@ impl AuthLayer {
                 .get::<ConnInfo>()
                 .and_then(|c| c.peer.clone()),
         };
-        let caller = |principal| Caller {
-            principal,
-            access: Some(access.clone()),
-        };
+        let caller = |principal| Caller::checked(principal, access.clone());
         if rule == Some(Rule::Public) || !enforcing {
             return Ok(caller(identity.unwrap_or_else(Principal::anonymous)));
         }

@@ -171,7 +171,9 @@ impl<S: Inner> ZeroCopyBatches<S> {
         };
         if let Some(c) = parts.extensions.get::<super::auth::Caller>() {
             use crate::security::{Operation, ResourceType};
-            if let Err(s) = c.require(Operation::Read, ResourceType::Topic, &r.topic) {
+            if let Err(s) =
+                super::auth::Require::require(c, Operation::Read, ResourceType::Topic, &r.topic)
+            {
                 return s.into_http();
             }
         }

@@ -6,7 +6,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{caller, require};
+use super::auth::{caller, require, Require};
 use super::cluster::{is_forwarded, ClusterLink, Hops, UntilShutdown};
 use super::pb::{self, broker_client::BrokerClient};
 use super::pb_broker_server::broker_server::Broker as BrokerApi;
@@ -243,6 +243,17 @@ impl BrokerApi for BrokerService {
         request: Request<pb::InitProducerRequest>,
     ) -> Result<Response<pb::InitProducerResponse>, Status> {
         let _t = timed("InitProducer");
+        // Idempotent-write on the cluster, or write on any topic (Kafka's
+        // rule).
+        let who = caller(&request);
+        if !who.may_write_idempotently() {
+            return Err(super::auth::denied(
+                &who.principal,
+                Operation::IdempotentWrite,
+                ResourceType::Cluster,
+                crate::security::acl::CLUSTER_RESOURCE,
+            ));
+        }
         if let (Some(link), true) = (&self.link, is_forwarded(&request)) {
             link.catch_up(&request).await?;
         }

@@ -272,6 +272,7 @@ impl ClusterApi for ClusterService {
         let _t = timed("Metadata");
         // Topics named must be describable; listing all shows only those.
         let who = super::auth::caller(&request);
+        use super::auth::Require;
         for t in &request.get_ref().topics {
             who.require(Operation::Describe, ResourceType::Topic, t)?;
         }

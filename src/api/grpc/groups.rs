@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tonic::{transport::Channel, Request, Response, Status};
 
-use super::auth::{caller, require};
+use super::auth::{caller, require, Require};
 use super::cluster::ClusterLink;
 use super::pb::{
     self, group_admin_client::GroupAdminClient, group_admin_server::GroupAdmin,

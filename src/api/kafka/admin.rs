@@ -18,6 +18,7 @@ use tonic::{Code, Request, Status};
 
 use super::{text, Call, Kafka};
 use crate::api::grpc::pb::{self, admin_server::Admin};
+use crate::security::{Operation, ResourceType};
 
 /// Kafka's resource types in DescribeConfigs.
 const RESOURCE_TOPIC: i8 = 2;
@@ -42,6 +43,7 @@ fn admin_error(s: &Status) -> ResponseError {
         Code::InvalidArgument => ResponseError::InvalidConfig,
         Code::Unavailable | Code::DeadlineExceeded => ResponseError::RequestTimedOut,
         Code::FailedPrecondition => ResponseError::InvalidRequest,
+        Code::PermissionDenied => ResponseError::TopicAuthorizationFailed,
         _ => ResponseError::UnknownServerError,
     }
 }
@@ -130,6 +132,14 @@ fn config_entries(c: &pb::TopicConfig) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// A gRPC admin request made as the Kafka caller: the admin service
+/// checks the same ACLs it checks for gRPC clients.
+fn as_caller<T>(call: &Call, message: T) -> Request<T> {
+    let mut r = Request::new(message);
+    r.extensions_mut().insert(call.caller.clone());
+    r
+}
+
 impl Kafka {
     pub(crate) async fn create_topics(
         &self,
@@ -196,7 +206,7 @@ impl Kafka {
                 replication_factor: (t.replication_factor != -1)
                     .then_some(i32::from(t.replication_factor)),
             };
-            match self.admin.create_topic(Request::new(req)).await {
+            match self.admin.create_topic(as_caller(call, req)).await {
                 Ok(resp) => {
                     let d = resp.into_inner().topic.unwrap_or_default();
                     let rf = d.partitions.first().map_or(1, |p| p.replicas.len().max(1));
@@ -217,7 +227,7 @@ impl Kafka {
 
     pub(crate) async fn delete_topics(
         &self,
-        _call: &Call,
+        call: &Call,
         r: DeleteTopicsRequest,
     ) -> DeleteTopicsResponse {
         let mut names: Vec<TopicName> = r.topic_names;
@@ -228,7 +238,7 @@ impl Kafka {
             let req = pb::DeleteTopicRequest {
                 name: name.0.to_string(),
             };
-            responses.push(match self.admin.delete_topic(Request::new(req)).await {
+            responses.push(match self.admin.delete_topic(as_caller(call, req)).await {
                 Ok(_) => resp,
                 Err(s) => resp
                     .with_error_code(admin_error(&s).code())
@@ -240,6 +250,7 @@ impl Kafka {
 
     pub(crate) async fn create_partitions(
         &self,
+        call: &Call,
         r: CreatePartitionsRequest,
     ) -> CreatePartitionsResponse {
         let mut results = Vec::with_capacity(r.topics.len());
@@ -254,6 +265,19 @@ impl Kafka {
                 );
                 continue;
             }
+            if !call
+                .caller
+                .allows(Operation::Alter, ResourceType::Topic, &t.name)
+            {
+                results.push(
+                    resp.with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                        .with_error_message(Some(text(format!(
+                            "{} may not alter topic '{}'",
+                            call.caller.principal, &*t.name
+                        )))),
+                );
+                continue;
+            }
             if r.validate_only {
                 results.push(resp);
                 continue;
@@ -263,7 +287,7 @@ impl Kafka {
                 total_partitions: t.count,
             };
             results.push(
-                match self.admin.create_partitions(Request::new(req)).await {
+                match self.admin.create_partitions(as_caller(call, req)).await {
                     Ok(_) => resp,
                     Err(s) => resp
                         .with_error_code(admin_error(&s).code())
@@ -276,7 +300,7 @@ impl Kafka {
 
     pub(crate) fn describe_configs(
         &self,
-        _call: &Call,
+        call: &Call,
         r: DescribeConfigsRequest,
     ) -> DescribeConfigsResponse {
         let mut results = Vec::with_capacity(r.resources.len());
@@ -289,6 +313,30 @@ impl Kafka {
                     .as_ref()
                     .is_none_or(|keys| keys.iter().any(|k| &**k == name))
             };
+            let (allowed, code) = match res.resource_type {
+                RESOURCE_TOPIC => (
+                    call.caller.allows(
+                        Operation::DescribeConfigs,
+                        ResourceType::Topic,
+                        &res.resource_name,
+                    ),
+                    ResponseError::TopicAuthorizationFailed,
+                ),
+                _ => (
+                    call.caller.allows_cluster(Operation::DescribeConfigs),
+                    ResponseError::ClusterAuthorizationFailed,
+                ),
+            };
+            if !allowed {
+                results.push(
+                    out.with_error_code(code.code())
+                        .with_error_message(Some(text(format!(
+                            "{} may not describe the configs of '{}'",
+                            call.caller.principal, &*res.resource_name
+                        )))),
+                );
+                continue;
+            }
             let entries: Vec<(&str, String, i8)> = match res.resource_type {
                 RESOURCE_TOPIC => match self.broker.describe_topic(&res.resource_name) {
                     Ok(info) => {
@@ -342,7 +390,19 @@ impl Kafka {
         DescribeConfigsResponse::default().with_results(results)
     }
 
-    pub(crate) fn describe_cluster(&self, _r: DescribeClusterRequest) -> DescribeClusterResponse {
+    pub(crate) fn describe_cluster(
+        &self,
+        call: &Call,
+        _r: DescribeClusterRequest,
+    ) -> DescribeClusterResponse {
+        if !call.caller.allows_cluster(Operation::Describe) {
+            return DescribeClusterResponse::default()
+                .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
+                .with_error_message(Some(text(format!(
+                    "{} may not describe the cluster",
+                    call.caller.principal
+                ))));
+        }
         let (cluster_id, controller) = self.cluster_identity();
         DescribeClusterResponse::default()
             .with_cluster_id(text(cluster_id))

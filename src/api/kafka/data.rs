@@ -22,6 +22,7 @@ use crate::broker::{
     is_internal_topic, Acks, BrokerError, Header, IdempotentBatch, NewRecord,
     ProduceRequest as Produce, MAX_WAIT_MS,
 };
+use crate::security::{Operation, ResourceType};
 use crate::storage::batch::{framed_len, CONTROL_FLAG, TRANSACTIONAL_FLAG};
 use crate::storage::BatchView;
 
@@ -172,6 +173,21 @@ impl Kafka {
                     .collect(),
             ),
         };
+        // Named topics the caller may not describe get an authorization
+        // error (whether or not they exist); a listing of all shows only
+        // those it may describe.
+        let visible = |name: &str| {
+            call.caller
+                .allows(Operation::Describe, ResourceType::Topic, name)
+        };
+        let (denied, names): (Vec<String>, Option<Vec<String>>) = match names {
+            None => (Vec::new(), None),
+            Some(n) => {
+                let (ok, denied): (Vec<String>, Vec<String>) =
+                    n.into_iter().partition(|t| visible(t));
+                (denied, Some(ok))
+            }
+        };
         let (cluster_id, controller) = self.cluster_identity();
         let brokers = self
             .brokers()
@@ -183,9 +199,11 @@ impl Kafka {
                     .with_port(b.port)
             })
             .collect();
-        let topics = self
+        let listing_all = names.is_none();
+        let mut topics: Vec<MetadataResponseTopic> = self
             .placements(names.as_deref())
             .into_iter()
+            .filter(|(name, _)| !listing_all || visible(name))
             .map(|(name, found)| {
                 let t = MetadataResponseTopic::default()
                     .with_name(Some(TopicName(text(name.clone()))))
@@ -218,6 +236,11 @@ impl Kafka {
                     )
             })
             .collect();
+        topics.extend(denied.into_iter().map(|name| {
+            MetadataResponseTopic::default()
+                .with_name(Some(TopicName(text(name))))
+                .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+        }));
         MetadataResponse::default()
             .with_brokers(brokers)
             .with_cluster_id(Some(text(cluster_id)))
@@ -225,7 +248,7 @@ impl Kafka {
             .with_topics(topics)
     }
 
-    pub(crate) async fn produce(&self, _call: &Call, r: ProduceRequest) -> ProduceResponse {
+    pub(crate) async fn produce(&self, call: &Call, r: ProduceRequest) -> ProduceResponse {
         let acks = match r.acks {
             0 => Some(Acks::None),
             1 => Some(Acks::Leader),
@@ -238,9 +261,17 @@ impl Kafka {
         let mut waiting = Vec::new();
         for t in r.topic_data {
             let topic = t.name.0.to_string();
+            let allowed = call
+                .caller
+                .allows(Operation::Write, ResourceType::Topic, &topic);
             let mut parts = Vec::new();
             for p in t.partition_data {
                 let resp = PartitionProduceResponse::default().with_index(p.index);
+                if !allowed {
+                    let why = format!("{} may not write to topic '{topic}'", call.caller.principal);
+                    parts.push(refuse(resp, ResponseError::TopicAuthorizationFailed, why));
+                    continue;
+                }
                 let Some(acks) = acks else {
                     let why = format!("acks {} must be 0, 1 or -1", r.acks);
                     parts.push(refuse(resp, ResponseError::InvalidRequiredAcks, why));
@@ -301,7 +332,7 @@ impl Kafka {
         )
     }
 
-    pub(crate) async fn fetch(&self, _call: &Call, r: FetchRequest) -> FetchResponse {
+    pub(crate) async fn fetch(&self, call: &Call, r: FetchRequest) -> FetchResponse {
         if r.session_id != 0 {
             // No fetch session is ever handed out.
             return FetchResponse::default()
@@ -324,8 +355,23 @@ impl Kafka {
             let mut responses = Vec::with_capacity(r.topics.len());
             for t in &r.topics {
                 let topic: &str = &t.topic.0;
+                let allowed = call
+                    .caller
+                    .allows(Operation::Read, ResourceType::Topic, topic);
                 let mut parts = Vec::with_capacity(t.partitions.len());
                 for p in &t.partitions {
+                    if !allowed {
+                        failed = true;
+                        parts.push(
+                            PartitionData::default()
+                                .with_partition_index(p.partition)
+                                .with_high_watermark(-1)
+                                .with_last_stable_offset(-1)
+                                .with_log_start_offset(-1)
+                                .with_error_code(ResponseError::TopicAuthorizationFailed.code()),
+                        );
+                        continue;
+                    }
                     let mut d = PartitionData::default()
                         .with_partition_index(p.partition)
                         .with_high_watermark(-1)
@@ -381,12 +427,15 @@ impl Kafka {
         }
     }
 
-    pub(crate) fn list_offsets(&self, _call: &Call, r: ListOffsetsRequest) -> ListOffsetsResponse {
+    pub(crate) fn list_offsets(&self, call: &Call, r: ListOffsetsRequest) -> ListOffsetsResponse {
         let topics = r
             .topics
             .into_iter()
             .map(|t| {
                 let topic = t.name.0.to_string();
+                let allowed = call
+                    .caller
+                    .allows(Operation::Describe, ResourceType::Topic, &topic);
                 let parts = t
                     .partitions
                     .into_iter()
@@ -395,6 +444,10 @@ impl Kafka {
                             .with_partition_index(p.partition_index)
                             .with_timestamp(-1)
                             .with_offset(-1);
+                        if !allowed {
+                            return resp
+                                .with_error_code(ResponseError::TopicAuthorizationFailed.code());
+                        }
                         match self.offset_for(&topic, p.partition_index, p.timestamp) {
                             Ok((offset, timestamp)) => {
                                 resp.with_offset(offset).with_timestamp(timestamp)
@@ -457,6 +510,7 @@ impl Kafka {
 
     pub(crate) async fn init_producer_id(
         &self,
+        call: &Call,
         r: InitProducerIdRequest,
     ) -> InitProducerIdResponse {
         let fail = |e: ResponseError| {
@@ -467,6 +521,9 @@ impl Kafka {
         };
         if r.transactional_id.is_some() {
             return fail(ResponseError::TransactionalIdAuthorizationFailed);
+        }
+        if !call.caller.may_write_idempotently() {
+            return fail(ResponseError::ClusterAuthorizationFailed);
         }
         // An epoch bump of an id this broker handed out; any other id gets
         // a new one (its sequences start afresh either way).

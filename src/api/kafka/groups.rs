@@ -28,6 +28,7 @@ use crate::coordinator::classic::{ClassicError, Join};
 use crate::coordinator::{
     CoordinatorError, HeartbeatRequest as GroupHeartbeat, OffsetCommit, Tp, OFFSETS_TOPIC,
 };
+use crate::security::{Operation, ResourceType};
 use kafka_protocol::messages::consumer_group_heartbeat_response::{
     Assignment as HeartbeatAssignment, TopicPartitions as HeartbeatTopicPartitions,
 };
@@ -86,7 +87,14 @@ impl Kafka {
         let found: Vec<Found> = keys
             .into_iter()
             .map(|k| {
-                let e = if r.key_type != KEY_GROUP {
+                let e = if r.key_type == KEY_GROUP
+                    && !call.caller.allows(Operation::Describe, ResourceType::Group, &k)
+                {
+                    Err((
+                        ResponseError::GroupAuthorizationFailed,
+                        format!("{} may not describe group '{k}'", call.caller.principal),
+                    ))
+                } else if r.key_type != KEY_GROUP {
                     Err((
                         ResponseError::InvalidRequest,
                         "only consumer groups have coordinators here: transactions are not supported".to_string(),
@@ -152,14 +160,22 @@ impl Kafka {
 
     pub(crate) async fn offset_commit(
         &self,
-        _call: &Call,
+        call: &Call,
         r: OffsetCommitRequest,
     ) -> OffsetCommitResponse {
         let group = r.group_id.0.to_string();
         let member = r.member_id.to_string();
         let generation = r.generation_id_or_member_epoch;
         let mut offsets = Vec::new();
+        // Topics the caller may not read are not committed.
+        let readable = |topic: &str| {
+            call.caller
+                .allows(Operation::Read, ResourceType::Topic, topic)
+        };
         for t in &r.topics {
+            if !readable(&t.name) {
+                continue;
+            }
             let topic: Arc<str> = Arc::from(t.name.0.as_str());
             for p in &t.partitions {
                 offsets.push(OffsetCommit {
@@ -172,7 +188,7 @@ impl Kafka {
         // A classic member's commit is checked against its generation; a
         // KIP-848 member's (v9) against its member epoch by the group.
         let classic = self.coordinator.classic().has_members(&group) || member.is_empty();
-        let checked = self.classic_guard(&group, false).and_then(|()| {
+        let checked = self.classic_guard(call, &group, false).and_then(|()| {
             if !classic {
                 return Ok(());
             }
@@ -199,6 +215,11 @@ impl Kafka {
             r.topics
                 .into_iter()
                 .map(|t| {
+                    let code = if code == 0 && !readable(&t.name) {
+                        ResponseError::TopicAuthorizationFailed.code()
+                    } else {
+                        code
+                    };
                     OffsetCommitResponseTopic::default()
                         .with_name(t.name)
                         .with_partitions(
@@ -221,7 +242,15 @@ impl Kafka {
         call: &Call,
         r: OffsetFetchRequest,
     ) -> OffsetFetchResponse {
+        let describable = |g: &str| {
+            call.caller
+                .allows(Operation::Describe, ResourceType::Group, g)
+        };
         if call.version < 8 {
+            if !describable(&r.group_id) {
+                return OffsetFetchResponse::default()
+                    .with_error_code(ResponseError::GroupAuthorizationFailed.code());
+            }
             let topics = r.topics.map(|ts| {
                 ts.into_iter()
                     .map(|t| (t.name, t.partition_indexes))
@@ -244,6 +273,10 @@ impl Kafka {
                     .collect()
             });
             let out = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
+            if !describable(&g.group_id) {
+                groups.push(out.with_error_code(ResponseError::GroupAuthorizationFailed.code()));
+                continue;
+            }
             groups.push(
                 match self
                     .committed_offsets(g.group_id.0.to_string(), topics)
@@ -343,11 +376,15 @@ impl Kafka {
         })
     }
 
-    pub(crate) fn list_groups(&self, _call: &Call, r: ListGroupsRequest) -> ListGroupsResponse {
+    pub(crate) fn list_groups(&self, call: &Call, r: ListGroupsRequest) -> ListGroupsResponse {
         let groups = self
             .coordinator
             .list_groups()
             .into_iter()
+            .filter(|g| {
+                call.caller
+                    .allows(Operation::Describe, ResourceType::Group, &g.name)
+            })
             .filter(|g| match self.link() {
                 // In a cluster each coordinator lists the groups it leads.
                 Some(_) => self.coordinator.check_coordinates(&g.name).is_ok(),
@@ -376,7 +413,7 @@ impl Kafka {
 
     pub(crate) fn describe_groups(
         &self,
-        _call: &Call,
+        call: &Call,
         r: DescribeGroupsRequest,
     ) -> DescribeGroupsResponse {
         let groups = r
@@ -385,6 +422,12 @@ impl Kafka {
             .map(|id| {
                 let name = id.0.to_string();
                 let out = DescribedGroup::default().with_group_id(id);
+                if !call
+                    .caller
+                    .allows(Operation::Describe, ResourceType::Group, &name)
+                {
+                    return out.with_error_code(ResponseError::GroupAuthorizationFailed.code());
+                }
                 if let Err(e) = self.coordinator.check_coordinates(&name) {
                     return out.with_error_code(coordinator_error(&e).0.code());
                 }
@@ -424,7 +467,13 @@ impl Kafka {
 
     /// Refuses a classic call on a broker that does not coordinate the
     /// group, or a join into a group of the other protocol.
-    fn classic_guard(&self, group: &str, joining: bool) -> Result<(), ResponseError> {
+    fn classic_guard(&self, call: &Call, group: &str, joining: bool) -> Result<(), ResponseError> {
+        if !call
+            .caller
+            .allows(Operation::Read, ResourceType::Group, group)
+        {
+            return Err(ResponseError::GroupAuthorizationFailed);
+        }
         self.coordinator
             .check_coordinates(group)
             .map_err(|e| coordinator_error(&e).0)?;
@@ -442,7 +491,7 @@ impl Kafka {
                 .with_generation_id(-1)
                 .with_member_id(text(member))
         };
-        if let Err(e) = self.classic_guard(&group, true) {
+        if let Err(e) = self.classic_guard(call, &group, true) {
             return fail(e, r.member_id.to_string());
         }
         let join = Join {
@@ -492,9 +541,9 @@ impl Kafka {
         }
     }
 
-    pub(crate) async fn sync_group(&self, _call: &Call, r: SyncGroupRequest) -> SyncGroupResponse {
+    pub(crate) async fn sync_group(&self, call: &Call, r: SyncGroupRequest) -> SyncGroupResponse {
         let group = r.group_id.0.to_string();
-        if let Err(e) = self.classic_guard(&group, false) {
+        if let Err(e) = self.classic_guard(call, &group, false) {
             return SyncGroupResponse::default().with_error_code(e.code());
         }
         let assignments: Vec<(String, Bytes)> = r
@@ -522,10 +571,10 @@ impl Kafka {
         }
     }
 
-    pub(crate) fn heartbeat(&self, _call: &Call, r: HeartbeatRequest) -> HeartbeatResponse {
+    pub(crate) fn heartbeat(&self, call: &Call, r: HeartbeatRequest) -> HeartbeatResponse {
         let group = r.group_id.0.to_string();
         let code =
-            match self.classic_guard(&group, false) {
+            match self.classic_guard(call, &group, false) {
                 Err(e) => e.code(),
                 Ok(()) => match self.coordinator.classic().heartbeat(
                     &group,
@@ -541,7 +590,7 @@ impl Kafka {
 
     pub(crate) fn leave_group(&self, call: &Call, r: LeaveGroupRequest) -> LeaveGroupResponse {
         let group = r.group_id.0.to_string();
-        if let Err(e) = self.classic_guard(&group, false) {
+        if let Err(e) = self.classic_guard(call, &group, false) {
             return LeaveGroupResponse::default().with_error_code(e.code());
         }
         let ids: Vec<String> = if call.version >= 3 {
@@ -600,6 +649,15 @@ impl Kafka {
                 .with_error_code(code.code())
                 .with_error_message(Some(text(why)))
         };
+        if !call
+            .caller
+            .allows(Operation::Read, ResourceType::Group, &group)
+        {
+            return fail(
+                ResponseError::GroupAuthorizationFailed,
+                format!("{} may not read group '{group}'", call.caller.principal),
+            );
+        }
         if self.coordinator.classic().has_members(&group) {
             return fail(
                 ResponseError::GroupIdNotFound,

@@ -14,6 +14,9 @@
 //! * `groups`: FindCoordinator, OffsetCommit, OffsetFetch, ListGroups,
 //!   DescribeGroups, and the classic group protocol (JoinGroup, SyncGroup,
 //!   Heartbeat, LeaveGroup) with client-side assignors.
+//! * `auth`: SASL (SCRAM-SHA-256/512, PLAIN over TLS) and the principal
+//!   of a TLS client certificate; every handler checks the caller's ACLs
+//!   and answers Kafka's authorization error codes.
 //! * `wire`: framing, and responses that send stored record batches from
 //!   the mapped segments without copying them.
 //!
@@ -24,6 +27,7 @@
 //! closes that connection and no other.
 
 mod admin;
+mod auth;
 mod data;
 mod groups;
 pub mod wire;
@@ -37,19 +41,22 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use kafka_protocol::ResponseError;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
 use crate::api::grpc::{AdminService, ClusterLink};
 use crate::broker::{Broker, BrokerError};
 use crate::coordinator::{Coordinator, CoordinatorError};
+use crate::security::tls::ReloadingConfig;
+use crate::security::{Access, Caller, Principal};
 use crate::storage::StorageError;
+use auth::Session;
 
 /// The APIs served, with the versions advertised in ApiVersions. Each is
 /// the range whose fields this listener honours; APIs not listed
-/// (transactions, SASL, ACLs, quotas) are absent, so clients that need
+/// (transactions, Kafka's ACL and quota admin APIs) are absent, so clients that need
 /// them fail at once rather than half-way.
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 9),
@@ -73,6 +80,11 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+    // v0 is listed because clients look for it (librdkafka checks that
+    // the range starts at 0); a v0 handshake, which sends its tokens
+    // unframed (clients before Kafka 1.0), is refused.
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
 
 fn supported(key: ApiKey) -> Option<(i16, i16)> {
@@ -106,6 +118,15 @@ impl Endpoint {
     }
 }
 
+/// Who may connect and do what.
+#[derive(Debug, Clone)]
+pub struct KafkaSecurity {
+    /// ACLs, users, tokens.
+    pub access: Arc<Access>,
+    /// TLS, if on.
+    pub tls: Option<Arc<ReloadingConfig>>,
+}
+
 /// What every connection's handlers share.
 pub struct Kafka {
     broker: Arc<Broker>,
@@ -119,6 +140,10 @@ pub struct Kafka {
     max_frame: usize,
     /// Connections open at once; more are closed at accept.
     connections: Arc<tokio::sync::Semaphore>,
+    /// Who may do what.
+    access: Arc<Access>,
+    /// TLS, if on.
+    tls: Option<Arc<ReloadingConfig>>,
 }
 
 impl std::fmt::Debug for Kafka {
@@ -137,7 +162,9 @@ impl Kafka {
         me: Endpoint,
         max_frame: usize,
         max_connections: usize,
+        security: KafkaSecurity,
     ) -> Arc<Self> {
+        let KafkaSecurity { access, tls } = security;
         let admin = AdminService::new(broker.clone(), link.clone());
         Arc::new(Self {
             broker,
@@ -148,6 +175,8 @@ impl Kafka {
             me,
             max_frame,
             connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+            access,
+            tls,
         })
     }
 }
@@ -174,7 +203,39 @@ pub async fn serve(kafka: Arc<Kafka>, listener: TcpListener, shutdown: watch::Re
                     let s = shutdown.clone();
                     tasks.spawn(async move {
                         metrics::gauge!("sluice_kafka_connections").increment(1.0);
-                        connection(k, stream, peer.to_string(), s).await;
+                        match k.tls.clone() {
+                            None => {
+                                let session = Session::new(false, None);
+                                connection(k, stream, peer.to_string(), s, session).await;
+                            }
+                            Some(tls) => {
+                                let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                                let shaken = tokio::time::timeout(
+                                    crate::api::grpc::conn::TLS_HANDSHAKE_TIMEOUT,
+                                    acceptor.accept(stream),
+                                );
+                                match shaken.await {
+                                    Ok(Ok(io)) => {
+                                        let cert = io
+                                            .get_ref()
+                                            .1
+                                            .peer_certificates()
+                                            .and_then(|c| c.first())
+                                            .and_then(crate::security::tls::principal_of);
+                                        let session = Session::new(true, cert);
+                                        connection(k, io, peer.to_string(), s, session).await;
+                                    }
+                                    Ok(Err(e)) => {
+                                        metrics::counter!("sluice_tls_handshake_failures_total").increment(1);
+                                        debug!(%peer, error = %e, "kafka TLS handshake failed");
+                                    }
+                                    Err(_) => {
+                                        metrics::counter!("sluice_tls_handshake_failures_total").increment(1);
+                                        debug!(%peer, "kafka TLS handshake timed out");
+                                    }
+                                }
+                            }
+                        }
                         drop(permit);
                         metrics::gauge!("sluice_kafka_connections").decrement(1.0);
                         debug!(%peer, "kafka connection closed");
@@ -200,13 +261,14 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 }
 
 /// Serves one connection's requests in order.
-async fn connection(
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     kafka: Arc<Kafka>,
-    mut stream: TcpStream,
+    stream: S,
     peer: String,
     mut shutdown: watch::Receiver<bool>,
+    mut session: Session,
 ) {
-    let (mut rd, mut wr) = stream.split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
     loop {
         let frame = tokio::select! {
             f = wire::read_frame(&mut rd, kafka.max_frame) => f,
@@ -224,7 +286,7 @@ async fn connection(
         // finish (an append to be acknowledged); a long poll or a join
         // waiting for a rebalance is cut off.
         let handled = tokio::select! {
-            h = kafka.handle(frame, &peer) => h,
+            h = kafka.handle(frame, &peer, &mut session) => h,
             _ = async {
                 stopped(&mut shutdown).await;
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -233,6 +295,10 @@ async fn connection(
         match handled {
             Ok(Some(chunks)) => {
                 if wire::write_chunks(&mut wr, &chunks).await.is_err() {
+                    return;
+                }
+                if session.close {
+                    let _ = wr.shutdown().await;
                     return;
                 }
             }
@@ -254,6 +320,8 @@ pub(crate) struct Call {
     pub client_id: String,
     /// The client's address, for group descriptions.
     pub peer: String,
+    /// Who is calling, and what it may do.
+    pub caller: Caller,
 }
 
 /// KIP-848 members' subscriptions, as last sent: a heartbeat that leaves
@@ -264,7 +332,12 @@ impl Kafka {
     /// Decodes one request, calls its handler, and encodes the response.
     /// `Ok(None)`: no response (acks=0 produce). `Err`: close the
     /// connection.
-    async fn handle(&self, mut frame: Bytes, peer: &str) -> Result<Option<Vec<Bytes>>, String> {
+    async fn handle(
+        &self,
+        mut frame: Bytes,
+        peer: &str,
+        session: &mut Session,
+    ) -> Result<Option<Vec<Bytes>>, String> {
         let key = i16::from_be_bytes([frame[0], frame[1]]);
         let version = i16::from_be_bytes([frame[2], frame[3]]);
         let correlation = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
@@ -287,6 +360,21 @@ impl Kafka {
                 "{api:?} version {version} is not supported (versions {lo} to {hi} are)"
             ));
         }
+        let sasl = matches!(
+            api,
+            ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+        );
+        let caller = match self.caller_of(session) {
+            Some(c) => c,
+            // Only these three before authentication; the caller is unused.
+            None if sasl => Caller::checked(Principal::anonymous(), self.access.clone()),
+            None => {
+                metrics::counter!("sluice_authentication_failures_total").increment(1);
+                return Err(format!(
+                    "{api:?} before authentication: this listener requires SASL (SCRAM-SHA-256, SCRAM-SHA-512, or PLAIN over TLS) or a client certificate"
+                ));
+            }
+        };
         let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
             .map_err(|e| format!("request header: {e}"))?;
         let request = RequestKind::decode(api, &mut frame, version)
@@ -299,6 +387,7 @@ impl Kafka {
                 .map(|c| c.to_string())
                 .unwrap_or_default(),
             peer: format!("/{}", peer.rsplit_once(':').map_or(peer, |(h, _)| h)),
+            caller,
         };
         let name: &'static str = api_name(api);
         metrics::counter!("sluice_kafka_requests_total", "api" => name).increment(1);
@@ -311,6 +400,8 @@ impl Kafka {
         }
         match request {
             RequestKind::ApiVersions(_) => reply!(self.api_versions()),
+            RequestKind::SaslHandshake(r) => reply!(self.sasl_handshake(session, version, r)),
+            RequestKind::SaslAuthenticate(r) => reply!(self.sasl_authenticate(session, r).await),
             RequestKind::Metadata(r) => reply!(self.metadata(&call, r)),
             RequestKind::Produce(r) => {
                 let acks = r.acks;
@@ -332,12 +423,12 @@ impl Kafka {
                 reply!(body)
             }
             RequestKind::ListOffsets(r) => reply!(self.list_offsets(&call, r)),
-            RequestKind::InitProducerId(r) => reply!(self.init_producer_id(r).await),
+            RequestKind::InitProducerId(r) => reply!(self.init_producer_id(&call, r).await),
             RequestKind::CreateTopics(r) => reply!(self.create_topics(&call, r).await),
             RequestKind::DeleteTopics(r) => reply!(self.delete_topics(&call, r).await),
-            RequestKind::CreatePartitions(r) => reply!(self.create_partitions(r).await),
+            RequestKind::CreatePartitions(r) => reply!(self.create_partitions(&call, r).await),
             RequestKind::DescribeConfigs(r) => reply!(self.describe_configs(&call, r)),
-            RequestKind::DescribeCluster(r) => reply!(self.describe_cluster(r)),
+            RequestKind::DescribeCluster(r) => reply!(self.describe_cluster(&call, r)),
             RequestKind::FindCoordinator(r) => reply!(self.find_coordinator(&call, r)),
             RequestKind::OffsetCommit(r) => reply!(self.offset_commit(&call, r).await),
             RequestKind::OffsetFetch(r) => reply!(self.offset_fetch(&call, r).await),
@@ -397,6 +488,8 @@ fn api_name(api: ApiKey) -> &'static str {
         ApiKey::CreatePartitions => "kafka.CreatePartitions",
         ApiKey::DescribeCluster => "kafka.DescribeCluster",
         ApiKey::ConsumerGroupHeartbeat => "kafka.ConsumerGroupHeartbeat",
+        ApiKey::SaslHandshake => "kafka.SaslHandshake",
+        ApiKey::SaslAuthenticate => "kafka.SaslAuthenticate",
         _ => "kafka.other",
     }
 }
