@@ -68,20 +68,106 @@ fn host_of(address: &str) -> Option<&str> {
 }
 
 /// A lazily connected channel to a peer's internal listener at `address`
-/// (`host:port`), with HTTP/2 pings and the dialing above.
-pub fn channel(address: &str) -> Result<Channel, String> {
-    Ok(endpoint(address)?.connect_with_connector_lazy(Dialer))
+/// (`host:port`), with HTTP/2 pings and the dialing above, over mutual TLS
+/// when `tls` is given.
+pub fn channel(address: &str, tls: Option<&InternalTls>) -> Result<Channel, String> {
+    Ok(endpoint(address, tls)?.connect_with_connector_lazy(Dialer))
 }
 
 /// The endpoint [`channel`] connects; callers may tune it further (window
 /// sizes) and connect it with [`Dialer`].
-pub fn endpoint(address: &str) -> Result<Endpoint, String> {
-    Ok(Endpoint::from_shared(format!("http://{address}"))
+pub fn endpoint(address: &str, tls: Option<&InternalTls>) -> Result<Endpoint, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let e = Endpoint::from_shared(format!("{scheme}://{address}"))
         .map_err(|e| format!("bad address {address}: {e}"))?
         .http2_keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(KEEPALIVE)
         .keep_alive_while_idle(true)
-        .max_frame_size(crate::api::grpc::HTTP2_MAX_FRAME))
+        .max_frame_size(crate::api::grpc::HTTP2_MAX_FRAME);
+    match tls {
+        None => Ok(e),
+        Some(t) => e
+            .tls_config(t.current())
+            .map_err(|e| format!("internal TLS settings: {e}")),
+    }
+}
+
+/// This node's side of mutual TLS between brokers: its certificate and
+/// key, and the CA that signs every broker's. Rebuilt when the files
+/// change; new connections use the current files.
+pub struct InternalTls {
+    files: crate::security::tls::TlsFiles,
+    /// Swapped whole on reload.
+    current: parking_lot::RwLock<tonic::transport::ClientTlsConfig>,
+    /// The files' stamps when `current` was built (the reload task only).
+    stamps: Mutex<Vec<crate::security::tls::Stamp>>,
+}
+
+impl std::fmt::Debug for InternalTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InternalTls")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InternalTls {
+    fn build(
+        files: &crate::security::tls::TlsFiles,
+    ) -> Result<tonic::transport::ClientTlsConfig, crate::security::tls::TlsError> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| crate::security::tls::TlsError::File {
+                path: p.to_path_buf(),
+                why: e.to_string(),
+            })
+        };
+        // Parsed here too, so a bad file fails at start, not at a dial.
+        crate::security::tls::load_certs(&files.cert)?;
+        crate::security::tls::load_key(&files.key)?;
+        let mut c = ClientTlsConfig::new()
+            .identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?));
+        if let Some(ca) = &files.ca {
+            crate::security::tls::load_roots(ca)?;
+            c = c.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        Ok(c)
+    }
+
+    /// Loads the files (blocking).
+    pub fn load(
+        files: crate::security::tls::TlsFiles,
+    ) -> Result<std::sync::Arc<Self>, crate::security::tls::TlsError> {
+        let stamps = crate::security::tls::stamps_of(&files);
+        let current = Self::build(&files)?;
+        Ok(std::sync::Arc::new(Self {
+            files,
+            current: parking_lot::RwLock::new(current),
+            stamps: Mutex::new(stamps),
+        }))
+    }
+
+    /// The configuration new connections use.
+    pub fn current(&self) -> tonic::transport::ClientTlsConfig {
+        self.current.read().clone()
+    }
+}
+
+impl crate::security::tls::Reload for InternalTls {
+    fn reload_if_changed(&self) -> Result<bool, crate::security::tls::TlsError> {
+        let now = crate::security::tls::stamps_of(&self.files);
+        let mut stamps = self.stamps.lock();
+        if *stamps == now {
+            return Ok(false);
+        }
+        *self.current.write() = Self::build(&self.files)?;
+        *stamps = now;
+        Ok(true)
+    }
+
+    fn files(&self) -> &crate::security::tls::TlsFiles {
+        &self.files
+    }
 }
 
 /// Connects to a URI's host: the addresses its name resolves to, then the

@@ -37,7 +37,7 @@ use crate::config::{LimitSettings, ServerConfig};
 use crate::coordinator::{queues::Queues, Coordinator};
 use crate::error::Error;
 use crate::security::store::LocalStore;
-use crate::security::tls::{ClientAuth, ReloadingConfig};
+use crate::security::tls::{ClientAuth, Reload, ReloadingConfig};
 use crate::security::Access;
 
 /// The process-wide Prometheus recorder (metrics macros record into it).
@@ -227,6 +227,10 @@ pub async fn run_node(
             "a cluster node needs an internal listener (--internal-listen)".into(),
         ));
     }
+    let tls = load_tls(&config).await?;
+    if let Some(cc) = &mut cluster_config {
+        cc.internal_tls = tls.internal_client.clone();
+    }
     let broker = tokio::task::spawn_blocking(move || Broker::open(broker_config))
         .await
         .map_err(|e| Error::Config(format!("opening broker: {e}")))??;
@@ -288,7 +292,6 @@ pub async fn run_node(
             }
         }
     };
-    let tls = load_tls(&config).await?;
     warn_if_exposed(
         &config,
         &listeners,
@@ -402,6 +405,10 @@ pub async fn run_node(
     result
 }
 
+/// Connections the internal listener takes at once (other brokers' Raft,
+/// forwarding and replica fetches: a few per broker).
+const INTERNAL_MAX_CONNECTIONS: usize = 4096;
+
 /// The domain facades every transport calls.
 struct Domain {
     broker: Arc<Broker>,
@@ -431,6 +438,8 @@ struct NodeTls {
     kafka: Option<Arc<ReloadingConfig>>,
     /// The internal listener (mutual).
     internal: Option<Arc<ReloadingConfig>>,
+    /// This node's calls to the others' internal listeners (mutual).
+    internal_client: Option<Arc<crate::dial::InternalTls>>,
     /// How often the files are checked.
     reload_every: Duration,
 }
@@ -447,10 +456,16 @@ async fn load_tls(config: &ServerConfig) -> Result<NodeTls, Error> {
                 .transpose()
                 .map_err(|e| Error::Config(format!("TLS: {e}")))
         };
+        let internal_client = internal
+            .clone()
+            .map(crate::dial::InternalTls::load)
+            .transpose()
+            .map_err(|e| Error::Config(format!("internal TLS: {e}")))?;
         Ok(NodeTls {
             client: load(client.clone(), ClientAuth::Optional, &[b"h2"])?,
             kafka: load(client, ClientAuth::Optional, &[])?,
             internal: load(internal, ClientAuth::Required, &[b"h2"])?,
+            internal_client,
             reload_every,
         })
     })
@@ -460,7 +475,7 @@ async fn load_tls(config: &ServerConfig) -> Result<NodeTls, Error> {
 
 /// Checks each configuration's files every `every` and swaps in a new one
 /// when they change (new connections use it; open ones keep theirs).
-async fn reload_tls(configs: Vec<Arc<ReloadingConfig>>, every: Duration) {
+async fn reload_tls(configs: Vec<Arc<dyn Reload>>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -682,11 +697,14 @@ async fn serve(
         _ => None,
     };
     let idle = LimitSettings::optional(limits.idle_timeout_ms);
-    let reloads: Vec<_> = [&tls.client, &tls.kafka, &tls.internal]
+    let mut reloads: Vec<Arc<dyn Reload>> = [&tls.client, &tls.kafka, &tls.internal]
         .into_iter()
         .flatten()
-        .cloned()
+        .map(|c| c.clone() as Arc<dyn Reload>)
         .collect();
+    if let Some(c) = &tls.internal_client {
+        reloads.push(c.clone());
+    }
     let reload_task =
         (!reloads.is_empty()).then(|| tokio::spawn(reload_tls(reloads, tls.reload_every)));
     let incoming = conn::incoming(
@@ -777,18 +795,20 @@ async fn serve(
             let router = routes(AuthLayer::trusted(access.clone()))
                 .add_service(InternalService::server(link.cluster.clone()))
                 .add_service(ReplicationService::server(broker.clone()));
+            let conns_stop = internal_stopped.clone();
             let stop = async move {
                 let _ = internal_stopped.wait_for(|s| *s).await;
             };
+            // Every broker's connections (a few each), with mutual TLS when
+            // it is on; closed when this listener stops, not at the drain.
             // Small replies (a follower's fetch, a Raft heartbeat) must not
-            // wait for Nagle's algorithm and a delayed ACK (40 ms each).
-            let incoming = tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(l),
-                |s| {
-                    s.inspect(|s| {
-                        let _ = s.set_nodelay(true);
-                    })
-                },
+            // wait for Nagle's algorithm (conn sets TCP_NODELAY).
+            let incoming = conn::incoming(
+                l,
+                INTERNAL_MAX_CONNECTIONS,
+                None,
+                conns_stop,
+                tls.internal.clone(),
             );
             Some(tokio::spawn(async move {
                 if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {

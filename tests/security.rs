@@ -1099,3 +1099,69 @@ async fn kafka_clients_authenticate_with_scram_over_tls_and_are_authorized() {
     );
     server.stop().await;
 }
+
+/// Brokers with mutual TLS on the internal listener form a cluster and
+/// replicate; a broker whose certificate another CA signed cannot take part
+/// (it stays out of the live brokers) until it has a certificate the CA
+/// signed.
+#[tokio::test]
+async fn brokers_authenticate_each_other_with_mutual_tls() {
+    let pki = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new(pki.path(), "internal");
+    let other = Ca::new(pki.path(), "other");
+    let good = ca.issue("broker", "broker", Use::Both, false);
+    let foreign = other.issue("foreign", "broker", Use::Both, false);
+    let tls_args = |pair: &common::certs::Pair, ca_file: &std::path::Path| -> Vec<String> {
+        vec![
+            "--internal-tls-cert".into(),
+            pair.cert.display().to_string(),
+            "--internal-tls-key".into(),
+            pair.key.display().to_string(),
+            "--internal-tls-ca".into(),
+            ca_file.display().to_string(),
+        ]
+    };
+    let args = tls_args(&good, &ca.cert());
+    let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cluster = common::cluster::TestCluster::start(3, 0, &args_ref).await;
+    let client = cluster.client(1).await;
+    client
+        .create_replicated_topic("rep", 1, Some(3), pb::TopicConfig::default())
+        .await
+        .expect("create");
+    cluster
+        .wait_fully_replicated("rep", Duration::from_secs(30))
+        .await;
+    let mut req = common::api::produce_req("rep", Some(0), vec![sluice::client::record(None, "v")]);
+    req.acks = pb::Acks::All as i32;
+    client.produce(req).await.expect("acks=all over mutual TLS");
+
+    // Node 3 comes back with a certificate from another CA.
+    cluster.node(3).stop();
+    cluster.node(3).extra = tls_args(&foreign, &ca.cert());
+    cluster.node(3).start();
+    let live =
+        |s: &pb::DescribeClusterResponse, id: i32| s.nodes.iter().any(|n| n.id == id && n.live);
+    // The others fence it and never see it live again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut fenced = false;
+    while std::time::Instant::now() < deadline {
+        let s = client.describe_cluster().await.expect("describe");
+        if !live(&s, 3) {
+            fenced = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(fenced, "a broker with a foreign certificate stayed live");
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let s = client.describe_cluster().await.expect("describe");
+        assert!(!live(&s, 3), "a broker with a foreign certificate joined");
+    }
+    // With the CA's certificate it joins again.
+    cluster.node(3).stop();
+    cluster.node(3).extra = tls_args(&good, &ca.cert());
+    cluster.node(3).start();
+    cluster.wait_stable(3, Duration::from_secs(60)).await;
+}

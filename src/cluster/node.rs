@@ -71,6 +71,8 @@ pub struct ClusterConfig {
     /// How often the controller gives partitions back to their preferred
     /// leaders (live and in sync); `None`: never by itself.
     pub leader_balance_interval: Option<Duration>,
+    /// Mutual TLS for this node's calls to the others (`None`: clear text).
+    pub internal_tls: Option<std::sync::Arc<crate::dial::InternalTls>>,
 }
 
 impl ClusterConfig {
@@ -97,6 +99,7 @@ impl ClusterConfig {
             snapshot_every: 5000,
             default_replication_factor: None,
             leader_balance_interval: Some(Duration::from_secs(30)),
+            internal_tls: None,
         }
     }
 }
@@ -230,7 +233,7 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| ClusterError::Unsupported(format!("raft settings: {e}")))?;
-        let peers = Peers::default();
+        let peers = Peers::with_tls(config.internal_tls.clone());
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),

@@ -166,6 +166,8 @@ impl ClusterInternal for InternalService {
 pub struct Peers {
     /// Address → client. Held only to look up, insert or stamp.
     clients: Arc<Mutex<HashMap<String, Peer>>>,
+    /// Mutual TLS for the calls (`None`: clear text).
+    tls: Option<Arc<crate::dial::InternalTls>>,
 }
 
 /// One address's client and how it has fared.
@@ -183,12 +185,20 @@ struct Peer {
 const REDIAL_AFTER_SILENCE: Duration = Duration::from_secs(1);
 
 impl Peers {
+    /// Clients that dial with `tls`.
+    pub fn with_tls(tls: Option<Arc<crate::dial::InternalTls>>) -> Self {
+        Self {
+            clients: Default::default(),
+            tls,
+        }
+    }
+
     /// The client for `address`.
     pub fn client(&self, address: &str) -> Result<ClusterInternalClient<Channel>, String> {
         if let Some(p) = self.clients.lock().get(address) {
             return Ok(p.client.clone());
         }
-        let channel = crate::dial::channel(address)?;
+        let channel = crate::dial::channel(address, self.tls.as_deref())?;
         let client = ClusterInternalClient::new(channel)
             .max_decoding_message_size(MAX_INTERNAL_MESSAGE)
             .max_encoding_message_size(MAX_INTERNAL_MESSAGE);

@@ -135,7 +135,26 @@ pub fn server_config(
 }
 
 /// What identifies a file's version: modification time and length.
-type Stamp = Option<(SystemTime, u64)>;
+pub type Stamp = Option<(SystemTime, u64)>;
+
+/// The stamps of a set of TLS files.
+pub fn stamps_of(files: &TlsFiles) -> Vec<Stamp> {
+    let mut s = vec![stamp(&files.cert), stamp(&files.key)];
+    if let Some(ca) = &files.ca {
+        s.push(stamp(ca));
+    }
+    s
+}
+
+/// Something built from TLS files that follows them.
+pub trait Reload: Send + Sync {
+    /// Rebuilds from the files if one changed since the last load. On an
+    /// error (say, a certificate written before its key) the old settings
+    /// stay and the next call tries again. Blocking.
+    fn reload_if_changed(&self) -> Result<bool, TlsError>;
+    /// The files it follows.
+    fn files(&self) -> &TlsFiles;
+}
 
 fn stamp(path: &Path) -> Stamp {
     // `metadata` follows symlinks: Kubernetes swaps a `..data` link.
@@ -166,7 +185,7 @@ impl std::fmt::Debug for ReloadingConfig {
 impl ReloadingConfig {
     /// Loads the files now (an error here stops the node from starting).
     pub fn load(files: TlsFiles, auth: ClientAuth, alpn: &[&[u8]]) -> Result<Arc<Self>, TlsError> {
-        let stamps = Self::stamps_of(&files);
+        let stamps = stamps_of(&files);
         let config = server_config(&files, auth, alpn)?;
         Ok(Arc::new(Self {
             files,
@@ -177,29 +196,19 @@ impl ReloadingConfig {
         }))
     }
 
-    fn stamps_of(files: &TlsFiles) -> Vec<Stamp> {
-        let mut s = vec![stamp(&files.cert), stamp(&files.key)];
-        if let Some(ca) = &files.ca {
-            s.push(stamp(ca));
-        }
-        s
-    }
-
     /// The configuration new handshakes use.
     pub fn current(&self) -> Arc<rustls::ServerConfig> {
         self.current.read().clone()
     }
+}
 
-    /// The files it follows.
-    pub fn files(&self) -> &TlsFiles {
+impl Reload for ReloadingConfig {
+    fn files(&self) -> &TlsFiles {
         &self.files
     }
 
-    /// Rebuilds the configuration if a file changed since the last load.
-    /// On an error (say, a certificate written before its key) the old
-    /// configuration stays and the next call tries again. Blocking.
-    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let now = Self::stamps_of(&self.files);
+    fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let now = stamps_of(&self.files);
         let mut stamps = self.stamps.lock();
         if *stamps == now {
             return Ok(false);

@@ -87,7 +87,7 @@ impl ClusterLink {
         if let Some(c) = self.channels.lock().get(address) {
             return Ok(c.clone());
         }
-        let c = dial::endpoint(address)
+        let c = dial::endpoint(address, self.cluster.config().internal_tls.as_deref())
             .map_err(|e| Status::internal(format!("bad internal address: {e}")))?
             .initial_stream_window_size(super::HTTP2_STREAM_WINDOW)
             .initial_connection_window_size(super::HTTP2_CONNECTION_WINDOW)

@@ -268,7 +268,7 @@ impl Replicator {
                 continue;
             };
             if client.as_ref().is_none_or(|(a, _)| *a != address) {
-                match connect(&address) {
+                match connect(&address, self.cluster.config().internal_tls.as_deref()) {
                     Ok(c) => client = Some((address.clone(), c)),
                     Err(e) => {
                         tracing::warn!(leader, %address, error = %e, "bad leader address");
@@ -407,8 +407,11 @@ impl Replicator {
     }
 }
 
-fn connect(address: &str) -> Result<ReplicationClient<Channel>, String> {
-    let channel = crate::dial::channel(address)?;
+fn connect(
+    address: &str,
+    tls: Option<&crate::dial::InternalTls>,
+) -> Result<ReplicationClient<Channel>, String> {
+    let channel = crate::dial::channel(address, tls)?;
     Ok(ReplicationClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE))
