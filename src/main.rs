@@ -546,3 +546,15 @@ async fn shutdown_signal() {
     }
     tracing::info!("shutdown signal received; draining");
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand's flags are unique and well formed (clap checks
+    /// this only when a command is parsed).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1165,3 +1165,101 @@ async fn brokers_authenticate_each_other_with_mutual_tls() {
     cluster.node(3).start();
     cluster.wait_stable(3, Duration::from_secs(60)).await;
 }
+
+/// A producer over its byte-rate quota is slowed to the quota (within 10%)
+/// and loses nothing; the throttle is reported in the reply's metadata.
+#[tokio::test]
+async fn a_producer_over_its_quota_is_slowed_to_it_and_loses_nothing() {
+    const QUOTA: u64 = 200_000; // bytes per second
+    const RECORD: usize = 10_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, admin, _) = secured(dir.path(), |_| {}, &ConnectOptions::default()).await;
+    admin
+        .create_topic("q", 1, pb::TopicConfig::default())
+        .await
+        .expect("create");
+    let token = issue(&admin, "User:slow").await;
+    admin
+        .security()
+        .add_acls(pb::AddAclsRequest {
+            acls: vec![
+                acl("User:slow", "topic", "q", "write"),
+                acl("User:slow", "topic", "q", "read"),
+            ],
+        })
+        .await
+        .expect("acls");
+    admin
+        .security()
+        .set_quota(pb::SetQuotaRequest {
+            quota: Some(pb::Quota {
+                entity: Some(pb::QuotaEntity {
+                    user: "User:slow".into(),
+                    client_id: String::new(),
+                }),
+                produce_bytes_per_sec: Some(QUOTA),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("quota");
+    let slow = Client::connect_with(
+        &server.url,
+        &ConnectOptions {
+            token: Some(token),
+            client_id: Some("quota-test".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("connect");
+    let produce = |i: usize| {
+        let mut broker = slow.broker();
+        async move {
+            let value = vec![b'x'; RECORD - 8];
+            let mut v = format!("{i:08}").into_bytes();
+            v.extend_from_slice(&value);
+            broker
+                .produce(common::api::produce_req(
+                    "q",
+                    Some(0),
+                    vec![sluice::client::record(None, v)],
+                ))
+                .await
+                .expect("produce")
+        }
+    };
+    // The first second's worth is the allowed burst.
+    let burst = QUOTA as usize / RECORD;
+    for i in 0..burst {
+        produce(i).await;
+    }
+    let timed = 40;
+    let start = std::time::Instant::now();
+    let mut throttled = 0;
+    for i in burst..burst + timed {
+        let reply = produce(i).await;
+        if reply.metadata().contains_key("sluice-throttle-ms") {
+            throttled += 1;
+        }
+        assert!(reply.into_inner().record_errors.is_empty());
+    }
+    let rate = (timed * RECORD) as f64 / start.elapsed().as_secs_f64();
+    let q = QUOTA as f64;
+    assert!(
+        rate <= q * 1.1 && rate >= q * 0.9,
+        "produced at {rate:.0} B/s against a quota of {q} B/s"
+    );
+    assert!(
+        throttled > timed / 2,
+        "only {throttled} replies said they were throttled"
+    );
+    // Nothing lost: every record is there, in order.
+    let records = common::api::fetch_all(&admin, "q", 0).await;
+    assert_eq!(records.len(), burst + timed);
+    for (i, r) in records.iter().enumerate() {
+        let v = r.value.as_ref().expect("value");
+        assert_eq!(&v[..8], format!("{i:08}").as_bytes());
+    }
+    server.stop().await;
+}

@@ -54,6 +54,10 @@ pub struct Conn {
     /// Name to verify in the brokers' certificates [default: each address's host].
     #[arg(long, env = "SLUICE_TLS_SERVER_NAME")]
     pub tls_server_name: Option<String>,
+    /// Client id sent with every call (quotas may be set per client id;
+    /// `group describe` shows a group member's).
+    #[arg(long, env = "SLUICE_CLIENT_ID")]
+    pub client_id: Option<String>,
 }
 
 impl Conn {
@@ -65,6 +69,7 @@ impl Conn {
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
             tls_server_name: self.tls_server_name.clone(),
+            client_id: self.client_id.clone(),
         }
     }
 
@@ -236,9 +241,6 @@ pub struct ConsumeArgs {
     /// With --group: session timeout to ask for (ms; default the broker's).
     #[arg(long, requires = "group")]
     pub session_timeout_ms: Option<u64>,
-    /// With --group: client id shown by `group describe`.
-    #[arg(long, requires = "group")]
-    pub client_id: Option<String>,
     /// Exit after this many records.
     #[arg(long)]
     pub max_records: Option<u64>,
@@ -510,6 +512,7 @@ async fn consume_group(
         auto_commit_interval: None,
         session_timeout: args.session_timeout_ms.map(Duration::from_millis),
         client_id: args
+            .conn
             .client_id
             .clone()
             .unwrap_or_else(|| format!("sluice-cli/{}", std::process::id())),

@@ -195,8 +195,8 @@ pub enum QuotaCommand {
         #[arg(long)]
         user: Option<String>,
         /// A client id, or <default>.
-        #[arg(long)]
-        client_id: Option<String>,
+        #[arg(long = "client")]
+        client: Option<String>,
         /// Produced bytes per second.
         #[arg(long)]
         produce_bytes_per_sec: Option<u64>,
@@ -456,7 +456,7 @@ pub async fn quota(cmd: QuotaCommand) -> Result<(), ClientError> {
     match cmd {
         QuotaCommand::Set {
             user,
-            client_id,
+            client,
             produce_bytes_per_sec,
             fetch_bytes_per_sec,
             requests_per_sec,
@@ -468,7 +468,7 @@ pub async fn quota(cmd: QuotaCommand) -> Result<(), ClientError> {
                     quota: Some(pb::Quota {
                         entity: Some(pb::QuotaEntity {
                             user: user.unwrap_or_default(),
-                            client_id: client_id.unwrap_or_default(),
+                            client_id: client.unwrap_or_default(),
                         }),
                         produce_bytes_per_sec,
                         fetch_bytes_per_sec,

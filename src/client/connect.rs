@@ -25,6 +25,8 @@ pub struct ConnectOptions {
     /// The name to verify in the brokers' certificates [default: the host
     /// of each address].
     pub tls_server_name: Option<String>,
+    /// Sent as `sluice-client-id` (quotas may be set per client id).
+    pub client_id: Option<String>,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -34,6 +36,7 @@ impl std::fmt::Debug for ConnectOptions {
             .field("tls_ca", &self.tls_ca)
             .field("tls_cert", &self.tls_cert)
             .field("tls_server_name", &self.tls_server_name)
+            .field("client_id", &self.client_id)
             .finish()
     }
 }
@@ -42,6 +45,7 @@ impl std::fmt::Debug for ConnectOptions {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Prepared {
     token: Option<HeaderValue>,
+    client_id: Option<HeaderValue>,
     tls: Option<ClientTlsConfig>,
 }
 
@@ -91,7 +95,20 @@ impl ConnectOptions {
                 Some(c)
             }
         };
-        Ok(Prepared { token, tls })
+        let client_id = match &self.client_id {
+            None => None,
+            Some(c) => Some(HeaderValue::from_str(c).map_err(|_| {
+                ClientError::Address(
+                    "client id".into(),
+                    "the client id holds characters a header may not".into(),
+                )
+            })?),
+        };
+        Ok(Prepared {
+            token,
+            client_id,
+            tls,
+        })
     }
 }
 
@@ -124,6 +141,7 @@ impl Prepared {
         Conn {
             inner: channel,
             token: self.token.clone(),
+            client_id: self.client_id.clone(),
         }
     }
 }
@@ -133,6 +151,7 @@ impl Prepared {
 pub struct Conn {
     inner: Channel,
     token: Option<HeaderValue>,
+    client_id: Option<HeaderValue>,
 }
 
 impl Conn {
@@ -141,6 +160,7 @@ impl Conn {
         Self {
             inner: channel,
             token: None,
+            client_id: None,
         }
     }
 }
@@ -158,6 +178,10 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Conn {
         if let Some(t) = &self.token {
             req.headers_mut()
                 .insert(http::header::AUTHORIZATION, t.clone());
+        }
+        if let Some(c) = &self.client_id {
+            req.headers_mut()
+                .insert(crate::api::grpc::auth::CLIENT_ID_HEADER, c.clone());
         }
         tower_service::Service::call(&mut self.inner, req)
     }

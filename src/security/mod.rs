@@ -7,6 +7,7 @@
 //!   machine. In a cluster it is part of the metadata image (applied by
 //!   every broker from the quorum's log); a single node keeps it in
 //!   `security.json` ([`store`]).
+//! * [`quota`]: produce, fetch and request-rate quotas (throttling).
 //! * [`tls`]: TLS settings from certificate files, reloaded when the files
 //!   change, and the principal a client certificate maps to.
 //!
@@ -15,6 +16,7 @@
 //! when the state changes; a request clones one `Arc` under a read lock.
 
 pub mod acl;
+pub mod quota;
 pub mod scram;
 pub mod state;
 pub mod store;
@@ -132,6 +134,8 @@ pub struct Access {
     settings: SecuritySettings,
     /// Swapped whole on each change; readers clone the `Arc` and let go.
     view: RwLock<Arc<View>>,
+    /// Every client's quota meters.
+    quotas: quota::Quotas,
 }
 
 impl Access {
@@ -144,6 +148,7 @@ impl Access {
         Arc::new(Self {
             settings,
             view: RwLock::new(Arc::new(view)),
+            quotas: quota::Quotas::default(),
         })
     }
 
@@ -208,6 +213,28 @@ impl Access {
         Ok(entry.principal.clone())
     }
 
+    /// Records `amount` of `kind` for the client; how long to throttle it.
+    pub fn throttle(
+        &self,
+        principal: &Principal,
+        client_id: &str,
+        kind: quota::QuotaKind,
+        amount: f64,
+    ) -> std::time::Duration {
+        let view = self.view();
+        if view.quotas.is_empty() {
+            return std::time::Duration::ZERO;
+        }
+        self.quotas.record(
+            &view,
+            principal,
+            client_id,
+            kind,
+            amount,
+            std::time::Instant::now(),
+        )
+    }
+
     /// Whether `principal` may do `op` on the resource (always, with
     /// authorization off).
     pub fn allows(
@@ -231,6 +258,8 @@ impl Access {
 pub struct Caller {
     /// The identity (`User:ANONYMOUS` without one, with authorization off).
     pub principal: Principal,
+    /// The client id it gave (for quotas), or empty.
+    pub client_id: Arc<str>,
     /// `None` for a trusted caller: another broker on the internal
     /// listener, whose request its first broker already authorized.
     access: Option<Arc<Access>>,
@@ -241,7 +270,23 @@ impl Caller {
     pub fn checked(principal: Principal, access: Arc<Access>) -> Self {
         Self {
             principal,
+            client_id: Arc::from(""),
             access: Some(access),
+        }
+    }
+
+    /// The same caller with a client id.
+    pub fn with_client_id(mut self, client_id: &str) -> Self {
+        self.client_id = Arc::from(client_id);
+        self
+    }
+
+    /// Records `amount` of `kind` against the caller's quotas; how long to
+    /// throttle it (zero for a trusted caller).
+    pub fn throttle(&self, kind: quota::QuotaKind, amount: f64) -> std::time::Duration {
+        match &self.access {
+            Some(a) => a.throttle(&self.principal, &self.client_id, kind, amount),
+            None => std::time::Duration::ZERO,
         }
     }
 
@@ -249,6 +294,7 @@ impl Caller {
     pub fn trusted() -> Self {
         Self {
             principal: Principal::from_full("User:sluice-broker"),
+            client_id: Arc::from(""),
             access: None,
         }
     }

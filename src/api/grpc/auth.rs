@@ -23,6 +23,7 @@ use tonic::{Request, Status};
 
 use super::conn::ConnInfo;
 use crate::security::acl::CLUSTER_RESOURCE;
+use crate::security::quota::QuotaKind;
 pub use crate::security::Caller;
 use crate::security::{Access, AuthError, Operation, Principal, ResourceType};
 
@@ -197,6 +198,46 @@ impl Require for Caller {
     }
 }
 
+/// The request header naming the client (Kafka's client id), for quotas.
+pub const CLIENT_ID_HEADER: &str = "sluice-client-id";
+/// The response header saying how long the call was throttled, in ms.
+pub const THROTTLE_HEADER: &str = "sluice-throttle-ms";
+
+/// Records `amount` of `kind` against the caller's quota and, when it is
+/// over, waits out the throttle before the reply goes, saying so in the
+/// reply's metadata. Nothing is refused or dropped.
+pub async fn throttled<T>(
+    caller: &Caller,
+    kind: QuotaKind,
+    amount: usize,
+    mut response: tonic::Response<T>,
+) -> tonic::Response<T> {
+    let d = caller.throttle(kind, amount as f64);
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
+        if let Ok(v) = d.as_millis().to_string().parse() {
+            response.metadata_mut().insert(THROTTLE_HEADER, v);
+        }
+    }
+    response
+}
+
+/// Bytes of record data in a produce request (keys, values, headers).
+pub fn produce_bytes(r: &super::pb::ProduceRequest) -> usize {
+    r.records
+        .iter()
+        .map(|rec| {
+            rec.key.as_ref().map_or(0, |k| k.len())
+                + rec.value.as_ref().map_or(0, |v| v.len())
+                + rec
+                    .headers
+                    .iter()
+                    .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()))
+                    .sum::<usize>()
+        })
+        .sum()
+}
+
 /// Puts a [`Caller`] into every request (see the module documentation).
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
@@ -285,7 +326,16 @@ impl AuthLayer {
                 .get::<ConnInfo>()
                 .and_then(|c| c.peer.clone()),
         };
-        let caller = |principal| Caller::checked(principal, access.clone());
+        let client_id = req
+            .headers()
+            .get(CLIENT_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .chars()
+            .take(256)
+            .collect::<String>();
+        let caller =
+            |principal| Caller::checked(principal, access.clone()).with_client_id(&client_id);
         if rule == Some(Rule::Public) || !enforcing {
             return Ok(caller(identity.unwrap_or_else(Principal::anonymous)));
         }
@@ -332,8 +382,22 @@ where
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         match self.layer.decide(&req) {
             Ok(caller) => {
+                // The request-rate quota: an answer over it waits out the
+                // throttle before it goes.
+                let throttle = caller.throttle(QuotaKind::Request, 1.0);
                 req.extensions_mut().insert(caller);
-                Box::pin(self.inner.call(req))
+                let fut = self.inner.call(req);
+                if throttle.is_zero() {
+                    return Box::pin(fut);
+                }
+                Box::pin(async move {
+                    let mut response = fut.await?;
+                    tokio::time::sleep(throttle).await;
+                    if let Ok(v) = throttle.as_millis().to_string().parse() {
+                        response.headers_mut().insert(THROTTLE_HEADER, v);
+                    }
+                    Ok(response)
+                })
             }
             Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
         }

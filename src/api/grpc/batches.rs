@@ -196,7 +196,23 @@ impl<S: Inner> ZeroCopyBatches<S> {
             .fetch_batches(&r.topic, r.partition, r.offset, r.max_bytes, max_wait_ms)
             .await
         {
-            Ok(read) => reply(read),
+            Ok(read) => {
+                let size = read.data.len();
+                let mut response = reply(read);
+                // Over the fetch quota: the reply waits out the throttle.
+                if let Some(c) = parts.extensions.get::<super::auth::Caller>() {
+                    let d = c.throttle(crate::security::quota::QuotaKind::Fetch, size as f64);
+                    if !d.is_zero() {
+                        tokio::time::sleep(d).await;
+                        if let Ok(v) = d.as_millis().to_string().parse() {
+                            response
+                                .headers_mut()
+                                .insert(super::auth::THROTTLE_HEADER, v);
+                        }
+                    }
+                }
+                response
+            }
             Err(e) => status::status(&e).into_http(),
         }
     }

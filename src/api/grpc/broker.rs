@@ -6,7 +6,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{caller, require, Require};
+use super::auth::{caller, produce_bytes, require, throttled, Require};
 use super::cluster::{is_forwarded, ClusterLink, Hops, UntilShutdown};
 use super::pb::{self, broker_client::BrokerClient};
 use super::pb_broker_server::broker_server::Broker as BrokerApi;
@@ -15,6 +15,7 @@ use super::routing::{self, Target};
 use super::{convert, status, timed};
 use crate::broker::{Acks, Broker, FetchRequest, ProduceResult, RecordFailure};
 use crate::cluster::Route;
+use crate::security::quota::QuotaKind;
 use crate::security::{Operation, ResourceType};
 
 /// Replies of one `ProduceStream` queued for the client at most: when the
@@ -203,6 +204,31 @@ fn failed_request(
     )
 }
 
+impl BrokerService {
+    /// A produce request, appended here or forwarded to the leaders.
+    async fn produce_routed(
+        &self,
+        r: pb::ProduceRequest,
+        hops: Hops,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Response<pb::ProduceResponse>, Status> {
+        let Some(link) = &self.link else {
+            return Ok(Response::new(produce_local(&self.broker, r).await?));
+        };
+        let sequence = r.sequence;
+        let mut parts = routing::split_produce(link, r, hops)?;
+        if parts.len() == 1 && matches!(parts[0].target, Target::Local) {
+            let part = parts.remove(0);
+            return Ok(Response::new(
+                produce_local(&self.broker, part.request).await?,
+            ));
+        }
+        Ok(Response::new(
+            produce_parts(&self.broker, link, sequence, parts, timeout, hops).await,
+        ))
+    }
+}
+
 #[tonic::async_trait]
 impl BrokerApi for BrokerService {
     async fn produce(
@@ -221,21 +247,11 @@ impl BrokerApi for BrokerService {
             link.catch_up(&request).await?;
         }
         let timeout = super::wait_budget(&request);
+        let who = caller(&request);
+        let bytes = produce_bytes(request.get_ref());
         let r = request.into_inner();
-        let Some(link) = &self.link else {
-            return Ok(Response::new(produce_local(&self.broker, r).await?));
-        };
-        let sequence = r.sequence;
-        let mut parts = routing::split_produce(link, r, hops)?;
-        if parts.len() == 1 && matches!(parts[0].target, Target::Local) {
-            let part = parts.remove(0);
-            return Ok(Response::new(
-                produce_local(&self.broker, part.request).await?,
-            ));
-        }
-        Ok(Response::new(
-            produce_parts(&self.broker, link, sequence, parts, timeout, hops).await,
-        ))
+        let reply = self.produce_routed(r, hops, timeout).await?;
+        Ok(throttled(&who, QuotaKind::Produce, bytes, reply).await)
     }
 
     async fn init_producer(
@@ -330,6 +346,13 @@ impl BrokerApi for BrokerService {
                         break;
                     }
                 };
+                // Over the produce quota: the next request is read only
+                // after the throttle (the stream's flow control holds the
+                // producer back).
+                let throttle = who.throttle(QuotaKind::Produce, produce_bytes(&r) as f64);
+                if !throttle.is_zero() {
+                    tokio::time::sleep(throttle).await;
+                }
                 let t = timed("ProduceStream");
                 if let Err(s) = who.require(Operation::Write, ResourceType::Topic, &r.topic) {
                     if tx.send(Err(s)).await.is_err() {
@@ -436,6 +459,7 @@ impl BrokerApi for BrokerService {
             }
         };
         let max_wait_ms = super::capped_wait(&request, request.get_ref().max_wait_ms);
+        let who = caller(&request);
         let r = request.into_inner();
         let result = self
             .broker
@@ -449,12 +473,13 @@ impl BrokerApi for BrokerService {
             })
             .await?;
         // The reply is held until sent: take its share of the budget.
-        let permit = self.replies.reserve(super::reply::size_hint(&result)).await;
+        let size = super::reply::size_hint(&result);
+        let permit = self.replies.reserve(size).await;
         let mut response = Response::new(FetchReply::Stored(result));
         if let Some(p) = permit {
             response.extensions_mut().insert(p);
         }
-        Ok(response)
+        Ok(throttled(&who, QuotaKind::Fetch, size, response).await)
     }
 
     /// Reached for a partition led elsewhere (forwarded) or a compressed
@@ -480,12 +505,15 @@ impl BrokerApi for BrokerService {
             ToLeader::Remote(mut client, r) => return client.fetch_batches(r).await,
         };
         let max_wait_ms = super::capped_wait(&request, request.get_ref().max_wait_ms);
+        let who = caller(&request);
         let r = request.into_inner();
         let read = self
             .broker
             .fetch_batches(&r.topic, r.partition, r.offset, r.max_bytes, max_wait_ms)
             .await?;
-        Ok(Response::new(super::batches::response(read)))
+        let size = read.data.len();
+        let response = Response::new(super::batches::response(read));
+        Ok(throttled(&who, QuotaKind::Fetch, size, response).await)
     }
 
     type SubscribeStream = BoxStream<SubscribeReply>;
@@ -517,6 +545,7 @@ impl BrokerApi for BrokerService {
                 return Ok(Response::new(Box::pin(stream)));
             }
         }
+        let who = caller(&request);
         let r = request.into_inner();
         let mut sub = self.broker.subscribe(
             &r.topic,
@@ -532,12 +561,18 @@ impl BrokerApi for BrokerService {
                     next = sub.next() => next,
                     _ = tx.closed() => break,
                 };
+                let size = next.as_ref().map_or(0, super::reply::size_hint);
                 let msg = next
                     .map(SubscribeReply::Stored)
                     .map_err(|e| status::status(&e));
                 let end = msg.is_err();
                 if tx.send(msg).await.is_err() || end {
                     break;
+                }
+                // Over the fetch quota: the next batch waits.
+                let throttle = who.throttle(QuotaKind::Fetch, size as f64);
+                if !throttle.is_zero() {
+                    tokio::time::sleep(throttle).await;
                 }
             }
         });

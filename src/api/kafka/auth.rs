@@ -44,6 +44,8 @@ pub(crate) struct Session {
     sasl: Sasl,
     /// Close after sending the current response.
     pub close: bool,
+    /// Over a quota: read nothing more for this long after the response.
+    pub throttle: std::time::Duration,
 }
 
 impl Session {
@@ -54,6 +56,7 @@ impl Session {
             principal: peer,
             sasl: Sasl::None,
             close: false,
+            throttle: std::time::Duration::ZERO,
         }
     }
 

@@ -49,6 +49,7 @@ use tracing::{debug, info};
 use crate::api::grpc::{AdminService, ClusterLink};
 use crate::broker::{Broker, BrokerError};
 use crate::coordinator::{Coordinator, CoordinatorError};
+use crate::security::quota::QuotaKind;
 use crate::security::tls::ReloadingConfig;
 use crate::security::{Access, Caller, Principal};
 use crate::storage::StorageError;
@@ -309,6 +310,15 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 return;
             }
         }
+        // Over a quota: the next request is read after the throttle (the
+        // client, told the time, waits too).
+        let throttle = std::mem::take(&mut session.throttle);
+        if !throttle.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(throttle) => {}
+                _ = stopped(&mut shutdown) => return,
+            }
+        }
     }
 }
 
@@ -364,8 +374,15 @@ impl Kafka {
             api,
             ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
         );
+        let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
+            .map_err(|e| format!("request header: {e}"))?;
+        let client_id = header
+            .client_id
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_default();
         let caller = match self.caller_of(session) {
-            Some(c) => c,
+            Some(c) => c.with_client_id(&client_id),
             // Only these three before authentication; the caller is unused.
             None if sasl => Caller::checked(Principal::anonymous(), self.access.clone()),
             None => {
@@ -375,17 +392,16 @@ impl Kafka {
                 ));
             }
         };
-        let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
-            .map_err(|e| format!("request header: {e}"))?;
         let request = RequestKind::decode(api, &mut frame, version)
             .map_err(|e| format!("{api:?} v{version}: {e}"))?;
+        // Every request counts against the request-rate quota; a throttle
+        // mutes the connection after the response (KIP-219).
+        session.throttle = session
+            .throttle
+            .max(caller.throttle(QuotaKind::Request, 1.0));
         let call = Call {
             version,
-            client_id: header
-                .client_id
-                .as_ref()
-                .map(|c| c.to_string())
-                .unwrap_or_default(),
+            client_id,
             peer: format!("/{}", peer.rsplit_once(':').map_or(peer, |(h, _)| h)),
             caller,
         };
@@ -405,14 +421,23 @@ impl Kafka {
             RequestKind::Metadata(r) => reply!(self.metadata(&call, r)),
             RequestKind::Produce(r) => {
                 let acks = r.acks;
-                let body = self.produce(&call, r).await;
+                let bytes: usize = r
+                    .topic_data
+                    .iter()
+                    .flat_map(|t| &t.partition_data)
+                    .map(|p| p.records.as_ref().map_or(0, |b| b.len()))
+                    .sum();
+                let mut body = self.produce(&call, r).await;
+                let t = call.caller.throttle(QuotaKind::Produce, bytes as f64);
+                session.throttle = session.throttle.max(t);
+                body.throttle_time_ms = throttle_ms(session.throttle);
                 if acks == 0 {
                     return Ok(None);
                 }
                 reply!(body)
             }
             RequestKind::Fetch(r) => {
-                let body = self.fetch(&call, r).await;
+                let mut body = self.fetch(&call, r).await;
                 for t in &body.responses {
                     for p in &t.partitions {
                         if let Some(r) = &p.records {
@@ -420,6 +445,10 @@ impl Kafka {
                         }
                     }
                 }
+                let bytes: usize = shared.iter().map(|b| b.len()).sum();
+                let t = call.caller.throttle(QuotaKind::Fetch, bytes as f64);
+                session.throttle = session.throttle.max(t);
+                body.throttle_time_ms = throttle_ms(session.throttle);
                 reply!(body)
             }
             RequestKind::ListOffsets(r) => reply!(self.list_offsets(&call, r)),
@@ -463,6 +492,11 @@ impl Kafka {
     pub(crate) fn link(&self) -> Option<&ClusterLink> {
         self.link.as_ref()
     }
+}
+
+/// A throttle as Kafka's `throttle_time_ms`.
+fn throttle_ms(d: std::time::Duration) -> i32 {
+    i32::try_from(d.as_millis()).unwrap_or(i32::MAX)
 }
 
 fn api_name(api: ApiKey) -> &'static str {
