@@ -1263,3 +1263,72 @@ async fn a_producer_over_its_quota_is_slowed_to_it_and_loses_nothing() {
     }
     server.stop().await;
 }
+
+/// The README's Python example: grpcio over TLS with a bearer token.
+#[tokio::test]
+async fn python_client_over_tls_with_a_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).expect("pki dir");
+    let ca = Ca::new(&pki, "main");
+    let server_pair = ca.issue("server", "broker", Use::Server, false);
+    let trust = ConnectOptions {
+        tls_ca: Some(ca.cert()),
+        ..Default::default()
+    };
+    let (server, admin, _) = secured(
+        &dir.path().join("data"),
+        |c| {
+            c.security.tls_cert = Some(server_pair.cert.clone());
+            c.security.tls_key = Some(server_pair.key.clone());
+        },
+        &trust,
+    )
+    .await;
+    for t in ["orders", "payroll"] {
+        admin
+            .create_topic(t, 1, pb::TopicConfig::default())
+            .await
+            .expect("create");
+    }
+    let token = issue(&admin, "User:app").await;
+    admin
+        .security()
+        .add_acls(pb::AddAclsRequest {
+            acls: vec![
+                acl("User:app", "topic", "orders", "write"),
+                acl("User:app", "topic", "orders", "read"),
+            ],
+        })
+        .await
+        .expect("acls");
+    let py = common::python::python();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The certificate names localhost.
+    let broker = format!("localhost:{}", server.addr.port());
+    let mut cmd = std::process::Command::new(py);
+    cmd.arg(root.join("tests/python/secure_client.py"))
+        .args(["--broker", &broker, "--proto-dir"])
+        .arg(root.join("proto"))
+        .arg("--ca")
+        .arg(ca.cert())
+        .args([
+            "--token",
+            &token,
+            "--topic",
+            "orders",
+            "--forbidden-topic",
+            "payroll",
+        ]);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("ok"),
+        "secure_client.py failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.stop().await;
+}
