@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The container proof: builds the image from the host's release binary,
-# starts the 3-broker compose cluster, and runs an application container
-# (`sluice bench soak`: an idempotent acks=ALL producer and a consumer-group
-# member) through the whole test while brokers are
+# makes certificates, starts the 3-broker compose cluster (TLS on every
+# listener, mutual TLS between brokers, ACLs enforced), gets the first
+# admin token the documented way (sluice token issue --bootstrap), and
+# runs an application container (`sluice bench soak`: an idempotent
+# acks=ALL producer and a consumer-group member, over TLS with the token)
+# through the whole test while brokers are
 #   1. stopped hard (SIGKILL), left down, started again;
 #   2. restarted one at a time (SIGTERM, start, back in every ISR).
 # At the end every acknowledged record must have been consumed exactly
@@ -91,6 +94,16 @@ export SLUICE_3_PORT=${ports[4]} SLUICE_3_METRICS_PORT=${ports[5]}
 metrics_port() { local v="SLUICE_$1_METRICS_PORT"; echo "${!v}"; }
 api_port() { local v="SLUICE_$1_PORT"; echo "${!v}"; }
 
+# Certificates for the cluster (deploy/make-certs.sh), readable by the
+# containers' user.
+tls=$(mktemp -d)
+SLUICE_BINARY=$binary deploy/make-certs.sh "$tls" >/dev/null
+chmod 0644 "$tls"/*.key
+export SLUICE_TLS_DIR=$tls
+# The host's CLI: TLS to the published ports (the certificates name
+# 127.0.0.1), with the admin token once there is one.
+export SLUICE_TLS_CA=$tls/ca.crt
+
 project=sluice-proof
 compose=(podman-compose -p "$project" -f deploy/compose.yaml)
 container() { echo "${project}_sluice-$1_1"; }
@@ -118,10 +131,11 @@ cleanup() {
   for i in 1 2 3; do podman volume rm -f "${project}_sluice-$i-data" >/dev/null 2>&1 || true; done
   podman network rm -f "${project}_default" >/dev/null 2>&1 || true
 }
+remove_certs() { rm -rf "$tls"; }
 if [ -n "${SLUICE_PROOF_KEEP:-}" ]; then
   trap 'save_logs $?; echo "proof: kept the cluster (project $project) for inspection" >&2' EXIT
 else
-  trap 'save_logs $?; cleanup' EXIT
+  trap 'save_logs $?; cleanup; remove_certs' EXIT
 fi
 cleanup
 
@@ -185,14 +199,33 @@ for i in 1 2 3; do
 done
 log "cluster ready $(since "$start") s after compose up"
 
+# The first admin token: left in broker 1's data directory, imported within
+# seconds, printed once.
+SLUICE_TOKEN=$(podman exec "$(container 1)" sluice token issue --bootstrap \
+  --data-dir /var/lib/sluice --principal User:admin 2>/dev/null)
+export SLUICE_TOKEN
+deadline=$((SECONDS + 60))
+until "$binary" whoami --broker "http://127.0.0.1:$(api_port 1)" >/dev/null 2>&1; do
+  [ $SECONDS -lt $deadline ] || { echo "proof: the bootstrap token was not imported within 60 s" >&2; exit 1; }
+  sleep 0.2
+done
+log "admin token imported; $("$binary" whoami --broker "http://127.0.0.1:$(api_port 1)")"
+# Refused without it: authorization is on.
+if SLUICE_TOKEN= "$binary" topic list --broker "http://127.0.0.1:$(api_port 1)" >/dev/null 2>&1; then
+  echo "proof: a call without a token was answered" >&2
+  exit 1
+fi
+
 topic=proof
-podman exec "$(container 1)" sluice topic create "$topic" --partitions 6 --replication-factor 3 >&2
+podman exec -e SLUICE_TOKEN="$SLUICE_TOKEN" "$(container 1)" sluice topic create "$topic" --partitions 6 --replication-factor 3 >&2
 wait_in_sync "$topic"
 
 rate=${SLUICE_PROOF_RATE:-500}
 podman run -d --name "$client" --network "${project}_default" \
   --ulimit "nofile=$SLUICE_NOFILE:$SLUICE_NOFILE" --ulimit "nproc=$SLUICE_NPROC:$SLUICE_NPROC" \
   -e SLUICE_BROKER=http://sluice-1:9400,http://sluice-2:9400,http://sluice-3:9400 \
+  -e SLUICE_TOKEN="$SLUICE_TOKEN" -e SLUICE_TLS_CA=/etc/sluice-tls/ca.crt \
+  -v "$tls:/etc/sluice-tls:ro" \
   -e RUST_LOG=warn,sluice::client=debug \
   "$image" bench soak "$topic" --group proof --rate "$rate" --drain-timeout 60 >/dev/null
 log "application running: $rate records/s, acks=ALL, idempotent, one group member"

@@ -908,6 +908,29 @@ impl ServerConfig {
 mod tests {
     use super::*;
 
+    /// The Kubernetes ConfigMap's settings parse, and turn TLS, mutual TLS
+    /// between brokers and authorization on.
+    #[test]
+    fn the_kubernetes_settings_parse_and_secure_every_listener() {
+        let yaml = include_str!("../deploy/kubernetes/configmap.yaml");
+        let toml: String = yaml
+            .lines()
+            .skip_while(|l| !l.contains("sluice.toml: |"))
+            .skip(1)
+            .map(|l| l.strip_prefix("    ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c: ServerConfig = toml::from_str(&toml).expect("the ConfigMap's TOML");
+        assert!(c.security.authorization);
+        assert!(c.security.client_tls().expect("tls").is_some());
+        let internal = c.security.internal_tls().expect("internal tls");
+        assert!(internal.is_some_and(|f| f.ca.is_some()));
+        assert_eq!(
+            c.security.access_settings().expect("settings").super_users,
+            vec!["User:admin".to_string()]
+        );
+    }
+
     #[test]
     fn toml_overrides_defaults_and_rejects_unknown_keys() {
         let c: ServerConfig = toml::from_str(

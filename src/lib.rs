@@ -8,6 +8,11 @@
 //!   memory-mapped files, sparse offset and time indexes, crash recovery,
 //!   retention and flushing, and idempotent producers' sequences.
 //!   Synchronous; knows nothing of tokio or gRPC.
+//! * [`security`]: who a caller is and what it may do: Kafka's ACL model
+//!   and the compiled authorizer, SCRAM credentials and exchange, hashed
+//!   bearer tokens, quotas, TLS settings that reload from their files; the
+//!   state as a pure state machine (in the metadata quorum in a cluster, in
+//!   `security.json` on a single node). No tokio, no gRPC.
 //! * [`cluster`]: the metadata quorum (openraft): the pure metadata state
 //!   machine (brokers, topics with ids and replica placement), Raft's log
 //!   and snapshots on a [`storage`] log, the nodes' internal gRPC service,
@@ -28,7 +33,9 @@
 //!   decodes, validates, calls the domain and encodes. Its codec checks
 //!   request counts before decoding, and `conn` bounds connections. `reply`
 //!   encodes Fetch and Subscribe replies straight from the stored batches,
-//!   and `batches` sends FetchBatches replies without a copy. In a
+//!   and `batches` sends FetchBatches replies without a copy; `auth`
+//!   authenticates every call and holds every method's authorization
+//!   rule, and `security` serves users, tokens, ACLs and quotas. In a
 //!   cluster, `routing` forwards requests to partition leaders and admin
 //!   changes to the quorum, `replication` carries followers' fetches and
 //!   ISR proposals, and `remote` reads partitions led elsewhere.
@@ -46,7 +53,7 @@
 //!
 //! `src/main.rs` is the `sluice` binary: `sluice serve` runs the server, and
 //! the client commands (`topic`, `produce`, `consume`, `group`, `queue`,
-//! `cluster`, `bench`) live in
+//! `cluster`, `user`, `token`, `acl`, `quota`, `cert`, `bench`) live in
 //! `src/cli/` on top of [`client`].
 
 pub mod api;

@@ -59,6 +59,9 @@ enum Command {
     Quota(cli::security::QuotaCommand),
     /// Who the broker takes this client for.
     Whoami(cli::Conn),
+    /// Make a private CA and certificates for brokers and clients.
+    #[command(subcommand)]
+    Cert(cli::cert::CertCommand),
     /// Exit 0 if the server is ready (its /readyz answers 200), for
     /// container health checks.
     Health(cli::health::HealthArgs),
@@ -442,6 +445,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Cert(c) = cli.command {
+        return match cli::cert::cert(c) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -451,7 +463,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(_) | Command::Health(_) => Ok(()),
+            Command::Serve(_) | Command::Health(_) | Command::Cert(_) => Ok(()),
             Command::Topic(c) => cli::topic(c).await,
             Command::Group(c) => cli::group(c).await,
             Command::Cluster(c) => cli::cluster::cluster(c).await,

@@ -29,6 +29,9 @@ pub enum BenchCommand {
     /// The floor of a round trip: an empty unary call (ServerInfo
     /// GetInfo), one at a time on one connection.
     Ping(PingArgs),
+    /// New connections per second: each worker connects (with TLS, the
+    /// handshake), makes one call and closes, over and over.
+    Connect(ConnectArgs),
     /// Read a topic with a consumer group of `--members` members.
     GroupConsume(super::bench_groups::GroupConsumeArgs),
     /// Time the takeover after one member of a group dies.
@@ -131,6 +134,22 @@ pub struct PingArgs {
     pub conn: Conn,
 }
 
+/// Settings of the connection benchmark.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// Connections in total.
+    #[arg(long, default_value_t = 2_000)]
+    pub connections: u64,
+    /// Workers connecting at once.
+    #[arg(long, default_value_t = 2)]
+    pub concurrency: u64,
+    /// Print one JSON line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
 /// Latencies in microseconds, merged from every worker.
 type Hist = Arc<Mutex<Histogram<u64>>>;
 
@@ -204,6 +223,7 @@ pub async fn run(cmd: BenchCommand) -> Result<(), ClientError> {
         BenchCommand::FanOutWorker(a) => return super::bench_scenario::worker(a).await,
         BenchCommand::Soak(a) => return super::bench_soak::soak(a).await,
         BenchCommand::Ping(a) => return ping(a).await,
+        BenchCommand::Connect(a) => return connect_rate(a).await,
     };
     if args.batch == 0 || args.concurrency == 0 || args.records == 0 {
         return Err(ClientError::Status(tonic::Status::invalid_argument(
@@ -516,6 +536,57 @@ async fn consume(
         read += w.await.map_err(|e| ClientError::Closed(e.to_string()))??;
     }
     Ok((start.elapsed(), read))
+}
+
+/// New connections, each with one call: what a handshake costs.
+async fn connect_rate(args: ConnectArgs) -> Result<(), ClientError> {
+    let workers = args.concurrency.max(1);
+    let h: Hist = Arc::new(Mutex::new(histogram()?));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let conn = args.conn.clone();
+        let h = h.clone();
+        let n = args.connections / workers + u64::from(w < args.connections % workers);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..n {
+                let t = Instant::now();
+                let c = conn.connect().await?;
+                c.server_info().get_info(pb::GetInfoRequest {}).await?;
+                drop(c);
+                let _ = h.lock().record(t.elapsed().as_micros().max(1) as u64);
+            }
+            Ok::<_, ClientError>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| ClientError::Closed(e.to_string()))??;
+    }
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    let h = h.lock();
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let rate = args.connections as f64 / secs;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "mode": "connect",
+                "connections": args.connections,
+                "seconds": secs,
+                "connections_per_s": rate,
+                "p50_ms": ms(0.5),
+                "p99_ms": ms(0.99),
+            })
+        );
+    } else {
+        println!(
+            "connect: {} connections in {secs:.2} s: {rate:.0}/s; connect + first call ms: p50 {:.3}, p99 {:.3}",
+            args.connections,
+            ms(0.5),
+            ms(0.99)
+        );
+    }
+    Ok(())
 }
 
 /// Empty unary calls, one at a time: the round trip every call pays.

@@ -9,6 +9,7 @@ mod bench_queue;
 mod bench_replication;
 mod bench_scenario;
 mod bench_soak;
+pub mod cert;
 pub mod cluster;
 pub mod health;
 pub mod queue;
