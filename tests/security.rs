@@ -1332,3 +1332,254 @@ async fn python_client_over_tls_with_a_token() {
     );
     server.stop().await;
 }
+
+/// In a cluster, users, tokens and ACLs are metadata: a change made through
+/// one broker is enforced by every broker, and a revoked token stops
+/// working everywhere.
+#[tokio::test]
+async fn a_cluster_enforces_every_change_on_every_broker() {
+    let (admin_token, record) = sluice::security::state::new_token(ADMIN, 0, None, "test admin");
+    let options = ConnectOptions {
+        token: Some(admin_token),
+        ..Default::default()
+    };
+    let cluster = common::cluster::TestCluster::start_with(
+        3,
+        0,
+        &["--authorization", "on", "--super-users", ADMIN],
+        options,
+        |dir| {
+            // Left with node 1 only: it proposes the token to the quorum.
+            if dir.ends_with("node-1") {
+                sluice::security::store::write_bootstrap_token(
+                    &sluice::storage::os_fs(),
+                    dir,
+                    &record,
+                )
+                .expect("bootstrap");
+            }
+        },
+    )
+    .await;
+    let admin = cluster.client(2).await;
+    let anonymous = Client::connect(&cluster.nodes[1].url())
+        .await
+        .expect("connect");
+    match anonymous.list_topics().await {
+        Err(ClientError::Status(s)) => assert_eq!(s.code(), Code::Unauthenticated),
+        other => panic!("a call without a token was answered: {other:?}"),
+    }
+    admin
+        .create_replicated_topic("c", 1, Some(3), pb::TopicConfig::default())
+        .await
+        .expect("create");
+    let token = issue(&admin, "User:eve").await;
+    admin
+        .security()
+        .add_acls(pb::AddAclsRequest {
+            acls: vec![acl("User:eve", "topic", "c", "write")],
+        })
+        .await
+        .expect("acl");
+    let as_eve = |node: usize| {
+        let url = cluster.nodes[node - 1].url();
+        let token = token.clone();
+        async move {
+            let c = Client::connect_with(
+                &url,
+                &ConnectOptions {
+                    token: Some(token),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("connect");
+            c.produce(common::api::produce_req(
+                "c",
+                Some(0),
+                vec![sluice::client::record(None, "x")],
+            ))
+            .await
+            .map(|_| ())
+        }
+    };
+    let code = |r: Result<(), ClientError>| match r {
+        Ok(()) => Code::Ok,
+        Err(ClientError::Status(s)) => s.code(),
+        Err(e) => panic!("{e}"),
+    };
+    // Every broker takes the token and the ACL (the change waited for the
+    // broker that made it; the others apply it within moments).
+    for node in 1..=3 {
+        let mut last = Code::Unknown;
+        for _ in 0..100 {
+            last = code(as_eve(node).await);
+            if last == Code::Ok {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(last, Code::Ok, "node {node}");
+    }
+    let id = admin
+        .security()
+        .list_tokens(pb::ListTokensRequest {})
+        .await
+        .expect("tokens")
+        .into_inner()
+        .tokens
+        .into_iter()
+        .find(|t| t.principal == "User:eve")
+        .expect("eve's token")
+        .id;
+    cluster
+        .client(3)
+        .await
+        .security()
+        .revoke_token(pb::RevokeTokenRequest { id })
+        .await
+        .expect("revoke");
+    for node in 1..=3 {
+        let mut last = Code::Ok;
+        for _ in 0..100 {
+            last = code(as_eve(node).await);
+            if last == Code::Unauthenticated {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            last,
+            Code::Unauthenticated,
+            "node {node} still takes a revoked token"
+        );
+    }
+}
+
+/// A broker on a non-loopback address without TLS or authorization says so
+/// loudly at start; on loopback (the embedded default) it does not.
+#[test]
+fn an_exposed_broker_without_security_warns_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = common::server::ChildServer::start_at(dir.path(), "0.0.0.0:0", &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    let log = s.log();
+    assert!(
+        log.contains("SECURITY:") && log.contains("WITHOUT TLS"),
+        "{log}"
+    );
+    assert!(log.contains("WITHOUT authorization"), "{log}");
+    drop(s);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = common::server::ChildServer::start(dir.path(), &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!s.log().contains("SECURITY:"), "{}", s.log());
+}
+
+/// The Kafka listener applies produce quotas too: a kcat producer over its
+/// quota is held to it (it takes at least as long as the quota allows) and
+/// every record arrives.
+#[tokio::test]
+async fn a_kafka_producer_over_its_quota_is_slowed_and_loses_nothing() {
+    const QUOTA: u64 = 100_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut config = test_config(&data);
+    config.security.authorization = true;
+    config.security.super_users = vec![ADMIN.into()];
+    let (token, record) = sluice::security::state::new_token(ADMIN, 0, None, "test admin");
+    std::fs::create_dir_all(&data).expect("dir");
+    sluice::security::store::write_bootstrap_token(&sluice::storage::os_fs(), &data, &record)
+        .expect("bootstrap");
+    let server = TestServer::start_secure(config, false, true, &ConnectOptions::default()).await;
+    let admin = Client::connect_with(
+        &server.url,
+        &ConnectOptions {
+            token: Some(token),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("connect");
+    for _ in 0..200 {
+        if admin
+            .security()
+            .who_am_i(pb::WhoAmIRequest {})
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    admin
+        .create_topic("kq", 1, pb::TopicConfig::default())
+        .await
+        .expect("create");
+    admin
+        .security()
+        .create_user(pb::CreateUserRequest {
+            name: "bulk".into(),
+            password: "bulk-secret".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("user");
+    admin
+        .security()
+        .add_acls(pb::AddAclsRequest {
+            acls: vec![acl("User:bulk", "topic", "kq", "write")],
+        })
+        .await
+        .expect("acl");
+    admin
+        .security()
+        .set_quota(pb::SetQuotaRequest {
+            quota: Some(pb::Quota {
+                entity: Some(pb::QuotaEntity {
+                    user: "User:bulk".into(),
+                    client_id: String::new(),
+                }),
+                produce_bytes_per_sec: Some(QUOTA),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("quota");
+    // 400 records of 1,000 bytes: 400 KB, of which one second's worth is
+    // the burst; at 100 KB/s the rest takes at least 3 s.
+    let line = "y".repeat(999);
+    let input: String = (0..400).map(|_| format!("{line}\n")).collect();
+    let kafka = server.kafka_addr.expect("kafka").to_string();
+    let start = std::time::Instant::now();
+    let (ok, _, err) = kcat(
+        vec![
+            "-b".into(),
+            kafka,
+            "-X".into(),
+            "security.protocol=SASL_PLAINTEXT".into(),
+            "-X".into(),
+            "sasl.mechanisms=SCRAM-SHA-256".into(),
+            "-X".into(),
+            "sasl.username=bulk".into(),
+            "-X".into(),
+            "sasl.password=bulk-secret".into(),
+            "-X".into(),
+            "batch.size=20000".into(),
+            "-P".into(),
+            "-t".into(),
+            "kq".into(),
+        ],
+        Some(input),
+    )
+    .await;
+    let elapsed = start.elapsed();
+    assert!(ok, "kcat failed: {err}");
+    assert!(
+        elapsed >= Duration::from_millis(2_700),
+        "400 KB went out in {elapsed:?} against a 100 KB/s quota"
+    );
+    let records = common::api::fetch_all(&admin, "kq", 0).await;
+    assert_eq!(records.len(), 400, "records lost");
+    server.stop().await;
+}

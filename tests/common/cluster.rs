@@ -189,6 +189,9 @@ impl Node {
 /// Nodes `1..=n`, all voters, each with a proxy in front of every peer.
 pub struct TestCluster {
     pub nodes: Vec<Node>,
+    /// How the harness's own clients connect (a token, with authorization
+    /// on).
+    pub options: sluice::client::ConnectOptions,
     /// `(from, to)` → the proxy `from` dials to reach `to`.
     pub proxies: BTreeMap<(u64, u64), Proxy>,
     _dirs: tempfile::TempDir,
@@ -199,6 +202,19 @@ impl TestCluster {
     /// voters) and waits until every node reports the same controller and
     /// all brokers are live.
     pub async fn start(n: u64, brokers_only: u64, extra: &[&str]) -> Self {
+        Self::start_with(n, brokers_only, extra, Default::default(), |_| {}).await
+    }
+
+    /// Like [`TestCluster::start`]; `prepare` runs on each node's data
+    /// directory before its first start (to leave a bootstrap token, say),
+    /// and the harness's clients connect with `options`.
+    pub async fn start_with(
+        n: u64,
+        brokers_only: u64,
+        extra: &[&str],
+        options: sluice::client::ConnectOptions,
+        prepare: impl Fn(&std::path::Path),
+    ) -> Self {
         let dirs = tempfile::tempdir().expect("tempdir");
         let total = n + brokers_only;
         // Every node's ports (internal, client, metrics, kafka) stay bound until
@@ -253,10 +269,13 @@ impl TestCluster {
             nodes.push(node);
         }
         for node in &mut nodes {
+            std::fs::create_dir_all(&node.dir).expect("node dir");
+            prepare(&node.dir);
             node.start();
         }
         let c = Self {
             nodes,
+            options,
             proxies,
             _dirs: dirs,
         };
@@ -269,7 +288,7 @@ impl TestCluster {
     }
 
     pub async fn client(&self, id: u64) -> Client {
-        Client::connect(&self.nodes[(id - 1) as usize].url())
+        Client::connect_with(&self.nodes[(id - 1) as usize].url(), &self.options)
             .await
             .expect("connect")
     }
@@ -278,7 +297,7 @@ impl TestCluster {
     pub async fn statuses(&self) -> Vec<(u64, Option<pb::DescribeClusterResponse>)> {
         let mut out = Vec::new();
         for n in self.nodes.iter().filter(|n| n.running()) {
-            let s = match Client::connect(&n.url()).await {
+            let s = match Client::connect_with(&n.url(), &self.options).await {
                 Ok(c) => c.describe_cluster().await.ok(),
                 Err(_) => None,
             };
@@ -342,7 +361,7 @@ impl TestCluster {
         loop {
             let mut views = Vec::new();
             for n in self.nodes.iter().filter(|n| n.running()) {
-                let v = match Client::connect(&n.url()).await {
+                let v = match Client::connect_with(&n.url(), &self.options).await {
                     Ok(c) => c.metadata(topics).await.ok(),
                     Err(_) => None,
                 };
