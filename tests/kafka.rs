@@ -26,29 +26,10 @@ use sluice::client::{pb, ConsumerConfig, OffsetReset};
 
 /// Runs kcat with `args` (and `input` on stdin); returns its stdout.
 async fn kcat(args: Vec<String>, input: Option<String>) -> String {
-    tokio::task::spawn_blocking(move || {
-        let mut child = Command::new("kcat")
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kcat is needed for the Kafka tests (apt-get install kcat)");
-        let mut stdin = child.stdin.take().expect("stdin");
-        if let Some(i) = input {
-            stdin.write_all(i.as_bytes()).expect("write stdin");
-        }
-        drop(stdin);
-        let out = child.wait_with_output().expect("kcat");
-        assert!(
-            out.status.success(),
-            "kcat {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8")
-    })
-    .await
-    .expect("join")
+    let shown = args.clone();
+    let (ok, out, err) = common::kcat::run(args, input).await;
+    assert!(ok, "kcat {shown:?} failed: {err}");
+    out
 }
 
 fn broker_args(s: &TestServer) -> Vec<String> {

@@ -24,6 +24,16 @@ async fn secured(
     tune: impl FnOnce(&mut sluice::config::ServerConfig),
     dial: &ConnectOptions,
 ) -> (TestServer, Client, String) {
+    secured_with_kafka(dir, tune, dial, false).await
+}
+
+/// [`secured`], with a Kafka listener when `kafka`.
+async fn secured_with_kafka(
+    dir: &std::path::Path,
+    tune: impl FnOnce(&mut sluice::config::ServerConfig),
+    dial: &ConnectOptions,
+    kafka: bool,
+) -> (TestServer, Client, String) {
     let mut config = test_config(dir);
     config.security.authorization = true;
     config.security.super_users = vec![ADMIN.into()];
@@ -32,7 +42,7 @@ async fn secured(
     std::fs::create_dir_all(dir).expect("dir");
     sluice::security::store::write_bootstrap_token(&sluice::storage::os_fs(), dir, &record)
         .expect("bootstrap token");
-    let server = TestServer::start_secure(config, false, false, dial).await;
+    let server = TestServer::start_secure(config, false, kafka, dial).await;
     let options = ConnectOptions {
         token: Some(token.clone()),
         ..dial.clone()
@@ -856,33 +866,7 @@ async fn tls_certificates_are_checked_and_reloaded() {
     server.stop().await;
 }
 
-/// Runs kcat with `args` (and `input` on stdin): its exit success, stdout
-/// and stderr.
-async fn kcat(args: Vec<String>, input: Option<String>) -> (bool, String, String) {
-    use std::io::Write;
-    tokio::task::spawn_blocking(move || {
-        let mut child = std::process::Command::new("kcat")
-            .args(&args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("kcat is needed for the Kafka tests (apt-get install kcat)");
-        let mut stdin = child.stdin.take().expect("stdin");
-        if let Some(i) = input {
-            stdin.write_all(i.as_bytes()).expect("write stdin");
-        }
-        drop(stdin);
-        let out = child.wait_with_output().expect("kcat");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .expect("join")
-}
+use common::kcat::run as kcat;
 
 /// The Kafka listener with TLS and SASL: kcat and confluent-kafka produce
 /// and consume with SCRAM (both hashes) and PLAIN over TLS; a wrong
@@ -899,36 +883,16 @@ async fn kafka_clients_authenticate_with_scram_over_tls_and_are_authorized() {
         tls_ca: Some(ca.cert()),
         ..Default::default()
     };
-    let mut config = test_config(&data);
-    config.security.authorization = true;
-    config.security.super_users = vec![ADMIN.into()];
-    config.security.tls_cert = Some(server_pair.cert.clone());
-    config.security.tls_key = Some(server_pair.key.clone());
-    let (token, record) = sluice::security::state::new_token(ADMIN, 0, None, "test admin");
-    std::fs::create_dir_all(&data).expect("dir");
-    sluice::security::store::write_bootstrap_token(&sluice::storage::os_fs(), &data, &record)
-        .expect("bootstrap");
-    let server = TestServer::start_secure(config, false, true, &trust).await;
-    let admin = Client::connect_with(
-        &server.url,
-        &ConnectOptions {
-            token: Some(token),
-            ..trust.clone()
+    let (server, admin, _) = secured_with_kafka(
+        &data,
+        |c| {
+            c.security.tls_cert = Some(server_pair.cert.clone());
+            c.security.tls_key = Some(server_pair.key.clone());
         },
+        &trust,
+        true,
     )
-    .await
-    .expect("connect");
-    for _ in 0..200 {
-        if admin
-            .security()
-            .who_am_i(pb::WhoAmIRequest {})
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    .await;
     for t in ["k", "secret"] {
         admin
             .create_topic(t, 2, pb::TopicConfig::default())
@@ -1484,34 +1448,8 @@ async fn a_kafka_producer_over_its_quota_is_slowed_and_loses_nothing() {
     const QUOTA: u64 = 100_000;
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let mut config = test_config(&data);
-    config.security.authorization = true;
-    config.security.super_users = vec![ADMIN.into()];
-    let (token, record) = sluice::security::state::new_token(ADMIN, 0, None, "test admin");
-    std::fs::create_dir_all(&data).expect("dir");
-    sluice::security::store::write_bootstrap_token(&sluice::storage::os_fs(), &data, &record)
-        .expect("bootstrap");
-    let server = TestServer::start_secure(config, false, true, &ConnectOptions::default()).await;
-    let admin = Client::connect_with(
-        &server.url,
-        &ConnectOptions {
-            token: Some(token),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("connect");
-    for _ in 0..200 {
-        if admin
-            .security()
-            .who_am_i(pb::WhoAmIRequest {})
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let (server, admin, _) =
+        secured_with_kafka(&data, |_| {}, &ConnectOptions::default(), true).await;
     admin
         .create_topic("kq", 1, pb::TopicConfig::default())
         .await

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod certs;
 pub mod cluster;
+pub mod kcat;
 pub mod python;
 pub mod server;
 

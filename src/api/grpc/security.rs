@@ -72,6 +72,11 @@ pub fn acl_from_pb(a: &pb::Acl) -> Result<AclBinding, Status> {
     Ok(b)
 }
 
+/// ACLs from their wire form, each checked.
+fn acls_from_pb(acls: &[pb::Acl]) -> Result<Vec<AclBinding>, Status> {
+    acls.iter().map(acl_from_pb).collect()
+}
+
 /// An ACL's wire form.
 pub fn acl_to_pb(b: &AclBinding) -> pb::Acl {
     pb::Acl {
@@ -310,12 +315,7 @@ impl Security for SecurityService {
         &self,
         request: Request<pb::AddAclsRequest>,
     ) -> Result<Response<pb::AddAclsResponse>, Status> {
-        let acls = request
-            .into_inner()
-            .acls
-            .iter()
-            .map(acl_from_pb)
-            .collect::<Result<Vec<_>, _>>()?;
+        let acls = acls_from_pb(&request.into_inner().acls)?;
         let added = self.change(SecurityCommand::AddAcls { acls }).await?;
         Ok(Response::new(pb::AddAclsResponse {
             added: added as u32,
@@ -326,12 +326,7 @@ impl Security for SecurityService {
         &self,
         request: Request<pb::RemoveAclsRequest>,
     ) -> Result<Response<pb::RemoveAclsResponse>, Status> {
-        let acls = request
-            .into_inner()
-            .acls
-            .iter()
-            .map(acl_from_pb)
-            .collect::<Result<Vec<_>, _>>()?;
+        let acls = acls_from_pb(&request.into_inner().acls)?;
         let removed = self.change(SecurityCommand::RemoveAcls { acls }).await?;
         Ok(Response::new(pb::RemoveAclsResponse {
             removed: removed as u32,
