@@ -87,11 +87,14 @@ pub fn new_token(
 
 /// SHA-256 of a token, hex: what is stored and looked up.
 pub fn token_hash(token: &str) -> String {
-    digest::digest(&digest::SHA256, token.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let d = digest::digest(&digest::SHA256, token.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in d.as_ref() {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
+    out
 }
 
 /// Who a quota applies to: a principal, a client id, both, or the default

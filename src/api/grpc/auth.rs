@@ -147,7 +147,12 @@ pub const RULES: &[(&str, Rule)] = &[
 
 /// The rule of a method path.
 pub fn rule(path: &str) -> Option<Rule> {
-    RULES.iter().find(|(p, _)| *p == path).map(|(_, r)| *r)
+    static BY_PATH: std::sync::OnceLock<std::collections::HashMap<&'static str, Rule>> =
+        std::sync::OnceLock::new();
+    BY_PATH
+        .get_or_init(|| RULES.iter().copied().collect())
+        .get(path)
+        .copied()
 }
 
 /// The PERMISSION_DENIED status for a refused operation.
@@ -306,7 +311,8 @@ impl AuthLayer {
         let access = &self.access;
         let enforcing = access.enforcing();
         let path = req.uri().path();
-        let rule = rule(path);
+        // Only enforcement needs the method's rule.
+        let rule = if enforcing { rule(path) } else { None };
         let identity = match bearer(req.headers()) {
             Some(Ok(token)) => Some(
                 access
