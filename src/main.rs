@@ -69,7 +69,7 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// TOML file with settings (see docs in src/config.rs and README).
+    /// TOML file with settings (see docs in src/config/mod.rs and README).
     #[arg(long, env = "SLUICE_CONFIG")]
     config: Option<PathBuf>,
     /// Directory that holds topics and partition logs [default: ./sluice-data].
